@@ -1,0 +1,107 @@
+"""The channel contract: normalized inbound, and one small interface every adapter implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from storage.models import Delivery
+
+
+@dataclass(frozen=True)
+class Touch:
+    """Where a lead came from on one visit: source/UTM, referrer, landing page."""
+
+    source: str | None = None
+    medium: str | None = None
+    campaign: str | None = None
+    term: str | None = None
+    content: str | None = None
+    referrer: str | None = None
+    landing: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        """Only the fields that are known."""
+        return {key: value for key, value in self.__dict__.items() if value}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a channel tells us about the person."""
+
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One thing a person did on a channel, normalized; flows and handoff never see raw payloads.
+
+    `kind` is an event type: message, page_view, button, contact_shared, custom, start.
+    `identities` are (kind, value) keys naming the person, the first one the channel's own.
+    """
+
+    channel: str
+    external_id: str
+    kind: str
+    dedup_key: str | None
+    identities: tuple[tuple[str, str], ...]
+    at: datetime
+    text: str | None = None
+    name: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    profile: Profile = Profile()
+    touch: Touch | None = None
+    client_id: str | None = None
+    lead_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """How a send went: sent, retry (after `retry_after` seconds) or failed for good."""
+
+    status: str
+    retry_after: float | None = None
+    error: str | None = None
+    provider_id: str | None = None
+
+    @classmethod
+    def sent(cls, provider_id: str | None = None) -> SendResult:
+        return cls("sent", provider_id=provider_id)
+
+    @classmethod
+    def retry(cls, error: str, after: float = 5.0) -> SendResult:
+        return cls("retry", retry_after=after, error=error)
+
+    @classmethod
+    def failed(cls, error: str) -> SendResult:
+        return cls("failed", error=error)
+
+
+class Channel(Protocol):
+    """A channel adapter: mounts its routes, sends deliveries, starts and stops with the app."""
+
+    name: str
+
+    def routes(self, app: web.Application) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, delivery: Delivery) -> SendResult: ...
+
+
+def buttons_as_text(text: str, buttons: list[dict]) -> str:
+    """For channels without buttons: list the choices under the text."""
+    labels = [button["text"] for button in buttons if button.get("type", "reply") == "reply"]
+    if not labels:
+        return text
+    return text + "\n\n" + "\n".join(f"- {label}" for label in labels)

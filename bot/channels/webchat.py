@@ -1,0 +1,296 @@
+"""The website widget: `/widget.js` and its WebSocket `/chat/ws`.
+
+Protocol (JSON frames). The client starts with
+`{"type": "hello", "visitor": id|null, "token": t|null, "since": last message id, "view": {...}}`
+and gets `{"type": "welcome", "visitor", "token", "conversation"}`, then every message after `since`.
+Then: `{"type": "message", "id": uuid, "text"}` (answered by `ack`, stored once per uuid),
+`{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`.
+The server pushes `{"type": "message", "id", "from", "text", "buttons", "client_id", "at"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import available_timezones
+
+from aiohttp import WSMsgType, web
+from sqlmodel import select
+
+from bot.channels.base import Inbound, Profile, SendResult, Touch
+from bot.services import Services
+from storage.db import DatabaseUnavailable
+from storage.models import Delivery, Message
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent.parent / "static"
+MAX_TEXT = 4000
+MAX_FRAME = 16 * 1024
+HELLO_TIMEOUT = 10.0
+_VISITOR = re.compile(r"^[0-9a-f]{16}$")
+_TIMEZONES = frozenset(available_timezones())
+
+
+class WebchatChannel:
+    """Visitors on the website; a delivery is sent once it is in the conversation's transcript."""
+
+    name = "webchat"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    @staticmethod
+    def enabled(services: Services) -> str | None:
+        """None when enabled, else why not."""
+        return None if services.settings.webchat_enabled else "disabled in config.toml"
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/widget.js", self.widget_js)
+        app.router.add_get("/chat/ws", self.websocket)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        # The dispatcher stores the message and publishes it to the visitor's open sockets;
+        # an offline visitor gets it from the history when they come back.
+        return SendResult.sent()
+
+    async def widget_js(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "widget.js", headers={"Cache-Control": "public, max-age=300"})
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        origins = self.services.settings.allowed_origins
+        if origins and request.headers.get("Origin") not in origins:
+            raise web.HTTPForbidden(text="this site may not open the chat")
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME)
+        await ws.prepare(request)
+        session = _Session(self.services, ws)
+        try:
+            await session.run()
+        finally:
+            await session.close()
+        return ws
+
+    def token(self, visitor: str) -> str:
+        """Proof that the server handed out this visitor id (so no one writes as another visitor)."""
+        return token_for(self.services.secret_key, visitor)
+
+
+def token_for(secret: bytes, visitor: str) -> str:
+    """The visitor token: an HMAC of the visitor id."""
+    return hmac.new(secret, f"visitor:{visitor}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+class _Session:
+    """One open widget connection."""
+
+    def __init__(self, services: Services, ws: web.WebSocketResponse) -> None:
+        self.services, self.ws = services, ws
+        self.visitor = ""
+        self.conversation_id: int | None = None
+        self.locale: str | None = None
+        self.timezone: str | None = None
+        self.send_lock = asyncio.Lock()
+        self.forwarder: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        hello = await self._first_frame()
+        if hello is None:
+            return
+        if not await self._hello(hello):
+            return
+        async with self.services.hub.watch(self.conversation_id) as queue:
+            self.forwarder = asyncio.create_task(self._forward(queue))
+            await self._history(int(hello.get("since") or 0))
+            async for frame in self.ws:
+                if frame.type != WSMsgType.TEXT:
+                    break
+                await self._handle(frame.data)
+
+    async def close(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.cancel()
+        await self.ws.close()
+
+    async def _first_frame(self) -> dict | None:
+        try:
+            frame = await self.ws.receive(timeout=HELLO_TIMEOUT)
+        except asyncio.TimeoutError:
+            await self._send({"type": "error", "error": "say hello first"})
+            return None
+        data = _parse(frame.data) if frame.type == WSMsgType.TEXT else None
+        if not data or data.get("type") != "hello":
+            await self._send({"type": "error", "error": "the first frame must be a hello"})
+            return None
+        return data
+
+    async def _hello(self, hello: dict) -> bool:
+        visitor, token = str(hello.get("visitor") or ""), str(hello.get("token") or "")
+        channel = self.services
+        expected = token_for(channel.secret_key, visitor) if _VISITOR.match(visitor) else ""
+        if not expected or not hmac.compare_digest(expected, token):
+            visitor = secrets.token_hex(8)  # unknown or forged: a new visitor
+        self.visitor = visitor
+        self.locale = _short(hello.get("locale"), 35)
+        tz = hello.get("timezone")
+        self.timezone = tz if isinstance(tz, str) and tz in _TIMEZONES else None
+        received = await self._receive(self._page_view(hello.get("view")))
+        if received is None:
+            return False
+        self.conversation_id = received.conversation_id
+        await self._send(
+            {
+                "type": "welcome",
+                "visitor": visitor,
+                "token": token_for(channel.secret_key, visitor),
+                "conversation": self.conversation_id,
+                "lead": received.lead_id,
+            }
+        )
+        return True
+
+    async def _handle(self, raw: str) -> None:
+        data = _parse(raw)
+        kind = data.get("type") if data else None
+        if kind == "page_view":
+            await self._receive(self._page_view(data.get("view")))
+        elif kind in ("message", "button"):
+            await self._message(data, kind)
+        else:
+            await self._send({"type": "error", "error": "unknown frame: expected message, button or page_view"})
+
+    async def _message(self, data: dict, kind: str) -> None:
+        client_id, text = data.get("id"), data.get("text" if kind == "message" else "value")
+        if not _is_uuid(client_id):
+            await self._send({"type": "error", "error": "a message needs an id (a UUID)"})
+            return
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
+            await self._send({"type": "error", "id": client_id, "error": f"text must be 1 to {MAX_TEXT} characters"})
+            return
+        inbound = self._inbound(
+            kind,
+            dedup_key=f"webchat:{self.visitor}:{client_id}",
+            text=text,
+            client_id=client_id,
+            properties={"value": text} if kind == "button" else {},
+        )
+        received = await self._receive(inbound)
+        if received is None:
+            return
+        await self._send({"type": "ack", "id": client_id, "duplicate": received.duplicate})
+        if received.message is not None:
+            self.services.hub.publish(received.message.conversation_id, received.message)
+        self.services.after_commit(received)
+
+    async def _receive(self, inbound: Inbound):  # type: ignore[no-untyped-def]
+        try:
+            return await self.services.intake.receive(inbound)
+        except DatabaseUnavailable as exc:
+            log.error("webchat inbound not stored: %s", exc)
+            await self._send({"type": "error", "error": "temporarily unavailable, retrying", "retry": True})
+            return None
+
+    def _page_view(self, view: Any) -> Inbound:
+        view = view if isinstance(view, dict) else {}
+        url, referrer = _short(view.get("url"), 2000) or "", _short(view.get("referrer"), 2000) or ""
+        view_id = view.get("id") if _is_uuid(view.get("id")) else str(uuid.uuid4())
+        parts = urlsplit(url)
+        properties = {"path": parts.path or "/", "url": url, "referrer": referrer, "title": _short(view.get("title"), 300)}
+        return self._inbound(
+            "page_view",
+            dedup_key=f"webchat:view:{self.visitor}:{view_id}",
+            properties=properties,
+            touch=touch_from(url, referrer),
+        )
+
+    def _inbound(self, kind: str, **fields: Any) -> Inbound:
+        return Inbound(
+            channel="webchat",
+            external_id=self.visitor,
+            kind=kind,
+            identities=(("visitor", self.visitor),),
+            at=self.services.clock.now(),
+            profile=Profile(locale=self.locale, timezone=self.timezone),
+            **fields,
+        )
+
+    async def _history(self, since: int) -> None:
+        async with self.services.sessions() as session:
+            rows = await session.exec(
+                select(Message)
+                .where(Message.conversation_id == self.conversation_id, Message.id > since)
+                .order_by(Message.id)
+                .limit(200)
+            )
+            for message in rows.all():
+                await self._send(message_frame(message))
+
+    async def _forward(self, queue: asyncio.Queue) -> None:
+        while True:
+            message = await queue.get()
+            await self._send(message_frame(message))
+
+    async def _send(self, frame: dict) -> None:
+        if self.ws.closed:
+            return
+        async with self.send_lock:
+            try:
+                await self.ws.send_json(frame)
+            except ConnectionError:
+                pass  # the visitor left; what they missed waits in the history
+
+
+def message_frame(message: Message) -> dict:
+    """A transcript message as the widget shows it."""
+    return {
+        "type": "message",
+        "id": message.id,
+        "from": message.author,
+        "text": message.text,
+        "buttons": [button["text"] for button in message.buttons if button.get("type", "reply") == "reply"],
+        "client_id": message.client_id,
+        "at": message.at.isoformat(),
+    }
+
+
+def touch_from(url: str, referrer: str) -> Touch:
+    """Source/UTM of a page view: the utm_* parameters, else the referring site."""
+    query = parse_qs(urlsplit(url).query)
+    utm = {key: _short(query.get(f"utm_{key}", [None])[0], 200) for key in ("source", "medium", "campaign", "term", "content")}
+    referrer_host = urlsplit(referrer).hostname if referrer else None
+    if not utm["source"] and referrer_host and referrer_host != urlsplit(url).hostname:
+        utm["source"], utm["medium"] = referrer_host, utm["medium"] or "referral"
+    return Touch(**utm, referrer=referrer or None, landing=urlsplit(url).path or None)
+
+
+def _parse(raw: Any) -> dict | None:
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return isinstance(value, str)
+
+
+def _short(value: Any, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) and value else None

@@ -1,0 +1,206 @@
+"""Settings: read `config.toml` once, apply environment overrides, validate, freeze."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from flows.durations import parse_duration
+from flows.expressions import ExpressionError
+from flows.scoring import ScoreRule, Scoring
+from flows.stages import DEFAULT_ORDER, Stages
+
+DEFAULT_PATH = Path("config.toml")
+_SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class WebhookSource:
+    """A third-party chat provider posting signed JSON to us."""
+
+    name: str
+    secret: str
+    url: str | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting Kindling uses, validated."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+    max_body_bytes: int = 256 * 1024
+    database_url: str = "sqlite+aiosqlite:///kindling.db"
+    templates: Path = Path("templates")
+    api_key: str | None = None
+    secret_key: str | None = None
+    webchat_enabled: bool = True
+    allowed_origins: tuple[str, ...] = ()
+    telegram_token: str | None = None
+    telegram_secret: str | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+    webhook_sources: Mapping[str, WebhookSource] = field(default_factory=dict)
+    scoring: Scoring = Scoring()
+    stages: Stages = Stages()
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (tests, CLI flags)."""
+        return replace(self, **changes)
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load settings from a TOML file (KINDLING_CONFIG or ./config.toml) and the environment."""
+    env = os.environ if env is None else env
+    path = path or Path(env.get("KINDLING_CONFIG", DEFAULT_PATH))
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    elif "KINDLING_CONFIG" in env:
+        raise ConfigError(f"KINDLING_CONFIG: no such file {path}")
+    return settings_from(data, env)
+
+
+def settings_from(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """Build Settings from parsed TOML and environment variables."""
+    doc = _Section(data, "")
+    server, database = doc.section("server"), doc.section("database")
+    channels = doc.section("channels")
+    webchat, telegram = channels.section("webchat"), channels.section("telegram")
+    token = env.get("KINDLING_TELEGRAM_TOKEN") or None
+    settings = Settings(
+        host=env.get("KINDLING_HOST") or server.get("host", str, "127.0.0.1"),
+        port=_port(env.get("KINDLING_PORT"), server.get("port", int, 8080)),
+        public_url=(env.get("KINDLING_PUBLIC_URL") or server.get("public_url", str, "")).rstrip("/"),
+        max_body_bytes=server.get("max_body_kb", int, 256) * 1024,
+        database_url=env.get("KINDLING_DATABASE_URL") or database.get("url", str, Settings.database_url),
+        templates=Path(env.get("KINDLING_TEMPLATES") or doc.section("templates").get("path", str, "templates")),
+        api_key=env.get("KINDLING_API_KEY") or None,
+        secret_key=env.get("KINDLING_SECRET_KEY") or None,
+        webchat_enabled=webchat.get("enabled", bool, True),
+        allowed_origins=tuple(webchat.get("allowed_origins", list, [])),
+        telegram_token=token,
+        telegram_secret=env.get("KINDLING_TELEGRAM_SECRET") or _derived_secret(token),
+        telegram_api_url=(
+            env.get("KINDLING_TELEGRAM_API_URL") or telegram.get("api_url", str, Settings.telegram_api_url)
+        ).rstrip("/"),
+        webhook_sources=_webhook_sources(channels.section("webhook").section("sources"), env),
+        scoring=_scoring(doc.section("scoring")),
+        stages=_stages(doc.section("stages")),
+    )
+    doc.reject_unknown()
+    return settings
+
+
+class _Section:
+    """A TOML table that remembers which keys were read, so unknown keys can be named."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a table")
+        self.data, self.path, self.read, self.children = data, path, set(), []
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, kind: type, default: Any) -> Any:
+        self.read.add(name)
+        value = self.data.get(name, default)
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            wanted = getattr(kind, "__name__", "number")
+            raise ConfigError(f"{self.key(name)}: expected {wanted}, got {value!r}")
+        return value
+
+    def section(self, name: str) -> _Section:
+        self.read.add(name)
+        child = _Section(self.data.get(name, {}), self.key(name))
+        self.children.append(child)
+        return child
+
+    def reject_unknown(self) -> None:
+        unknown = sorted(set(self.data) - self.read)
+        if unknown:
+            raise ConfigError(f"{self.key(unknown[0])}: unknown setting")
+        for child in self.children:
+            child.reject_unknown()
+
+
+def _port(from_env: str | None, from_file: int) -> int:
+    try:
+        port = int(from_env) if from_env else from_file
+    except ValueError:
+        raise ConfigError(f"KINDLING_PORT: expected a number, got {from_env!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"server.port: {port} is not a port number")
+    return port
+
+
+def _derived_secret(token: str | None) -> str | None:
+    # Every instance derives the same webhook secret from the token, so none is special.
+    if not token:
+        return None
+    return hashlib.sha256(f"kindling-webhook:{token}".encode()).hexdigest()[:48]
+
+
+def _webhook_sources(sources: _Section, env: Mapping[str, str]) -> dict[str, WebhookSource]:
+    found = {}
+    for name in list(sources.data):
+        if not _SOURCE_NAME.match(name):
+            raise ConfigError(f"{sources.key(name)}: use lower-case letters, digits, - and _")
+        table = sources.section(name)
+        url = table.get("url", str, "") or None
+        secret = env.get(webhook_secret_env(name))
+        if secret:
+            found[name] = WebhookSource(name=name, secret=secret, url=url)
+    return found
+
+
+def webhook_secret_env(source: str) -> str:
+    """The environment variable holding a webhook source's secret."""
+    return "KINDLING_WEBHOOK_SECRET_" + source.upper().replace("-", "_")
+
+
+def _scoring(section: _Section) -> Scoring:
+    half_life = section.get("half_life", str, "30d")
+    rules = []
+    for index, raw in enumerate(section.get("rules", list, [])):
+        rule = _Section(raw, f"scoring.rules[{index}]")
+        rules.append(
+            ScoreRule(
+                name=rule.get("name", str, ""),
+                event=rule.get("event", str, ""),
+                points=float(rule.get("points", (int, float), 0)),
+                match=rule.get("match", str, "") or None,
+            )
+        )
+        if not rules[-1].name or not rules[-1].event:
+            raise ConfigError(f"scoring.rules[{index}]: needs a name and an event")
+        rule.reject_unknown()
+    try:
+        decay = None if half_life == "off" else parse_duration(half_life)
+    except ValueError as exc:
+        raise ConfigError(f"scoring.half_life: {exc}") from None
+    return Scoring(rules=tuple(rules), half_life=decay)
+
+
+def _stages(section: _Section) -> Stages:
+    order = tuple(section.get("order", list, list(DEFAULT_ORDER)))
+    rules = section.section("rules")
+    sources = {name: rules.get(name, str, "") for name in list(rules.data)}
+    try:
+        return Stages.build(order, sources)
+    except (ValueError, ExpressionError) as exc:
+        raise ConfigError(f"stages.rules: {exc}") from None

@@ -1,0 +1,117 @@
+"""The dispatcher: claims outbox rows, sends them through their channel, records the outcome."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+
+from sqlalchemy import ColumnElement, and_, or_, update
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.channels.base import Channel, SendResult
+from bot.hub import Hub
+from flows.clock import Clock
+from storage.db import Sessions, transaction
+from storage.models import Delivery, Message
+
+log = logging.getLogger(__name__)
+LEASE = timedelta(seconds=60)
+MAX_ATTEMPTS = 8
+
+
+class Dispatcher:
+    """Sends deliveries exactly once per idempotency key, whichever instance claims them."""
+
+    def __init__(self, sessions: Sessions, channels: Mapping[str, Channel], hub: Hub, clock: Clock) -> None:
+        self.sessions, self.channels, self.hub, self.clock = sessions, channels, hub, clock
+
+    async def send_now(self, delivery_ids: Iterable[int]) -> None:
+        """Send fresh deliveries right away (the tick picks up whatever this misses)."""
+        ids = list(delivery_ids)
+        if ids:
+            now = self.clock.now()
+            fresh = and_(Delivery.id.in_(ids), Delivery.status == "pending", Delivery.not_before <= now)
+            await self._claim_and_send(fresh, len(ids))
+
+    async def dispatch_due(self, limit: int = 100) -> int:
+        """Claim and send due deliveries, and those whose sender died mid-lease; returns how many."""
+        now = self.clock.now()
+        due = or_(
+            and_(Delivery.status == "pending", Delivery.not_before <= now),
+            and_(Delivery.status == "sending", Delivery.lease_until < now),
+        )
+        return await self._claim_and_send(due, limit)
+
+    async def _claim_and_send(self, condition: ColumnElement[bool], limit: int) -> int:
+        claimed = await transaction(self.sessions, lambda session: self._claim(session, condition, limit))
+        for delivery in claimed:
+            await self._deliver(delivery)
+        return len(claimed)
+
+    async def _claim(self, session: AsyncSession, condition: ColumnElement[bool], limit: int) -> list[Delivery]:
+        now = self.clock.now()
+        ids = (
+            await session.exec(
+                select(Delivery.id)
+                .where(condition)
+                .order_by(Delivery.priority, Delivery.not_before, Delivery.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not ids:
+            return []
+        await session.exec(
+            update(Delivery)
+            .where(Delivery.id.in_(ids))
+            .values(status="sending", lease_until=now + LEASE, attempts=Delivery.attempts + 1)
+        )
+        rows = await session.exec(select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.priority, Delivery.id))
+        return list(rows.all())
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        channel = self.channels.get(delivery.channel)
+        if channel is None:
+            result = SendResult.retry(f"channel {delivery.channel} is not enabled", after=60)
+        else:
+            try:
+                result = await channel.send(delivery)
+            except Exception as exc:  # a channel bug must not lose the message: retry, and say why
+                log.exception("sending delivery %s through %s failed", delivery.id, delivery.channel)
+                result = SendResult.retry(f"{type(exc).__name__}: {exc}")
+        message = await transaction(self.sessions, lambda session: self._record(session, delivery, result))
+        if message is not None:
+            self.hub.publish(message.conversation_id, message)
+
+    async def _record(self, session: AsyncSession, delivery: Delivery, result: SendResult) -> Message | None:
+        now = self.clock.now()
+        row = await session.get(Delivery, delivery.id, with_for_update=True)
+        if row is None or row.status != "sending":
+            return None  # its lease ran out and another sender took it over
+        if result.status == "sent":
+            row.status, row.sent_at, row.provider_message_id = "sent", now, result.provider_id
+            row.last_error = None
+            message = Message(
+                conversation_id=row.conversation_id,
+                lead_id=row.lead_id,
+                direction="out",
+                author="operator" if row.kind == "operator" else "bot",
+                text=row.text,
+                buttons=row.buttons,
+                delivery_id=row.id,
+                at=now,
+            )
+            session.add_all([row, message])
+            await session.flush()
+            return message
+        row.last_error = result.error
+        if result.status == "retry" and row.attempts < MAX_ATTEMPTS:
+            backoff = result.retry_after or min(2 ** row.attempts, 300)
+            row.status, row.not_before = "pending", now + timedelta(seconds=backoff)
+        else:
+            row.status = "dead"
+            log.warning("delivery %s given up: %s", row.id, result.error)
+        session.add(row)
+        return None

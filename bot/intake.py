@@ -1,0 +1,194 @@
+"""Intake: one inbound becomes lead, conversation, event and reply rows in one transaction."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.channels.base import Inbound
+from bot.config import Settings
+from bot.contacts import find_email, find_phone, normalize_email, normalize_phone
+from bot.replies import plan_replies
+from bot.messages import SystemMessages
+from flows.clock import Clock
+from flows.reactions import advance_stage, ledger, score_event
+from storage import leads as q
+from storage.db import Sessions, transaction
+from storage.models import Conversation, Event, Lead, Message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Received:
+    """What intake did with an inbound: `duplicate` means it was stored before and nothing changed."""
+
+    lead_id: int
+    duplicate: bool = False
+    event_id: int | None = None
+    conversation_id: int | None = None
+    message: Message | None = None
+    delivery_ids: list[int] = field(default_factory=list)
+
+
+class Intake:
+    """Stores inbounds and runs their reactions (scoring, stages, the bot's replies)."""
+
+    def __init__(self, sessions: Sessions, settings: Settings, messages: SystemMessages, clock: Clock) -> None:
+        self.sessions, self.settings, self.messages, self.clock = sessions, settings, messages, clock
+
+    async def receive(self, inbound: Inbound) -> Received:
+        """Store an inbound exactly once; raises DatabaseUnavailable if it could not be stored."""
+        return await transaction(self.sessions, lambda session: self._receive(session, inbound))
+
+    async def _receive(self, session: AsyncSession, inbound: Inbound) -> Received:
+        now = self.clock.now()
+        if inbound.dedup_key:
+            earlier = (await session.exec(select(Event).where(Event.dedup_key == inbound.dedup_key))).first()
+            if earlier is not None:
+                lead = await q.get_lead(session, earlier.lead_id)
+                return Received(lead_id=lead.id, duplicate=True, event_id=earlier.id)
+        lead = await self._resolve_lead(session, inbound, now)
+        conversation = await self._conversation(session, inbound, lead, now)
+        self._update_profile(lead, inbound, now)
+        event = Event(
+            lead_id=lead.id,
+            conversation_id=conversation.id if conversation else None,
+            type=inbound.kind,
+            name=inbound.name,
+            payload=_payload(inbound),
+            dedup_key=inbound.dedup_key,
+            at=inbound.at,
+        )
+        session.add(event)
+        await session.flush()  # a concurrent duplicate fails here; the retry then finds it above
+        received = Received(lead_id=lead.id, event_id=event.id, conversation_id=event.conversation_id)
+        first_message = conversation is not None and conversation.last_message_at is None
+        if conversation is not None and inbound.kind in ("message", "button"):
+            received.message = await self._store_message(session, conversation, lead, event, inbound)
+        captured = await self._capture_contacts(session, lead, inbound, conversation, now)
+        for happened in [event, *captured]:
+            await score_event(session, self.settings.scoring, lead, happened, now)
+            await advance_stage(session, self.settings.stages, lead, happened, now)
+        if conversation is not None:
+            deliveries = plan_replies(self.messages, lead, conversation, event, captured, first_message, now)
+            session.add_all(deliveries)
+            await session.flush()
+            received.delivery_ids = [delivery.id for delivery in deliveries]
+        session.add(lead)
+        return received
+
+    async def _resolve_lead(self, session: AsyncSession, inbound: Inbound, now: datetime) -> Lead:
+        identities = list(inbound.identities)
+        email = inbound.profile.email and normalize_email(inbound.profile.email)
+        phone = inbound.profile.phone and normalize_phone(inbound.profile.phone)
+        identities += [("email", email)] if email else []
+        identities += [("phone", phone)] if phone else []
+        found = await q.leads_by_identities(session, identities)
+        if inbound.lead_id is not None:
+            named = await q.get_lead(session, inbound.lead_id)
+            found = [named, *(lead for lead in found if lead.id != named.id)]
+        lead = found[0] if found else await q.create_lead(session, now)
+        for other in found[1:]:
+            await self._merge(session, lead, other, now)
+        lead.email = lead.email or email or None
+        lead.phone = lead.phone or phone or None
+        await q.attach_identities(session, lead, identities, now)
+        return lead
+
+    async def _merge(self, session: AsyncSession, lead: Lead, other: Lead, now: datetime) -> None:
+        await q.merge_leads(session, lead, other, now)
+        session.add(Event(lead_id=lead.id, type="merged", payload={"merged_lead_id": other.id}, at=now))
+        if self.settings.stages.rank(other.stage) > self.settings.stages.rank(lead.stage):
+            lead.stage, lead.stage_at = other.stage, other.stage_at
+        lead.score = self.settings.scoring.score(await ledger(session, lead.id), now)
+
+    async def _conversation(
+        self, session: AsyncSession, inbound: Inbound, lead: Lead, now: datetime
+    ) -> Conversation | None:
+        if not inbound.external_id:
+            return None
+        conversation = await q.find_conversation(session, inbound.channel, inbound.external_id)
+        if conversation is None:
+            conversation = Conversation(
+                lead_id=lead.id, channel=inbound.channel, external_id=inbound.external_id, created_at=now
+            )
+            session.add(conversation)
+            await session.flush()
+        return conversation
+
+    def _update_profile(self, lead: Lead, inbound: Inbound, now: datetime) -> None:
+        profile = inbound.profile
+        lead.first_name = lead.first_name or profile.first_name
+        lead.last_name = lead.last_name or profile.last_name
+        lead.locale = profile.locale or lead.locale
+        lead.timezone = profile.timezone or lead.timezone
+        if inbound.touch is not None and inbound.touch.as_dict():
+            touch = {**inbound.touch.as_dict(), "channel": inbound.channel, "at": inbound.at.isoformat()}
+            lead.first_touch = lead.first_touch or touch
+            lead.last_touch = touch
+        lead.updated_at = now
+
+    async def _store_message(
+        self, session: AsyncSession, conversation: Conversation, lead: Lead, event: Event, inbound: Inbound
+    ) -> Message:
+        message = Message(
+            conversation_id=conversation.id,
+            lead_id=lead.id,
+            direction="in",
+            author="visitor",
+            text=inbound.text or "",
+            client_id=inbound.client_id,
+            event_id=event.id,
+            at=inbound.at,
+        )
+        conversation.last_message_at = inbound.at
+        session.add_all([message, conversation])
+        await session.flush()
+        return message
+
+    async def _capture_contacts(
+        self, session: AsyncSession, lead: Lead, inbound: Inbound, conversation: Conversation | None, now: datetime
+    ) -> list[Event]:
+        """Emails and phones shared in a message or a contact button become identities and events."""
+        text = inbound.text or ""
+        found = {
+            "email": normalize_email(inbound.profile.email or "") or find_email(text),
+            "phone": normalize_phone(inbound.profile.phone or "") or find_phone(text, lead.locale),
+        }
+        events = []
+        for kind, value in found.items():
+            owner = await q.identity_owner(session, kind, value)
+            if not value or owner == lead.id:
+                continue
+            if owner is not None:  # the same person reached us elsewhere before: one lead from now on
+                await self._merge(session, lead, await q.get_lead(session, owner), now)
+            await q.attach_identities(session, lead, [(kind, value)], now)
+            if getattr(lead, kind) is None:
+                setattr(lead, kind, value)
+            shared = Event(
+                lead_id=lead.id,
+                conversation_id=conversation.id if conversation else None,
+                type="contact_shared",
+                payload={"kind": kind, "value": value, "channel": inbound.channel},
+                at=now,
+            )
+            session.add(shared)
+            events.append(shared)
+        await session.flush()
+        return events
+
+
+def _payload(inbound: Inbound) -> dict:
+    payload: dict = {"channel": inbound.channel}
+    if inbound.text is not None:
+        payload["text"] = inbound.text
+    if inbound.properties:
+        payload.update(inbound.properties)
+    if inbound.touch is not None and inbound.touch.as_dict():
+        payload["touch"] = inbound.touch.as_dict()
+    return payload

@@ -1,0 +1,126 @@
+"""Everything about one lead, for `kindling lead show` and `GET /api/leads/{id}`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import select
+
+from bot.config import Settings
+from flows.reactions import ledger
+from flows.scoring import explanation_text
+from storage.db import Sessions
+from storage.leads import get_lead
+from storage.models import Conversation, Delivery, Event, Identity
+
+EVENT_LIMIT = 200
+
+
+async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now: datetime) -> dict[str, Any]:
+    """The lead with score explanation, stage history, identities, conversations, events, deliveries."""
+    async with sessions() as session:
+        lead = await get_lead(session, lead_id)
+        lines = await ledger(session, lead.id)
+        identities = (await session.exec(select(Identity).where(Identity.lead_id == lead.id))).all()
+        conversations = (
+            await session.exec(select(Conversation).where(Conversation.lead_id == lead.id).order_by(Conversation.id))
+        ).all()
+        events = (
+            await session.exec(
+                select(Event).where(Event.lead_id == lead.id).order_by(Event.at.desc(), Event.id.desc()).limit(EVENT_LIMIT)
+            )
+        ).all()
+        deliveries = (
+            await session.exec(select(Delivery).where(Delivery.lead_id == lead.id).order_by(Delivery.id))
+        ).all()
+    score = settings.scoring.score(lines, now)
+    reasons = settings.scoring.explain(lines, now)
+    return {
+        "id": lead.id,
+        "name": " ".join(part for part in (lead.first_name, lead.last_name) if part) or None,
+        "email": lead.email,
+        "phone": lead.phone,
+        "locale": lead.locale,
+        "timezone": lead.timezone,
+        "stage": lead.stage,
+        "stage_since": lead.stage_at.isoformat(),
+        "score": score,
+        "score_explained": explanation_text(score, reasons),
+        "score_reasons": reasons,
+        "first_touch": lead.first_touch,
+        "last_touch": lead.last_touch,
+        "tags": lead.tags,
+        "created_at": lead.created_at.isoformat(),
+        "identities": [{"kind": i.kind, "value": i.value} for i in identities],
+        "stages": [
+            {"from": e.payload.get("from"), "to": e.payload.get("to"), "reason": e.payload.get("reason"), "at": e.at.isoformat()}
+            for e in reversed(events)
+            if e.type == "stage_changed"
+        ],
+        "conversations": [
+            {"id": c.id, "channel": c.channel, "external_id": c.external_id, "owner": c.owner, "created_at": c.created_at.isoformat()}
+            for c in conversations
+        ],
+        "events": [
+            {"id": e.id, "type": e.type, "name": e.name, "at": e.at.isoformat(), "payload": e.payload} for e in events
+        ],
+        "deliveries": [
+            {
+                "id": d.id,
+                "channel": d.channel,
+                "kind": d.kind,
+                "text": d.text,
+                "status": d.status,
+                "attempts": d.attempts,
+                "error": d.last_error,
+                "sent_at": d.sent_at.isoformat() if d.sent_at else None,
+            }
+            for d in deliveries
+        ],
+    }
+
+
+def format_lead(report: dict[str, Any]) -> str:
+    """The report as text for a terminal."""
+    lines = [
+        f"Lead {report['id']}: {report['name'] or '(no name)'}",
+        f"  email {report['email'] or '-'}   phone {report['phone'] or '-'}   locale {report['locale'] or '-'}   "
+        f"time zone {report['timezone'] or '-'}",
+        f"  stage {report['stage']} since {report['stage_since']}",
+        f"  score {report['score_explained']}",
+        f"  first touch {_touch(report['first_touch'])}",
+        f"  last touch  {_touch(report['last_touch'])}",
+        "",
+        "Stages:",
+        *[f"  {s['at']}  {s['from']} -> {s['to']}  ({s['reason']})" for s in report["stages"]],
+        "",
+        "Conversations:",
+        *[f"  #{c['id']} {c['channel']} {c['external_id']} (owner: {c['owner']})" for c in report["conversations"]],
+        "",
+        "Events (newest first):",
+        *[f"  {e['at']}  {e['type']}{':' + e['name'] if e['name'] else ''}  {_event_detail(e)}" for e in report["events"]],
+        "",
+        "Deliveries:",
+        *[
+            f"  #{d['id']} {d['channel']} {d['kind']} {d['status']}"
+            f"{' (' + d['error'] + ')' if d['error'] else ''}: {d['text'][:60]!r}"
+            for d in report["deliveries"]
+        ],
+    ]
+    return "\n".join(lines)
+
+
+def _touch(touch: dict) -> str:
+    if not touch:
+        return "-"
+    keys = ("source", "medium", "campaign", "landing", "channel", "at")
+    return ", ".join(f"{key}={touch[key]}" for key in keys if touch.get(key))
+
+
+def _event_detail(event: dict) -> str:
+    payload = event["payload"]
+    for key in ("text", "path", "value", "reason"):
+        if payload.get(key):
+            return repr(payload[key])[:80]
+    return ""

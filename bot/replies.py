@@ -1,0 +1,73 @@
+"""Which of the bot's own messages answer an inbound; each becomes an outbox row."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from bot.messages import MessageError, SystemMessages
+from flows.reactions import lead_context
+from storage.models import Conversation, Delivery, Event, Lead
+
+log = logging.getLogger(__name__)
+CONTACT_BUTTON = {"type": "contact", "text": "Share my phone number"}
+ANSWERED = ("message", "start", "button")
+
+
+def plan_replies(
+    messages: SystemMessages,
+    lead: Lead,
+    conversation: Conversation,
+    event: Event,
+    captured: list[Event],
+    first_message: bool,
+    now: datetime,
+) -> list[Delivery]:
+    """The bot's answers to `event`, or none while a human owns the conversation."""
+    if conversation.owner != "bot" or event.type not in ANSWERED:
+        return []
+    planned: list[tuple[str, dict, list]] = []
+    if event.type == "start" or first_message:
+        planned.append(("greeting", {}, []))
+    if captured:
+        planned.append(("contact_thanks", {"contact": captured[0].payload["value"]}, []))
+    elif not planned:
+        planned.append(("got_it", {}, []))
+    if not (lead.email or lead.phone or conversation.contact_requested or first_message):
+        planned.append(("contact_request", {}, [CONTACT_BUTTON]))
+        conversation.contact_requested = True
+    return [
+        delivery
+        for name, extra, buttons in planned
+        if (delivery := _reply(messages, name, extra, buttons, lead, conversation, event, now)) is not None
+    ]
+
+
+def _reply(
+    messages: SystemMessages,
+    name: str,
+    extra: dict,
+    buttons: list,
+    lead: Lead,
+    conversation: Conversation,
+    event: Event,
+    now: datetime,
+) -> Delivery | None:
+    try:
+        text = messages.render(name, lead=lead_context(lead), **extra)
+    except MessageError as exc:  # never send raw template text; the error is in the log
+        log.error("reply not sent: %s", exc)
+        return None
+    return Delivery(
+        lead_id=lead.id,
+        conversation_id=conversation.id,
+        channel=conversation.channel,
+        address=conversation.external_id,
+        kind="reply",
+        priority=1,
+        text=text,
+        buttons=buttons,
+        idempotency_key=f"reply:{event.id}:{name}",
+        not_before=now,
+        created_at=now,
+    )

@@ -1,0 +1,58 @@
+"""What channels and views share: settings, database sessions, clock, intake, dispatcher, live hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from bot.config import Settings
+from bot.dispatcher import Dispatcher
+from bot.hub import Hub
+from bot.intake import Intake, Received
+from flows.clock import Clock
+from storage.db import Sessions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """The running app's parts, built once by `create_app` and handed to channels."""
+
+    settings: Settings
+    sessions: Sessions
+    clock: Clock
+    intake: Intake
+    dispatcher: Dispatcher
+    hub: Hub
+    secret_key: bytes = b""
+    tasks: set[asyncio.Task] = field(default_factory=set)
+
+    def after_commit(self, received: Received) -> None:
+        """Send the replies an inbound produced, without holding up the sender's HTTP answer."""
+        if received.delivery_ids:
+            self.spawn(self.dispatcher.send_now(received.delivery_ids))
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run work in the background; shutdown waits for it (see `drain`)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for background work (tests call this instead of sleeping)."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+
+SERVICES = web.AppKey("services", Services)

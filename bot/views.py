@@ -1,0 +1,34 @@
+"""Pages that are not a channel or the API: the demo page and the health check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy import text
+
+from bot.services import SERVICES
+from storage.db import DatabaseUnavailable
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def routes(app: web.Application) -> None:
+    """Mount the demo page and /healthz."""
+    app.router.add_get("/", demo_page)
+    app.router.add_get("/healthz", healthz)
+
+
+async def demo_page(request: web.Request) -> web.FileResponse:
+    """A sample site page with the chat widget on it."""
+    return web.FileResponse(STATIC / "demo.html")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when the database answers, 503 when it does not."""
+    try:
+        async with request.app[SERVICES].sessions() as session:
+            await session.exec(text("SELECT 1"))
+    except Exception as exc:  # any failure to reach the database means unhealthy
+        raise DatabaseUnavailable(str(exc)) from exc
+    return web.json_response({"ok": True, "database": "reachable"})

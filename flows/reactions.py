@@ -1,0 +1,98 @@
+"""What an event does to a lead inside the intake transaction: points, score, stage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flows.scoring import LedgerLine, Scoring
+from flows.stages import Stages
+from storage.models import Event, Lead, PointsEntry
+
+
+def event_subject(event: Event) -> str | None:
+    """What a scoring rule's `match` is compared with, per event type."""
+    payload = event.payload
+    return {
+        "page_view": payload.get("path"),
+        "message": payload.get("text"),
+        "button": payload.get("value"),
+        "custom": event.name,
+        "contact_shared": payload.get("kind"),
+    }.get(event.type)
+
+
+def lead_context(lead: Lead) -> dict[str, Any]:
+    """What stage rules and flow expressions see as `lead`."""
+    return {
+        "id": lead.id,
+        "first_name": lead.first_name,
+        "last_name": lead.last_name,
+        "email": lead.email,
+        "phone": lead.phone,
+        "locale": lead.locale,
+        "timezone": lead.timezone,
+        "stage": lead.stage,
+        "score": lead.score,
+        "tags": list(lead.tags),
+        "first_touch": dict(lead.first_touch),
+        "last_touch": dict(lead.last_touch),
+    }
+
+
+def event_context(event: Event) -> dict[str, Any]:
+    """What stage rules and flow expressions see as `event`; every key present."""
+    payload = event.payload
+    return {
+        "type": event.type,
+        "name": event.name,
+        "path": payload.get("path"),
+        "url": payload.get("url"),
+        "text": payload.get("text"),
+        "value": payload.get("value"),
+        "properties": payload.get("properties", {}),
+        "channel": payload.get("channel"),
+    }
+
+
+async def ledger(session: AsyncSession, lead_id: int) -> list[LedgerLine]:
+    """Every points entry of a lead, oldest first."""
+    rows = await session.exec(
+        select(PointsEntry).where(PointsEntry.lead_id == lead_id).order_by(PointsEntry.id)
+    )
+    return [LedgerLine(row.rule, row.points, row.at) for row in rows]
+
+
+async def score_event(session: AsyncSession, scoring: Scoring, lead: Lead, event: Event, now: datetime) -> None:
+    """Write the event's points to the ledger and refresh the lead's score."""
+    earned = scoring.earn(event.type, event.name, event_subject(event))
+    for rule in earned:
+        session.add(PointsEntry(lead_id=lead.id, event_id=event.id, rule=rule.name, points=rule.points, at=now))
+    if earned:
+        await session.flush()
+        lead.score = scoring.score(await ledger(session, lead.id), now)
+
+
+async def advance_stage(session: AsyncSession, stages: Stages, lead: Lead, event: Event, now: datetime) -> Event | None:
+    """Move the lead forward if a stage rule holds; the change is an event with its reason."""
+    rule = stages.advance(lead.stage, lead_context(lead), event_context(event))
+    if rule is None:
+        return None
+    return await set_stage(session, lead, rule.stage, f"{rule.stage}: {rule.source}", now)
+
+
+async def set_stage(session: AsyncSession, lead: Lead, stage: str, reason: str, now: datetime) -> Event:
+    """Record a stage change (by rule, operator or API) as a `stage_changed` event."""
+    change = Event(
+        lead_id=lead.id,
+        type="stage_changed",
+        payload={"from": lead.stage, "to": stage, "reason": reason},
+        at=now,
+    )
+    lead.stage, lead.stage_at, lead.updated_at = stage, now, now
+    session.add_all([change, lead])
+    await session.flush()
+    return change

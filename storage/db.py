@@ -1,0 +1,83 @@
+"""Database setup for SQLite (default) and PostgreSQL, and the one way to run a transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Sessions = async_sessionmaker[AsyncSession]
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or refused the write; the caller should answer 503."""
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether a database URL names SQLite."""
+    return url.startswith("sqlite")
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """Create an async engine; on SQLite every transaction takes the write lock at BEGIN."""
+    if not is_sqlite(url):
+        return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    _make_sqlite_folder(url)
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        # IMMEDIATE: two writers never both read then fail to upgrade their lock.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _make_sqlite_folder(url: str) -> None:
+    path = url.split(":///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def sessionmaker(engine: AsyncEngine) -> Sessions:
+    """Sessions whose objects stay readable after commit."""
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+async def transaction(
+    sessions: Sessions, work: Callable[[AsyncSession], Awaitable[T]], attempts: int = 3
+) -> T:
+    """Run `work` in one transaction, retrying when a concurrent writer won a unique key.
+
+    The retry sees the winner's rows, so work written as "look up, else insert" converges.
+    Raises DatabaseUnavailable when the database cannot be reached.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            async with sessions() as session, session.begin():
+                return await work(session)
+        except IntegrityError:
+            if attempt == attempts:
+                raise
+            log.debug("unique key race, retrying (attempt %d)", attempt)
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+    raise AssertionError("unreachable")

@@ -1,0 +1,109 @@
+"""Lead queries: find by identity, create, attach identities, merge two people into one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.models import Conversation, Delivery, Event, Identity, Lead, Message, PointsEntry
+
+
+class LeadNotFound(Exception):
+    """No lead has that id."""
+
+
+async def get_lead(session: AsyncSession, lead_id: int) -> Lead:
+    """The lead with that id, following merges to the surviving lead."""
+    if not 0 < lead_id < 2**31:
+        raise LeadNotFound(lead_id)
+    lead = await session.get(Lead, lead_id)
+    while lead is not None and lead.merged_into_id is not None:
+        lead = await session.get(Lead, lead.merged_into_id)
+    if lead is None:
+        raise LeadNotFound(lead_id)
+    return lead
+
+
+async def leads_by_identities(session: AsyncSession, identities: list[tuple[str, str]]) -> list[Lead]:
+    """The distinct leads any of these identities point at, oldest first."""
+    found: dict[int, Lead] = {}
+    for kind, value in identities:
+        identity = (
+            await session.exec(select(Identity).where(Identity.kind == kind, Identity.value == value))
+        ).one_or_none()
+        if identity is not None:
+            lead = await get_lead(session, identity.lead_id)
+            found[lead.id] = lead
+    return [found[key] for key in sorted(found)]
+
+
+async def identity_owner(session: AsyncSession, kind: str, value: str | None) -> int | None:
+    """The id of the (surviving) lead an identity points at, if any."""
+    if not value:
+        return None
+    lead_id = (
+        await session.exec(select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value))
+    ).first()
+    return None if lead_id is None else (await get_lead(session, lead_id)).id
+
+
+async def create_lead(session: AsyncSession, now: datetime) -> Lead:
+    """A new lead in the first stage."""
+    lead = Lead(created_at=now, updated_at=now, stage_at=now)
+    session.add(lead)
+    await session.flush()
+    return lead
+
+
+async def attach_identities(
+    session: AsyncSession, lead: Lead, identities: list[tuple[str, str]], now: datetime
+) -> None:
+    """Point identities that point nowhere yet at `lead` (callers merge the others first)."""
+    for kind, value in identities:
+        exists = (
+            await session.exec(select(Identity.id).where(Identity.kind == kind, Identity.value == value))
+        ).first()
+        if exists is None:
+            session.add(Identity(lead_id=lead.id, kind=kind, value=value, created_at=now))
+    await session.flush()
+
+
+async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: datetime) -> None:
+    """Move everything of `other` to `survivor`; `other` stays as a pointer so old ids resolve."""
+    for table in (Identity, Conversation, Event, Message, PointsEntry, Delivery):
+        await session.exec(update(table).where(table.lead_id == other.id).values(lead_id=survivor.id))
+    for name in ("first_name", "last_name", "email", "phone", "locale", "timezone"):
+        if getattr(survivor, name) is None:
+            setattr(survivor, name, getattr(other, name))
+    if other.first_touch and (
+        not survivor.first_touch or other.first_touch.get("at", "") < survivor.first_touch.get("at", "")
+    ):
+        survivor.first_touch = other.first_touch
+    if other.last_touch.get("at", "") > survivor.last_touch.get("at", ""):
+        survivor.last_touch = other.last_touch
+    survivor.tags = sorted(set(survivor.tags) | set(other.tags))
+    survivor.created_at = min(survivor.created_at, other.created_at)
+    survivor.updated_at = now
+    other.merged_into_id = survivor.id
+    other.updated_at = now
+    session.add_all([survivor, other])
+    await session.flush()
+
+
+async def find_conversation(session: AsyncSession, channel: str, external_id: str) -> Conversation | None:
+    """The conversation on a channel with that channel-side id."""
+    return (
+        await session.exec(
+            select(Conversation).where(
+                Conversation.channel == channel, Conversation.external_id == external_id
+            )
+        )
+    ).one_or_none()
+
+
+async def event_exists(session: AsyncSession, dedup_key: str) -> bool:
+    """Whether an inbound with this dedup key was stored already."""
+    return (await session.exec(select(Event.id).where(Event.dedup_key == dedup_key))).first() is not None

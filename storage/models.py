@@ -1,0 +1,153 @@
+"""Tables. Every row that must survive a crash lives here; the process keeps nothing else."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator):
+    """Stores naive UTC, returns aware UTC, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def _time(nullable: bool = False, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+def _json(default: Any) -> Any:
+    return Field(default_factory=default, sa_column=Column(JSON, nullable=False))
+
+
+class Lead(SQLModel, table=True):
+    """One person across channels."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = _time()
+    updated_at: datetime = _time()
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    stage: str = "visitor"
+    stage_at: datetime = _time()
+    score: float = 0.0
+    first_touch: dict = _json(dict)
+    last_touch: dict = _json(dict)
+    tags: list = _json(list)
+    merged_into_id: int | None = Field(default=None, foreign_key="lead.id", index=True)
+
+
+class Identity(SQLModel, table=True):
+    """A key that points at a lead: email, phone, telegram user id, widget visitor id, ..."""
+
+    __table_args__ = (UniqueConstraint("kind", "value"),)
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    kind: str
+    value: str
+    created_at: datetime = _time()
+
+
+class Conversation(SQLModel, table=True):
+    """One thread on one channel; `owner` is bot, queued, human or closed."""
+
+    __table_args__ = (UniqueConstraint("channel", "external_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    channel: str
+    external_id: str
+    owner: str = "bot"
+    contact_requested: bool = False
+    created_at: datetime = _time()
+    last_message_at: datetime | None = _time(nullable=True)
+
+
+class Event(SQLModel, table=True):
+    """Anything that happened to a lead; append-only."""
+
+    __table_args__ = (Index("ix_event_lead_at", "lead_id", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id")
+    conversation_id: int | None = Field(default=None, foreign_key="conversation.id")
+    type: str
+    name: str | None = None
+    payload: dict = _json(dict)
+    dedup_key: str | None = Field(default=None, unique=True)
+    at: datetime = _time()
+
+
+class Message(SQLModel, table=True):
+    """The transcript of a conversation: what the visitor said and what was sent to them."""
+
+    __table_args__ = (Index("ix_message_conversation", "conversation_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.id")
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    direction: str  # in | out
+    author: str  # visitor | bot | operator
+    text: str
+    buttons: list = _json(list)
+    client_id: str | None = None
+    event_id: int | None = Field(default=None, foreign_key="event.id")
+    delivery_id: int | None = Field(default=None, foreign_key="delivery.id", unique=True)
+    at: datetime = _time()
+
+
+class PointsEntry(SQLModel, table=True):
+    """One line of the append-only points ledger behind a lead's score."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    event_id: int | None = Field(default=None, foreign_key="event.id")
+    rule: str
+    points: float
+    at: datetime = _time()
+
+
+class Delivery(SQLModel, table=True):
+    """Outbox row: one message to send, exactly once, keyed by `idempotency_key`."""
+
+    __table_args__ = (Index("ix_delivery_due", "status", "not_before"),)
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    conversation_id: int = Field(foreign_key="conversation.id")
+    channel: str
+    address: str  # the recipient on the channel: visitor id, Telegram chat id, source:thread
+    kind: str  # reply | system | nurture | operator
+    priority: int = 1  # 0 operator, 1 system, 2 nurture
+    text: str
+    buttons: list = _json(list)
+    idempotency_key: str = Field(unique=True)
+    status: str = "pending"  # pending | sending | sent | dead
+    attempts: int = 0
+    not_before: datetime = _time()
+    lease_until: datetime | None = _time(nullable=True)
+    last_error: str | None = None
+    provider_message_id: str | None = None
+    created_at: datetime = _time()
+    sent_at: datetime | None = _time(nullable=True)
+
+
+class Setting(SQLModel, table=True):
+    """Values the instances share, such as the generated signing secret."""
+
+    key: str = Field(primary_key=True)
+    value: str

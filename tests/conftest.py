@@ -1,0 +1,157 @@
+"""Fixtures: the real app on a real database (SQLite or PostgreSQL), a movable clock, no real network.
+
+KINDLING_TEST_DATABASE_URL picks the database; the default is a fresh SQLite file per test.
+For PostgreSQL the schema is migrated once per run and every table is emptied before each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from sqlalchemy import text
+from sqlmodel import SQLModel, select
+
+from bot.app import create_app
+from bot.config import Settings, load_settings
+from bot.services import SERVICES, Services
+from flows.clock import FrozenClock
+from storage import models  # noqa: F401
+from storage.db import create_engine, is_sqlite, sessionmaker
+from storage.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-api-key"
+
+
+# --- no real network -------------------------------------------------------------------------
+
+def _is_local(host: Any) -> bool:
+    if host in ("localhost", "", None):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_real_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to reach a host other than this machine fails the test."""
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not _is_local(host):
+            raise AssertionError(f"test tried to reach the network: {host}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(sock, address):  # type: ignore[no-untyped-def]
+        if isinstance(address, tuple) and not _is_local(address[0]):
+            raise AssertionError(f"test tried to reach the network: {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+# --- database ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database URL migrated to the newest schema once per test run."""
+    url = os.environ.get("KINDLING_TEST_DATABASE_URL") or ""
+    if not url:
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'template.db'}"
+    asyncio.run(_fresh_schema(url))
+    return url
+
+
+async def _fresh_schema(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        if not is_sqlite(url):
+            async with engine.begin() as connection:
+                await connection.execute(text("DROP SCHEMA public CASCADE"))
+                await connection.execute(text("CREATE SCHEMA public"))
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def database_url(migrated_database: str, tmp_path: Path) -> str:
+    """An empty, migrated database for one test."""
+    if is_sqlite(migrated_database):
+        template = Path(migrated_database.split(":///", 1)[1])
+        copy = tmp_path / "kindling.db"
+        shutil.copy(template, copy)
+        return f"sqlite+aiosqlite:///{copy}"
+    engine = create_engine(migrated_database)
+    tables = ", ".join(f'"{table.name}"' for table in SQLModel.metadata.sorted_tables)
+    async with engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    await engine.dispose()
+    return migrated_database
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Any]:
+    """Sessions on the test database, for looking at what the app stored."""
+    engine = create_engine(database_url)
+    yield sessionmaker(engine)
+    await engine.dispose()
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    """The time as the app sees it; tests move it with `clock.advance(...)`."""
+    return FrozenClock()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """The shipped config.toml, on the test database, with an API key."""
+    shipped = load_settings(ROOT / "config.toml", env={})
+    return shipped.with_(database_url=database_url, templates=ROOT / "templates", api_key=API_KEY)
+
+
+@pytest.fixture
+def make_client(aiohttp_client, clock: FrozenClock) -> Callable:  # type: ignore[no-untyped-def]
+    """Start the real app with given settings; returns its test client."""
+
+    async def start(settings: Settings):  # type: ignore[no-untyped-def]
+        return await aiohttp_client(create_app(settings, clock=clock, ticks=False))
+
+    return start
+
+
+@pytest.fixture
+async def client(make_client, settings: Settings):  # type: ignore[no-untyped-def]
+    """A client of the real app on the test database, Telegram and webhooks off."""
+    return await make_client(settings)
+
+
+def services_of(client) -> Services:  # type: ignore[no-untyped-def]
+    """The running app's services (to drain background sends or run a tick)."""
+    app: web.Application = client.server.app
+    return app[SERVICES]
+
+
+async def rows(db, model, *where) -> list:  # type: ignore[no-untyped-def]
+    """All rows of a table matching conditions, in id order."""
+    async with db() as session:
+        statement = select(model).where(*where)
+        order = getattr(model, "id", None)
+        if order is not None:
+            statement = statement.order_by(order)
+        return list((await session.exec(statement)).all())
