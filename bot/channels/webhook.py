@@ -1,14 +1,170 @@
-"""Webhook (placeholder)."""
+"""Signed JSON webhooks for any other live-chat or messenger provider (one `source` each).
+
+Inbound: `POST /webhooks/inbound/{source}` with headers `X-Kindling-Timestamp` (Unix seconds) and
+`X-Kindling-Signature: sha256=<hex HMAC-SHA256(secret, "{timestamp}.{raw body}")>`; timestamps more
+than 300 s away from ours are refused, and a repeated delivery `id` is stored once.
+Outbound replies are POSTed to the source's `url`, signed the same way. The JSON format is in README.md.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import logging
+import re
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bot.channels.base import Inbound, Profile, SendResult
+from bot.config import WebhookSource
+from bot.middlewares import json_error
+from bot.services import Services
+from storage.models import Delivery
+
+log = logging.getLogger(__name__)
+REPLAY_WINDOW = 300
+_ID = re.compile(r"^[\w.:@-]{1,128}$")
+_KINDS = {"message": "message", "button": "button"}
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header value for a body sent at `timestamp`."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
 
 class WebhookChannel:
+    """Every configured webhook source; conversations are named `<source>:<their conversation id>`."""
+
     name = "webhook"
 
-    def __init__(self, services) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, services: Services) -> None:
         self.services = services
+        self.sources = services.settings.webhook_sources
+        self.http: aiohttp.ClientSession | None = None
 
     @staticmethod
-    def enabled(services) -> str | None:  # type: ignore[no-untyped-def]
-        return None if services.settings.webhook_sources else "no source has its secret set"
+    def enabled(services: Services) -> str | None:
+        """None when at least one source has its secret set."""
+        return None if services.settings.webhook_sources else "no source in config.toml has its secret set"
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/webhooks/inbound/{source}", self.inbound)
+
+    async def start(self) -> None:
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        """Verify, store once, answer; the replies go out after the answer."""
+        source = self.sources.get(request.match_info["source"])
+        if source is None:
+            return json_error(404, "unknown webhook source")
+        body = await request.read()
+        if (problem := self._verify(source, request.headers, body)) is not None:
+            return json_error(403, problem)
+        try:
+            inbound = self._normalize(source, json.loads(body))
+        except (ValueError, UnicodeDecodeError) as exc:
+            return json_error(400 if isinstance(exc, json.JSONDecodeError) else 422, str(exc))
+        received = await self.services.intake.receive(inbound)
+        self.services.after_commit(received)
+        return web.json_response({"ok": True, "lead_id": received.lead_id, "duplicate": received.duplicate})
+
+    def _verify(self, source: WebhookSource, headers: Any, body: bytes) -> str | None:
+        timestamp = headers.get("X-Kindling-Timestamp", "")
+        signature = headers.get("X-Kindling-Signature", "")
+        if not timestamp.isdigit() or not signature:
+            return "missing X-Kindling-Timestamp or X-Kindling-Signature"
+        if abs(self.services.clock.now().timestamp() - int(timestamp)) > REPLAY_WINDOW:
+            return "timestamp outside the 300 s window"
+        if not hmac.compare_digest(sign(source.secret, timestamp, body), signature):
+            return "bad signature"
+        return None
+
+    def _normalize(self, source: WebhookSource, data: Any) -> Inbound:
+        if not isinstance(data, dict):
+            raise ValueError("the body must be a JSON object")
+        delivery_id, conversation, text = data.get("id"), data.get("conversation"), data.get("text")
+        user = data.get("user") if isinstance(data.get("user"), dict) else {}
+        kind = _KINDS.get(data.get("type", "message"))
+        for name, value in (("id", delivery_id), ("conversation", conversation), ("user.id", user.get("id"))):
+            if not isinstance(value, str) or not _ID.match(value):
+                raise ValueError(f"'{name}' must be a string of 1 to 128 letters, digits, _ . : @ -")
+        if kind is None:
+            raise ValueError("'type' must be message or button")
+        if not isinstance(text, str) or not text.strip() or len(text) > 4096:
+            raise ValueError("'text' must be 1 to 4096 characters")
+        first, _, last = str(user.get("name") or "").partition(" ")
+        return Inbound(
+            channel=self.name,
+            external_id=f"{source.name}:{conversation}",
+            kind=kind,
+            dedup_key=f"webhook:{source.name}:{delivery_id}",
+            identities=((f"webhook:{source.name}", user["id"]),),
+            at=self.services.clock.now(),
+            text=text,
+            properties={"value": text} if kind == "button" else {},
+            profile=Profile(
+                first_name=first or None,
+                last_name=last or None,
+                email=_text(user.get("email")),
+                phone=_text(user.get("phone")),
+                locale=_text(user.get("locale")),
+            ),
+        )
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        """POST the reply to the source's URL, signed; 2xx sent, 429/5xx retry, other 4xx failed."""
+        source_name, _, conversation = delivery.address.partition(":")
+        source = self.sources.get(source_name)
+        if source is None or not source.url:
+            return SendResult.failed(f"webhook source {source_name} has no reply url")
+        body = json.dumps(
+            {
+                "id": delivery.idempotency_key,
+                "conversation": conversation,
+                "text": delivery.text,
+                "buttons": [b["text"] for b in delivery.buttons if b.get("type", "reply") == "reply"],
+            }
+        ).encode()
+        return await self._post(source, body, delivery.idempotency_key)
+
+    async def _post(self, source: WebhookSource, body: bytes, key: str) -> SendResult:
+        headers = {
+            **signed_headers(source.secret, body, self.services.clock.now()),
+            "Content-Type": "application/json",
+            "X-Kindling-Delivery": key,
+        }
+        assert self.http is not None, "channel not started"
+        try:
+            async with self.http.post(source.url, data=body, headers=headers) as response:
+                if response.status < 300:
+                    return SendResult.sent()
+                error = f"{source.name} answered {response.status}"
+                if response.status == 429 or response.status >= 500:
+                    return SendResult.retry(error, after=_retry_after(response.headers.get("Retry-After")))
+                return SendResult.failed(error)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return SendResult.retry(f"{source.name} unreachable: {type(exc).__name__}")
+
+
+def _retry_after(header: str | None) -> float:
+    return float(header) if header and header.isdigit() else 30.0
+
+
+def _text(value: Any) -> str | None:
+    return value[:200] if isinstance(value, str) and value else None
+
+
+def signed_headers(secret: str, body: bytes, now: datetime) -> dict[str, str]:
+    """Headers a sender puts on a body (what providers implement; tests use it too)."""
+    timestamp = str(int(now.timestamp()))
+    return {"X-Kindling-Timestamp": timestamp, "X-Kindling-Signature": sign(secret, timestamp, body)}
