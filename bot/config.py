@@ -82,20 +82,20 @@ def settings_from(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     webchat, telegram = channels.section("webchat"), channels.section("telegram")
     token = env.get("KINDLING_TELEGRAM_TOKEN") or None
     settings = Settings(
-        host=env.get("KINDLING_HOST") or server.get("host", str, "127.0.0.1"),
+        host=_env(env, "KINDLING_HOST", server.get("host", str, "127.0.0.1")),
         port=_port(env.get("KINDLING_PORT"), server.get("port", int, 8080)),
-        public_url=(env.get("KINDLING_PUBLIC_URL") or server.get("public_url", str, "")).rstrip("/"),
+        public_url=_env(env, "KINDLING_PUBLIC_URL", server.get("public_url", str, "")).rstrip("/"),
         max_body_bytes=server.get("max_body_kb", int, 256) * 1024,
-        database_url=env.get("KINDLING_DATABASE_URL") or database.get("url", str, Settings.database_url),
-        templates=Path(env.get("KINDLING_TEMPLATES") or doc.section("templates").get("path", str, "templates")),
+        database_url=_env(env, "KINDLING_DATABASE_URL", database.get("url", str, Settings.database_url)),
+        templates=Path(_env(env, "KINDLING_TEMPLATES", doc.section("templates").get("path", str, "templates"))),
         api_key=env.get("KINDLING_API_KEY") or None,
         secret_key=env.get("KINDLING_SECRET_KEY") or None,
         webchat_enabled=webchat.get("enabled", bool, True),
         allowed_origins=tuple(webchat.get("allowed_origins", list, [])),
         telegram_token=token,
         telegram_secret=env.get("KINDLING_TELEGRAM_SECRET") or _derived_secret(token),
-        telegram_api_url=(
-            env.get("KINDLING_TELEGRAM_API_URL") or telegram.get("api_url", str, Settings.telegram_api_url)
+        telegram_api_url=_env(
+            env, "KINDLING_TELEGRAM_API_URL", telegram.get("api_url", str, Settings.telegram_api_url)
         ).rstrip("/"),
         webhook_sources=_webhook_sources(channels.section("webhook").section("sources"), env),
         scoring=_scoring(doc.section("scoring")),
@@ -136,6 +136,11 @@ class _Section:
             raise ConfigError(f"{self.key(unknown[0])}: unknown setting")
         for child in self.children:
             child.reject_unknown()
+
+
+def _env(env: Mapping[str, str], name: str, from_file: str) -> str:
+    """An environment variable if set and not empty, else the file's value."""
+    return env.get(name) or from_file
 
 
 def _port(from_env: str | None, from_file: int) -> int:

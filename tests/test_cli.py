@@ -1,0 +1,103 @@
+"""The `kindling` command as an admin runs it: a real process, real database, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from conftest import API_KEY, ROOT
+from flows.clock import FrozenClock
+
+KINDLING = [sys.executable, "-m", "bot"]
+
+
+def run(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([*KINDLING, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    """Now: `kindling lead show` decays scores to the real time."""
+    return FrozenClock(datetime.now(timezone.utc))
+
+
+async def test_lead_show_explains_a_lead(client, database_url):
+    response = await client.post(
+        "/api/events", json={"type": "cart", "lead": {"email": "fay@example.com", "first_name": "Fay"}},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    lead_id = (await response.json())["lead_id"]
+    env = {"KINDLING_DATABASE_URL": database_url}
+    shown = await asyncio.to_thread(run, "lead", "show", str(lead_id), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert f"Lead {lead_id}: Fay" in shown.stdout
+    assert "score 15 = cart (+15)" in shown.stdout
+    assert "visitor -> lead  (lead: lead.email or lead.phone)" in shown.stdout
+
+    as_json = json.loads((await asyncio.to_thread(run, "lead", "show", str(lead_id), "--format", "json", env=env)).stdout)
+    assert as_json["email"] == "fay@example.com" and as_json["stage"] == "lead"
+
+    missing = await asyncio.to_thread(run, "lead", "show", "424242", env=env)
+    assert missing.returncode == 1 and "no lead 424242" in missing.stderr
+
+
+def test_a_bad_setting_stops_start_up_naming_the_key(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[server]\nport = "eighty"\n')
+    result = run("serve", env={"KINDLING_CONFIG": str(config)})
+    assert result.returncode == 2 and "server.port" in result.stderr
+
+    config.write_text("[scoring]\nhalf_lif = '3d'\n")
+    result = run("migrate", env={"KINDLING_CONFIG": str(config)})
+    assert result.returncode == 2 and "scoring.half_lif: unknown setting" in result.stderr
+
+
+async def test_serve_starts_on_a_fresh_sqlite_database_with_the_demo_page(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "KINDLING_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'fresh' / 'kindling.db'}",
+        "KINDLING_PORT": str(port),
+        "KINDLING_TELEGRAM_TOKEN": "",
+    }
+    process = await asyncio.create_subprocess_exec(
+        *KINDLING, "serve", cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        log = await _read_until(process, f"Running on http://127.0.0.1:{port}")
+        assert "channel telegram is disabled: KINDLING_TELEGRAM_TOKEN is not set" in log
+        async with aiohttp.ClientSession() as http:
+            page = await (await http.get(f"http://127.0.0.1:{port}/")).text()
+            assert '<script src="/widget.js"' in page
+            assert (await http.get(f"http://127.0.0.1:{port}/widget.js")).status == 200
+            health = await http.get(f"http://127.0.0.1:{port}/healthz")
+            assert health.status == 200 and (await health.json())["ok"] is True
+    finally:
+        process.terminate()
+        await process.wait()
+    assert (tmp_path / "fresh" / "kindling.db").exists()
+
+
+async def _read_until(process, *markers: str) -> str:
+    """Read the server's log until every marker has shown up (the server is then listening)."""
+    seen = ""
+    while not all(marker in seen for marker in markers):
+        line = await asyncio.wait_for(process.stderr.readline(), timeout=30)
+        assert line, f"server exited early:\n{seen}"
+        seen += line.decode()
+    return seen
