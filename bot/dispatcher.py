@@ -108,7 +108,7 @@ class Dispatcher:
             return message
         row.last_error = result.error
         if result.status == "retry" and row.attempts < MAX_ATTEMPTS:
-            backoff = result.retry_after or min(2 ** row.attempts, 300)
+            backoff = result.retry_after or min(2**row.attempts, 300)
             row.status, row.not_before = "pending", now + timedelta(seconds=backoff)
         else:
             row.status = "dead"

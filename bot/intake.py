@@ -12,8 +12,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.channels.base import Inbound
 from bot.config import Settings
 from bot.contacts import find_email, find_phone, normalize_email, normalize_phone
-from bot.replies import plan_replies
 from bot.messages import SystemMessages
+from bot.replies import plan_replies
 from flows.clock import Clock
 from flows.reactions import advance_stage, ledger, score_event
 from storage import leads as q

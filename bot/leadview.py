@@ -28,7 +28,10 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
         ).all()
         events = (
             await session.exec(
-                select(Event).where(Event.lead_id == lead.id).order_by(Event.at.desc(), Event.id.desc()).limit(EVENT_LIMIT)
+                select(Event)
+                .where(Event.lead_id == lead.id)
+                .order_by(Event.at.desc(), Event.id.desc())
+                .limit(EVENT_LIMIT)
             )
         ).all()
         deliveries = (
@@ -54,12 +57,23 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
         "created_at": lead.created_at.isoformat(),
         "identities": [{"kind": i.kind, "value": i.value} for i in identities],
         "stages": [
-            {"from": e.payload.get("from"), "to": e.payload.get("to"), "reason": e.payload.get("reason"), "at": e.at.isoformat()}
+            {
+                "from": e.payload.get("from"),
+                "to": e.payload.get("to"),
+                "reason": e.payload.get("reason"),
+                "at": e.at.isoformat(),
+            }
             for e in reversed(events)
             if e.type == "stage_changed"
         ],
         "conversations": [
-            {"id": c.id, "channel": c.channel, "external_id": c.external_id, "owner": c.owner, "created_at": c.created_at.isoformat()}
+            {
+                "id": c.id,
+                "channel": c.channel,
+                "external_id": c.external_id,
+                "owner": c.owner,
+                "created_at": c.created_at.isoformat(),
+            }
             for c in conversations
         ],
         "events": [
@@ -99,7 +113,10 @@ def format_lead(report: dict[str, Any]) -> str:
         *[f"  #{c['id']} {c['channel']} {c['external_id']} (owner: {c['owner']})" for c in report["conversations"]],
         "",
         "Events (newest first):",
-        *[f"  {e['at']}  {e['type']}{':' + e['name'] if e['name'] else ''}  {_event_detail(e)}" for e in report["events"]],
+        *[
+            f"  {e['at']}  {e['type']}{':' + e['name'] if e['name'] else ''}  {_event_detail(e)}"
+            for e in report["events"]
+        ],
         "",
         "Deliveries:",
         *[

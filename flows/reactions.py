@@ -60,9 +60,7 @@ def event_context(event: Event) -> dict[str, Any]:
 
 async def ledger(session: AsyncSession, lead_id: int) -> list[LedgerLine]:
     """Every points entry of a lead, oldest first."""
-    rows = await session.exec(
-        select(PointsEntry).where(PointsEntry.lead_id == lead_id).order_by(PointsEntry.id)
-    )
+    rows = await session.exec(select(PointsEntry).where(PointsEntry.lead_id == lead_id).order_by(PointsEntry.id))
     return [LedgerLine(row.rule, row.points, row.at) for row in rows]
 
 

@@ -62,9 +62,7 @@ def sessionmaker(engine: AsyncEngine) -> Sessions:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
-async def transaction(
-    sessions: Sessions, work: Callable[[AsyncSession], Awaitable[T]], attempts: int = 3
-) -> T:
+async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitable[T]], attempts: int = 3) -> T:
     """Run `work` in one transaction, retrying when a concurrent writer won a unique key.
 
     The retry sees the winner's rows, so work written as "look up, else insert" converges.

@@ -63,9 +63,7 @@ async def attach_identities(
 ) -> None:
     """Point identities that point nowhere yet at `lead` (callers merge the others first)."""
     for kind, value in identities:
-        exists = (
-            await session.exec(select(Identity.id).where(Identity.kind == kind, Identity.value == value))
-        ).first()
+        exists = (await session.exec(select(Identity.id).where(Identity.kind == kind, Identity.value == value))).first()
         if exists is None:
             session.add(Identity(lead_id=lead.id, kind=kind, value=value, created_at=now))
     await session.flush()
@@ -97,9 +95,7 @@ async def find_conversation(session: AsyncSession, channel: str, external_id: st
     """The conversation on a channel with that channel-side id."""
     return (
         await session.exec(
-            select(Conversation).where(
-                Conversation.channel == channel, Conversation.external_id == external_id
-            )
+            select(Conversation).where(Conversation.channel == channel, Conversation.external_id == external_id)
         )
     ).one_or_none()
 

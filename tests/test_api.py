@@ -6,8 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import API_KEY, rows
 from storage.models import Event, Lead
+
+from conftest import API_KEY, rows
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -17,7 +18,9 @@ async def event(client, body, headers=AUTH):
 
 
 async def test_a_purchase_makes_the_lead_a_customer_with_the_reason_recorded(client, db):
-    response = await event(client, {"type": "purchase", "lead": {"email": "bo@example.com"}, "properties": {"total": 99}})
+    response = await event(
+        client, {"type": "purchase", "lead": {"email": "bo@example.com"}, "properties": {"total": 99}}
+    )
     assert response.status == 201
     [lead] = await rows(db, Lead)
     assert lead.stage == "customer" and lead.email == "bo@example.com"

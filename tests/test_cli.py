@@ -8,20 +8,23 @@ import os
 import socket
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from conftest import API_KEY, ROOT
 from flows.clock import FrozenClock
+
+from conftest import API_KEY, ROOT
 
 KINDLING = [sys.executable, "-m", "bot"]
 
 
 def run(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([*KINDLING, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=60)
+    return subprocess.run(
+        [*KINDLING, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=60
+    )
 
 
 def free_port() -> int:
@@ -33,12 +36,13 @@ def free_port() -> int:
 @pytest.fixture
 def clock() -> FrozenClock:
     """Now: `kindling lead show` decays scores to the real time."""
-    return FrozenClock(datetime.now(timezone.utc))
+    return FrozenClock(datetime.now(UTC))
 
 
 async def test_lead_show_explains_a_lead(client, database_url):
     response = await client.post(
-        "/api/events", json={"type": "cart", "lead": {"email": "fay@example.com", "first_name": "Fay"}},
+        "/api/events",
+        json={"type": "cart", "lead": {"email": "fay@example.com", "first_name": "Fay"}},
         headers={"Authorization": f"Bearer {API_KEY}"},
     )
     lead_id = (await response.json())["lead_id"]
@@ -49,7 +53,9 @@ async def test_lead_show_explains_a_lead(client, database_url):
     assert "score 15 = cart (+15)" in shown.stdout
     assert "visitor -> lead  (lead: lead.email or lead.phone)" in shown.stdout
 
-    as_json = json.loads((await asyncio.to_thread(run, "lead", "show", str(lead_id), "--format", "json", env=env)).stdout)
+    as_json = json.loads(
+        (await asyncio.to_thread(run, "lead", "show", str(lead_id), "--format", "json", env=env)).stdout
+    )
     assert as_json["email"] == "fay@example.com" and as_json["stage"] == "lead"
 
     missing = await asyncio.to_thread(run, "lead", "show", "424242", env=env)

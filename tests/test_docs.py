@@ -9,6 +9,7 @@ import tomllib
 from bot.app import create_app
 from bot.cli import parser
 from bot.config import load_settings
+
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

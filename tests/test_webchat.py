@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 
-from conftest import rows, services_of
 from storage.models import Event, Lead, Message
 
+from conftest import rows, services_of
 
-async def hello(ws, visitor=None, token=None, url="https://shop.example/pricing?utm_source=google&utm_campaign=spring", since=0):
+
+async def hello(
+    ws, visitor=None, token=None, url="https://shop.example/pricing?utm_source=google&utm_campaign=spring", since=0
+):
     await ws.send_json(
-        {"type": "hello", "visitor": visitor, "token": token, "since": since,
-         "view": {"id": str(uuid.uuid4()), "url": url, "referrer": "https://www.google.com/", "title": "Pricing"},
-         "locale": "en-US", "timezone": "America/New_York"}
+        {
+            "type": "hello",
+            "visitor": visitor,
+            "token": token,
+            "since": since,
+            "view": {"id": str(uuid.uuid4()), "url": url, "referrer": "https://www.google.com/", "title": "Pricing"},
+            "locale": "en-US",
+            "timezone": "America/New_York",
+        }
     )
     welcome = await ws.receive_json()
     assert welcome["type"] == "welcome"
@@ -119,7 +129,8 @@ async def test_a_visitor_cannot_write_into_another_visitors_conversation(client,
 
 async def test_an_email_in_the_chat_is_captured_and_joins_the_lead_from_the_backend(client, db):
     signup = await client.post(
-        "/api/events", json={"type": "signup", "lead": {"email": "eve@example.com"}},
+        "/api/events",
+        json={"type": "signup", "lead": {"email": "eve@example.com"}},
         headers={"Authorization": "Bearer test-api-key"},
     )
     backend_lead = (await signup.json())["lead_id"]
@@ -168,8 +179,12 @@ async def test_bad_frames_get_an_error_and_the_chat_goes_on(client, db):
 
     ws = await client.ws_connect("/chat/ws")
     await hello(ws)
-    for frame in ("not json", '{"type": "dance"}', '{"type": "message", "id": "x", "text": "hi"}',
-                  '{"type": "message", "id": "%s", "text": ""}' % uuid.uuid4()):
+    for frame in (
+        "not json",
+        '{"type": "dance"}',
+        '{"type": "message", "id": "x", "text": "hi"}',
+        json.dumps({"type": "message", "id": str(uuid.uuid4()), "text": ""}),
+    ):
         await ws.send_str(frame)
         assert (await ws.receive_json())["type"] == "error"
     await say(client, ws, "still here")

@@ -10,8 +10,9 @@ from aiohttp import web
 
 from bot.channels.webhook import sign, signed_headers
 from bot.config import WebhookSource
-from conftest import rows, services_of
 from storage.models import Delivery, Event, Lead, Message
+
+from conftest import rows, services_of
 
 SECRET = "acme-webhook-secret"
 

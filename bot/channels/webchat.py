@@ -11,6 +11,7 @@ The server pushes `{"type": "message", "id", "from", "text", "buttons", "client_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -128,7 +129,7 @@ class _Session:
     async def _first_frame(self) -> dict | None:
         try:
             frame = await self.ws.receive(timeout=HELLO_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self._send({"type": "error", "error": "say hello first"})
             return None
         data = _parse(frame.data) if frame.type == WSMsgType.TEXT else None
@@ -208,7 +209,12 @@ class _Session:
         url, referrer = _short(view.get("url"), 2000) or "", _short(view.get("referrer"), 2000) or ""
         view_id = view.get("id") if _is_uuid(view.get("id")) else str(uuid.uuid4())
         parts = urlsplit(url)
-        properties = {"path": parts.path or "/", "url": url, "referrer": referrer, "title": _short(view.get("title"), 300)}
+        properties = {
+            "path": parts.path or "/",
+            "url": url,
+            "referrer": referrer,
+            "title": _short(view.get("title"), 300),
+        }
         return self._inbound(
             "page_view",
             dedup_key=f"webchat:view:{self.visitor}:{view_id}",
@@ -246,11 +252,10 @@ class _Session:
     async def _send(self, frame: dict) -> None:
         if self.ws.closed:
             return
+        # A visitor who left misses nothing: it waits in the history for their return.
         async with self.send_lock:
-            try:
+            with contextlib.suppress(ConnectionError):
                 await self.ws.send_json(frame)
-            except ConnectionError:
-                pass  # the visitor left; what they missed waits in the history
 
 
 def message_frame(message: Message) -> dict:
@@ -269,7 +274,10 @@ def message_frame(message: Message) -> dict:
 def touch_from(url: str, referrer: str) -> Touch:
     """Source/UTM of a page view: the utm_* parameters, else the referring site."""
     query = parse_qs(urlsplit(url).query)
-    utm = {key: _short(query.get(f"utm_{key}", [None])[0], 200) for key in ("source", "medium", "campaign", "term", "content")}
+    utm = {
+        key: _short(query.get(f"utm_{key}", [None])[0], 200)
+        for key in ("source", "medium", "campaign", "term", "content")
+    }
     referrer_host = urlsplit(referrer).hostname if referrer else None
     if not utm["source"] and referrer_host and referrer_host != urlsplit(url).hostname:
         utm["source"], utm["medium"] = referrer_host, utm["medium"] or "referral"

@@ -1,0 +1,63 @@
+"""Faults a sender must be able to rely on: retries are safe, outages are answered so they retry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from bot.channels.webhook import signed_headers
+from bot.config import WebhookSource
+from storage.models import Delivery, Event, Lead, Message
+
+from conftest import API_KEY, rows, services_of
+
+UNREACHABLE = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
+SOURCE = WebhookSource("acme", "s3cret", None)
+
+
+async def test_concurrent_replays_of_one_webhook_delivery_store_one_message_and_one_reply(
+    make_client, settings, clock, db
+):
+    client = await make_client(settings.with_(webhook_sources={"acme": SOURCE}))
+    body = json.dumps({"id": "d-9", "conversation": "t-1", "user": {"id": "u-1"}, "text": "hello"}).encode()
+    headers = signed_headers("s3cret", body, clock.now())
+    answers = await asyncio.gather(
+        *[client.post("/webhooks/inbound/acme", data=body, headers=headers) for _ in range(6)]
+    )
+    assert [answer.status for answer in answers] == [200] * 6
+    assert sorted([(await answer.json())["duplicate"] for answer in answers]) == [False] + [True] * 5
+    await services_of(client).drain()
+    assert len(await rows(db, Message, Message.direction == "in")) == 1
+    assert len(await rows(db, Delivery)) == 1
+    assert len(await rows(db, Lead)) == 1
+
+
+async def test_concurrent_events_for_a_new_person_make_one_lead(client, db):
+    bodies = [{"id": f"e-{n}", "type": "cart", "lead": {"email": "gil@example.com"}} for n in range(5)]
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    answers = await asyncio.gather(*[client.post("/api/events", json=body, headers=auth) for body in bodies])
+    assert [answer.status for answer in answers] == [201] * 5
+    assert len(await rows(db, Lead)) == 1
+    assert len(await rows(db, Event, Event.type == "custom")) == 5
+
+
+async def test_when_the_database_is_down_senders_get_503_to_retry(make_client, settings, clock):
+    down = settings.with_(database_url=UNREACHABLE, secret_key="k", webhook_sources={"acme": SOURCE})
+    client = await make_client(down)
+    body = json.dumps({"id": "d-1", "conversation": "t-1", "user": {"id": "u-1"}, "text": "hello"}).encode()
+    webhook = await client.post(
+        "/webhooks/inbound/acme", data=body, headers=signed_headers("s3cret", body, clock.now())
+    )
+    event = await client.post(
+        "/api/events",
+        json={"type": "signup", "lead": {"email": "a@example.com"}},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    health = await client.get("/healthz")
+    assert (webhook.status, event.status, health.status) == (503, 503, 503)
+    assert "retry" in (await webhook.json())["error"]
+
+    ws = await client.ws_connect("/chat/ws")
+    await ws.send_json({"type": "hello", "view": {"url": "https://shop.example/"}})
+    frame = await ws.receive_json()
+    assert frame["type"] == "error" and frame["retry"] is True
