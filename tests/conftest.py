@@ -28,11 +28,14 @@ from storage import models  # noqa: F401
 from storage.db import create_engine, is_sqlite, sessionmaker
 from storage.migrate import upgrade
 
+from fake_telegram import fake_telegram  # noqa: F401  (the fake Bot API fixture)
+
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-api-key"
 
 
 # --- no real network -------------------------------------------------------------------------
+
 
 def _is_local(host: Any) -> bool:
     if host in ("localhost", "", None):
@@ -63,6 +66,7 @@ def no_real_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --- database ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -111,6 +115,7 @@ async def db(database_url: str) -> AsyncIterator[Any]:
 
 
 # --- the app -----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def clock() -> FrozenClock:

@@ -1,14 +1,307 @@
-"""Telegram (placeholder until the adapter lands)."""
+"""Telegram: python-telegram-bot in custom-webhook mode, behind our own aiohttp server.
+
+Telegram POSTs updates to `/webhooks/telegram` with the header `X-Telegram-Bot-Api-Secret-Token`;
+each update is stored once (keyed by its `update_id`) before we answer 200, so a retry by Telegram
+changes nothing. Text messages, shared contacts, button presses (callback queries) and `/start` are
+read; a message we cannot read (a sticker, a group chat) is answered 200 and ignored, because
+Telegram redelivers anything not answered with 2xx. Other update types are refused with 422.
+
+Deep links `https://t.me/<bot>?start=<payload>` arrive as `/start <payload>`. Telegram allows only
+`A-Za-z0-9_-` and 64 characters there, so the payload is `<key>-<value>` pairs joined by `_`:
+`v` = the widget's visitor link (`<visitor id>-<signature>`, given to the widget in its welcome frame),
+`s` = utm source, `m` = utm medium, `c` = utm campaign; e.g.
+`/start v-0123456789abcdef-0a1b2c3d4e5f_s-google_c-spring`. Unknown keys are ignored; a malformed
+payload is ignored as a whole (it is still a start). A correctly signed visitor id becomes the
+identity ("visitor", id), so a web visitor who continues in Telegram stays one lead, and nobody can
+attach themselves to a visitor whose id they merely guessed.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import json
+import logging
+import re
+import warnings
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+from telegram import (
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    Message,
+    ReplyKeyboardMarkup,
+    Update,
+    User,
+)
+from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
+from telegram.ext import Application
+from telegram.warnings import PTBDeprecationWarning
+
+from bot.channels.base import Inbound, Profile, SendResult, Touch, buttons_as_text
+from bot.channels.webchat import visitor_link
+from bot.middlewares import json_error
+from bot.services import Services
+from storage.models import Delivery
+
+log = logging.getLogger(__name__)
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+ALLOWED_UPDATES = ["message", "callback_query"]
+MAX_CALLBACK_BYTES = 64
+_PAYLOAD = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_VISITOR_LINK = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{12}$")
+_TOUCH_KEYS = {"s": "source", "m": "medium", "c": "campaign"}
+_BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError)
+
+
+class Unsupported(Exception):
+    """An update type we do not handle (answered 422)."""
+
+
+class Ignored(Exception):
+    """An update we read but skip (answered 200, so Telegram does not redeliver it)."""
+
 
 class TelegramChannel:
+    """A Telegram bot; a conversation's address is the chat id."""
+
     name = "telegram"
 
-    def __init__(self, services) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, services: Services) -> None:
         self.services = services
+        settings = services.settings
+        self.token, self.secret = settings.telegram_token or "", settings.telegram_secret or ""
+        self.api_url = settings.telegram_api_url.rstrip("/")
+        self.application = (
+            Application.builder()
+            .token(self.token)
+            .base_url(f"{self.api_url}/bot")
+            .base_file_url(f"{self.api_url}/file/bot")
+            .updater(None)
+            .build()
+        )
+        self.connected = False
+        self.connecting = asyncio.Lock()
 
     @staticmethod
-    def enabled(services) -> str | None:  # type: ignore[no-untyped-def]
+    def enabled(services: Services) -> str | None:
+        """None when enabled, else why not."""
         return None if services.settings.telegram_token else "KINDLING_TELEGRAM_TOKEN is not set"
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/webhooks/telegram", self.webhook)
+
+    async def start(self) -> None:
+        """Reach the Bot API and register the webhook; if that fails the server still runs."""
+        if not self.secret:
+            log.error("telegram: KINDLING_TELEGRAM_SECRET is not set; every update will be refused")
+        problem = await self._connect()
+        if problem is not None:
+            log.error("telegram: cannot use the Bot API at %s (%s); sends will retry", self.api_url, problem)
+
+    async def stop(self) -> None:
+        await self.application.shutdown()
+        await self.application.bot.shutdown()  # also when initialize failed half-way
+
+    async def _connect(self) -> str | None:
+        """Initialize once (and set the webhook when public_url is set); None, or what went wrong."""
+        async with self.connecting:
+            if self.connected:
+                return None
+            try:
+                await self.application.initialize()
+                await self._set_webhook()
+            except TelegramError as exc:
+                return self._describe(exc)
+            self.connected = True
+            return None
+
+    async def _set_webhook(self) -> None:
+        public_url = self.services.settings.public_url.rstrip("/")
+        if public_url:
+            await self.application.bot.set_webhook(
+                url=f"{public_url}/webhooks/telegram",
+                secret_token=self.secret,
+                allowed_updates=ALLOWED_UPDATES,
+            )
+
+    def _describe(self, exc: TelegramError) -> str:
+        if isinstance(exc, InvalidToken):
+            return "the bot token was rejected (KINDLING_TELEGRAM_TOKEN)"
+        return f"{type(exc).__name__}: {exc.message}".replace(self.token, "<token>")
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """Check the secret, store the update once, answer; the replies go out after the answer."""
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not self.secret or not hmac.compare_digest(given, self.secret.encode()):  # no secret: refuse all
+            return json_error(403, f"wrong or missing {SECRET_HEADER}")
+        try:
+            update = self._parse(await request.read())
+            inbound = inbound_from(update, self.services.clock.now(), self._visitor)
+        except Unsupported as exc:
+            return json_error(422, str(exc))
+        except Ignored as exc:
+            return web.json_response({"ok": True, "ignored": str(exc)})
+        received = await self.services.intake.receive(inbound)
+        if update.callback_query is not None:
+            self.services.spawn(self._answer_button(update.callback_query.id))
+        self.services.after_commit(received)
+        return web.json_response({"ok": True})
+
+    def _visitor(self, link: str) -> str | None:
+        """The visitor id in a deep link, if its signature is ours."""
+        visitor = link.partition("-")[0]
+        return visitor if hmac.compare_digest(visitor_link(self.services.secret_key, visitor), link) else None
+
+    def _parse(self, body: bytes) -> Update:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise web.HTTPBadRequest(text="the body is not valid JSON") from None
+        if not isinstance(data, dict) or type(data.get("update_id")) is not int:
+            raise web.HTTPBadRequest(text="not a Telegram update: no update_id")
+        try:
+            return Update.de_json(data, self.application.bot)
+        except _BAD_UPDATE as exc:
+            raise web.HTTPBadRequest(text=f"not a Telegram update: {type(exc).__name__} {exc}") from None
+
+    async def _answer_button(self, query_id: str) -> None:
+        """Stop the button's spinner; best effort, the press is stored already."""
+        if await self._connect() is not None:
+            return
+        try:
+            await self.application.bot.answer_callback_query(query_id)
+        except TelegramError as exc:
+            log.warning("telegram: button press not acknowledged: %s", self._describe(exc))
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        """Send a text with its buttons; map Telegram's answers to sent / retry / failed."""
+        problem = await self._connect()
+        if problem is not None:
+            return SendResult.retry(f"Telegram Bot API unavailable: {problem}", after=30)
+        text, markup = keyboard(delivery.text, delivery.buttons)
+        try:
+            sent = await self.application.bot.send_message(
+                chat_id=int(delivery.address), text=text, reply_markup=markup
+            )
+        except RetryAfter as exc:
+            return SendResult.retry(f"Telegram flood control: {exc.message}", after=_seconds(exc))
+        except Forbidden as exc:
+            return SendResult.failed("blocked by the user" if "blocked" in exc.message else exc.message)
+        except BadRequest as exc:
+            return SendResult.failed(exc.message)
+        except (NetworkError, InvalidToken) as exc:  # TimedOut is a NetworkError
+            return SendResult.retry(self._describe(exc))
+        return SendResult.sent(provider_id=str(sent.message_id))
+
+
+def keyboard(text: str, buttons: list[dict]) -> tuple[str, ReplyKeyboardMarkup | InlineKeyboardMarkup | None]:
+    """The text and markup for a delivery's buttons; one message takes one kind of keyboard."""
+    contact = [button for button in buttons if button.get("type") == "contact"]
+    if contact:
+        # A reply keyboard and inline buttons cannot share a message: other choices go in the text.
+        share = KeyboardButton(contact[0]["text"], request_contact=True)
+        markup = ReplyKeyboardMarkup([[share]], one_time_keyboard=True, resize_keyboard=True)
+        return buttons_as_text(text, buttons), markup
+    labels = [button["text"] for button in buttons if button.get("type", "reply") == "reply"]
+    if not labels:
+        return text, None
+    rows = [[InlineKeyboardButton(label, callback_data=callback_data(label))] for label in labels]
+    return text, InlineKeyboardMarkup(rows)
+
+
+def callback_data(label: str) -> str:
+    """A button's label as callback data: Telegram allows 64 bytes."""
+    return label.encode()[:MAX_CALLBACK_BYTES].decode(errors="ignore")
+
+
+def _seconds(exc: RetryAfter) -> float:
+    with warnings.catch_warnings():  # PTB 22 warns that retry_after becomes a timedelta
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        after = exc.retry_after
+    return after.total_seconds() if isinstance(after, timedelta) else float(after)
+
+
+def inbound_from(update: Update, now: datetime, visitor: Callable[[str], str | None]) -> Inbound:
+    """Normalize an update; `visitor` checks a deep link's visitor link. Raises Unsupported or Ignored."""
+    if update.callback_query is not None:
+        return _from_button(update, update.callback_query, now)
+    if update.message is not None:
+        return _from_message(update, update.message, now, visitor)
+    raise Unsupported("unsupported update type: only message and callback_query are handled")
+
+
+def _from_message(update: Update, message: Message, now: datetime, visitor: Callable[[str], str | None]) -> Inbound:
+    user = message.from_user
+    if user is None or message.chat.type != "private":
+        raise Ignored("only private chats with a person are read")
+    if message.contact is not None:
+        return _from_contact(update, message, user, now)
+    text = message.text or message.caption
+    if not text:
+        raise Ignored("a message without text")
+    command, _, payload = text.partition(" ")
+    if command.split("@")[0] != "/start":
+        return _inbound(update, message.chat.id, user, "message", now, text=text)
+    link, touch = parse_deep_link(payload.strip())
+    visitor_id = visitor(link) if link else None
+    extra = (("visitor", visitor_id),) if visitor_id else ()
+    return _inbound(update, message.chat.id, user, "start", now, text=text, touch=touch, extra=extra)
+
+
+def _from_contact(update: Update, message: Message, user: User, now: datetime) -> Inbound:
+    contact = message.contact
+    assert contact is not None
+    phone = contact.phone_number if contact.phone_number.startswith("+") else f"+{contact.phone_number}"
+    if contact.user_id != user.id:  # someone else's card: kept with the event, not taken as their phone
+        card = {"contact_card": {"first_name": contact.first_name, "phone": phone}}
+        text = f"(a contact card: {contact.first_name})"
+        return _inbound(update, message.chat.id, user, "message", now, text=text, properties=card)
+    # The number goes in the text, not the profile: intake finds it there and records it as shared
+    # (contact_shared event, points, thanks); a profile phone counts as already known.
+    profile = Profile(
+        first_name=contact.first_name or user.first_name,
+        last_name=contact.last_name or user.last_name,
+        locale=user.language_code,
+    )
+    return _inbound(update, message.chat.id, user, "message", now, text=phone, profile=profile)
+
+
+def _from_button(update: Update, query: CallbackQuery, now: datetime) -> Inbound:
+    if not query.data:
+        raise Ignored("a button press without data")
+    chat_id = query.message.chat.id if query.message is not None else query.from_user.id
+    properties = {"value": query.data}
+    return _inbound(update, chat_id, query.from_user, "button", now, text=query.data, properties=properties)
+
+
+def _inbound(
+    update: Update, chat_id: int, user: User, kind: str, now: datetime, extra: tuple = (), **fields: Any
+) -> Inbound:
+    fields.setdefault(
+        "profile", Profile(first_name=user.first_name, last_name=user.last_name, locale=user.language_code)
+    )
+    return Inbound(
+        channel="telegram",
+        external_id=str(chat_id),
+        kind=kind,
+        dedup_key=f"telegram:update:{update.update_id}",
+        identities=(("telegram", str(user.id)), *extra),
+        at=now,
+        **fields,
+    )
+
+
+def parse_deep_link(payload: str) -> tuple[str | None, Touch | None]:
+    """The visitor link and source/UTM in a `/start` payload (format in the module docstring)."""
+    if not _PAYLOAD.match(payload):
+        return None, None
+    pairs = dict(pair.partition("-")[::2] for pair in payload.split("_"))
+    visitor = pairs.get("v") if _VISITOR_LINK.match(pairs.get("v", "")) else None
+    utm = {name: pairs[key] for key, name in _TOUCH_KEYS.items() if pairs.get(key)}
+    return visitor, Touch(**utm) if utm else None

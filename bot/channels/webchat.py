@@ -95,6 +95,11 @@ def token_for(secret: bytes, visitor: str) -> str:
     return hmac.new(secret, f"visitor:{visitor}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def visitor_link(secret: bytes, visitor: str) -> str:
+    """`<visitor>-<signature>`: short enough for a Telegram deep link, unguessable for another visitor."""
+    return f"{visitor}-{hmac.new(secret, f'link:{visitor}'.encode(), hashlib.sha256).hexdigest()[:12]}"
+
+
 class _Session:
     """One open widget connection."""
 
@@ -159,6 +164,7 @@ class _Session:
                 "token": token_for(channel.secret_key, visitor),
                 "conversation": self.conversation_id,
                 "lead": received.lead_id,
+                "link": visitor_link(channel.secret_key, visitor),  # for Telegram deep links: ?start=v-<link>
             }
         )
         return True
