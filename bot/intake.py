@@ -51,7 +51,9 @@ class Intake:
             earlier = (await session.exec(select(Event).where(Event.dedup_key == inbound.dedup_key))).first()
             if earlier is not None:
                 lead = await q.get_lead(session, earlier.lead_id)
-                return Received(lead_id=lead.id, duplicate=True, event_id=earlier.id)
+                return Received(
+                    lead_id=lead.id, duplicate=True, event_id=earlier.id, conversation_id=earlier.conversation_id
+                )
         lead = await self._resolve_lead(session, inbound, now)
         conversation = await self._conversation(session, inbound, lead, now)
         self._update_profile(lead, inbound, now)

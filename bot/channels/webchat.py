@@ -28,6 +28,7 @@ from aiohttp import WSMsgType, web
 from sqlmodel import select
 
 from bot.channels.base import Inbound, Profile, SendResult, Touch
+from bot.intake import Received
 from bot.services import Services
 from storage.db import DatabaseUnavailable
 from storage.models import Delivery, Message
@@ -37,6 +38,7 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 MAX_TEXT = 4000
 MAX_FRAME = 16 * 1024
 HELLO_TIMEOUT = 10.0
+HISTORY = 200
 _VISITOR = re.compile(r"^[0-9a-f]{16}$")
 _TIMEZONES = frozenset(available_timezones())
 
@@ -120,7 +122,8 @@ class _Session:
             return
         async with self.services.hub.watch(self.conversation_id) as queue:
             self.forwarder = asyncio.create_task(self._forward(queue))
-            await self._history(int(hello.get("since") or 0))
+            since = hello.get("since")
+            await self._history(since if isinstance(since, int) and not isinstance(since, bool) else 0)
             async for frame in self.ws:
                 if frame.type != WSMsgType.TEXT:
                     break
@@ -194,7 +197,7 @@ class _Session:
             client_id=client_id,
             properties={"value": text} if kind == "button" else {},
         )
-        received = await self._receive(inbound)
+        received = await self._receive(inbound, client_id)
         if received is None:
             return
         await self._send({"type": "ack", "id": client_id, "duplicate": received.duplicate})
@@ -202,12 +205,13 @@ class _Session:
             self.services.hub.publish(received.message.conversation_id, received.message)
         self.services.after_commit(received)
 
-    async def _receive(self, inbound: Inbound):  # type: ignore[no-untyped-def]
+    async def _receive(self, inbound: Inbound, client_id: str | None = None) -> Received | None:
         try:
             return await self.services.intake.receive(inbound)
         except DatabaseUnavailable as exc:
             log.error("webchat inbound not stored: %s", exc)
-            await self._send({"type": "error", "error": "temporarily unavailable, retrying", "retry": True})
+            error = {"type": "error", "error": "temporarily unavailable, retrying", "retry": True}
+            await self._send({**error, "id": client_id} if client_id else error)
             return None
 
     def _page_view(self, view: Any) -> Inbound:
@@ -241,13 +245,14 @@ class _Session:
 
     async def _history(self, since: int) -> None:
         async with self.services.sessions() as session:
+            # The newest ones when a visitor missed more than HISTORY: the latest context matters most.
             rows = await session.exec(
                 select(Message)
                 .where(Message.conversation_id == self.conversation_id, Message.id > since)
-                .order_by(Message.id)
-                .limit(200)
+                .order_by(Message.id.desc())
+                .limit(HISTORY)
             )
-            for message in rows.all():
+            for message in reversed(rows.all()):
                 await self._send(message_frame(message))
 
     async def _forward(self, queue: asyncio.Queue) -> None:

@@ -1,1 +1,448 @@
-// widget
+/* Kindling chat widget. Embed with:
+ *   <script src="https://kindling.example/widget.js" async></script>
+ * Plain JavaScript, no build step, no dependencies. It talks to the server that served this file
+ * over the WebSocket protocol described in bot/channels/webchat.py. Only window.Kindling
+ * ({open, close}) is exposed. Every text from the chat goes into the page with textContent. */
+(function () {
+  "use strict";
+  if (window.Kindling) return; // included twice: the first copy does the work
+
+  // --- Where the server is: the origin (and path prefix) this script was loaded from ----------
+  var SCRIPT_PATH = /\/widget\.js(?:[?#]|$)/;
+  var script = document.currentScript;
+  if (!script || !SCRIPT_PATH.test(script.src || "")) {
+    script = null; // currentScript is null when run from a callback or a module: look for our tag
+    var tags = document.getElementsByTagName("script");
+    for (var t = 0; t < tags.length && !script; t++) if (SCRIPT_PATH.test(tags[t].src)) script = tags[t];
+  }
+  if (!script) return;
+  var base = new URL(script.src, location.href);
+  var SOCKET_URL = (base.protocol === "https:" ? "wss://" : "ws://") + base.host +
+    base.pathname.replace(/widget\.js$/, "chat/ws");
+  var MAX_TEXT = 4000, MAX_FRAME_BYTES = 15000; // the server accepts 4000 characters, 16 KiB frames
+  var KEEP = 100; // messages kept in localStorage to draw the transcript at once on the next page
+
+  // --- Persistence: localStorage may be disabled or full; the widget then works for this page --
+  function load(key, fallback, check) {
+    try {
+      var value = JSON.parse(localStorage.getItem("kindling." + key));
+      return value !== null && check(value) ? value : fallback;
+    } catch (e) { return fallback; }
+  }
+  function save(key, value) {
+    try { localStorage.setItem("kindling." + key, JSON.stringify(value)); return true; } catch (e) { return false; }
+  }
+  function isString(v) { return typeof v === "string"; }
+  function isNumber(v) { return typeof v === "number"; }
+  var isArray = Array.isArray;
+
+  var visitor = load("visitor", null, isString), token = load("token", null, isString);
+  var link = load("link", null, isString); // signed visitor id for Telegram deep links
+  var conversation = load("conversation", null, isNumber);
+  // The transcript and `since` (the newest message id in it) go together: the server sends only
+  // what came after `since`, and what came before is drawn from this copy.
+  var transcript = load("transcript", [], isArray).filter(function (m) {
+    return m && isNumber(m.id) && isString(m.text) && isArray(m.buttons);
+  });
+  var since = transcript.length ? load("since", 0, isNumber) : 0;
+  var readUpTo = load("read", 0, isNumber); // newest bot/operator message seen with the panel open
+  var outbox = load("outbox", [], isArray); // frames sent but not acknowledged yet, resent as they are
+  var known = {}, sentIds = {}; // server ids already shown; client ids the server confirmed
+  transcript.forEach(function (m) { known[m.id] = true; if (m.client_id) sentIds[m.client_id] = true; });
+  outbox = outbox.filter(function (f) { return f && isString(f.id) && !sentIds[f.id]; });
+
+  function uuid() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID(); // secure contexts only
+    var b = new Uint8Array(16), i, hex = "";
+    if (window.crypto && crypto.getRandomValues) crypto.getRandomValues(b);
+    else for (i = 0; i < 16; i++) b[i] = Math.floor(Math.random() * 256);
+    b[6] = (b[6] & 0x0f) | 0x40; b[8] = (b[8] & 0x3f) | 0x80; // version 4, RFC 4122 variant
+    for (i = 0; i < 16; i++) hex += (i === 4 || i === 6 || i === 8 || i === 10 ? "-" : "") + (b[i] + 256).toString(16).slice(1);
+    return hex;
+  }
+  function timezone() {
+    try { return Intl.DateTimeFormat().resolvedOptions().timeZone || null; } catch (e) { return null; }
+  }
+
+  // One view per page load; its id lets the server count a resent view only once.
+  var view = { id: uuid(), url: location.href, referrer: document.referrer, title: document.title };
+
+  // --- The connection ---------------------------------------------------------------------------
+  var socket = null, online = false, everOnline = false, attempt = 0, retryTimer = null, resendTimer = null;
+
+  function connect() {
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    if (socket) return;
+    var ws;
+    try { ws = new WebSocket(SOCKET_URL); } catch (e) { return scheduleReconnect(); }
+    socket = ws;
+    ws.onopen = function () {
+      ws.send(JSON.stringify({
+        type: "hello", visitor: visitor, token: token, since: since, view: view,
+        locale: navigator.language || null, timezone: timezone()
+      }));
+    };
+    ws.onmessage = function (event) {
+      var frame;
+      try { frame = JSON.parse(event.data); } catch (e) { return; }
+      if (frame && socket === ws) handle(frame);
+    };
+    ws.onclose = function () {
+      if (socket !== ws) return;
+      socket = null;
+      scheduleReconnect();
+      setOnline(false);
+    };
+  }
+
+  function scheduleReconnect() {
+    // 1 s, 2 s, 4 s ... 30 s, so a server restart is not met by every visitor at once.
+    var delay = Math.min(30000, 1000 * Math.pow(2, Math.min(attempt++, 5)));
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(connect, delay);
+  }
+
+  function reconnectNow() {
+    if (socket) { var old = socket; socket = null; old.onclose = null; old.close(); }
+    setOnline(false);
+    attempt = 0;
+    connect();
+  }
+
+  function transmit(frame) {
+    if (online && socket) socket.send(JSON.stringify(frame));
+  }
+
+  function handle(frame) {
+    if (frame.type === "welcome") {
+      // A different conversation (a new visitor, or the server started over): drop the old transcript.
+      var changed = isNumber(frame.conversation) && conversation !== frame.conversation;
+      var resync = changed && since > 0;
+      if (changed) { forgetTranscript(); conversation = frame.conversation; save("conversation", conversation); }
+      visitor = frame.visitor; token = frame.token; link = frame.link;
+      save("visitor", visitor); save("token", token); save("link", link);
+      // The hello asked for messages after an id of the old conversation: ask again from the start.
+      if (resync) return reconnectNow();
+      attempt = 0;
+      setOnline(true);
+      outbox.forEach(transmit); // same ids: the server stores each message once
+    } else if (frame.type === "message") {
+      receive(frame);
+    } else if (frame.type === "ack") {
+      settle(frame.id, null);
+    } else if (frame.type === "error") {
+      if (frame.id) settle(frame.id, frame.error || "not sent");
+      else if (frame.retry && !resendTimer) {
+        // The server could not store something (its database is down); it does not say what.
+        resendTimer = setTimeout(function () { resendTimer = null; outbox.forEach(transmit); }, 5000);
+      }
+    }
+  }
+
+  // --- Conversation state -----------------------------------------------------------------------
+  function receive(m) {
+    if (!isNumber(m.id) || known[m.id]) return; // a replay can overlap what was pushed live
+    known[m.id] = true;
+    var mine = m.client_id && byClient[m.client_id];
+    if (m.client_id) settle(m.client_id, null); // our own message coming back: it is stored
+    var entry = { id: m.id, from: m.from, text: String(m.text || ""), buttons: isArray(m.buttons) ? m.buttons : [],
+      client_id: m.client_id || null, at: m.at || null };
+    transcript.push(entry);
+    if (transcript.length > 1 && transcript[transcript.length - 2].id > m.id) {
+      transcript.sort(function (a, b) { return a.id - b.id; });
+    }
+    if (transcript.length > KEEP) transcript = transcript.slice(-KEEP);
+    since = Math.max(since, m.id);
+    if (save("transcript", transcript)) save("since", since); // never a `since` ahead of the copy
+    if (mine) mine.setAttribute("data-id", m.id);
+    else draw(entry);
+    if (isOpen()) markRead();
+    updateBadge();
+  }
+
+  function send(frame, text) {
+    var json = JSON.stringify(frame);
+    var bytes = window.TextEncoder ? new TextEncoder().encode(json).length : json.length * 3;
+    drawPending(frame.id, text);
+    if (bytes > MAX_FRAME_BYTES) return settle(frame.id, "too long"); // never resend what will not fit
+    outbox.push(frame);
+    save("outbox", outbox);
+    transmit(frame);
+  }
+
+  // An ack, the stored message coming back, or an error ends a message's time in the outbox.
+  function settle(clientId, error) {
+    var before = outbox.length;
+    outbox = outbox.filter(function (f) { return f.id !== clientId; });
+    if (outbox.length !== before) save("outbox", outbox);
+    var el = byClient[clientId];
+    if (!el) return;
+    el.classList.remove("kindling-pending");
+    if (error) el.classList.add("kindling-failed");
+    setStatus(el, error ? "Not sent: " + error : "");
+  }
+
+  function forgetTranscript() {
+    transcript = []; since = 0; readUpTo = 0; known = {};
+    save("transcript", transcript); save("since", 0); save("read", 0);
+    if (ui) Array.prototype.slice.call(ui.list.querySelectorAll("[data-id]")).forEach(function (el) { el.remove(); });
+  }
+
+  function unread() {
+    return transcript.filter(function (m) { return m.from !== "visitor" && m.id > readUpTo; }).length;
+  }
+  function markRead() {
+    if (since > readUpTo) { readUpTo = since; save("read", readUpTo); }
+  }
+
+  // --- The interface ----------------------------------------------------------------------------
+  var ui = null, byClient = {}, wantOpen = false;
+  var STYLE = [
+    "#kindling-root{position:fixed;right:20px;bottom:20px;z-index:2147483000;font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1f2937;text-align:left}",
+    // Reset what a host page's element rules (button{}, textarea{}, *{}) could change in here.
+    "#kindling-root *{box-sizing:border-box;margin:0;padding:0;border:0;font:inherit;color:inherit;letter-spacing:normal;text-transform:none;text-shadow:none;background:none;box-shadow:none;float:none;width:auto;height:auto;min-width:0;max-width:none;min-height:0}",
+    "#kindling-root .kindling-launcher{position:relative;display:flex;align-items:center;justify-content:center;width:58px;height:58px;border-radius:50%;background:#4f46e5;color:#fff;cursor:pointer;box-shadow:0 8px 24px rgba(79,70,229,.35);transition:transform .15s}",
+    "#kindling-root .kindling-launcher:hover{transform:scale(1.06)}",
+    "#kindling-root .kindling-badge{position:absolute;top:-4px;right:-4px;min-width:20px;height:20px;padding:0 6px;border-radius:10px;background:#ef4444;color:#fff;font-size:12px;font-weight:700;line-height:20px;text-align:center;border:2px solid #fff}",
+    "#kindling-root .kindling-panel{position:absolute;right:0;bottom:74px;width:370px;height:540px;max-height:calc(100vh - 110px);display:flex;flex-direction:column;background:#fff;border-radius:16px;overflow:hidden;box-shadow:0 16px 48px rgba(15,23,42,.22);animation:kindling-in .18s ease-out}",
+    "#kindling-root [hidden]{display:none!important}",
+    "#kindling-root svg{display:block;width:24px;height:24px;flex:none}",
+    "@keyframes kindling-in{from{opacity:0;transform:translateY(10px)}}",
+    "#kindling-root .kindling-header{display:flex;align-items:center;gap:10px;padding:16px 14px 16px 18px;background:#4f46e5;color:#fff}",
+    "#kindling-root .kindling-title{flex:1;font-size:16px;font-weight:600}",
+    "#kindling-root .kindling-state{display:block;font-size:12px;font-weight:400;opacity:.85}",
+    "#kindling-root .kindling-close{width:32px;height:32px;border-radius:8px;color:#fff;font-size:22px;line-height:32px;text-align:center;cursor:pointer}",
+    "#kindling-root .kindling-close:hover{background:rgba(255,255,255,.15)}",
+    "#kindling-root .kindling-list{flex:1;overflow-y:auto;padding:16px;display:flex;flex-direction:column;gap:10px;background:#f8fafc}",
+    "#kindling-root .kindling-intro{color:#64748b;font-size:13px;text-align:center;padding:4px 12px 8px}",
+    // flex:none: in a scrolling flex column, items would otherwise shrink and clip their text.
+    "#kindling-root .kindling-msg{flex:none;display:flex;flex-direction:column;align-items:flex-start;max-width:82%;align-self:flex-start}",
+    "#kindling-root .kindling-msg>*{flex:none}",
+    "#kindling-root .kindling-from-visitor{align-self:flex-end;align-items:flex-end}",
+    "#kindling-root .kindling-bubble{padding:9px 13px;border-radius:16px 16px 16px 4px;background:#fff;border:1px solid #e2e8f0;white-space:pre-wrap;overflow-wrap:anywhere}",
+    "#kindling-root .kindling-from-visitor .kindling-bubble{border-radius:16px 16px 4px 16px;background:#4f46e5;border-color:#4f46e5;color:#fff}",
+    "#kindling-root .kindling-pending .kindling-bubble{opacity:.65}",
+    "#kindling-root .kindling-failed .kindling-bubble{background:#fee2e2;border-color:#fca5a5;color:#7f1d1d}",
+    "#kindling-root .kindling-author,#kindling-root .kindling-status{font-size:11px;color:#64748b;margin:2px 4px}",
+    "#kindling-root .kindling-choices{display:flex;flex-wrap:wrap;gap:6px;margin-top:6px}",
+    "#kindling-root .kindling-choice{padding:6px 12px;border:1px solid #4f46e5;border-radius:999px;background:#fff;color:#4f46e5;cursor:pointer}",
+    "#kindling-root .kindling-choice:hover{background:#eef2ff}",
+    "#kindling-root .kindling-form{display:flex;align-items:flex-end;gap:8px;padding:10px 12px;border-top:1px solid #e2e8f0;background:#fff}",
+    "#kindling-root .kindling-input{flex:1;display:block;resize:none;max-height:120px;padding:9px 12px;border:1px solid #cbd5e1;border-radius:12px;background:#fff;color:#1f2937;line-height:20px}",
+    "#kindling-root .kindling-input:focus{outline:none;border-color:#4f46e5;box-shadow:0 0 0 3px rgba(79,70,229,.15)}",
+    "#kindling-root .kindling-send{display:flex;align-items:center;justify-content:center;width:40px;height:40px;border-radius:50%;background:#4f46e5;color:#fff;cursor:pointer}",
+    "#kindling-root button:focus-visible{outline:2px solid #a5b4fc;outline-offset:2px}",
+    "@media (max-width:480px){#kindling-root .kindling-panel{position:fixed;inset:0;width:100%;height:100%;max-height:none;border-radius:0}#kindling-root.kindling-open .kindling-launcher{display:none}}",
+    "@media (prefers-reduced-motion:reduce){#kindling-root *{animation:none;transition:none}}"
+  ].join("\n");
+
+  function el(tag, className, attrs) {
+    var node = document.createElement(tag);
+    if (className) node.className = className;
+    for (var name in attrs || {}) node.setAttribute(name, attrs[name]);
+    return node;
+  }
+  function icon(path) {
+    var ns = "http://www.w3.org/2000/svg", svg = document.createElementNS(ns, "svg"), p = document.createElementNS(ns, "path");
+    svg.setAttribute("viewBox", "0 0 24 24"); svg.setAttribute("width", "24"); svg.setAttribute("height", "24");
+    svg.setAttribute("aria-hidden", "true"); svg.setAttribute("fill", "currentColor");
+    p.setAttribute("d", path);
+    svg.appendChild(p);
+    return svg;
+  }
+
+  function mount() {
+    if (ui || !document.body) return;
+    var style = el("style", "", { id: "kindling-style" });
+    style.textContent = STYLE;
+    document.head.appendChild(style);
+    var root = el("div", "", { id: "kindling-root" });
+    var panel = el("div", "kindling-panel", { id: "kindling-panel", role: "dialog", "aria-label": "Chat with us", hidden: "" });
+    var header = el("div", "kindling-header");
+    var title = el("div", "kindling-title");
+    title.textContent = "Chat with us";
+    var state = el("span", "kindling-state", { "aria-live": "polite" });
+    title.appendChild(state);
+    var closer = el("button", "kindling-close", { type: "button", "aria-label": "Close chat" });
+    closer.textContent = "\u00d7";
+    header.appendChild(title); header.appendChild(closer);
+    var list = el("div", "kindling-list", { role: "log", "aria-live": "polite", "aria-label": "Messages" });
+    var intro = el("p", "kindling-intro");
+    intro.textContent = "Hi there! Ask us anything, we're happy to help.";
+    list.appendChild(intro);
+    var form = el("form", "kindling-form");
+    var input = el("textarea", "kindling-input", { rows: "1", maxlength: String(MAX_TEXT), placeholder: "Type a message\u2026", "aria-label": "Message" });
+    var sendButton = el("button", "kindling-send", { type: "submit", "aria-label": "Send" });
+    sendButton.appendChild(icon("M3.4 20.4 21 12 3.4 3.6 3.4 10.2 15 12 3.4 13.8z"));
+    form.appendChild(input); form.appendChild(sendButton);
+    panel.appendChild(header); panel.appendChild(list); panel.appendChild(form);
+    var launcher = el("button", "kindling-launcher", { type: "button", "aria-label": "Open chat", "aria-expanded": "false", "aria-controls": "kindling-panel" });
+    launcher.appendChild(icon("M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z"));
+    var badge = el("span", "kindling-badge", { "aria-hidden": "true", hidden: "" });
+    launcher.appendChild(badge);
+    root.appendChild(panel); root.appendChild(launcher);
+    document.body.appendChild(root);
+    ui = { root: root, panel: panel, list: list, input: input, launcher: launcher, badge: badge, state: state };
+
+    launcher.addEventListener("click", function () { isOpen() ? close() : open(); });
+    closer.addEventListener("click", function () { close(); launcher.focus(); });
+    panel.addEventListener("keydown", function (e) { if (e.key === "Escape") { close(); launcher.focus(); } });
+    form.addEventListener("submit", function (e) { e.preventDefault(); submit(); });
+    input.addEventListener("keydown", function (e) {
+      // Enter sends, Shift+Enter is a new line; not while an input method is composing (CJK).
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit(); }
+    });
+    input.addEventListener("input", grow);
+
+    transcript.forEach(draw);
+    outbox.forEach(function (f) { drawPending(f.id, f.type === "button" ? f.value : f.text); });
+    setOnline(online);
+    updateBadge();
+    if (wantOpen) open();
+  }
+
+  function grow() {
+    ui.input.style.height = "auto";
+    ui.input.style.height = Math.min(ui.input.scrollHeight + 2, 120) + "px";
+  }
+
+  function submit() {
+    var text = ui.input.value.trim();
+    if (!text) return;
+    ui.input.value = "";
+    grow();
+    send({ type: "message", id: uuid(), text: text }, text);
+  }
+
+  function choose(label) {
+    send({ type: "button", id: uuid(), value: label }, label);
+  }
+
+  function message(from, text, at) {
+    var box = el("div", "kindling-msg kindling-from-" + (from === "visitor" || from === "operator" ? from : "bot"));
+    if (from === "operator") {
+      var author = el("span", "kindling-author");
+      author.textContent = "Team";
+      box.appendChild(author);
+    }
+    var bubble = el("div", "kindling-bubble");
+    bubble.textContent = text; // never innerHTML: chat text is data, not markup
+    if (at) bubble.title = new Date(at).toLocaleString();
+    box.appendChild(bubble);
+    return box;
+  }
+
+  function draw(m) {
+    if (!ui) return;
+    var box = message(m.from, m.text, m.at);
+    box.setAttribute("data-id", m.id);
+    if (m.from !== "visitor" && m.buttons.length) {
+      var choices = el("div", "kindling-choices");
+      m.buttons.forEach(function (label) {
+        var b = el("button", "kindling-choice", { type: "button" });
+        b.textContent = String(label);
+        b.addEventListener("click", function () { choose(String(label)); });
+        choices.appendChild(b);
+      });
+      box.appendChild(choices);
+    }
+    // Keep server order: a replay and a live push may arrive out of order.
+    var later = null, rows = ui.list.querySelectorAll("[data-id]");
+    for (var i = 0; i < rows.length && !later; i++) if (Number(rows[i].getAttribute("data-id")) > m.id) later = rows[i];
+    place(box, later);
+  }
+
+  function drawPending(clientId, text) {
+    if (!ui || byClient[clientId]) return;
+    var box = message("visitor", text, null);
+    box.classList.add("kindling-pending");
+    box.appendChild(el("span", "kindling-status"));
+    setStatus(box, "Sending\u2026");
+    byClient[clientId] = box;
+    place(box, null);
+  }
+
+  function place(box, before) {
+    var stuck = nearBottom();
+    ui.list.insertBefore(box, before);
+    // Reply buttons belong to the newest message only: once anything follows, they are moot.
+    var groups = ui.list.querySelectorAll(".kindling-choices");
+    for (var i = 0; i < groups.length; i++) if (groups[i].parentNode !== ui.list.lastChild) groups[i].remove();
+    if (stuck || box.classList.contains("kindling-from-visitor")) ui.list.scrollTop = ui.list.scrollHeight;
+  }
+
+  function nearBottom() {
+    return ui.list.scrollHeight - ui.list.scrollTop - ui.list.clientHeight < 60;
+  }
+
+  function setStatus(box, text) {
+    var status = box.querySelector(".kindling-status");
+    if (status) status.textContent = text;
+  }
+
+  function setOnline(value) {
+    online = value;
+    everOnline = everOnline || value;
+    if (ui) ui.state.textContent = online ? "We reply right here" : everOnline || attempt ? "Reconnecting\u2026" : "Connecting\u2026";
+  }
+
+  function updateBadge() {
+    if (!ui) return;
+    var count = isOpen() ? 0 : unread();
+    ui.badge.textContent = count > 9 ? "9+" : String(count);
+    ui.badge.hidden = count === 0;
+    ui.launcher.setAttribute("aria-label", count ? "Open chat, " + count + " unread" : "Open chat");
+  }
+
+  function isOpen() { return !!ui && !ui.panel.hidden; }
+
+  function open() {
+    if (!ui) { wantOpen = true; return; }
+    ui.panel.hidden = false;
+    ui.root.classList.add("kindling-open");
+    ui.launcher.setAttribute("aria-expanded", "true");
+    markRead();
+    updateBadge();
+    ui.list.scrollTop = ui.list.scrollHeight;
+    ui.input.focus();
+  }
+
+  function close() {
+    wantOpen = false;
+    if (!ui) return;
+    ui.panel.hidden = true;
+    ui.root.classList.remove("kindling-open");
+    ui.launcher.setAttribute("aria-expanded", "false");
+    updateBadge();
+  }
+
+  // --- Page views in single-page apps: report a new view when the URL changes ------------------
+  function checkNavigation() {
+    if (location.href.split("#")[0] === view.url.split("#")[0]) return;
+    view = { id: uuid(), url: location.href, referrer: view.url, title: document.title };
+    transmit({ type: "page_view", view: view }); // offline: the next hello reports it
+  }
+  var pushState = history.pushState;
+  history.pushState = function () {
+    var result = pushState.apply(this, arguments);
+    setTimeout(checkNavigation, 300); // apps set the new title just after navigating
+    return result;
+  };
+  window.addEventListener("popstate", function () { setTimeout(checkNavigation, 300); });
+
+  // Back online, or back from the back/forward cache: try now rather than at the next backoff.
+  window.addEventListener("online", function () { if (!socket) { attempt = 0; connect(); } });
+  window.addEventListener("pageshow", function (e) { if (e.persisted && !socket) { attempt = 0; connect(); } });
+
+  // The `start` value of a Telegram deep link (https://t.me/<bot>?start=...) that keeps this
+  // visitor one lead when they continue in Telegram; null until the server has welcomed us.
+  function telegramStart() {
+    return link ? "v-" + link : null;
+  }
+
+  window.Kindling = { open: open, close: close, telegramStart: telegramStart };
+  connect(); // at once, so the page view is reported and waiting messages arrive before any click
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", mount);
+  else mount();
+})();
