@@ -10,9 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from zoneinfo import available_timezones
 
 from flows.durations import parse_duration
 from flows.expressions import ExpressionError
+from flows.safety import Policy, QuietHours
 from flows.scoring import ScoreRule, Scoring
 from flows.stages import DEFAULT_ORDER, Stages
 
@@ -53,6 +55,8 @@ class Settings:
     webhook_sources: Mapping[str, WebhookSource] = field(default_factory=dict)
     scoring: Scoring = Scoring()
     stages: Stages = Stages()
+    policy: Policy = Policy()
+    opt_out_words: tuple[str, ...] = ()
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests, CLI flags)."""
@@ -100,6 +104,7 @@ def settings_from(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         webhook_sources=_webhook_sources(channels.section("webhook").section("sources"), env),
         scoring=_scoring(doc.section("scoring")),
         stages=_stages(doc.section("stages")),
+        **_nurture(doc.section("nurture"), env),
     )
     doc.reject_unknown()
     return settings
@@ -199,6 +204,25 @@ def _scoring(section: _Section) -> Scoring:
     except ValueError as exc:
         raise ConfigError(f"scoring.half_life: {exc}") from None
     return Scoring(rules=tuple(rules), half_life=decay)
+
+
+def _nurture(section: _Section, env: Mapping[str, str]) -> dict[str, Any]:
+    quiet = _env(env, "KINDLING_QUIET_HOURS", section.get("quiet_hours", str, "21:00-09:00"))
+    cap = section.get("daily_cap", int, 2)
+    zone = section.get("default_timezone", str, "UTC")
+    words = section.get("opt_out_words", list, [])
+    try:
+        quiet_hours = QuietHours.parse(quiet)
+    except ValueError as exc:
+        raise ConfigError(f"nurture.quiet_hours: {exc}") from None
+    if cap < 0:
+        raise ConfigError("nurture.daily_cap: must be 0 or more")
+    if zone not in available_timezones():
+        raise ConfigError(f"nurture.default_timezone: unknown time zone {zone!r}")
+    if not all(isinstance(word, str) and word.strip() for word in words):
+        raise ConfigError("nurture.opt_out_words: a list of words")
+    policy = Policy(quiet_hours=quiet_hours, daily_cap=cap, default_timezone=zone)
+    return {"policy": policy, "opt_out_words": tuple(words)}
 
 
 def _stages(section: _Section) -> Stages:

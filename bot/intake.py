@@ -13,8 +13,9 @@ from bot.channels.base import Inbound
 from bot.config import Settings
 from bot.contacts import find_email, find_phone, normalize_email, normalize_phone
 from bot.messages import SystemMessages
-from bot.replies import plan_replies
+from bot.replies import plan_replies, reply_deliveries
 from flows.clock import Clock
+from flows.optout import is_opt_out, opt_out
 from flows.reactions import advance_stage, ledger, score_event
 from storage import leads as q
 from storage.db import Sessions, transaction
@@ -76,8 +77,14 @@ class Intake:
         for happened in [event, *captured]:
             await score_event(session, self.settings.scoring, lead, happened, now)
             await advance_stage(session, self.settings.stages, lead, happened, now)
+        stop = inbound.kind == "message" and is_opt_out(inbound.text, self.settings.opt_out_words)
+        opted_out = await opt_out(session, lead, "asked to stop", now) if stop else None
         if conversation is not None:
-            deliveries = plan_replies(self.messages, lead, conversation, event, captured, first_message, now)
+            if stop:  # the confirmation, once; nothing else answers a stop
+                planned = [("opt_out_confirm", {}, [])] if opted_out else []
+                deliveries = reply_deliveries(self.messages, planned, lead, conversation, event, now)
+            else:
+                deliveries = plan_replies(self.messages, lead, conversation, event, captured, first_message, now)
             session.add_all(deliveries)
             await session.flush()
             received.delivery_ids = [delivery.id for delivery in deliveries]

@@ -8,7 +8,7 @@ from typing import Any
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-SYSTEM_MESSAGES = ("greeting", "got_it", "contact_request", "contact_thanks")
+SYSTEM_MESSAGES = ("greeting", "got_it", "contact_request", "contact_thanks", "opt_out_confirm")
 SAMPLE = {"lead": {"first_name": "Ann", "email": None, "phone": None}, "contact": "ann@example.com"}
 
 

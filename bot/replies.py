@@ -36,6 +36,18 @@ def plan_replies(
     if not (lead.email or lead.phone or conversation.contact_requested or first_message):
         planned.append(("contact_request", {}, [CONTACT_BUTTON]))
         conversation.contact_requested = True
+    return reply_deliveries(messages, planned, lead, conversation, event, now)
+
+
+def reply_deliveries(
+    messages: SystemMessages,
+    planned: list[tuple[str, dict, list]],
+    lead: Lead,
+    conversation: Conversation,
+    event: Event,
+    now: datetime,
+) -> list[Delivery]:
+    """Outbox rows for planned system messages (name, extra context, buttons); a broken one is left out."""
     return [
         delivery
         for name, extra, buttons in planned

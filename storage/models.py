@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -53,6 +53,7 @@ class Lead(SQLModel, table=True):
     last_touch: dict = _json(dict)
     tags: list = _json(list)
     merged_into_id: int | None = Field(default=None, foreign_key="lead.id", index=True)
+    opted_out_at: datetime | None = _time(nullable=True)
 
 
 class Identity(SQLModel, table=True):
@@ -136,7 +137,10 @@ class Delivery(SQLModel, table=True):
     text: str
     buttons: list = _json(list)
     idempotency_key: str = Field(unique=True)
-    status: str = "pending"  # pending | sending | sent | dead
+    enrollment_id: int | None = Field(default=None, foreign_key="enrollment.id", index=True)
+    flow_slug: str | None = None
+    step: str | None = None
+    status: str = "pending"  # pending | sending | sent | skipped | dead
     attempts: int = 0
     not_before: datetime = _time()
     lease_until: datetime | None = _time(nullable=True)
@@ -144,6 +148,46 @@ class Delivery(SQLModel, table=True):
     provider_message_id: str | None = None
     created_at: datetime = _time()
     sent_at: datetime | None = _time(nullable=True)
+
+
+class FlowVersion(SQLModel, table=True):
+    """The text of each flow version that enrolled someone: enrollments stay on the version they began."""
+
+    slug: str = Field(primary_key=True)
+    version: str = Field(primary_key=True)
+    source: str
+    created_at: datetime = _time()
+
+
+_LIVE = "status IN ('active', 'paused')"
+
+
+class Enrollment(SQLModel, table=True):
+    """A lead in a flow: the version it is pinned to, the next step and when it is due."""
+
+    __table_args__ = (
+        Index("ix_enrollment_due", "status", "due_at"),
+        # At most one live enrollment per lead and flow, whichever instance enrolls.
+        Index(
+            "uq_enrollment_live",
+            "lead_id",
+            "flow_slug",
+            unique=True,
+            sqlite_where=text(_LIVE),
+            postgresql_where=text(_LIVE),
+        ),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    flow_slug: str
+    flow_version: str
+    step_index: int = 0
+    due_at: datetime = _time()
+    status: str = "active"  # active | paused | done | exited
+    exit_reason: str | None = None
+    lease_until: datetime | None = _time(nullable=True)
+    enrolled_at: datetime = _time()
+    updated_at: datetime = _time()
 
 
 class Setting(SQLModel, table=True):

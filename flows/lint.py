@@ -1,0 +1,198 @@
+"""`kindling lint`: a flow file's structure, its expressions and every step rendered against sample leads."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from jinja2 import TemplateError, TemplateSyntaxError, nodes
+from jinja2.parser import Parser
+
+from flows.flowfile import Draft, parse_tree, read_flow
+from flows.render import RenderError, describe, flow_environment, render_block
+from flows.samples import sample_contexts
+from flows.spec import FlowSpec, Problem
+from flows.stages import DEFAULT_ORDER
+
+__all__ = [
+    "Problem",
+    "check_flow",
+    "flow_files",
+    "lint_file",
+    "lint_folder",
+    "lint_paths",
+    "problems_text",
+    "unsafe_parts",
+]
+_NONE = re.compile(r"\bNone\b")
+
+
+def check_flow(
+    path: Path, templates_root: Path, stages: tuple[str, ...] = DEFAULT_ORDER
+) -> tuple[FlowSpec | None, list[Problem]]:
+    """Lint a flow file; the FlowSpec only when there is no problem at all."""
+    draft = read_flow(path, templates_root, stages)
+    unsafe = _safety_problems(draft, templates_root)
+    flagged = {(problem.file, problem.line) for problem in unsafe}
+    rendered = [problem for problem in _render_problems(draft) if (problem.file, problem.line) not in flagged]
+    found = sorted({*draft.problems, *unsafe, *_expression_problems(draft, templates_root), *rendered})
+    return (draft.spec() if not found else None), found
+
+
+def lint_file(path: Path, templates_root: Path, stages: tuple[str, ...] = DEFAULT_ORDER) -> list[Problem]:
+    """Every problem in one flow file, in line order."""
+    return check_flow(Path(path), Path(templates_root), stages)[1]
+
+
+def flow_files(templates_root: Path) -> list[Path]:
+    """The flow files under a templates folder: `flows/*.j2`, except `_` partials."""
+    folder = Path(templates_root) / "flows"
+    return sorted(path for path in folder.glob("*.j2") if not path.name.startswith("_") and path.is_file())
+
+
+def lint_folder(templates_root: Path, stages: tuple[str, ...] = DEFAULT_ORDER) -> list[Problem]:
+    """Every problem in every flow of a templates folder."""
+    return [problem for path in flow_files(templates_root) for problem in lint_file(path, templates_root, stages)]
+
+
+def lint_paths(
+    paths: Iterable[Path], templates_root: Path | None = None, stages: tuple[str, ...] = DEFAULT_ORDER
+) -> list[Problem]:
+    """Lint files (or folders of flows); the templates folder is guessed from each path when not given."""
+    problems: list[Problem] = []
+    for path in map(Path, paths):
+        root = Path(templates_root) if templates_root else _guess_root(path)
+        files = flow_files(root) if path.is_dir() and (path / "flows").is_dir() else None
+        if files is None and path.is_dir():
+            files = sorted(p for p in path.glob("*.j2") if not p.name.startswith("_"))
+        for file in files if files is not None else [path]:
+            problems.extend(lint_file(file, root, stages))
+    return problems
+
+
+def _guess_root(path: Path) -> Path:
+    """`templates/flows/x.j2` -> `templates`; a folder holding `flows/` is itself the root."""
+    if path.is_dir():
+        return path if (path / "flows").is_dir() else path.parent
+    return path.parent.parent if path.parent.name == "flows" else path.parent
+
+
+# --- what the sandbox would refuse at run time, found before it runs ------------------------------
+
+
+def unsafe_parts(tree: nodes.Node) -> Iterator[tuple[int, str]]:
+    """(line, reason) for each attribute, item or filter that reaches for internals or formats strings."""
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        name = _reached_name(node)
+        if isinstance(node, nodes.Filter) and node.name == "attr" and name is None:
+            yield node.lineno, "|attr(...) needs a name in quotes"
+        elif name is not None and name.startswith("_"):
+            yield node.lineno, f"{name!r}: names starting with _ are off limits in flows"
+        elif isinstance(node, nodes.Getattr) and name in ("format", "format_map"):
+            yield node.lineno, f".{name}() is not allowed in flows: put values in with {{{{ }}}}"
+
+
+def _reached_name(node: nodes.Node) -> str | None:
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        return node.arg.value
+    if isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+        arg = node.args[0]
+        return arg.value if isinstance(arg, nodes.Const) and isinstance(arg.value, str) else None
+    return None
+
+
+def _safety_problems(draft: Draft, root: Path) -> list[Problem]:
+    """Unsafe parts in the flow and, followed by name, in the partials it includes or imports."""
+    try:
+        tree = parse_tree(draft.body, draft.path.name, draft.file, root)
+    except TemplateSyntaxError:
+        return []  # already reported by read_flow
+    problems: list[Problem] = []
+    _scan(tree, draft.file, root, problems, seen=set())
+    return problems
+
+
+def _scan(tree: nodes.Template, file: str, root: Path, problems: list[Problem], seen: set[str]) -> None:
+    problems.extend(Problem(file, line, reason) for line, reason in unsafe_parts(tree))
+    env = flow_environment(root)
+    for node in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport)):
+        name = node.template.value if isinstance(node.template, nodes.Const) else None
+        if not isinstance(name, str) or name in seen:
+            continue
+        seen.add(name)
+        try:
+            source, filename, _ = env.loader.get_source(env, name)
+            _scan(env.parse(source, name, filename), filename or name, root, problems, seen)
+        except TemplateError:
+            continue  # a missing or broken partial shows up, with its line, when the step renders
+
+
+# --- expressions and steps against sample leads ---------------------------------------------------
+
+
+def _expressions(draft: Draft) -> Iterator[tuple[int, str, str]]:
+    """(line, what, source) of every expression in the flow: header ones and step `when`s."""
+    header = draft.header
+    if header is not None:
+        lines = header.lines
+        for key, expression in (("when", header.when), ("audience", header.audience)):
+            if expression is not None:
+                yield lines.get(key, 1), f"`{key}`", expression.source
+        for rule in header.exits:
+            if rule.expression is not None:
+                yield lines.get("exit", 1), f"`exit` {rule.source!r}", rule.source
+    for step in draft.steps:
+        if step.when is not None:
+            yield step.line, f"step {step.name!r} `when`", step.when.source
+
+
+def _expression_problems(draft: Draft, root: Path) -> list[Problem]:
+    """Evaluate every expression strictly with the samples: unknown names and unsafe parts are errors."""
+    env = flow_environment(root)
+    trigger = draft.header.trigger if draft.header else None
+    problems = []
+    for line, what, source in _expressions(draft):
+        tree = Parser(env, source, state="variable").parse_expression()
+        problems.extend(Problem(draft.file, line, f"{what}: {reason}") for _, reason in unsafe_parts(tree))
+        evaluate = env.compile_expression(source, undefined_to_none=False)
+        for label, context in sample_contexts(trigger):
+            try:
+                bool(evaluate(**context))
+            except Exception as exc:  # user expression: any failure is a lint problem
+                problems.append(Problem(draft.file, line, f"{what} fails for a {label}: {describe(exc)}"))
+                break
+    return problems
+
+
+def _render_problems(draft: Draft) -> list[Problem]:
+    """Render every step and variant with a full and an empty sample lead."""
+    if draft.template is None:
+        return []
+    trigger = draft.header.trigger if draft.header else None
+    flow = {"slug": draft.slug, "name": draft.header.name if draft.header else draft.slug}
+    problems = []
+    for step in draft.steps:
+        texts: list[str] = []
+        for label, context in sample_contexts(trigger):
+            try:
+                texts.append(render_block(draft.template, step, {**context, "flow": flow}).text)
+            except RenderError as exc:
+                problems.append(Problem(exc.file, exc.line, _for(exc.message, label, first=not texts)))
+                break
+        if len(texts) == 2 and _NONE.search(texts[1]) and not _NONE.search(texts[0]):
+            why = 'shows "None" for a lead we know little about: write {{ lead.first_name or "there" }}'
+            problems.append(Problem(draft.file, step.line, f"step {step.name!r} {why}"))
+    return problems
+
+
+def _for(message: str, label: str, first: bool) -> str:
+    return message if first else f"{message} (for a {label})"
+
+
+def problems_text(problems: Iterable[Any]) -> str:
+    """Problems one per line, `file:line: message`, as `kindling lint` prints them."""
+    return "\n".join(str(problem) for problem in problems)

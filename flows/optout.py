@@ -1,0 +1,49 @@
+"""Opt-out: a lead who says stop (or blocks the bot) gets no more nurture on any channel."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.models import Delivery, Enrollment, Event, Lead
+
+OPT_OUT_WORDS = ("stop", "unsubscribe", "opt out", "optout", "stop all", "отписаться", "отписка", "退订")
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def normalize(text: str) -> str:
+    """Lower-case words separated by single spaces: `STOP!` -> `stop`."""
+    return _NOT_WORD.sub(" ", text).strip().casefold()
+
+
+def is_opt_out(text: str | None, extra_words: Iterable[str] = ()) -> bool:
+    """Whether a whole message asks to stop (`stop`, `Unsubscribe.`, `退订`), not one that mentions it."""
+    if not text:
+        return False
+    words = {normalize(word) for word in (*OPT_OUT_WORDS, *extra_words)}
+    return normalize(text) in words
+
+
+async def opt_out(session: AsyncSession, lead: Lead, reason: str, now: datetime) -> Event | None:
+    """Suppress the lead: exit its flows and skip queued nurture; None if it had opted out already."""
+    if lead.opted_out_at is not None:
+        return None
+    lead.opted_out_at, lead.updated_at = now, now
+    event = Event(lead_id=lead.id, type="opt_out", payload={"reason": reason}, at=now)
+    session.add_all([lead, event])
+    await session.exec(
+        update(Enrollment)
+        .where(Enrollment.lead_id == lead.id, Enrollment.status.in_(("active", "paused")))
+        .values(status="exited", exit_reason="opt_out", updated_at=now)
+    )
+    await session.exec(
+        update(Delivery)
+        .where(Delivery.lead_id == lead.id, Delivery.kind == "nurture", Delivery.status == "pending")
+        .values(status="skipped", last_error="opted out")
+    )
+    await session.flush()
+    return event

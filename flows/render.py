@@ -1,0 +1,177 @@
+"""Rendering flow steps: a size-limited Jinja sandbox with strict undefined and the `{% step %}` tag."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateSyntaxError, nodes
+from jinja2.exceptions import SecurityError, TemplateError, TemplateNotFound
+from jinja2.ext import Extension
+from jinja2.parser import Parser
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+if TYPE_CHECKING:
+    from flows.spec import FlowSpec, StepSpec
+
+MAX_TEXT = 4096  # Telegram's limit for one message
+MAX_OUTPUT = 64 * 1024  # raw output (before stripping) a render may produce before it is stopped
+STEP_KEY = "kindling_step"
+_UNSAFE_STR_METHODS = frozenset({"format", "format_map", "center", "ljust", "rjust", "zfill", "expandtabs"})
+_UNSAFE_FILTERS = ("format", "center", "indent")
+
+
+class RenderError(Exception):
+    """A step that cannot be rendered; names the file and line."""
+
+    def __init__(self, file: str, line: int, message: str) -> None:
+        self.file, self.line, self.message = file, line, message
+        super().__init__(f"{file}:{line}: {message}")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A step as the lead would see it."""
+
+    text: str
+    buttons: tuple[str, ...] = ()
+
+
+class StepExtension(Extension):
+    """`{% step "name", after="2d", ... %}body{% endstep %}`: the body renders only for the selected step."""
+
+    tags = {"step"}
+
+    def parse(self, parser: Parser) -> nodes.Node:
+        """Turn a step block into `if <this step is selected>: body`, keeping its options in the call."""
+        lineno = next(parser.stream).lineno
+        name = parser.parse_expression()
+        options = []
+        while parser.stream.skip_if("comma"):
+            key = parser.stream.expect("name")
+            parser.stream.expect("assign")
+            options.append(nodes.Keyword(key.value, parser.parse_expression(), lineno=key.lineno))
+        body = parser.parse_statements(("name:endstep",), drop_needle=True)
+        # An If (not a CallBlock) streams the body, so the output size limit applies inside its loops too.
+        test = self.call_method("_selected", [nodes.ContextReference(), name], options, lineno=lineno)
+        return nodes.If(test, body, [], [], lineno=lineno)
+
+    def _selected(self, context: Any, name: Any, **options: Any) -> bool:
+        return context.get(STEP_KEY) == (name, options.get("variant"))
+
+
+def step_call(node: nodes.Node) -> nodes.Call | None:
+    """If `node` is a parsed `{% step %}` block, the call that holds its name and options."""
+    if not isinstance(node, nodes.If) or not isinstance(node.test, nodes.Call):
+        return None
+    target = node.test.node
+    if isinstance(target, nodes.ExtensionAttribute) and target.identifier == StepExtension.identifier:
+        return node.test
+    return None
+
+
+class FlowSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, also refusing operations that blow up memory or reformat strings."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """Check `*`, `**` and `%` before doing them."""
+        if operator == "%" and isinstance(left, str):
+            raise SecurityError("string % formatting is not allowed in flows: put values in with {{ }}")
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise SecurityError(f"exponent {right} is too large")
+        if operator == "*":
+            sequence, times = (left, right) if isinstance(right, int) else (right, left)
+            if (
+                isinstance(sequence, str | list | tuple)
+                and isinstance(times, int)
+                and len(sequence) * times > MAX_OUTPUT
+            ):
+                raise SecurityError(f"repeating something {times} times makes it too large")
+        return super().call_binop(context, operator, left, right)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        """Also refuse string methods that format or pad (memory bombs, format-string tricks)."""
+        if isinstance(obj, str) and attr in _UNSAFE_STR_METHODS:
+            return False
+        return super().is_safe_attribute(obj, attr, value)
+
+
+@lru_cache(maxsize=16)
+def flow_environment(templates_root: Path) -> FlowSandbox:
+    """The sandbox for flows under `templates_root`; partials load from there by relative name."""
+    env = FlowSandbox(
+        loader=FileSystemLoader(str(templates_root)),
+        undefined=StrictUndefined,
+        extensions=[StepExtension],
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    for name in _UNSAFE_FILTERS:
+        env.filters.pop(name, None)
+    env.globals.pop("lipsum", None)
+    return env
+
+
+def compile_tree(env: FlowSandbox, tree: nodes.Template, name: str, filename: str) -> Template:
+    """A Template from an already parsed (and inspected) tree."""
+    code = env.compile(tree, name, filename)
+    return env.template_class.from_code(env, code, env.make_globals(None))
+
+
+def render_step(spec: FlowSpec, step_name: str, variant: str | None, context: dict[str, Any]) -> Rendered:
+    """Render one step (variant) of a flow for `context` (lead, event, now); raise RenderError."""
+    step = next((s for s in spec.steps if s.name == step_name and s.variant == variant), None)
+    if step is None:
+        which = f"step {step_name!r}" + (f" variant {variant!r}" if variant else "")
+        raise RenderError(str(spec.path), 1, f"flow {spec.slug!r} has no {which}")
+    full = {**context, "flow": {"slug": spec.slug, "name": spec.name}}
+    return render_block(spec.template, step, full)
+
+
+def render_block(template: Template, step: StepSpec, context: dict[str, Any]) -> Rendered:
+    """Render a step block of a compiled flow: stripped text within limits, and its buttons."""
+    file = template.filename or template.name or "<flow>"
+    chunks, size = [], 0
+    values = {**context, "step": {"name": step.name, "variant": step.variant}, STEP_KEY: (step.name, step.variant)}
+    try:
+        for chunk in template.generate(values):
+            size += len(chunk)
+            if size > MAX_OUTPUT:
+                raise RenderError(file, step.line, f"step {step.name!r} renders more than {MAX_OUTPUT} characters")
+            chunks.append(chunk)
+    except RenderError:
+        raise
+    except Exception as exc:  # template code is user code: any failure is a render error with a place
+        where, line = error_location(exc, file, step.line)
+        raise RenderError(where, line, f"step {step.name!r}: {describe(exc)}") from exc
+    text = "".join(chunks).strip()
+    if len(text) > MAX_TEXT:
+        raise RenderError(file, step.line, f"step {step.name!r} is {len(text)} characters; Telegram allows {MAX_TEXT}")
+    if not text and (step.action is None or step.buttons):
+        raise RenderError(file, step.line, f"step {step.name!r} renders no text (only steps with an action may)")
+    return Rendered(text, step.buttons)
+
+
+def error_location(exc: BaseException, file: str, default_line: int) -> tuple[str, int]:
+    """The template file and line an exception came from (Jinja rewrites tracebacks to template lines)."""
+    if isinstance(exc, TemplateSyntaxError) and exc.lineno:
+        return exc.filename or exc.name or file, exc.lineno
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == file or f.filename.endswith(".j2")]
+    if frames and frames[-1].lineno:
+        return frames[-1].filename, frames[-1].lineno
+    return file, default_line
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a render failure."""
+    if isinstance(exc, TemplateNotFound):
+        return f"no template {exc.name!r} in the templates folder"
+    if isinstance(exc, TemplateError):
+        return exc.message or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"

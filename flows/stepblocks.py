@@ -1,0 +1,204 @@
+"""The `{% step %}` blocks of a parsed flow: where they are, their literal options, checked."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+from jinja2 import nodes
+
+from flows.durations import parse_delay
+from flows.expressions import ExpressionError
+from flows.render import step_call
+from flows.spec import CHANNELS, Action, Expression, Problem, StepSpec
+
+OPTIONS = ("after", "at", "when", "channel", "buttons", "action", "variant")
+MAX_BUTTON = 64
+_TOP_LEVEL_OK = (nodes.Macro, nodes.Import, nodes.FromImport, nodes.Assign, nodes.AssignBlock)
+_SCORE = re.compile(r"^score:([+-]\d+(?:\.\d+)?)$")
+_TAG = re.compile(r"^[\w-]+$")
+
+
+class NotLiteral(ValueError):
+    """A step option written as an expression instead of a constant."""
+
+
+def find_steps(tree: nodes.Template, file: str, stages: tuple[str, ...]) -> tuple[list[StepSpec], list[Problem]]:
+    """Every top-level step of a flow, plus problems with structure, options and names."""
+    problems: list[Problem] = []
+    steps: list[StepSpec] = []
+    top = [node for node in tree.body if step_call(node) is not None]
+    top_ids = {id(node) for node in top}
+    for node in tree.body:
+        if id(node) in top_ids:
+            step = _step(node, file, stages, problems)
+            steps.extend([step] if step else [])
+        elif not _harmless(node):
+            why = "text or tags outside a {% step %} are never sent: move them into a step"
+            problems.append(Problem(file, _first_line(node), why))
+    for node in tree.find_all(nodes.If):
+        if step_call(node) is not None and id(node) not in top_ids:
+            problems.append(Problem(file, node.lineno, "a {% step %} must be at the top level, not inside another tag"))
+    for node in tree.find_all(nodes.Extends):
+        problems.append(
+            Problem(file, node.lineno, "flows cannot {% extends %}: include a partial that extends inside a step")
+        )
+    if not top:
+        problems.append(Problem(file, 1, 'no steps: add {% step "hello", after="10m" %}...{% endstep %}'))
+    problems.extend(_name_problems(steps, file))
+    return steps, problems
+
+
+def _harmless(node: nodes.Node) -> bool:
+    """Top-level nodes that define things or are blank, so nothing outside steps gets lost."""
+    if isinstance(node, _TOP_LEVEL_OK):
+        return True
+    return isinstance(node, nodes.Output) and all(
+        isinstance(part, nodes.TemplateData) and not part.data.strip() for part in node.nodes
+    )
+
+
+def _first_line(node: nodes.Node) -> int:
+    """Where visible content starts: blank lines (like the blanked front matter) don't count."""
+    for part in getattr(node, "nodes", []):
+        if isinstance(part, nodes.TemplateData):
+            if part.data.strip():
+                return part.lineno + part.data[: len(part.data) - len(part.data.lstrip())].count("\n")
+        else:
+            return part.lineno
+    return node.lineno
+
+
+def _step(node: nodes.If, file: str, stages: tuple[str, ...], problems: list[Problem]) -> StepSpec | None:
+    call = step_call(node)
+    assert call is not None
+    line = node.lineno
+    name = call.args[1]
+    if not isinstance(name, nodes.Const) or not isinstance(name.value, str) or not name.value.strip():
+        problems.append(Problem(file, line, 'a step needs a name in quotes first: {% step "hello", after="10m" %}'))
+        return None
+    before = len(problems)
+    options = _options(call.kwargs, file, line, problems)
+    if "after" not in options and not any(p.line == line for p in problems[before:]):
+        problems.append(Problem(file, line, f'step {name.value!r} needs after="..." (like after="10m" or "2d")'))
+    if len(problems) > before:
+        return None
+    try:
+        return _build(name.value, line, options, stages)
+    except ValueError as exc:
+        problems.append(Problem(file, line, f"step {name.value!r}: {exc}"))
+        return None
+
+
+def _options(keywords: list[nodes.Keyword], file: str, line: int, problems: list[Problem]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for keyword in keywords:
+        where = keyword.lineno or line
+        if keyword.key not in OPTIONS:
+            problems.append(
+                Problem(file, where, f"unknown step option `{keyword.key}` (options: {', '.join(OPTIONS)})")
+            )
+            continue
+        try:
+            options[keyword.key] = literal(keyword.value)
+        except NotLiteral:
+            hint = ' (write expressions in quotes: when="lead.score < 50")' if keyword.key == "when" else ""
+            problems.append(Problem(file, where, f"step option `{keyword.key}` must be a constant{hint}"))
+    return options
+
+
+def literal(node: nodes.Expr) -> Any:
+    """The value of a constant (text, number, list of them); NotLiteral for anything computed."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    if isinstance(node, nodes.List | nodes.Tuple):
+        return [literal(item) for item in node.items]
+    raise NotLiteral(type(node).__name__)
+
+
+def _build(name: str, line: int, options: dict[str, Any], stages: tuple[str, ...]) -> StepSpec:
+    """Check each option's value and make the StepSpec; ValueError names the first bad one."""
+    return StepSpec(
+        name=name,
+        line=line,
+        delay=parse_delay(_text(options, "after"), at=_text(options, "at", None)),
+        when=_when(_text(options, "when", None)),
+        channel=_channel(_text(options, "channel", None)),
+        buttons=_buttons(options.get("buttons", [])),
+        action=parse_action(_text(options, "action", None), stages),
+        variant=_text(options, "variant", None),
+    )
+
+
+def _text(options: dict[str, Any], key: str, *default: Any) -> Any:
+    value = options.get(key, *default) if default else options[key]
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"`{key}` must be text in quotes")
+    return value
+
+
+def _when(source: str | None) -> Expression | None:
+    if source is None:
+        return None
+    try:
+        return Expression.compile(source)
+    except ExpressionError as exc:
+        raise ValueError(f"`when` is not a valid expression: {exc}") from exc
+
+
+def _channel(value: str | None) -> str | None:
+    if value is not None and value not in CHANNELS:
+        raise ValueError(f"unknown channel {value!r}: use {', '.join(CHANNELS)}, or leave it out for the best one")
+    return value
+
+
+def _buttons(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(b, str) and b.strip() for b in value):
+        raise ValueError('`buttons` must be a list of texts, like buttons=["Yes", "Not now"]')
+    too_long = [b for b in value if len(b) > MAX_BUTTON]
+    if too_long:
+        raise ValueError(f"button {too_long[0][:20]!r}... is longer than {MAX_BUTTON} characters")
+    return tuple(value)
+
+
+def parse_action(source: str | None, stages: tuple[str, ...]) -> Action | None:
+    """`handoff`, `exit`, `stage:<name>`, `tag:<name>`, `score:+N` or `score:-N`; ValueError otherwise."""
+    if source is None:
+        return None
+    kind, _, value = source.partition(":")
+    if source in ("handoff", "exit"):
+        return Action(source)
+    if kind == "stage" and value in stages:
+        return Action("stage", value)
+    if kind == "tag" and _TAG.match(value):
+        return Action("tag", value)
+    score = _SCORE.match(source)
+    if score:
+        return Action("score", float(score.group(1)))
+    if kind == "stage":
+        raise ValueError(f"unknown stage {value!r} in action (stages are {', '.join(stages)})")
+    raise ValueError(f"unknown action {source!r}: use handoff, exit, stage:<stage>, tag:<name>, score:+N or score:-N")
+
+
+def _name_problems(steps: list[StepSpec], file: str) -> list[Problem]:
+    """Duplicate names are only allowed as A/B variants with distinct labels and the same timing."""
+    problems = []
+    by_name: dict[str, list[StepSpec]] = defaultdict(list)
+    for step in steps:
+        by_name[step.name].append(step)
+    for name, blocks in by_name.items():
+        first = blocks[0]
+        for block in blocks[1:]:
+            if first.variant is None or block.variant is None:
+                why = "rename it, or give every block a variant= label for an A/B test"
+                problems.append(
+                    Problem(file, block.line, f"duplicate step {name!r} (first at line {first.line}): {why}")
+                )
+            elif sum(b.variant == block.variant for b in blocks) > 1:
+                problems.append(Problem(file, block.line, f"step {name!r} has variant {block.variant!r} twice"))
+            elif block.delay != first.delay:
+                problems.append(
+                    Problem(file, block.line, f"variants of step {name!r} must share after/at (line {first.line})")
+                )
+    return problems
