@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import IntegrityError
 
 from bot import api, views
@@ -20,29 +20,38 @@ from bot.messages import SystemMessages
 from bot.middlewares import errors
 from bot.services import SERVICES, Services
 from flows.clock import Clock, SystemClock
+from flows.engine import Engine
+from flows.library import FlowLibrary
+from flows.runner import Runner
+from flows.scheduler import start_ticks
 from storage.db import create_engine, sessionmaker
 from storage.models import Setting
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
+FLOW_RELOAD_SECONDS = 2.0
 
 
 def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = True) -> web.Application:
     """A ready-to-run application; `ticks=False` leaves the periodic dispatcher to the caller (tests)."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors])
-    engine = create_engine(settings.database_url)
-    sessions = sessionmaker(engine)
+    database = create_engine(settings.database_url)
+    sessions = sessionmaker(database)
     clock = clock or SystemClock()
     messages = SystemMessages(settings.templates)
     channels: dict = {}
     hub = Hub()
+    library = FlowLibrary(settings.templates, settings.stages.order)
+    engine = Engine(library, settings.stages, channels)
     services = Services(
         settings=settings,
         sessions=sessions,
         clock=clock,
-        intake=Intake(sessions, settings, messages, clock),
-        dispatcher=Dispatcher(sessions, channels, hub, clock),
+        intake=Intake(sessions, settings, messages, clock, engine),
+        dispatcher=Dispatcher(sessions, channels, hub, clock, settings.policy),
         hub=hub,
+        library=library,
+        runner=Runner(sessions, engine, settings.scoring, clock),
     )
     app[SERVICES] = services
     for name, adapter in CHANNELS.items():
@@ -57,30 +66,34 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         messages.check()
+        library.load()  # a flow that fails lint is logged and left out; the rest run
         services.secret_key = await _secret_key(settings, sessions)
         for channel in channels.values():
             await channel.start()
-        scheduler = _start_ticks(services) if ticks else None
+        scheduler = start_ticks(_jobs(services)) if ticks else None
         yield
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         await services.drain()
         for channel in channels.values():
             await channel.stop()
-        await engine.dispose()
+        await database.dispose()
 
     app.cleanup_ctx.append(lifecycle)
     return app
 
 
-def _start_ticks(services: Services) -> AsyncIOScheduler:
-    # APScheduler only ticks; what is due is decided by the database, so a restart loses nothing.
-    scheduler = AsyncIOScheduler()
-    scheduler.add_job(
-        services.dispatcher.dispatch_due, "interval", seconds=TICK_SECONDS, max_instances=1, coalesce=True
-    )
-    scheduler.start()
-    return scheduler
+def _jobs(services: Services) -> list:
+    """What the scheduler ticks: picking up edited flows, running due steps, sending the outbox."""
+
+    async def reload_flows() -> None:
+        await asyncio.to_thread(services.library.reload)
+
+    return [
+        (reload_flows, FLOW_RELOAD_SECONDS),
+        (services.runner.run_due, TICK_SECONDS),
+        (services.dispatcher.dispatch_due, TICK_SECONDS),
+    ]
 
 
 async def _secret_key(settings: Settings, sessions) -> bytes:  # type: ignore[no-untyped-def]

@@ -6,15 +6,18 @@ import logging
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, update
+from sqlalchemy import ColumnElement, and_, func, or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.channels.base import Channel, SendResult
 from bot.hub import Hub
 from flows.clock import Clock
+from flows.optout import opt_out
+from flows.safety import Policy, local_day_start, nurture_verdict
 from storage.db import Sessions, transaction
-from storage.models import Delivery, Message
+from storage.leads import get_lead
+from storage.models import Conversation, Delivery, Message
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)
@@ -24,8 +27,11 @@ MAX_ATTEMPTS = 8
 class Dispatcher:
     """Sends deliveries exactly once per idempotency key, whichever instance claims them."""
 
-    def __init__(self, sessions: Sessions, channels: Mapping[str, Channel], hub: Hub, clock: Clock) -> None:
+    def __init__(
+        self, sessions: Sessions, channels: Mapping[str, Channel], hub: Hub, clock: Clock, policy: Policy
+    ) -> None:
         self.sessions, self.channels, self.hub, self.clock = sessions, channels, hub, clock
+        self.policy = policy
 
     async def send_now(self, delivery_ids: Iterable[int]) -> None:
         """Send fresh deliveries right away (the tick picks up whatever this misses)."""
@@ -72,6 +78,11 @@ class Dispatcher:
         return list(rows.all())
 
     async def _deliver(self, delivery: Delivery) -> None:
+        if delivery.kind == "nurture":
+            # Checked again right before the send: a human may have taken over since it was queued.
+            go = await transaction(self.sessions, lambda session: self._nurture_allowed(session, delivery))
+            if not go:
+                return
         channel = self.channels.get(delivery.channel)
         if channel is None:
             result = SendResult.retry(f"channel {delivery.channel} is not enabled", after=60)
@@ -84,6 +95,40 @@ class Dispatcher:
         message = await transaction(self.sessions, lambda session: self._record(session, delivery, result))
         if message is not None:
             self.hub.publish(message.conversation_id, message)
+
+    async def _nurture_allowed(self, session: AsyncSession, delivery: Delivery) -> bool:
+        """Apply opt-out, owner, quiet hours and the daily cap; a held-back row says why."""
+        now = self.clock.now()
+        row = await session.get(Delivery, delivery.id, with_for_update=True)
+        if row is None or row.status != "sending":
+            return False
+        lead = await get_lead(session, row.lead_id)
+        conversation = await session.get(Conversation, row.conversation_id)
+        zone = self.policy.zone(lead.timezone)
+        sent_today = (
+            await session.exec(
+                select(func.count(Delivery.id)).where(
+                    Delivery.lead_id == lead.id,
+                    Delivery.kind == "nurture",
+                    Delivery.status == "sent",
+                    Delivery.sent_at >= local_day_start(now, zone),
+                )
+            )
+        ).one()
+        owner = conversation.owner if conversation else "closed"
+        verdict = nurture_verdict(
+            self.policy, opted_out=lead.opted_out_at is not None, owner=owner,
+            timezone=lead.timezone, sent_today=sent_today, now=now,
+        )  # fmt: skip
+        if verdict.action == "send":
+            return True
+        row.last_error, row.lease_until = verdict.reason, None
+        row.status = "pending" if verdict.action == "postpone" else "skipped"
+        if verdict.until is not None:
+            row.not_before = verdict.until
+        row.attempts -= 1  # waiting is not a failed attempt
+        session.add(row)
+        return False
 
     async def _record(self, session: AsyncSession, delivery: Delivery, result: SendResult) -> Message | None:
         now = self.clock.now()
@@ -107,6 +152,9 @@ class Dispatcher:
             await session.flush()
             return message
         row.last_error = result.error
+        if result.blocked:
+            lead = await get_lead(session, row.lead_id)
+            await opt_out(session, lead, f"blocked us on {row.channel}", now)
         if result.status == "retry" and row.attempts < MAX_ATTEMPTS:
             backoff = result.retry_after or min(2**row.attempts, 300)
             row.status, row.not_before = "pending", now + timedelta(seconds=backoff)

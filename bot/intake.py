@@ -15,11 +15,12 @@ from bot.contacts import find_email, find_phone, normalize_email, normalize_phon
 from bot.messages import SystemMessages
 from bot.replies import plan_replies, reply_deliveries
 from flows.clock import Clock
+from flows.engine import Engine
 from flows.optout import is_opt_out, opt_out
 from flows.reactions import advance_stage, ledger, score_event
 from storage import leads as q
 from storage.db import Sessions, transaction
-from storage.models import Conversation, Event, Lead, Message
+from storage.models import Conversation, Delivery, Event, Lead, Message
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,11 @@ class Received:
 class Intake:
     """Stores inbounds and runs their reactions (scoring, stages, the bot's replies)."""
 
-    def __init__(self, sessions: Sessions, settings: Settings, messages: SystemMessages, clock: Clock) -> None:
+    def __init__(
+        self, sessions: Sessions, settings: Settings, messages: SystemMessages, clock: Clock, engine: Engine | None
+    ) -> None:
         self.sessions, self.settings, self.messages, self.clock = sessions, settings, messages, clock
+        self.engine = engine
 
     async def receive(self, inbound: Inbound) -> Received:
         """Store an inbound exactly once; raises DatabaseUnavailable if it could not be stored."""
@@ -73,23 +77,54 @@ class Intake:
         first_message = conversation is not None and conversation.last_message_at is None
         if conversation is not None and inbound.kind in ("message", "button"):
             received.message = await self._store_message(session, conversation, lead, event, inbound)
-        captured = await self._capture_contacts(session, lead, inbound, conversation, now)
-        for happened in [event, *captured]:
-            await score_event(session, self.settings.scoring, lead, happened, now)
-            await advance_stage(session, self.settings.stages, lead, happened, now)
-        stop = inbound.kind == "message" and is_opt_out(inbound.text, self.settings.opt_out_words)
-        opted_out = await opt_out(session, lead, "asked to stop", now) if stop else None
+        captured, stop = await self._react(session, lead, inbound, event, conversation, now)
         if conversation is not None:
-            if stop:  # the confirmation, once; nothing else answers a stop
-                planned = [("opt_out_confirm", {}, [])] if opted_out else []
-                deliveries = reply_deliveries(self.messages, planned, lead, conversation, event, now)
-            else:
-                deliveries = plan_replies(self.messages, lead, conversation, event, captured, first_message, now)
+            deliveries = self._replies(lead, conversation, event, captured, stop, first_message, now)
             session.add_all(deliveries)
             await session.flush()
             received.delivery_ids = [delivery.id for delivery in deliveries]
         session.add(lead)
         return received
+
+    async def _react(
+        self,
+        session: AsyncSession,
+        lead: Lead,
+        inbound: Inbound,
+        event: Event,
+        conversation: Conversation | None,
+        now: datetime,
+    ) -> tuple[list[Event], Event | bool]:
+        """Contacts, points, stages, opt-out, flows. Returns the contact events and the opt-out (or a repeat)."""
+        captured = await self._capture_contacts(session, lead, inbound, conversation, now)
+        happened = [event, *captured]
+        for each in list(happened):
+            await score_event(session, self.settings.scoring, lead, each, now)
+            if (change := await advance_stage(session, self.settings.stages, lead, each, now)) is not None:
+                happened.append(change)
+        stop: Event | bool = False
+        if inbound.kind == "message" and is_opt_out(inbound.text, self.settings.opt_out_words):
+            stop = await opt_out(session, lead, "asked to stop", now) or True  # True: had opted out already
+            if isinstance(stop, Event):
+                happened.append(stop)
+        if self.engine is not None:
+            await self.engine.react(session, lead, happened, now)
+        return captured, stop
+
+    def _replies(
+        self,
+        lead: Lead,
+        conversation: Conversation,
+        event: Event,
+        captured: list[Event],
+        stop: Event | bool,
+        first_message: bool,
+        now: datetime,
+    ) -> list[Delivery]:
+        if stop:  # the confirmation, once; nothing else answers a stop
+            planned = [("opt_out_confirm", {}, [])] if isinstance(stop, Event) else []
+            return reply_deliveries(self.messages, planned, lead, conversation, event, now)
+        return plan_replies(self.messages, lead, conversation, event, captured, first_message, now)
 
     async def _resolve_lead(self, session: AsyncSession, inbound: Inbound, now: datetime) -> Lead:
         identities = list(inbound.identities)

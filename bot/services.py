@@ -15,6 +15,8 @@ from bot.dispatcher import Dispatcher
 from bot.hub import Hub
 from bot.intake import Intake, Received
 from flows.clock import Clock
+from flows.library import FlowLibrary
+from flows.runner import Runner
 from storage.db import Sessions
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class Services:
     intake: Intake
     dispatcher: Dispatcher
     hub: Hub
+    library: FlowLibrary
+    runner: Runner
     secret_key: bytes = b""
     tasks: set[asyncio.Task] = field(default_factory=set)
 

@@ -79,7 +79,7 @@ async def test_a_visitor_chats_and_becomes_a_lead_with_source(client, db):
     assert lead.locale == "en-US" and lead.timezone == "America/New_York"
     assert lead.score == 12  # pricing page +10, message +2
     types = [event.type for event in await rows(db, Event)]
-    assert types == ["page_view", "message"]
+    assert types == ["page_view", "flow_enrolled", "message"]  # a pricing visitor enters pricing-not-ready
     await ws.close()
 
 

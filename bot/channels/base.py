@@ -71,6 +71,7 @@ class SendResult:
     retry_after: float | None = None
     error: str | None = None
     provider_id: str | None = None
+    blocked: bool = False  # the person blocked us on this channel: an opt-out
 
     @classmethod
     def sent(cls, provider_id: str | None = None) -> SendResult:
@@ -81,8 +82,8 @@ class SendResult:
         return cls("retry", retry_after=after, error=error)
 
     @classmethod
-    def failed(cls, error: str) -> SendResult:
-        return cls("failed", error=error)
+    def failed(cls, error: str, blocked: bool = False) -> SendResult:
+        return cls("failed", error=error, blocked=blocked)
 
 
 class Channel(Protocol):

@@ -192,7 +192,8 @@ class TelegramChannel:
         except RetryAfter as exc:
             return SendResult.retry(f"Telegram flood control: {exc.message}", after=_seconds(exc))
         except Forbidden as exc:
-            return SendResult.failed("blocked by the user" if "blocked" in exc.message else exc.message)
+            blocked = "blocked" in exc.message
+            return SendResult.failed("blocked by the user" if blocked else exc.message, blocked=blocked)
         except BadRequest as exc:
             return SendResult.failed(exc.message)
         except (NetworkError, InvalidToken) as exc:  # TimedOut is a NetworkError
