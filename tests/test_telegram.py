@@ -324,6 +324,10 @@ async def test_a_user_who_blocked_the_bot_gets_nothing_more(client, db, fake_tel
     [delivery] = await rows(db, Delivery)
     assert delivery.status == "dead" and "blocked by the user" in delivery.last_error
     assert not fake_telegram.sent_messages(CHAT)
+    [lead] = await rows(db, Lead)
+    assert lead.opted_out_at is not None  # blocking the bot is an opt-out: no more nurture anywhere
+    [opt_out] = await rows(db, Event, Event.type == "opt_out")
+    assert opt_out.payload["reason"] == "blocked us on telegram"
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # PTB 22 warns from RetryAfter's own constructor

@@ -1,0 +1,166 @@
+"""The flow engine end to end: a visitor is enrolled, steps go out once and on time, and stop when they must."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import update
+
+from conftest import ROOT, rows, services_of
+from storage.models import Conversation, Delivery, Enrollment, Event, Lead
+from test_webchat import hello, next_from, say
+
+DRIP = """+++
+name = "Test drip"
+trigger = "page_view"
+when = "(event.path or '').startswith('/pricing')"
+exit = ["reply", "handoff", "opt_out", "stage >= sql"]
++++
+{% step "one", after="10m" %}One for {{ lead.first_name or "you" }}.{% endstep %}
+{% step "two", after="1h" %}Two.{% endstep %}
+{% step "three", after="1h" %}Three.{% endstep %}
+"""
+
+
+@pytest.fixture
+def templates(tmp_path):
+    """The shipped system messages and partials, with only the test's own flows."""
+    folder = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", folder)
+    for shipped in (folder / "flows").glob("*.j2"):
+        shipped.unlink()
+    (folder / "flows" / "drip.j2").write_text(DRIP)
+    return folder
+
+
+@pytest.fixture
+def clock(clock):
+    clock.advance(datetime(2026, 1, 6, 15, 0, tzinfo=timezone.utc) - clock.now())  # 10:00 in New York
+    return clock
+
+
+@pytest.fixture
+async def app(make_client, settings, templates):
+    return await make_client(settings.with_(templates=templates))
+
+
+async def tick(client, clock, delta):
+    """Let time pass, then run what the scheduler would run."""
+    clock.advance(delta)
+    services = services_of(client)
+    await services.runner.run_due()
+    await services.dispatcher.dispatch_due()
+
+
+async def visitor_on_pricing(client):
+    ws = await client.ws_connect("/chat/ws")
+    await hello(ws)  # lands on /pricing?utm_source=google..., time zone America/New_York
+    return ws
+
+
+async def test_a_pricing_visitor_gets_each_step_once_and_on_time(app, clock, db):
+    ws = await visitor_on_pricing(app)
+    [enrollment] = await rows(db, Enrollment)
+    assert enrollment.flow_slug == "drip" and enrollment.due_at == clock.now() + timedelta(minutes=10)
+
+    await tick(app, clock, timedelta(minutes=9))
+    assert await rows(db, Delivery) == []
+    await tick(app, clock, timedelta(minutes=1))
+    assert (await next_from(ws, "bot"))["text"] == "One for you."
+    await tick(app, clock, timedelta(minutes=1))  # nothing new is due: nothing is sent twice
+    await tick(app, clock, timedelta(hours=1))
+    assert (await next_from(ws, "bot"))["text"] == "Two."
+    await tick(app, clock, timedelta(hours=1))  # a third nurture message today would pass the daily cap of 2
+    [held] = await rows(db, Delivery, Delivery.step == "three")
+    assert held.status == "pending" and "daily cap" in held.last_error
+    await tick(app, clock, held.not_before - clock.now())  # 09:00 tomorrow in New York
+    assert (await next_from(ws, "bot"))["text"] == "Three."
+
+    sent = await rows(db, Delivery, Delivery.kind == "nurture")
+    assert [(d.step, d.status) for d in sent] == [("one", "sent"), ("two", "sent"), ("three", "sent")]
+    [enrollment] = await rows(db, Enrollment)
+    assert enrollment.status == "done"
+
+
+async def test_a_reply_ends_the_flow(app, clock, db):
+    ws = await visitor_on_pricing(app)
+    await tick(app, clock, timedelta(minutes=10))
+    await say(app, ws, "thanks, what about discounts?")
+    await tick(app, clock, timedelta(days=1))
+    assert [d.step for d in await rows(db, Delivery, Delivery.kind == "nurture")] == ["one"]
+    [enrollment] = await rows(db, Enrollment)
+    assert (enrollment.status, enrollment.exit_reason) == ("exited", "reply")
+
+
+async def test_nothing_goes_out_once_a_human_owns_the_conversation_even_a_claimed_step(app, clock, db):
+    await visitor_on_pricing(app)
+    clock.advance(timedelta(minutes=10))
+    await services_of(app).runner.run_due()  # step one is in the outbox...
+    async with db() as session, session.begin():  # ...when an operator takes the conversation
+        await session.exec(update(Conversation).values(owner="human"))
+    await services_of(app).dispatcher.dispatch_due()
+    [delivery] = await rows(db, Delivery, Delivery.kind == "nurture")
+    assert delivery.status == "skipped" and "human" in delivery.last_error
+
+
+async def test_quiet_hours_and_the_daily_cap_hold_steps_back_in_the_leads_time_zone(app, clock, db):
+    clock.advance(timedelta(hours=10, minutes=55))  # 20:55 in New York
+    await visitor_on_pricing(app)
+    await tick(app, clock, timedelta(minutes=10))  # 21:05: quiet hours
+    [held] = await rows(db, Delivery)
+    assert held.status == "pending" and held.last_error == "quiet hours"
+    assert held.not_before == datetime(2026, 1, 7, 14, 0, tzinfo=timezone.utc)  # 09:00 New York
+
+    await tick(app, clock, held.not_before - clock.now())
+    await tick(app, clock, timedelta(hours=1))
+    await tick(app, clock, timedelta(hours=1))
+    steps = {d.step: d for d in await rows(db, Delivery)}
+    assert steps["one"].status == steps["two"].status == "sent"
+    assert steps["three"].status == "pending" and "daily cap of 2" in steps["three"].last_error
+    assert steps["three"].not_before == datetime(2026, 1, 8, 14, 0, tzinfo=timezone.utc)  # next day, after quiet
+
+
+async def test_stop_opts_out_once_everywhere(app, clock, db):
+    ws = await visitor_on_pricing(app)
+    await say(app, ws, "hi")
+    await say(app, ws, "STOP")
+    confirmation = await next_from(ws, "bot")
+    while "won't get any more" not in confirmation["text"]:
+        confirmation = await next_from(ws, "bot")
+    await say(app, ws, "stop")
+    await tick(app, clock, timedelta(days=2))
+
+    [lead] = await rows(db, Lead)
+    assert lead.opted_out_at is not None
+    texts = [d.text for d in await rows(db, Delivery)]
+    assert sum("won't get any more" in text for text in texts) == 1
+    assert await rows(db, Delivery, Delivery.kind == "nurture") == []
+    [enrollment] = await rows(db, Enrollment)
+    assert enrollment.status == "exited"
+
+
+async def test_editing_a_flow_never_resends_a_step_already_sent(app, clock, db, templates):
+    ws = await visitor_on_pricing(app)
+    await tick(app, clock, timedelta(minutes=10))
+    (templates / "flows" / "drip.j2").write_text(DRIP.replace("One for", "Edited one for").replace("Two.", "New two."))
+    services_of(app).library.reload()
+    await tick(app, clock, timedelta(hours=1))
+    await tick(app, clock, timedelta(hours=1))
+    steps = [(d.step, d.text) for d in await rows(db, Delivery, Delivery.kind == "nurture")]
+    assert steps == [("one", "One for you."), ("two", "Two."), ("three", "Three.")]  # the pinned version
+    assert (await next_from(ws, "bot"))["text"] == "One for you."
+
+
+async def test_a_step_that_fails_to_render_is_skipped_and_recorded_never_sent_raw(app, clock, db, templates):
+    broken = DRIP.replace("Two.", "Two: {{ 100 // (lead.score | int - 10) }}")
+    (templates / "flows" / "drip.j2").write_text(broken)
+    services_of(app).library.reload()
+    await visitor_on_pricing(app)
+    await tick(app, clock, timedelta(minutes=10))
+    await tick(app, clock, timedelta(hours=1))
+    await tick(app, clock, timedelta(hours=1))
+    assert [d.step for d in await rows(db, Delivery, Delivery.kind == "nurture")] == ["one", "three"]
+    [skipped] = await rows(db, Event, Event.type == "step_skipped")
+    assert skipped.payload["step"] == "two" and "render error" in skipped.payload["reason"]
