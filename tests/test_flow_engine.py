@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 
-from conftest import ROOT, rows, services_of
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead
+
+from conftest import ROOT, rows, services_of
 from test_webchat import hello, next_from, say
 
 DRIP = """+++
@@ -37,7 +38,7 @@ def templates(tmp_path):
 
 @pytest.fixture
 def clock(clock):
-    clock.advance(datetime(2026, 1, 6, 15, 0, tzinfo=timezone.utc) - clock.now())  # 10:00 in New York
+    clock.advance(datetime(2026, 1, 6, 15, 0, tzinfo=UTC) - clock.now())  # 10:00 in New York
     return clock
 
 
@@ -111,7 +112,7 @@ async def test_quiet_hours_and_the_daily_cap_hold_steps_back_in_the_leads_time_z
     await tick(app, clock, timedelta(minutes=10))  # 21:05: quiet hours
     [held] = await rows(db, Delivery)
     assert held.status == "pending" and held.last_error == "quiet hours"
-    assert held.not_before == datetime(2026, 1, 7, 14, 0, tzinfo=timezone.utc)  # 09:00 New York
+    assert held.not_before == datetime(2026, 1, 7, 14, 0, tzinfo=UTC)  # 09:00 New York
 
     await tick(app, clock, held.not_before - clock.now())
     await tick(app, clock, timedelta(hours=1))
@@ -119,7 +120,7 @@ async def test_quiet_hours_and_the_daily_cap_hold_steps_back_in_the_leads_time_z
     steps = {d.step: d for d in await rows(db, Delivery)}
     assert steps["one"].status == steps["two"].status == "sent"
     assert steps["three"].status == "pending" and "daily cap of 2" in steps["three"].last_error
-    assert steps["three"].not_before == datetime(2026, 1, 8, 14, 0, tzinfo=timezone.utc)  # next day, after quiet
+    assert steps["three"].not_before == datetime(2026, 1, 8, 14, 0, tzinfo=UTC)  # next day, after quiet
 
 
 async def test_stop_opts_out_once_everywhere(app, clock, db):
