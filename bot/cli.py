@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
+from bot.flowcli import lint, preview_flow
 from bot.leadview import format_lead, lead_report
 from bot.messages import MessageError
 from flows.clock import SystemClock
@@ -34,6 +35,14 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default from config)")
     serve.add_argument("--port", type=int, help="port to listen on (default from config)")
     commands.add_parser("migrate", help="bring the database to the newest schema")
+    lint = commands.add_parser("lint", help="check flow files; prints file:line: message, exit 1 on problems")
+    lint.add_argument("files", nargs="*", type=Path, help="flow files (default: every flow in the templates folder)")
+    preview = commands.add_parser("preview", help="show a flow's steps as a lead would see them, with send times")
+    preview.add_argument("flow", help="the flow's slug (its file name without .j2)")
+    preview.add_argument("--step", help="only this step")
+    who = preview.add_mutually_exclusive_group()
+    who.add_argument("--lead", type=int, help="render for this lead from the database")
+    who.add_argument("--sample", type=Path, help="a JSON or TOML file of lead fields over the sample lead")
     lead = commands.add_parser("lead", help="look at a lead").add_subparsers(dest="lead_command", required=True)
     show = lead.add_parser("show", help="a lead with score explanation, stages, conversations, events")
     show.add_argument("id", type=int)
@@ -44,7 +53,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit status."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    chatty = args.command in ("serve", "migrate")  # the others print their own results
+    level = logging.INFO if chatty else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every tick at INFO
     try:
         settings = load_settings(args.config)
@@ -54,7 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(migrate(settings))
             print(f"database is up to date: {_safe_url(settings.database_url)}")
             return 0
+        if args.command == "lint":
+            return lint(settings, args.files)
+        if args.command == "preview":
+            return asyncio.run(preview_flow(settings, args.flow, args.step, args.lead, args.sample))
         return asyncio.run(show_lead(settings, args.id, args.format))
+    except LeadNotFound as exc:
+        print(f"no lead {exc.args[0]}", file=sys.stderr)
+        return 1
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

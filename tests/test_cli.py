@@ -107,3 +107,35 @@ async def _read_until(process, *markers: str) -> str:
         assert line, f"server exited early:\n{seen}"
         seen += line.decode()
     return seen
+
+
+def test_lint_passes_the_shipped_flows_and_names_file_and_line_of_a_broken_one(tmp_path):
+    shipped = run("lint")
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    assert "0 problem(s)" in shipped.stderr
+
+    broken = tmp_path / "templates" / "flows" / "broken.j2"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(
+        '+++\nname = "Broken"\ntrigger = "page_vew"\n+++\n'
+        '{% step "one", after="10m" %}Hi {{ lead.nmae }}{% endstep %}\n'
+        '{% step "two", after="soon" %}Bye{% endstep %}\n'
+    )
+    result = run("lint", str(broken))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert any(line.startswith(f"{broken}:3:") and "page_vew" in line for line in lines), lines
+    assert any(line.startswith(f"{broken}:5:") and "nmae" in line for line in lines), lines
+    assert any(line.startswith(f"{broken}:6:") and "soon" in line for line in lines), lines
+
+
+def test_preview_shows_each_step_as_a_sample_lead_would_see_it(tmp_path):
+    sample = tmp_path / "lead.json"
+    sample.write_text('{"first_name": "Zoe", "timezone": "Europe/Berlin"}')
+    result = run("preview", "speed-to-lead", "--sample", str(sample))
+    assert result.returncode == 0, result.stderr
+    assert "== welcome:" in result.stdout and "Hi Zoe" in result.stdout and "CET" in result.stdout
+    assert "-> action handoff" in result.stdout
+
+    unknown = run("preview", "no-such-flow")
+    assert unknown.returncode == 1 and "no usable flow 'no-such-flow'" in unknown.stderr

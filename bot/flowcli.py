@@ -1,0 +1,73 @@
+"""`kindling lint` and `kindling preview`: what marketers run on their flow files."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+from bot.config import Settings
+from flows.clock import SystemClock
+from flows.engine import context as lead_context_for
+from flows.library import FlowLibrary
+from flows.lint import flow_files, lint_paths
+from flows.preview import preview, preview_text
+from flows.samples import sample_event, sample_lead
+from storage.db import create_engine, sessionmaker
+from storage.leads import get_lead
+
+
+def lint(settings: Settings, files: list[Path]) -> int:
+    """Print `file:line: message` for every problem; 1 if there was any."""
+    targets = files or flow_files(settings.templates)
+    problems = lint_paths(targets, None if files else settings.templates, settings.stages.order)
+    for problem in problems:
+        print(problem)
+    checked = len(targets)
+    print(f"{checked} flow file(s) checked, {len(problems)} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
+
+
+async def preview_flow(
+    settings: Settings, slug: str, step: str | None, lead_id: int | None, sample: Path | None
+) -> int:
+    """Print each step as the lead would see it, with when it would go out."""
+    library = FlowLibrary(settings.templates, settings.stages.order)
+    problems = library.load()
+    spec = library.get(slug)
+    if spec is None:
+        for problem in library.problems.get(slug, problems):
+            print(problem, file=sys.stderr)
+        print(f"no usable flow {slug!r} in {settings.templates / 'flows'}", file=sys.stderr)
+        return 1
+    if step is not None and step not in spec.step_names:
+        print(f"flow {slug!r} has no step {step!r} (steps: {', '.join(spec.step_names)})", file=sys.stderr)
+        return 1
+    now = SystemClock().now()
+    try:
+        lead = await _lead(settings, lead_id, now) if lead_id is not None else sample_lead(_read_sample(sample))
+    except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:  # JSON errors are ValueErrors
+        print(f"sample lead {sample}: {exc}", file=sys.stderr)
+        return 2
+    ctx = {"lead": lead, "event": sample_event(spec.trigger), "now": now,
+           "flow": {"slug": spec.slug, "name": spec.name}, "step": {"name": step or ""}}  # fmt: skip
+    print(preview_text(preview(spec, ctx, now, step), lead.get("timezone")))
+    return 0
+
+
+async def _lead(settings: Settings, lead_id: int, now) -> dict:  # type: ignore[no-untyped-def]
+    database = create_engine(settings.database_url)
+    try:
+        async with sessionmaker(database)() as session:
+            return lead_context_for(await get_lead(session, lead_id), None, now)["lead"]
+    finally:
+        await database.dispose()
+
+
+def _read_sample(path: Path | None) -> dict | None:
+    """A sample lead from a JSON or TOML file of lead fields."""
+    if path is None:
+        return None
+    text = path.read_text(encoding="utf-8")
+    return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
