@@ -12,7 +12,7 @@ from flows.reactions import ledger
 from flows.scoring import explanation_text
 from storage.db import Sessions
 from storage.leads import get_lead
-from storage.models import Conversation, Delivery, Event, Identity
+from storage.models import Conversation, Delivery, Enrollment, Event, Identity
 
 EVENT_LIMIT = 200
 
@@ -37,6 +37,9 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
         deliveries = (
             await session.exec(select(Delivery).where(Delivery.lead_id == lead.id).order_by(Delivery.id))
         ).all()
+        enrollments = (
+            await session.exec(select(Enrollment).where(Enrollment.lead_id == lead.id).order_by(Enrollment.id))
+        ).all()
     score = settings.scoring.score(lines, now)
     reasons = settings.scoring.explain(lines, now)
     return {
@@ -54,6 +57,18 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
         "first_touch": lead.first_touch,
         "last_touch": lead.last_touch,
         "tags": lead.tags,
+        "opted_out_at": lead.opted_out_at.isoformat() if lead.opted_out_at else None,
+        "enrollments": [
+            {
+                "flow": e.flow_slug,
+                "version": e.flow_version,
+                "status": e.status,
+                "next_step": e.step_index,
+                "due_at": e.due_at.isoformat(),
+                "exit_reason": e.exit_reason,
+            }
+            for e in enrollments
+        ],  # fmt: skip
         "created_at": lead.created_at.isoformat(),
         "identities": [{"kind": i.kind, "value": i.value} for i in identities],
         "stages": [
@@ -84,6 +99,8 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
                 "id": d.id,
                 "channel": d.channel,
                 "kind": d.kind,
+                "flow": d.flow_slug,
+                "step": d.step,
                 "text": d.text,
                 "status": d.status,
                 "attempts": d.attempts,
@@ -117,15 +134,27 @@ def format_lead(report: dict[str, Any]) -> str:
             f"  {e['at']}  {e['type']}{':' + e['name'] if e['name'] else ''}  {_event_detail(e)}"
             for e in report["events"]
         ],
+        f"  opted out {report['opted_out_at']}" if report["opted_out_at"] else "  not opted out",
+        "",
+        "Flows:",
+        *[
+            f"  {e['flow']} ({e['version']}): {e['status']}"
+            f"{', next step ' + str(e['next_step']) + ' due ' + e['due_at'] if e['status'] == 'active' else ''}"
+            f"{' (' + e['exit_reason'] + ')' if e['exit_reason'] else ''}"
+            for e in report["enrollments"]
+        ],
         "",
         "Deliveries:",
-        *[
-            f"  #{d['id']} {d['channel']} {d['kind']} {d['status']}"
-            f"{' (' + d['error'] + ')' if d['error'] else ''}: {d['text'][:60]!r}"
-            for d in report["deliveries"]
-        ],
+        *[_delivery_line(d) for d in report["deliveries"]],
     ]
     return "\n".join(lines)
+
+
+def _delivery_line(d: dict) -> str:
+    """`#3 telegram nurture drip/two pending (quiet hours): 'Two.'`."""
+    where = f" {d['flow']}/{d['step']}" if d["flow"] else ""
+    why = f" ({d['error']})" if d["error"] else ""
+    return f"  #{d['id']} {d['channel']} {d['kind']}{where} {d['status']}{why}: {d['text'][:60]!r}"
 
 
 def _touch(touch: dict) -> str:

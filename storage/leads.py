@@ -8,7 +8,9 @@ from sqlalchemy import update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import Conversation, Delivery, Event, Identity, Lead, Message, PointsEntry
+from storage.models import Conversation, Delivery, Enrollment, Event, Identity, Lead, Message, PointsEntry
+
+LIVE = ("active", "paused")
 
 
 class LeadNotFound(Exception):
@@ -71,7 +73,14 @@ async def attach_identities(
 
 async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: datetime) -> None:
     """Move everything of `other` to `survivor`; `other` stays as a pointer so old ids resolve."""
-    for table in (Identity, Conversation, Event, Message, PointsEntry, Delivery):
+    # One live enrollment per flow: where both are in a flow, the survivor's continues.
+    taken = select(Enrollment.flow_slug).where(Enrollment.lead_id == survivor.id, Enrollment.status.in_(LIVE))
+    await session.exec(
+        update(Enrollment)
+        .where(Enrollment.lead_id == other.id, Enrollment.status.in_(LIVE), Enrollment.flow_slug.in_(taken))
+        .values(status="exited", exit_reason="merged into another lead", updated_at=now)
+    )
+    for table in (Identity, Conversation, Event, Message, PointsEntry, Delivery, Enrollment):
         await session.exec(update(table).where(table.lead_id == other.id).values(lead_id=survivor.id))
     for name in ("first_name", "last_name", "email", "phone", "locale", "timezone"):
         if getattr(survivor, name) is None:
@@ -83,6 +92,8 @@ async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: d
     if other.last_touch.get("at", "") > survivor.last_touch.get("at", ""):
         survivor.last_touch = other.last_touch
     survivor.tags = sorted(set(survivor.tags) | set(other.tags))
+    if other.opted_out_at is not None and survivor.opted_out_at is None:
+        survivor.opted_out_at = other.opted_out_at  # a person who said stop stays opted out
     survivor.created_at = min(survivor.created_at, other.created_at)
     survivor.updated_at = now
     other.merged_into_id = survivor.id

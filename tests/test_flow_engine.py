@@ -10,7 +10,7 @@ from sqlalchemy import update
 
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead
 
-from conftest import ROOT, rows, services_of
+from conftest import API_KEY, ROOT, rows, services_of
 from test_webchat import hello, next_from, say
 
 DRIP = """+++
@@ -113,6 +113,11 @@ async def test_quiet_hours_and_the_daily_cap_hold_steps_back_in_the_leads_time_z
     [held] = await rows(db, Delivery)
     assert held.status == "pending" and held.last_error == "quiet hours"
     assert held.not_before == datetime(2026, 1, 7, 14, 0, tzinfo=UTC)  # 09:00 New York
+    shown = await (await app.get(f"/api/leads/{held.lead_id}", headers={"Authorization": f"Bearer {API_KEY}"})).json()
+    assert [(d["flow"], d["step"], d["status"], d["error"]) for d in shown["deliveries"]] == [
+        ("drip", "one", "pending", "quiet hours")
+    ]
+    assert [(e["flow"], e["status"], e["next_step"]) for e in shown["enrollments"]] == [("drip", "active", 1)]
 
     await tick(app, clock, held.not_before - clock.now())
     await tick(app, clock, timedelta(hours=1))
