@@ -24,12 +24,14 @@ from flows.engine import Engine
 from flows.library import FlowLibrary
 from flows.runner import Runner
 from flows.scheduler import start_ticks
+from flows.sweeps import Sweeps
 from storage.db import create_engine, sessionmaker
 from storage.models import Setting
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 FLOW_RELOAD_SECONDS = 2.0
+SWEEP_SECONDS = 30.0
 
 
 def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = True) -> web.Application:
@@ -52,6 +54,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         hub=hub,
         library=library,
         runner=Runner(sessions, engine, settings.scoring, clock),
+        sweeps=Sweeps(sessions, engine, clock, settings.policy.default_timezone),
     )
     app[SERVICES] = services
     for name, adapter in CHANNELS.items():
@@ -84,7 +87,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
 
 def _jobs(services: Services) -> list:
-    """What the scheduler ticks: picking up edited flows, running due steps, sending the outbox."""
+    """What the scheduler ticks: edited flows, due steps, the outbox, stuck leads and broadcasts."""
 
     async def reload_flows() -> None:
         await asyncio.to_thread(services.library.reload)
@@ -93,6 +96,7 @@ def _jobs(services: Services) -> list:
         (reload_flows, FLOW_RELOAD_SECONDS),
         (services.runner.run_due, TICK_SECONDS),
         (services.dispatcher.dispatch_due, TICK_SECONDS),
+        (services.sweeps.run, SWEEP_SECONDS),
     ]
 
 

@@ -17,6 +17,7 @@ from bot.intake import Intake, Received
 from flows.clock import Clock
 from flows.library import FlowLibrary
 from flows.runner import Runner
+from flows.sweeps import Sweeps
 from storage.db import Sessions
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class Services:
     hub: Hub
     library: FlowLibrary
     runner: Runner
+    sweeps: Sweeps
     secret_key: bytes = b""
     tasks: set[asyncio.Task] = field(default_factory=set)
 

@@ -170,3 +170,58 @@ async def test_a_step_that_fails_to_render_is_skipped_and_recorded_never_sent_ra
     assert [d.step for d in await rows(db, Delivery, Delivery.kind == "nurture")] == ["one", "three"]
     [skipped] = await rows(db, Event, Event.type == "step_skipped")
     assert skipped.payload["step"] == "two" and "render error" in skipped.payload["reason"]
+
+
+STUCK = """+++
+name = "Stuck in MQL"
+trigger = "stuck:mql:7d"
+exit = ["reply", "stage >= sql"]
+reenter = "never"
++++
+{% step "nudge", after="1m" %}Still thinking it over?{% endstep %}
+{% step "later", after="83d" %}Checking in once more.{% endstep %}
+"""
+
+BROADCAST = """+++
+name = "Monday news"
+trigger = "schedule:0 10 * * mon"
+audience = "lead.stage == 'mql'"
++++
+{% step "news", after="1m" %}This week's news.{% endstep %}
+"""
+
+
+async def mql_lead(client, email):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    for name in ("signup", "cart"):  # +20, +15: mql
+        await client.post("/api/events", json={"type": name, "lead": {"email": email}}, headers=auth)
+
+
+async def test_a_lead_stuck_in_a_stage_is_nudged_once_per_stay(app, clock, db, templates):
+    (templates / "flows" / "stuck.j2").write_text(STUCK)
+    services_of(app).library.reload()
+    await mql_lead(app, "stuck@example.com")
+    sweeps = services_of(app).sweeps
+    clock.advance(timedelta(days=6, hours=23))
+    assert await sweeps.run() == 0
+    clock.advance(timedelta(hours=1))
+    assert await sweeps.run() == 1
+    assert await sweeps.run() == 0  # already nudged for this stay in mql
+    [enrollment] = await rows(db, Enrollment)
+    assert enrollment.flow_slug == "stuck" and enrollment.status == "active"
+
+
+async def test_a_scheduled_flow_enrolls_its_audience_once_per_firing(app, clock, db, templates):
+    (templates / "flows" / "news.j2").write_text(BROADCAST)
+    services_of(app).library.reload()
+    await mql_lead(app, "a@example.com")
+    await mql_lead(app, "b@example.com")
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    await app.post("/api/events", json={"type": "visit", "lead": {"email": "c@example.com"}}, headers=auth)
+    sweeps = services_of(app).sweeps
+    assert await sweeps.run() == 0  # first sight (Tuesday): waits for the next Monday 10:00
+    clock.advance(timedelta(days=5, hours=19))  # Monday 10:00 UTC
+    assert await sweeps.run() == 2  # the two MQLs, not the visitor
+    assert await sweeps.run() == 0  # the same firing is not repeated
+    enrollments = await rows(db, Enrollment)
+    assert sorted(e.due_at - enrollments[0].due_at for e in enrollments) == [timedelta(0), timedelta(milliseconds=100)]
