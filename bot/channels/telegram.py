@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+from aiolimiter import AsyncLimiter
 from telegram import (
     CallbackQuery,
     InlineKeyboardButton,
@@ -40,7 +41,7 @@ from telegram import (
     User,
 )
 from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
-from telegram.ext import Application
+from telegram.ext import AIORateLimiter, Application
 from telegram.warnings import PTBDeprecationWarning
 
 from bot.channels.base import Inbound, Profile, SendResult, Touch, buttons_as_text
@@ -57,6 +58,30 @@ _PAYLOAD = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _VISITOR_LINK = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{12}$")
 _TOUCH_KEYS = {"s": "source", "m": "medium", "c": "campaign"}
 _BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError)
+
+
+class TelegramPacing(AIORateLimiter):
+    """Telegram's limits: 30 messages/s overall and 20/min per group (PTB's), plus about 1/s per chat.
+
+    A chat may get a short burst (a reply and a question), then one message a second. Nothing waits
+    on a 429 here: the delivery is rescheduled after `retry_after`, so other leads are not held up.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_retries=0)
+        self.chats: dict[int, AsyncLimiter] = {}
+
+    async def process_request(self, callback, args, kwargs, endpoint, data, rate_limit_args):  # type: ignore[no-untyped-def]
+        chat_id = data.get("chat_id")
+        if not (isinstance(chat_id, int) and chat_id > 0):
+            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+        async with self._chat(chat_id):
+            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+
+    def _chat(self, chat_id: int) -> AsyncLimiter:
+        if len(self.chats) > 10_000:  # forget idle chats so the table does not grow forever
+            self.chats = {key: limiter for key, limiter in self.chats.items() if not limiter.has_capacity(3)}
+        return self.chats.setdefault(chat_id, AsyncLimiter(3, 3))
 
 
 class Unsupported(Exception):
@@ -83,6 +108,7 @@ class TelegramChannel:
             .base_url(f"{self.api_url}/bot")
             .base_file_url(f"{self.api_url}/file/bot")
             .updater(None)
+            .rate_limiter(TelegramPacing())
             .build()
         )
         self.connected = False
