@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
-from bot.flowcli import lint, preview_flow
+from bot.flowcli import lint, preview_flow, simulate_flow
 from bot.leadview import format_lead, lead_report
 from bot.messages import MessageError
 from flows.clock import SystemClock
@@ -43,6 +43,11 @@ def parser() -> argparse.ArgumentParser:
     who = preview.add_mutually_exclusive_group()
     who.add_argument("--lead", type=int, help="render for this lead from the database")
     who.add_argument("--sample", type=Path, help="a JSON or TOML file of lead fields over the sample lead")
+    sim = commands.add_parser("simulate", help="the timeline a made-up lead would get from a flow (sends nothing)")
+    sim.add_argument("flow", help="the flow's slug")
+    sim.add_argument("--days", type=int, default=90, help="how far to look ahead (default 90)")
+    sim.add_argument("--events", type=Path, help='a JSON list like [{"after": "2d", "type": "message"}]')
+    sim.add_argument("--sample", type=Path, help="a JSON or TOML file of lead fields over the sample lead")
     lead = commands.add_parser("lead", help="look at a lead").add_subparsers(dest="lead_command", required=True)
     show = lead.add_parser("show", help="a lead with score explanation, stages, conversations, events")
     show.add_argument("id", type=int)
@@ -67,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "lint":
             return lint(settings, args.files)
+        if args.command == "simulate":
+            return simulate_flow(settings, args.flow, args.days, args.events, args.sample)
         if args.command == "preview":
             return asyncio.run(preview_flow(settings, args.flow, args.step, args.lead, args.sample))
         return asyncio.run(show_lead(settings, args.id, args.format))

@@ -14,6 +14,7 @@ from flows.library import FlowLibrary
 from flows.lint import flow_files, lint_paths
 from flows.preview import preview, preview_text
 from flows.samples import sample_event, sample_lead
+from flows.simulate import happenings, simulate
 from storage.db import create_engine, sessionmaker
 from storage.leads import get_lead
 
@@ -71,3 +72,30 @@ def _read_sample(path: Path | None) -> dict | None:
         return None
     text = path.read_text(encoding="utf-8")
     return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+
+
+def simulate_flow(settings: Settings, slug: str, days: int, events: Path | None, sample: Path | None) -> int:
+    """Print the timeline a hypothetical lead would get; touches no database and sends nothing."""
+    library = FlowLibrary(settings.templates, settings.stages.order)
+    library.load()
+    spec = library.get(slug)
+    if spec is None:
+        for problem in library.problems.get(slug, []):
+            print(problem, file=sys.stderr)
+        print(f"no usable flow {slug!r} in {settings.templates / 'flows'}", file=sys.stderr)
+        return 1
+    now = SystemClock().now()
+    try:
+        overrides = _read_sample(sample) or {}
+        if spec.trigger.stage and "stage" not in overrides:  # a stage or stuck flow's lead is in that stage
+            overrides["stage"] = spec.trigger.stage
+        lead = sample_lead(overrides)
+        timeline = happenings(json.loads(events.read_text(encoding="utf-8")) if events else [], now)
+    except (OSError, ValueError, tomllib.TOMLDecodeError, AttributeError) as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+    ctx = {"lead": lead, "event": sample_event(spec.trigger), "now": now,
+           "flow": {"slug": spec.slug, "name": spec.name}, "step": {"name": ""}}  # fmt: skip
+    print(f"{spec.name}: a lead in {lead.get('timezone') or settings.policy.default_timezone}, enrolled now")
+    print("\n".join(simulate(spec, ctx, now, days, timeline, settings.policy, settings.stages)))
+    return 0

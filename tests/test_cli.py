@@ -139,3 +139,22 @@ def test_preview_shows_each_step_as_a_sample_lead_would_see_it(tmp_path):
 
     unknown = run("preview", "no-such-flow")
     assert unknown.returncode == 1 and "no usable flow 'no-such-flow'" in unknown.stderr
+
+
+def test_simulate_prints_the_timeline_in_the_leads_zone_and_ends_it_on_a_reply(tmp_path):
+    sample = tmp_path / "lead.json"
+    sample.write_text('{"timezone": "Asia/Tokyo"}')
+    events = tmp_path / "events.json"
+    events.write_text('[{"after": "3d", "type": "message"}]')
+    result = run("simulate", "new-lead-7-in-7", "--sample", str(sample), "--events", str(events))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "New lead: 7 touches in 7 days: a lead in Asia/Tokyo, enrolled now"
+    assert any(" JST  quick-win: " in line and line.split()[2] == "10:00" for line in lines), lines
+    assert "lead: replies" in result.stdout and lines[-1].strip() == "exits the flow (reply)"
+    assert "last-note" not in result.stdout
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"after": "3d", "type": "dance"}]')
+    refused = run("simulate", "new-lead-7-in-7", "--events", str(bad))
+    assert refused.returncode == 2 and "use message, opt_out or stage" in refused.stderr

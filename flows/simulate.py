@@ -1,0 +1,111 @@
+"""`kindling simulate`: the timeline a hypothetical lead would get from a flow, without sending or storing.
+
+It applies what the engine applies: step delays in the lead's time zone, `when` skips, exits on reply,
+opt-out and stage, step actions on the stage, quiet hours and the daily cap (this flow's sends only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flows.durations import parse_delay
+from flows.render import RenderError, render_step
+from flows.safety import Policy, local_day_start
+from flows.spec import FlowSpec, StepSpec
+from flows.stages import Stages
+
+
+@dataclass(frozen=True)
+class Happening:
+    """Something the hypothetical lead does `after` the enrollment: reply, opt_out, or reach a stage."""
+
+    at: datetime
+    type: str
+    stage: str | None = None
+
+
+def happenings(raw: list[dict], start: datetime) -> list[Happening]:
+    """Read `[{"after": "2d", "type": "message"}, {"after": "5d", "type": "stage", "to": "sql"}]`."""
+    found = []
+    for item in raw:
+        kind = item.get("type")
+        if kind not in ("message", "opt_out", "stage"):
+            raise ValueError(f"event type {kind!r}: use message, opt_out or stage (with 'to')")
+        found.append(Happening(parse_delay(str(item.get("after", "0m"))).due(start), kind, item.get("to")))
+    return sorted(found, key=lambda happening: happening.at)
+
+
+def simulate(
+    spec: FlowSpec,
+    ctx: dict[str, Any],
+    start: datetime,
+    days: int,
+    events: list[Happening],
+    policy: Policy,
+    stages: Stages,
+) -> list[str]:
+    """One line per step (and per lead event), in the lead's local time."""
+    lead, zone = dict(ctx["lead"]), policy.zone(ctx["lead"].get("timezone"))
+    end, due, sent_days, lines = start + timedelta(days=days), start, [], []
+    pending = list(events)
+    for name in spec.step_names:
+        step = spec.step_for(name, lead["id"])
+        due = step.delay.due(due, lead.get("timezone"))
+        while pending and pending[0].at <= due:
+            happening = pending.pop(0)
+            lines.append(f"{happening.at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}  lead: {_describe(happening)}")
+            if (reason := _exit(spec, stages, lead, happening)) is not None:
+                return [*lines, f"{'':>24}  exits the flow ({reason})"]
+        if due > end:
+            return [*lines, f"(the simulation ends after {days} days; next step {name!r} would be due later)"]
+        sent_at, note = _send_time(due, sent_days, policy, zone)
+        outcome = _outcome(spec, step, {**ctx, "lead": lead})
+        lines.append(f"{sent_at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}  {name}: {outcome}{note}")
+        if step.action is not None and step.action.kind == "stage":
+            lead["stage"] = step.action.value
+        if step.action is not None and step.action.kind in ("exit", "handoff"):
+            return [*lines, f"{'':>24}  the flow ends ({step.action.kind})"]
+        sent_days.append(local_day_start(sent_at, zone))
+    return [*lines, "the flow is done"]
+
+
+def _send_time(due: datetime, sent_days: list[datetime], policy: Policy, zone) -> tuple[datetime, str]:  # type: ignore[no-untyped-def]
+    """When the dispatcher would let it out, and why later than due."""
+    at, notes = due, []
+    for _ in range(30):
+        local = at.astimezone(zone)
+        if policy.quiet_hours is not None and policy.quiet_hours.contains(local):
+            at, notes = policy.quiet_hours.ends_after(local), [*notes, "quiet hours"]
+        elif sent_days.count(local_day_start(at, zone)) >= policy.daily_cap:
+            at, notes = local_day_start(at, zone) + timedelta(days=1), [*notes, "daily cap"]
+        else:
+            break
+    return at, f"  (held back: {', '.join(dict.fromkeys(notes))})" if notes else ""
+
+
+def _outcome(spec: FlowSpec, step: StepSpec, ctx: dict[str, Any]) -> str:
+    if step.when is not None and not step.when.holds(**ctx):
+        return f"skipped, when={step.when.source!r} is false"
+    try:
+        text = render_step(spec, step.name, step.variant, ctx).text
+    except RenderError as exc:
+        return f"not sent, render error: {exc}"
+    action = f" -> {step.action.kind}" if step.action else ""
+    return (repr(text[:70] + ("..." if len(text) > 70 else "")) if text else "(no message)") + action
+
+
+def _exit(spec: FlowSpec, stages: Stages, lead: dict, happening: Happening) -> str | None:
+    if happening.type == "message" and spec.exits_on("reply"):
+        return "reply"
+    if happening.type == "opt_out":
+        return "opt_out"
+    if happening.type == "stage" and happening.stage:
+        lead["stage"] = happening.stage
+        return next((rule.source for rule in spec.exits if rule.stage_reached(stages, lead["stage"])), None)
+    return None
+
+
+def _describe(happening: Happening) -> str:
+    return {"message": "replies", "opt_out": "says stop"}.get(happening.type, f"reaches stage {happening.stage}")

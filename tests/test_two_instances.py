@@ -1,0 +1,242 @@
+"""Two real `kindling serve` processes on one database send every due step exactly once (issue 3).
+
+1,000 leads are enrolled in a one-step flow whose step is already due. Two servers are started on the
+test database (SQLite by default, PostgreSQL with KINDLING_TEST_DATABASE_URL), both talking to one fake
+Telegram Bot API. Each claims due enrollments and outbox rows on its own scheduler ticks; between them
+they must make exactly 1,000 sendMessage calls, one per lead, and leave the database saying so.
+
+The servers run on the real clock: waits here are bounded waits for other processes, never a way of
+moving the app's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from flows.spec import flow_version
+from storage.models import Conversation, Delivery, Enrollment, FlowVersion, Lead
+
+from conftest import ROOT, rows
+from fake_telegram import TOKEN, FakeTelegram
+
+LEADS = 1_000
+FIRST_CHAT = 100_000
+INSTANCES = ("a", "b")
+BURST = (
+    '+++\nname = "Burst"\ntrigger = "custom:never"\n+++\n'
+    '{% step "only", after="1m" %}Hello {{ lead.id }}{% endstep %}\n'
+)
+CONFIG = '[nurture]\ndaily_cap = 5\nquiet_hours = "off"\n'
+START_TIMEOUT = 60.0  # seconds for a server to migrate and listen
+SEND_TIMEOUT = 90.0  # seconds for all 1,000 messages to arrive
+LATE_DUPLICATES = 3.0  # seconds to keep listening once they have, for a second copy of any
+
+
+# --- the fake Bot API, telling the two instances apart -----------------------------------------
+
+
+class TaggedTelegram(FakeTelegram):
+    """The fake Bot API, served under `/<instance>/bot<token>/...`, counting each instance's sends."""
+
+    def __init__(self) -> None:
+        super().__init__(TOKEN)
+        self.sends_by: Counter[str] = Counter()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._note_sender])
+        app.router.add_post("/{instance}/bot{token}/{method}", self.handle)
+        return app
+
+    def url_for(self, instance: str) -> str:
+        """The `telegram_api_url` for one instance."""
+        return f"{self.url}/{instance}"
+
+    async def _note_sender(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        response = await handler(request)
+        if request.match_info.get("method") == "sendMessage" and response.status == 200:
+            self.sends_by[request.match_info["instance"]] += 1
+        return response
+
+
+@pytest.fixture
+async def telegram(aiohttp_server) -> TaggedTelegram:  # type: ignore[no-untyped-def]
+    fake = TaggedTelegram()
+    fake.server = await aiohttp_server(fake.app())
+    return fake
+
+
+# --- a real server process -----------------------------------------------------------------------
+
+
+@dataclass
+class Instance:
+    """One `python -m bot serve` process; its log is read all along so the pipe never fills."""
+
+    name: str
+    port: int
+    process: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+    reader: asyncio.Task | None = None
+
+    @classmethod
+    async def start(cls, name: str, env: dict[str, str]) -> Instance:
+        port = free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "serve",
+            cwd=ROOT, env={**env, "KINDLING_PORT": str(port)},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        instance = cls(name, port, process)
+        instance.reader = asyncio.create_task(instance._read_log())
+        return instance
+
+    async def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.lines.append(line.decode(errors="replace"))
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    async def listening(self, everyone: list[Instance]) -> None:
+        """Wait until the server says it is listening; fail with the logs if it exits or takes too long."""
+        marker = f"Running on http://127.0.0.1:{self.port}"
+        await wait_until(lambda: marker in self.log, START_TIMEOUT, f"instance {self.name} did not start", everyone)
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout=15)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self.reader is not None:
+            await self.reader
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(database_url: str, templates: Path, config: Path) -> dict[str, str]:
+    """This environment without any KINDLING_ settings of its own, plus the test's."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KINDLING_")}
+    return {
+        **env,
+        "KINDLING_DATABASE_URL": database_url,
+        "KINDLING_TELEGRAM_TOKEN": TOKEN,
+        "KINDLING_TEMPLATES": str(templates),
+        "KINDLING_CONFIG": str(config),
+    }
+
+
+def logs(instances: list[Instance]) -> str:
+    """The end of every instance's log, for a failure message."""
+    return "\n".join(f"--- instance {i.name} (exit {i.process.returncode}) ---\n{i.log[-6000:]}" for i in instances)
+
+
+async def wait_until(done: Callable[[], bool], timeout: float, what: str, instances: list[Instance]) -> None:
+    """Poll `done` every 0.2 s; fail with the logs on timeout or when a server has exited."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done():
+        if any(i.process.returncode is not None for i in instances):
+            pytest.fail(f"{what}: a server exited\n{logs(instances)}")
+        if loop.time() > deadline:
+            pytest.fail(f"{what} within {timeout:.0f} s\n{logs(instances)}")
+        await asyncio.sleep(0.2)
+
+
+# --- the data ------------------------------------------------------------------------------------
+
+
+def burst_templates(tmp_path: Path) -> Path:
+    """The shipped templates with their flows replaced by the one-step `burst` flow."""
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    for shipped in (templates / "flows").glob("*.j2"):
+        shipped.unlink()
+    (templates / "flows" / "burst.j2").write_text(BURST, encoding="utf-8")
+    return templates
+
+
+async def enroll_due_leads(db, count: int) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """`count` Telegram leads in `burst`, its step due a minute ago; returns lead id by chat id."""
+    now = datetime.now(UTC)
+    version = flow_version(BURST)
+    async with db() as session, session.begin():
+        session.add(FlowVersion(slug="burst", version=version, source=BURST, created_at=now))
+        leads = [Lead(created_at=now, updated_at=now, stage_at=now) for _ in range(count)]
+        session.add_all(leads)
+        await session.flush()
+        chats = {str(FIRST_CHAT + index): lead.id for index, lead in enumerate(leads)}
+        session.add_all(
+            Conversation(lead_id=lead_id, channel="telegram", external_id=chat, owner="bot", created_at=now)
+            for chat, lead_id in chats.items()
+        )
+        session.add_all(
+            Enrollment(
+                lead_id=lead_id, flow_slug="burst", flow_version=version, step_index=0,
+                due_at=now - timedelta(minutes=1), status="active", enrolled_at=now, updated_at=now,
+            )  # fmt: skip
+            for lead_id in chats.values()
+        )
+    return chats
+
+
+# --- the test ------------------------------------------------------------------------------------
+
+
+async def test_two_processes_on_one_database_send_each_due_step_exactly_once(tmp_path, db, database_url, telegram):
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    env = server_env(database_url, burst_templates(tmp_path), config)
+    instances: list[Instance] = []
+    try:
+        for name in INSTANCES:
+            instances.append(await Instance.start(name, {**env, "KINDLING_TELEGRAM_API_URL": telegram.url_for(name)}))
+        for instance in instances:
+            await instance.listening(instances)
+
+        lead_of_chat = await enroll_due_leads(db, LEADS)
+        await wait_until(
+            lambda: len(telegram.sent_messages()) >= LEADS, SEND_TIMEOUT, f"{LEADS} messages not sent", instances
+        )
+        await asyncio.sleep(LATE_DUPLICATES)
+    finally:
+        for instance in instances:
+            await instance.stop()
+
+    sent = telegram.sent_messages()
+    assert len(sent) == LEADS, f"{len(sent)} sendMessage calls for {LEADS} due steps\n{logs(instances)}"
+    assert {str(message["chat_id"]) for message in sent} == set(lead_of_chat)
+    wrong = [m for m in sent if m["text"] != f"Hello {lead_of_chat[str(m['chat_id'])]}"]
+    assert not wrong, wrong[:5]
+    refused = [call for call in telegram.calls if call.method == "sendMessage" and call.status != 200]
+    assert not refused, refused[:5]
+    assert all(telegram.sends_by[name] > 0 for name in INSTANCES), f"one instance did all the work: {telegram.sends_by}"
+
+    deliveries = await rows(db, Delivery, Delivery.kind == "nurture")
+    assert len(deliveries) == LEADS
+    assert Counter(delivery.status for delivery in deliveries) == {"sent": LEADS}
+    assert len({delivery.enrollment_id for delivery in deliveries}) == LEADS
+    enrollments = await rows(db, Enrollment)
+    assert Counter(enrollment.status for enrollment in enrollments) == {"done": LEADS}
