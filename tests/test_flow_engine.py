@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 
+from bot.dispatcher import Dispatcher
+from bot.hub import Hub
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead
 
 from conftest import API_KEY, ROOT, rows, services_of
@@ -225,3 +228,34 @@ async def test_a_scheduled_flow_enrolls_its_audience_once_per_firing(app, clock,
     assert await sweeps.run() == 0  # the same firing is not repeated
     enrollments = await rows(db, Enrollment)
     assert sorted(e.due_at - enrollments[0].due_at for e in enrollments) == [timedelta(0), timedelta(milliseconds=100)]
+
+
+class HangingChannel:
+    """A channel whose network never answers: the sender is stuck, like a process about to be killed."""
+
+    name = "webchat"
+
+    async def send(self, delivery):  # type: ignore[no-untyped-def]
+        await asyncio.Event().wait()
+
+
+async def test_a_sender_dying_between_claim_and_send_is_taken_over_after_its_lease(app, clock, db):
+    ws = await visitor_on_pricing(app)
+    clock.advance(timedelta(minutes=10))
+    services = services_of(app)
+    await services.runner.run_due()
+    doomed = Dispatcher(services.sessions, {"webchat": HangingChannel()}, Hub(), clock, services.settings.policy)
+    dying = asyncio.create_task(doomed.dispatch_due())
+    for _ in range(1000):  # let the doomed sender claim it (no time passes for the app)
+        if (await rows(db, Delivery))[0].status == "sending":
+            break
+        await asyncio.sleep(0)
+    dying.cancel()
+
+    await services.dispatcher.dispatch_due()  # still leased: nobody else sends it
+    assert (await rows(db, Delivery))[0].status == "sending"
+    clock.advance(timedelta(seconds=61))
+    await services.dispatcher.dispatch_due()
+    [delivery] = await rows(db, Delivery)
+    assert delivery.status == "sent" and delivery.attempts == 2
+    assert (await next_from(ws, "bot"))["text"] == "One for you."
