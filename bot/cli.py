@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.INFO if chatty else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every tick at INFO
+    # A tick still busy when the next is due is normal under load; a job's exception is still an ERROR.
+    logging.getLogger("apscheduler.executors").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry the bot token in the URL
     try:
         settings = load_settings(args.config)
         if args.command == "serve":
