@@ -148,8 +148,8 @@ class _Session:
 
     async def _hello(self, hello: dict) -> bool:
         visitor, token = str(hello.get("visitor") or ""), str(hello.get("token") or "")
-        channel = self.services
-        expected = token_for(channel.secret_key, visitor) if _VISITOR.match(visitor) else ""
+        secret = self.services.secret_key
+        expected = token_for(secret, visitor) if _VISITOR.match(visitor) else ""
         if not expected or not hmac.compare_digest(expected, token):
             visitor = secrets.token_hex(8)  # unknown or forged: a new visitor
         self.visitor = visitor
@@ -164,10 +164,10 @@ class _Session:
             {
                 "type": "welcome",
                 "visitor": visitor,
-                "token": token_for(channel.secret_key, visitor),
+                "token": token_for(secret, visitor),
                 "conversation": self.conversation_id,
                 "lead": received.lead_id,
-                "link": visitor_link(channel.secret_key, visitor),  # for Telegram deep links: ?start=v-<link>
+                "link": visitor_link(secret, visitor),  # for Telegram deep links: ?start=v-<link>
             }
         )
         return True
