@@ -169,7 +169,8 @@ class Intake:
         profile = inbound.profile
         lead.first_name = lead.first_name or profile.first_name
         lead.last_name = lead.last_name or profile.last_name
-        lead.locale = profile.locale or lead.locale
+        if profile.locale and not (lead.locale or "").startswith(profile.locale):  # keep en-US over en
+            lead.locale = profile.locale
         lead.timezone = profile.timezone or lead.timezone
         if inbound.touch is not None and inbound.touch.as_dict():
             touch = {**inbound.touch.as_dict(), "channel": inbound.channel, "at": inbound.at.isoformat()}
