@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 FLOW_RELOAD_SECONDS = 2.0
 SWEEP_SECONDS = 30.0
+STEP_BATCH = 200
 
 
 def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = True) -> web.Application:
@@ -92,9 +93,16 @@ def _jobs(services: Services) -> list:
     async def reload_flows() -> None:
         await asyncio.to_thread(services.library.reload)
 
+    async def run_steps() -> None:
+        # Keep going while batches come back full, so a backlog is not capped at one batch per tick.
+        deadline = asyncio.get_running_loop().time() + TICK_SECONDS
+        while await services.runner.run_due(STEP_BATCH) == STEP_BATCH:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+
     return [
         (reload_flows, FLOW_RELOAD_SECONDS),
-        (services.runner.run_due, TICK_SECONDS),
+        (run_steps, TICK_SECONDS),
         (services.dispatcher.dispatch_due, TICK_SECONDS),
         (services.sweeps.run, SWEEP_SECONDS),
     ]
