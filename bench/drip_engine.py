@@ -173,16 +173,12 @@ async def load_kindling(url: str, n: int, due: int, now: datetime) -> dict:
 
     from flows.spec import flow_version
     from storage.db import create_engine, is_sqlite
-    from storage.migrate import upgrade
+    from storage.migrate import recreate
     from storage.models import Conversation, Delivery, Enrollment, FlowVersion, Lead
 
     engine = create_engine(url)
     try:
-        if not is_sqlite(url):
-            async with engine.begin() as connection:
-                await connection.execute(text("DROP SCHEMA public CASCADE"))
-                await connection.execute(text("CREATE SCHEMA public"))
-        await upgrade(engine)
+        await recreate(engine)
         version = flow_version(FLOW)
         times = due_times(n, due, now)
         started = time.perf_counter()

@@ -15,6 +15,7 @@ from flows.lint import flow_files, lint_paths
 from flows.preview import preview, preview_text
 from flows.samples import sample_event, sample_lead
 from flows.simulate import happenings, simulate
+from flows.spec import FlowSpec
 from storage.db import create_engine, sessionmaker
 from storage.leads import get_lead
 
@@ -34,13 +35,8 @@ async def preview_flow(
     settings: Settings, slug: str, step: str | None, lead_id: int | None, sample: Path | None
 ) -> int:
     """Print each step as the lead would see it, with when it would go out."""
-    library = FlowLibrary(settings.templates, settings.stages.order)
-    problems = library.load()
-    spec = library.get(slug)
+    spec = _load_flow(settings, slug)
     if spec is None:
-        for problem in library.problems.get(slug, problems):
-            print(problem, file=sys.stderr)
-        print(f"no usable flow {slug!r} in {settings.templates / 'flows'}", file=sys.stderr)
         return 1
     if step is not None and step not in spec.step_names:
         print(f"flow {slug!r} has no step {step!r} (steps: {', '.join(spec.step_names)})", file=sys.stderr)
@@ -55,6 +51,18 @@ async def preview_flow(
            "flow": {"slug": spec.slug, "name": spec.name}, "step": {"name": step or ""}}  # fmt: skip
     print(preview_text(preview(spec, ctx, now, step), lead.get("timezone")))
     return 0
+
+
+def _load_flow(settings: Settings, slug: str) -> FlowSpec | None:
+    """The flow by slug, or None after printing why it cannot be used."""
+    library = FlowLibrary(settings.templates, settings.stages.order)
+    library.load()
+    spec = library.get(slug)
+    if spec is None:
+        for problem in library.problems.get(slug, []):
+            print(problem, file=sys.stderr)
+        print(f"no usable flow {slug!r} in {settings.templates / 'flows'}", file=sys.stderr)
+    return spec
 
 
 async def _lead(settings: Settings, lead_id: int, now) -> dict:  # type: ignore[no-untyped-def]
@@ -76,13 +84,8 @@ def _read_sample(path: Path | None) -> dict | None:
 
 def simulate_flow(settings: Settings, slug: str, days: int, events: Path | None, sample: Path | None) -> int:
     """Print the timeline a hypothetical lead would get; touches no database and sends nothing."""
-    library = FlowLibrary(settings.templates, settings.stages.order)
-    library.load()
-    spec = library.get(slug)
+    spec = _load_flow(settings, slug)
     if spec is None:
-        for problem in library.problems.get(slug, []):
-            print(problem, file=sys.stderr)
-        print(f"no usable flow {slug!r} in {settings.templates / 'flows'}", file=sys.stderr)
         return 1
     now = SystemClock().now()
     try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -29,3 +30,12 @@ async def upgrade(engine: AsyncEngine) -> None:
 
     async with engine.begin() as connection:
         await connection.run_sync(_upgrade)
+
+
+async def recreate(engine: AsyncEngine) -> None:
+    """Drop everything and migrate from scratch; for tests and benchmarks only (SQLite: use a new file)."""
+    if engine.dialect.name == "postgresql":
+        async with engine.begin() as connection:
+            await connection.execute(text("DROP SCHEMA public CASCADE"))
+            await connection.execute(text("CREATE SCHEMA public"))
+    await upgrade(engine)

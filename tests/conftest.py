@@ -26,7 +26,7 @@ from bot.services import SERVICES, Services
 from flows.clock import FrozenClock
 from storage import models  # noqa: F401
 from storage.db import create_engine, is_sqlite, sessionmaker
-from storage.migrate import upgrade
+from storage.migrate import recreate
 
 from fake_telegram import fake_telegram  # noqa: F401  (the fake Bot API fixture)
 
@@ -81,11 +81,7 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
 async def _fresh_schema(url: str) -> None:
     engine = create_engine(url)
     try:
-        if not is_sqlite(url):
-            async with engine.begin() as connection:
-                await connection.execute(text("DROP SCHEMA public CASCADE"))
-                await connection.execute(text("CREATE SCHEMA public"))
-        await upgrade(engine)
+        await recreate(engine)
     finally:
         await engine.dispose()
 
