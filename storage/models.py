@@ -190,6 +190,62 @@ class Enrollment(SQLModel, table=True):
     updated_at: datetime = _time()
 
 
+class Operator(SQLModel, table=True):
+    """A person who works the console: operator, marketer or admin."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    role: str  # operator | marketer | admin
+    password_hash: str
+    telegram_user_id: str | None = Field(default=None, unique=True)  # links replies in the operators' group
+    created_at: datetime = _time()
+    removed_at: datetime | None = _time(nullable=True)
+
+
+class OperatorSession(SQLModel, table=True):
+    """A console login; only the token's hash is stored, and logout deletes the row."""
+
+    token_hash: str = Field(primary_key=True)
+    operator_id: int = Field(foreign_key="operator.id", index=True)
+    csrf_token: str
+    created_at: datetime = _time()
+    expires_at: datetime = _time()
+
+
+_OPEN = "status IN ('waiting', 'claimed')"
+
+
+class Handoff(SQLModel, table=True):
+    """A request for a human: why, the context card, the SLA, and who took it with what outcome."""
+
+    __table_args__ = (
+        Index("ix_handoff_queue", "status", "sla_due_at"),
+        # At most one open handoff per lead, whichever instance saw the warm signal.
+        Index("uq_handoff_open", "lead_id", unique=True, sqlite_where=text(_OPEN), postgresql_where=text(_OPEN)),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    conversation_id: int | None = Field(default=None, foreign_key="conversation.id")
+    trigger: str  # score | intent | button | flow | operator
+    reason: str
+    card: dict = _json(dict)
+    status: str = "waiting"  # waiting | claimed | closed
+    warm_at: datetime = _time()  # when the warm signal arrived: speed-to-lead counts from here
+    created_at: datetime = _time()
+    sla_due_at: datetime = _time()
+    console_notified_at: datetime | None = _time(nullable=True)
+    telegram_notified_at: datetime | None = _time(nullable=True)
+    telegram_message_id: str | None = None  # the card in the operators' group; replies to it are relayed
+    notify_error: str | None = None
+    breached_at: datetime | None = _time(nullable=True)
+    claimed_by_id: int | None = Field(default=None, foreign_key="operator.id")
+    claimed_at: datetime | None = _time(nullable=True)
+    first_reply_at: datetime | None = _time(nullable=True)
+    closed_at: datetime | None = _time(nullable=True)
+    outcome: str | None = None  # won | nurture | lost
+    outcome_reason: str | None = None
+
+
 class Setting(SQLModel, table=True):
     """Values the instances share, such as the generated signing secret."""
 
