@@ -10,7 +10,7 @@ Kindling (the app's own code, untuned):
   (setup, timed but not compared). A fraction is due now (default: 10% of N, at least 10,000, at most N);
   the rest are due hours to weeks later. A child process then
     * measures start-up: create_engine + sessionmaker + FlowLibrary.load + Engine + Runner, and one
-      Runner._claim query (the claim run_due starts with) on the loaded database, rolled back;
+      Runner._due claim (the locking query run_due starts with) on the loaded database, rolled back;
     * calls Runner.run_due(limit=...) in a loop until it returns 0, with a FrozenClock at "now":
       due steps claimed, rendered and recorded (Delivery outbox rows) per second;
     * reports peak RSS above the RSS right after imports (VmHWM - VmRSS, reset via /proc/self/clear_refs).
@@ -289,7 +289,7 @@ async def kindling_run(args: argparse.Namespace) -> dict:
     runner = Runner(sessions, engine, Scoring(), FrozenClock(now))
     async with sessions() as session:
         transaction = await session.begin()
-        first_claim = await runner._claim(session, args.limit)  # the query run_due starts with; rolled back
+        first_claim = (await session.exec(runner._due(args.limit))).all()  # the claim run_due starts with; rolled back
         await transaction.rollback()
     startup_s = time.perf_counter() - started
     startup_peak = peak_rss() - rss0

@@ -16,7 +16,7 @@ from flows.library import FlowLibrary
 from flows.reactions import event_context, lead_context
 from flows.spec import FlowSpec
 from flows.stages import Stages
-from storage.models import Conversation, Enrollment, Event, FlowVersion, Lead
+from storage.models import Enrollment, Event, FlowVersion, Lead
 
 LIVE = ("active", "paused")
 REPLIES = ("message", "button")
@@ -75,7 +75,7 @@ def context(lead: Lead, event: Event | None, now: datetime) -> dict:
 
 def blank_event() -> dict:
     """An event context with every key and no values (steps run later than their trigger)."""
-    return event_context(Event(lead_id=0, type="", payload={}))
+    return {"type": "", "properties": {}} | dict.fromkeys(("name", "path", "url", "text", "value", "channel"))
 
 
 def exit_reason(spec: FlowSpec, stages: Stages, lead: Lead, events: Sequence[Event], now: datetime) -> str | None:
@@ -148,16 +148,3 @@ async def lead_enrollments(session: AsyncSession, lead_id: int) -> list[Enrollme
     """Every enrollment of a lead, oldest first."""
     rows = await session.exec(select(Enrollment).where(Enrollment.lead_id == lead_id).order_by(Enrollment.id))
     return list(rows.all())
-
-
-async def reachable_conversation(
-    session: AsyncSession, lead_id: int, channels: Collection[str], wanted: str | None
-) -> Conversation | None:
-    """The conversation a nurture message goes to: the wanted channel, else the most recently active."""
-    rows = await session.exec(
-        select(Conversation).where(Conversation.lead_id == lead_id, Conversation.channel.in_(list(channels)))
-    )
-    candidates = [c for c in rows.all() if wanted is None or c.channel == wanted]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda c: (c.last_message_at or c.created_at, c.id))

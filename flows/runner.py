@@ -1,32 +1,39 @@
-"""Running due steps: claim due enrollments, render the step into an outbox row, do its action, move on.
+"""Running due steps: claim a batch of due enrollments, render each step into an outbox row, move on.
 
-Each enrollment advances in its own transaction together with the delivery it creates, and the
-delivery's idempotency key (enrollment, flow version, step) is unique: a step is recorded exactly once,
-whichever instance claims it. Sending, and the last safety check before it, is the dispatcher's job.
+A batch is claimed and advanced in one transaction: the rows are locked (`FOR UPDATE SKIP LOCKED` on
+PostgreSQL, the write lock taken at `BEGIN IMMEDIATE` on SQLite) until the commit that records their
+deliveries, so another instance skips them, and a process that dies mid-batch leaves nothing half done.
+The batch is read and written in a few set-based statements, not a round trip per step. A delivery's
+idempotency key (enrollment, flow version, step) is unique and a repeat insert is ignored, so a step is
+recorded exactly once. Sending, and the last safety check before it, is the dispatcher's job.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import Select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows.clock import Clock
-from flows.engine import Engine, condition_exit, context, end, reachable_conversation
+from flows.engine import Engine, condition_exit, context, end
 from flows.reactions import ledger, set_stage
 from flows.render import RenderError, render_step
 from flows.scoring import Scoring
 from flows.spec import FlowSpec, StepSpec
-from storage.db import Sessions, transaction
+from storage.db import DatabaseUnavailable, Sessions, transaction
 from storage.leads import get_lead
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead, PointsEntry
 
 log = logging.getLogger(__name__)
-LEASE = timedelta(seconds=60)
 NURTURE_PRIORITY = 2
+RETRY_FAILED_STEP = timedelta(minutes=10)
 
 
 class Runner:
@@ -36,79 +43,108 @@ class Runner:
         self.sessions, self.engine, self.scoring, self.clock = sessions, engine, scoring, clock
 
     async def run_due(self, limit: int = 200) -> int:
-        """Process due steps; returns how many enrollments were advanced."""
-        ids = await transaction(self.sessions, lambda session: self._claim(session, limit))
+        """Advance up to `limit` due enrollments in one transaction; returns how many."""
+        try:
+            return await transaction(self.sessions, lambda session: self._run(session, self._due(limit)))
+        except DatabaseUnavailable:
+            raise
+        except Exception:  # a bug met by one step must not stall every flow: isolate it
+            log.exception("a batch of due steps failed; advancing them one by one")
+            return await self._one_by_one(limit)
+
+    def _due(self, limit: int, what: Any = Enrollment) -> Select:
+        """Due active enrollments, oldest due first, locked for this transaction; others skip them."""
+        now = self.clock.now()
+        due = select(what).where(Enrollment.status == "active", Enrollment.due_at <= now)
+        return due.order_by(Enrollment.due_at).limit(limit).with_for_update(skip_locked=True)
+
+    async def _run(self, session: AsyncSession, claim: Select) -> int:
+        now = self.clock.now()
+        enrollments = list((await session.exec(claim)).all())
+        if not enrollments:
+            return 0
+        leads = await _leads(session, {enrollment.lead_id for enrollment in enrollments})
+        reach = await _conversations(session, leads.keys(), self.engine.channels)
+        outbox: list[dict[str, Any]] = []
+        for enrollment in enrollments:
+            lead = leads.get(enrollment.lead_id) or await get_lead(session, enrollment.lead_id)
+            await self._advance(session, enrollment, lead, reach[lead.id], outbox, now)
+        if outbox:
+            await session.exec(_insert_once(session), params=outbox)
+        return len(enrollments)
+
+    async def _one_by_one(self, limit: int) -> int:
+        """Each due enrollment in its own transaction; one that fails is retried later and says why."""
+        now = self.clock.now()
+        async with self.sessions() as session:
+            ids = (await session.exec(self._due(limit, Enrollment.id))).all()
         for enrollment_id in ids:
-            await transaction(self.sessions, lambda session, i=enrollment_id: self._advance(session, i))
+            try:
+                claim = self._due(1).where(Enrollment.id == enrollment_id)
+                await transaction(self.sessions, lambda session, claim=claim: self._run(session, claim))
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:
+                log.exception("enrollment %s: the step failed; retrying in %s", enrollment_id, RETRY_FAILED_STEP)
+                await transaction(self.sessions, lambda session, i=enrollment_id, e=exc: _failed(session, i, e, now))
         return len(ids)
 
-    async def _claim(self, session: AsyncSession, limit: int) -> list[int]:
-        now = self.clock.now()
-        free = or_(Enrollment.lease_until.is_(None), Enrollment.lease_until < now)
-        due = and_(Enrollment.status == "active", Enrollment.due_at <= now, free)
-        query = select(Enrollment.id).where(due).order_by(Enrollment.due_at).limit(limit)
-        ids = list((await session.exec(query.with_for_update(skip_locked=True))).all())
-        if ids:
-            await session.exec(update(Enrollment).where(Enrollment.id.in_(ids)).values(lease_until=now + LEASE))
-        return ids
-
-    async def _advance(self, session: AsyncSession, enrollment_id: int) -> None:
-        now = self.clock.now()
-        enrollment = await session.get(Enrollment, enrollment_id, with_for_update=True)
-        if enrollment is None or enrollment.status != "active" or enrollment.due_at > now:
-            return  # another instance got here first, or it was paused or ended meanwhile
-        lead = await get_lead(session, enrollment.lead_id)
+    async def _advance(
+        self,
+        session: AsyncSession,
+        enrollment: Enrollment,
+        lead: Lead,
+        reach: list[Conversation],
+        outbox: list[dict[str, Any]],
+        now: datetime,
+    ) -> None:
         spec = await self.engine.spec_of(session, enrollment)
         reason = _stop_reason(self.engine, spec, lead, now)
         if reason or spec is None:
             end(enrollment, "exited", reason, now)
             return
-        names = spec.step_names
-        step = spec.step_for(names[enrollment.step_index], lead.id)
-        await self._run_step(session, spec, step, enrollment, lead, now)
-        if enrollment.status == "active":
-            _move_on(enrollment, spec, lead, now)
-        session.add_all([enrollment, lead])
-
-    async def _run_step(
-        self, session: AsyncSession, spec: FlowSpec, step: StepSpec, enrollment: Enrollment, lead: Lead, now: datetime
-    ) -> None:
+        step = spec.step_for(spec.step_names[enrollment.step_index], lead.id)
         ctx = {**context(lead, None, now), "flow": {"slug": spec.slug, "name": spec.name}, "step": {"name": step.name}}
         if step.when is not None and not step.when.holds(**ctx):
-            return _skipped(session, lead, spec, step, f"when is false: {step.when.source}", now)
-        try:
-            rendered = render_step(spec, step.name, step.variant, ctx)
-        except RenderError as exc:  # never send raw template text: skip and say why
-            log.error("flow %s step %s not sent: %s", spec.slug, step.name, exc)
-            return _skipped(session, lead, spec, step, f"render error: {exc}", now)
-        if rendered.text:
-            await self._outbox(session, spec, step, enrollment, lead, rendered, now)
-        if step.action is not None:
-            await self._act(session, spec, step, enrollment, lead, now)
+            _skipped(session, lead, spec, step, f"when is false: {step.when.source}", now)
+        else:
+            try:
+                rendered = render_step(spec, step.name, step.variant, ctx)
+            except RenderError as exc:  # never send raw template text: skip and say why
+                log.error("flow %s step %s not sent: %s", spec.slug, step.name, exc)
+                _skipped(session, lead, spec, step, f"render error: {exc}", now)
+            else:
+                if rendered.text:
+                    self._outbox(session, spec, step, enrollment, lead, reach, rendered, outbox, now)
+                if step.action is not None:
+                    await self._act(session, spec, step, enrollment, lead, now)
+        if enrollment.status == "active":
+            _move_on(enrollment, spec, lead, now)
 
-    async def _outbox(self, session, spec, step, enrollment, lead, rendered, now) -> None:  # type: ignore[no-untyped-def]
-        conversation = await reachable_conversation(session, lead.id, self.engine.channels, step.channel)
+    def _outbox(self, session, spec, step, enrollment, lead, reach, rendered, outbox, now) -> None:  # type: ignore[no-untyped-def]
+        conversation = _best(reach, step.channel)
         if conversation is None:
             return _skipped(session, lead, spec, step, "no channel reaches the lead", now)
-        session.add(
-            Delivery(
-                lead_id=lead.id,
-                conversation_id=conversation.id,
-                channel=conversation.channel,
-                address=conversation.external_id,
-                kind="nurture",
-                priority=NURTURE_PRIORITY,
-                text=rendered.text,
-                buttons=[{"type": "reply", "text": label} for label in rendered.buttons],
-                idempotency_key=f"flow:{enrollment.id}:{spec.version}:{step.name}",
-                enrollment_id=enrollment.id,
-                flow_slug=spec.slug,
-                step=step.name,
-                not_before=now,
-                created_at=now,
-            )
+        outbox.append(
+            {
+                "lead_id": lead.id,
+                "conversation_id": conversation.id,
+                "channel": conversation.channel,
+                "address": conversation.external_id,
+                "kind": "nurture",
+                "priority": NURTURE_PRIORITY,
+                "text": rendered.text,
+                "buttons": [{"type": "reply", "text": label} for label in rendered.buttons],
+                "idempotency_key": f"flow:{enrollment.id}:{spec.version}:{step.name}",
+                "enrollment_id": enrollment.id,
+                "flow_slug": spec.slug,
+                "step": step.name,
+                "status": "pending",
+                "attempts": 0,
+                "not_before": now,
+                "created_at": now,
+            }
         )
-        await session.flush()
 
     async def _act(self, session, spec, step, enrollment, lead, now) -> None:  # type: ignore[no-untyped-def]
         action, why = step.action, f"flow {spec.slug}, step {step.name}"
@@ -153,6 +189,51 @@ def _stop_reason(engine: Engine, spec: FlowSpec | None, lead: Lead, now: datetim
     if lead.opted_out_at is not None:
         return "opt_out"
     return condition_exit(spec, engine.stages, lead, None, now)
+
+
+async def _leads(session: AsyncSession, ids: Collection[int]) -> dict[int, Lead]:
+    """The batch's leads by id, in one query; a merged-away lead is left to `get_lead`."""
+    rows = await session.exec(select(Lead).where(Lead.id.in_(list(ids)), Lead.merged_into_id.is_(None)))
+    return {lead.id: lead for lead in rows}
+
+
+async def _conversations(
+    session: AsyncSession, lead_ids: Collection[int], channels: Collection[str]
+) -> defaultdict[int, list[Conversation]]:
+    """The conversations a nurture message can go to, per lead, in one query."""
+    reach: defaultdict[int, list[Conversation]] = defaultdict(list)
+    if lead_ids and channels:
+        query = select(Conversation).where(
+            Conversation.lead_id.in_(list(lead_ids)), Conversation.channel.in_(list(channels))
+        )
+        for conversation in await session.exec(query):
+            reach[conversation.lead_id].append(conversation)
+    return reach
+
+
+def _best(reach: Sequence[Conversation], wanted: str | None) -> Conversation | None:
+    """The wanted channel's conversation, else the lead's most recently active one."""
+    candidates = [c for c in reach if wanted is None or c.channel == wanted]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda c: (c.last_message_at or c.created_at, c.id))
+
+
+def _insert_once(session: AsyncSession):  # type: ignore[no-untyped-def]
+    """An INSERT of outbox rows (run with many rows at once) that leaves a key already there as it is."""
+    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    return dialect.insert(Delivery.__table__).on_conflict_do_nothing(index_elements=["idempotency_key"])
+
+
+async def _failed(session: AsyncSession, enrollment_id: int, error: Exception, now: datetime) -> None:
+    """Record a step that raised, and try it again later instead of at every tick."""
+    enrollment = await session.get(Enrollment, enrollment_id)
+    if enrollment is None:
+        return
+    enrollment.due_at, enrollment.updated_at = now + RETRY_FAILED_STEP, now
+    error_text = f"{type(error).__name__}: {error}"
+    payload = {"flow": enrollment.flow_slug, "step_index": enrollment.step_index, "error": error_text}
+    session.add_all([enrollment, Event(lead_id=enrollment.lead_id, type="step_failed", payload=payload, at=now)])
 
 
 def _move_on(enrollment: Enrollment, spec: FlowSpec, lead: Lead, now: datetime) -> None:

@@ -259,3 +259,32 @@ async def test_a_sender_dying_between_claim_and_send_is_taken_over_after_its_lea
     [delivery] = await rows(db, Delivery)
     assert delivery.status == "sent" and delivery.attempts == 2
     assert (await next_from(ws, "bot"))["text"] == "One for you."
+
+
+async def test_one_broken_enrollment_never_holds_up_the_others(app, clock, db):
+    await visitor_on_pricing(app)
+    await visitor_on_pricing(app)
+    broken, healthy = await rows(db, Enrollment)
+    async with db() as session, session.begin():  # a bad manual edit: a step the flow does not have
+        await session.exec(update(Enrollment).where(Enrollment.id == broken.id).values(step_index=99))
+
+    await tick(app, clock, timedelta(minutes=10))
+    [sent] = await rows(db, Delivery, Delivery.kind == "nurture")
+    assert (sent.lead_id, sent.step, sent.status) == (healthy.lead_id, "one", "sent")
+    [failed] = await rows(db, Event, Event.type == "step_failed")
+    assert failed.lead_id == broken.lead_id and "IndexError" in failed.payload["error"]
+    [broken] = await rows(db, Enrollment, Enrollment.id == broken.id)
+    assert broken.status == "active" and broken.due_at == clock.now() + timedelta(minutes=10)  # tried again later
+
+
+async def test_a_step_already_in_the_outbox_is_never_recorded_twice(app, clock, db):
+    ws = await visitor_on_pricing(app)
+    await tick(app, clock, timedelta(minutes=10))
+    assert (await next_from(ws, "bot"))["text"] == "One for you."
+    async with db() as session, session.begin():  # e.g. an old backup put the enrollment back a step
+        await session.exec(update(Enrollment).values(step_index=0, due_at=clock.now()))
+
+    await tick(app, clock, timedelta(minutes=1))
+    assert [(d.step, d.status) for d in await rows(db, Delivery, Delivery.kind == "nurture")] == [("one", "sent")]
+    [enrollment] = await rows(db, Enrollment)
+    assert enrollment.step_index == 1 and enrollment.status == "active"  # moved on to step two
