@@ -22,7 +22,8 @@ Naive baseline (APScheduler 3, BackgroundScheduler + ThreadPoolExecutor(10), SQL
   reads its lead, renders the same step text with Jinja and inserts a delivery row in its own transaction.
   A child process measures start-up (store + scheduler.start(paused=True) + the scheduler's first
   get_due_jobs(now)), then resumes the scheduler and times until every due job has executed.
-  There is no sync PostgreSQL driver in the venv (only asyncpg), so the baseline always runs on SQLite.
+  With --naive-database-url postgresql+psycopg://... the baseline's job store and tables live in PostgreSQL
+  instead (install the bench extra: pip install -e '.[bench]').
 
 The child phases are this same script with --phase; they print one JSON line on stdout.
 """
@@ -380,9 +381,12 @@ NAIVE_TABLES = None
 
 
 def naive_engine(path: str):  # type: ignore[no-untyped-def]
-    """Sync SQLAlchemy on the SQLite file, with the pragmas Kindling uses (WAL, synchronous=NORMAL)."""
+    """Sync SQLAlchemy: on PostgreSQL (psycopg) when given a URL, else on the SQLite file with the pragmas
+    Kindling uses (WAL, synchronous=NORMAL)."""
     from sqlalchemy import create_engine, event
 
+    if path.startswith("postgresql"):
+        return create_engine(path, pool_size=12)  # ten worker threads and the scheduler's own
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
@@ -461,6 +465,9 @@ def naive_add(args: argparse.Namespace) -> dict:
     now = datetime.fromisoformat(args.now)
     engine = naive_engine(args.db)
     metadata, lead, _ = naive_tables()
+    if args.db.startswith("postgresql"):  # a fresh start, as the SQLite baseline gets a new file
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS naive_lead, naive_delivery, apscheduler_jobs")
     metadata.create_all(engine)
     with engine.begin() as connection:
         for start in range(0, args.enrollments, CHUNK):
@@ -615,6 +622,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--enrollments", type=int, default=100_000, help="N leads / enrollments / jobs")
     parser.add_argument("--database-url", default="", help="Kindling's database (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--naive-database-url",
+        default="",
+        help="the baseline's database, postgresql+psycopg://... (default: a fresh SQLite file; needs .[bench])",
+    )
     parser.add_argument("--due-fraction", type=float, default=0.10, help="share of N due now (default 0.10)")
     parser.add_argument("--due-minimum", type=int, default=10_000, help="at least this many due (capped at N)")
     parser.add_argument("--limit", type=int, default=200, help="run_due(limit=...) per call (the app's default)")
@@ -689,9 +701,13 @@ def main() -> None:
             bn = args.baseline_enrollments or n
             bdue = due_count(bn, args.due_fraction, args.due_minimum)
             results["naive_n"], results["naive_due"] = bn, bdue
-            db = str(folder / "naive.db")
+            results["naive_database"] = "postgresql+psycopg (sync)" if args.naive_database_url else "sqlite (sync)"
+            db = args.naive_database_url or str(folder / "naive.db")
+            if args.naive_database_url:
+                ensure_pg_database(args.naive_database_url)
             common = ["--db", db, "--templates", str(templates), "--now", now.isoformat(), "--due", str(bdue)]
-            log(f"naive: adding {bn:,} jobs ({bdue:,} due) to the SQLAlchemyJobStore on SQLite")
+            where = "PostgreSQL" if args.naive_database_url else "SQLite"
+            log(f"naive: adding {bn:,} jobs ({bdue:,} due) to the SQLAlchemyJobStore on {where}")
             results["naive_add"] = child("naive-add", "--enrollments", str(bn), *common)
             log(f"naive: added in {results['naive_add']['add_s']:.1f} s; running due jobs")
             results["naive"] = child("naive-run", "--timeout", str(args.timeout), *common)
@@ -717,7 +733,7 @@ def report(results: dict) -> None:
     where = results["kindling_database"]
     print(f"Kindling on {where}, N = {n:,}, due = {results['due']:,}, run_due(limit={results['limit']})")
     if b:
-        print(f"naive on sqlite (sync), N = {bn:,}, due = {results['naive_due']:,}")
+        print(f"naive on {results.get('naive_database', 'sqlite (sync)')}, N = {bn:,}, due = {results['naive_due']:,}")
     kmem = per_100k(k["peak_rss_delta"], n)
     bmem = per_100k(b["peak_rss_delta"], bn) if b else None
     rows = [
