@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from bot.channels.telegram import callback_data, parse_deep_link
 from storage.models import Conversation, Delivery, Event, Identity, Lead, Message
 
-from conftest import rows, services_of
+from conftest import API_KEY, ROOT, rows, services_of
 from fake_telegram import TOKEN
 
 PAYLOADS = Path(__file__).parent / "payloads" / "telegram"
@@ -388,3 +389,54 @@ async def test_without_a_webhook_secret_every_update_is_refused(make_client, tel
     response = await post(client, payload("message_text"), headers={"X-Telegram-Bot-Api-Secret-Token": ""})
 
     assert response.status == 403 and await nothing_stored(db)
+
+
+async def test_a_bot_api_server_error_is_retried_later_and_sent_once(client, db, fake_telegram, clock):
+    fake_telegram.fail_next("sendMessage", CHAT, 502, "Bad Gateway")
+
+    await post(client, payload("message_text"))
+
+    [delivery] = await rows(db, Delivery)
+    assert delivery.status == "pending" and delivery.not_before > clock.now()  # backed off, not dropped
+    assert "Bad Gateway" in delivery.last_error
+    assert await services_of(client).dispatcher.dispatch_due() == 0  # not before its time
+    clock.advance(delivery.not_before - clock.now())
+    assert await services_of(client).dispatcher.dispatch_due() == 1
+    assert [d.status for d in await rows(db, Delivery)] == ["sent"]
+    assert len(fake_telegram.sent_messages(CHAT)) == 1
+
+
+FOLLOW_UP = """+++
+name = "Follow up"
+trigger = "message"
++++
+{% step "nudge", after="10m" %}Did that answer your question?{% endstep %}
+"""
+
+
+async def test_a_permanent_error_for_one_lead_never_holds_up_the_others(
+    make_client, telegram_settings, db, fake_telegram, clock, tmp_path
+):
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    for shipped in (templates / "flows").glob("*.j2"):
+        shipped.unlink()
+    (templates / "flows" / "follow-up.j2").write_text(FOLLOW_UP)
+    client = await make_client(telegram_settings.with_(templates=templates))
+    other = payload("message_text", update_id=730118002)
+    other["message"]["from"]["id"] = other["message"]["chat"]["id"] = CHAT + 1
+    await post(client, payload("message_text"))
+    await post(client, other)
+    fake_telegram.fail_next("sendMessage", CHAT, 400, "Bad Request: chat not found")
+
+    clock.advance(timedelta(hours=1))  # 13:00 UTC, outside quiet hours
+    await services_of(client).runner.run_due()
+    assert await services_of(client).dispatcher.dispatch_due() == 2
+
+    nudges = {d.address: d for d in await rows(db, Delivery, Delivery.kind == "nurture")}
+    assert nudges[str(CHAT)].status == "dead" and "Chat not found" in nudges[str(CHAT)].last_error
+    assert nudges[str(CHAT + 1)].status == "sent"
+    assert fake_telegram.texts(CHAT + 1)[-1] == "Did that answer your question?"
+    shown = await client.get(f"/api/leads/{nudges[str(CHAT)].lead_id}", headers={"Authorization": f"Bearer {API_KEY}"})
+    [why] = [d for d in (await shown.json())["deliveries"] if d["step"] == "nudge"]
+    assert why["status"] == "dead" and "Chat not found" in why["error"]
