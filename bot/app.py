@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
-from bot import api, views
+from bot import api, console, views
 from bot.channels import CHANNELS
 from bot.config import Settings
 from bot.dispatcher import Dispatcher
@@ -67,6 +67,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         channels[name].routes(app)
     views.routes(app)
     api.routes(app)
+    console.routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         messages.check()

@@ -67,8 +67,9 @@ async def remove_operator(session: AsyncSession, name: str, now: datetime) -> Op
 async def open_session(
     session: AsyncSession, operator: Operator, token_hash: str, csrf_token: str, now: datetime, expires_at: datetime
 ) -> OperatorSession:
-    """Store a console login by the hash of its token."""
+    """Store a console login by the hash of its token; logins that expired by now are dropped."""
     assert operator.id is not None
+    await session.exec(delete(OperatorSession).where(col(OperatorSession.expires_at) <= now))
     row = OperatorSession(
         token_hash=token_hash, operator_id=operator.id, csrf_token=csrf_token, created_at=now, expires_at=expires_at
     )

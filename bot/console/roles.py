@@ -6,11 +6,13 @@ from bot.config import ConsoleSettings
 
 ROLES = ("operator", "marketer", "admin")
 
+# "console" is using the console at all (logging out, one's own pages): every role has it.
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "operator": frozenset({"queue", "conversations.read", "conversations.reply", "leads.read"}),
-    "marketer": frozenset({"leads.read", "flows.read", "reports.read"}),
+    "operator": frozenset({"console", "queue", "conversations.read", "conversations.reply", "leads.read"}),
+    "marketer": frozenset({"console", "leads.read", "flows.read", "reports.read"}),
     "admin": frozenset(
         {
+            "console",
             "queue",
             "conversations.read",
             "conversations.reply",
