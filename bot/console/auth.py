@@ -10,13 +10,13 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import quote
 
 from aiohttp import web
+from yarl import URL
 
-from bot.console.pages import LOGIN_KEY, refuse, wants_json
+from bot.console.keys import LOGIN, Login
+from bot.console.pages import refuse, wants_json
 from bot.console.roles import allowed
 from bot.services import SERVICES, Services
 from storage.db import transaction
@@ -34,15 +34,6 @@ CSRF_REFUSED = (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class Login:
-    """The operator behind a request, with their session's CSRF token."""
-
-    operator: Operator
-    csrf_token: str
-    token_hash: str
 
 
 def requires(permission: str) -> Callable[[Handler], Handler]:
@@ -63,7 +54,7 @@ def public(view: Handler) -> Handler:
 
 def current(request: web.Request) -> Login:
     """The logged-in operator of a console request (the middleware has checked it)."""
-    return request[LOGIN_KEY]
+    return request[LOGIN]
 
 
 def token_hash(token: str) -> str:
@@ -82,7 +73,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     login = await _login(request)
     if login is None:
         return _to_login(request)
-    request[LOGIN_KEY] = login
+    request[LOGIN] = login
     if request.method in UNSAFE and not await csrf_ok(request, login.csrf_token):
         return refuse(request, 403, CSRF_REFUSED)
     permission = getattr(view, "console_permission", None)
@@ -117,9 +108,9 @@ def _to_login(request: web.Request) -> web.StreamResponse:
     """401 for scripts; people go to the login page and come back afterwards."""
     if wants_json(request):
         return refuse(request, 401, "log in to the console first")
-    target = "/console/login"
+    target = URL("/console/login")
     if request.method == "GET":
-        target += "?next=" + quote(request.path_qs, safe="")
+        target = target.with_query(next=request.path_qs)
     raise web.HTTPSeeOther(target)
 
 

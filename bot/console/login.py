@@ -18,7 +18,8 @@ from bot.console.auth import (
     set_session_cookie,
     start_session,
 )
-from bot.console.pages import PRELOGIN_CSRF_KEY, render
+from bot.console.keys import PRELOGIN_CSRF
+from bot.console.pages import render
 from bot.console.throttle import LoginThrottle
 from bot.services import SERVICES
 
@@ -93,7 +94,7 @@ def _form(
 ) -> web.Response:
     """The login form, with a CSRF token tied to a cookie since there is no session yet."""
     token = request.cookies.get(PRELOGIN_COOKIE) or secrets.token_urlsafe(32)
-    request[PRELOGIN_CSRF_KEY] = token
+    request[PRELOGIN_CSRF] = token
     response = render(request, "login.html", {"next": next_url, "name": name, "error": error}, status=status)
     response.headers.update(headers or {})
     secure = request.app[SERVICES].settings.public_url.startswith("https://")

@@ -10,6 +10,7 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
 from markupsafe import Markup, escape
 
+from bot.console.keys import LOGIN, PRELOGIN_CSRF
 from bot.console.roles import allowed
 from bot.middlewares import json_error
 from bot.services import SERVICES
@@ -17,8 +18,6 @@ from storage.leads import LeadNotFound
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 JINJA = web.AppKey("console_jinja", Environment)
-LOGIN_KEY = "kindling.console.login"  # request key of the current Login (see bot.console.auth)
-PRELOGIN_CSRF_KEY = "kindling.console.prelogin_csrf"  # the login form's token, before there is a session
 HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
 
 
@@ -48,7 +47,7 @@ def render(
     request: web.Request, template: str, context: dict[str, Any] | None = None, status: int = 200
 ) -> web.Response:
     """A page in the base layout, with the operator, their CSRF token and `can(permission)` available."""
-    login = request.get(LOGIN_KEY)
+    login = request.get(LOGIN)
     settings = request.app[SERVICES].settings.console
     role = login.operator.role if login else ""
     page = (
@@ -56,7 +55,7 @@ def render(
         .get_template(template)
         .render(
             operator=login.operator if login else None,
-            csrf_token=login.csrf_token if login else request.get(PRELOGIN_CSRF_KEY, ""),
+            csrf_token=login.csrf_token if login else request.get(PRELOGIN_CSRF, ""),
             can=lambda permission: bool(login) and allowed(role, permission, settings),
             **(context or {}),
         )
