@@ -2,50 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 import re
 from datetime import timedelta
 
 import pytest
 from yarl import URL
 
-from bot.cli import main as kindling
 from bot.config import ConsoleSettings
 from bot.console.roles import allowed
 from storage.models import Operator, OperatorSession
 
-from conftest import ROOT, rows
-
-PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def run_kindling(monkeypatch, database_url, capsys):  # type: ignore[no-untyped-def]
-    """Run `kindling ...` in-process on the test database; returns (exit status, stdout, stderr)."""
-    monkeypatch.setenv("KINDLING_DATABASE_URL", database_url)
-    monkeypatch.delenv("KINDLING_CONFIG", raising=False)
-
-    async def run(*args: str, stdin: str = "") -> tuple[int, str, str]:
-        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-        status = await asyncio.to_thread(kindling, ["--config", str(ROOT / "config.toml"), *args])
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
-
-
-@pytest.fixture
-def add_operator(run_kindling):  # type: ignore[no-untyped-def]
-    """`kindling operator add NAME --role ROLE --password-stdin`, which must succeed."""
-
-    async def add(name: str, role: str, password: str = PASSWORD) -> None:
-        status, out, err = await run_kindling(
-            "operator", "add", name, "--role", role, "--password-stdin", stdin=password
-        )
-        assert status == 0, err
-
-    return add
+from conftest import PASSWORD, rows
 
 
 async def csrf_of(client, path: str = "/console/login") -> str:  # type: ignore[no-untyped-def]

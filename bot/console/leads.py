@@ -16,6 +16,7 @@ from storage.leadsearch import search_leads, transcript
 
 PAGE_SIZE = 25
 TRANSCRIPT_LIMIT = 200
+CONVERSATION_KINDS = ("reply", "operator")  # deliveries that are part of a conversation, not a drip
 
 
 def routes(console: web.Application) -> None:
@@ -41,14 +42,30 @@ async def lead_page(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     lead_id = _lead_id(request.match_info["id"])
     report = await lead_report(services.sessions, services.settings, lead_id, services.clock.now())
-    login = current(request)
     messages = None
-    if allowed(login.operator.role, "conversations.read", services.settings.console):
+    if allowed(current(request).operator.role, "conversations.read", services.settings.console):
         async with services.sessions() as session:
             messages = await transcript(session, report["id"], TRANSCRIPT_LIMIT)
+    else:
+        report = _without_conversations(report)
     skipped = [event for event in report["events"] if event["type"] == "step_skipped"]
     context: dict[str, Any] = {"lead": report, "messages": messages, "skipped": skipped}
     return render(request, "lead.html", context)
+
+
+def _without_conversations(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without what the visitor and the bot or operators said to each other."""
+    events = [
+        {**event, "payload": {key: value for key, value in event["payload"].items() if key != "text"}}
+        if event["type"] == "message"
+        else event
+        for event in report["events"]
+    ]
+    deliveries = [
+        {**delivery, "text": None} if delivery["kind"] in CONVERSATION_KINDS else delivery
+        for delivery in report["deliveries"]
+    ]
+    return {**report, "events": events, "deliveries": deliveries}
 
 
 def _page_number(raw: str | None) -> int:
