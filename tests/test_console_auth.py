@@ -6,6 +6,8 @@ import re
 from datetime import timedelta
 
 import pytest
+from argon2 import PasswordHasher
+from sqlalchemy import update
 from yarl import URL
 
 from bot.config import ConsoleSettings
@@ -186,3 +188,29 @@ def test_a_route_that_declares_no_permission_is_for_admins_only():
     assert not allowed("marketer", "conversations.read", settings)
     assert allowed("marketer", "conversations.read", ConsoleSettings(marketers_read_conversations=True))
     assert not allowed("operator", "flows.edit", settings) and not allowed("operator", "data.export", settings)
+
+
+async def test_an_old_password_hash_is_upgraded_at_the_next_login(client, add_operator, db):
+    await add_operator("ann", "operator")
+    weak = PasswordHasher(time_cost=1, memory_cost=8192).hash(PASSWORD)  # older, weaker settings
+    async with db() as session, session.begin():
+        await session.exec(update(Operator).values(password_hash=weak))
+    assert PasswordHasher().check_needs_rehash((await rows(db, Operator))[0].password_hash)
+    assert (await log_in(client, "ann")).status == 303
+    [ann] = await rows(db, Operator)
+    assert not PasswordHasher().check_needs_rehash(ann.password_hash)
+    assert PasswordHasher().verify(ann.password_hash, PASSWORD)
+
+
+async def test_cookies_are_secure_when_the_console_is_served_over_https(make_client, settings):
+    client = await make_client(settings.with_(public_url="https://kindling.example"))
+    form = await client.get("/console/login")
+    assert form.cookies["kindling_csrf"]["secure"]
+
+
+async def test_a_websocket_from_another_site_is_refused(client, add_operator):
+    await add_operator("ann", "operator")
+    await log_in(client, "ann")
+    headers = {"Origin": "https://evil.example", "Upgrade": "websocket", "Connection": "Upgrade"}
+    refused = await client.get("/console/leads", headers=headers)
+    assert refused.status == 403 and "other sites" in (await refused.json())["error"]

@@ -76,6 +76,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[LOGIN] = login
     if request.method in UNSAFE and not await csrf_ok(request, login.csrf_token):
         return refuse(request, 403, CSRF_REFUSED)
+    if not same_origin(request):
+        return refuse(request, 403, "This console does not accept connections from other sites.")
     permission = getattr(view, "console_permission", None)
     found = request.match_info.http_exception is None
     if found and not allowed(login.operator.role, permission, request.app[SERVICES].settings.console):
@@ -90,6 +92,15 @@ async def csrf_ok(request: web.Request, expected: str | None) -> bool:
         value = (await request.post()).get(CSRF_FIELD)
         given = value if isinstance(value, str) else None
     return bool(expected and given) and hmac.compare_digest(given.encode(), expected.encode())  # type: ignore[union-attr]
+
+
+def same_origin(request: web.Request) -> bool:
+    """A browser's WebSocket to the console must come from the console's own pages (no token rides along)."""
+    origin = request.headers.get("Origin")
+    if request.headers.get("Upgrade", "").lower() != "websocket" or not origin:
+        return True
+    public = request.app[SERVICES].settings.public_url
+    return URL(origin).raw_authority in {request.host, URL(public).raw_authority if public else request.host}
 
 
 async def _login(request: web.Request) -> Login | None:

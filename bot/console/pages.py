@@ -14,6 +14,7 @@ from bot.console.keys import LOGIN, PRELOGIN_CSRF
 from bot.console.roles import allowed
 from bot.middlewares import json_error
 from bot.services import SERVICES
+from storage.db import DatabaseUnavailable
 from storage.leads import LeadNotFound
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -83,10 +84,12 @@ def refuse(request: web.Request, status: int, message: str) -> web.Response:
 
 @web.middleware
 async def page_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """An unknown lead or page is a 404 page in the layout, not a bare error."""
+    """An unknown lead or page is a 404 page in the layout, a database outage a 503 page."""
     try:
         return await handler(request)
     except LeadNotFound as exc:
         return refuse(request, 404, f"There is no lead {exc.args[0]}.")
     except web.HTTPNotFound:
         return refuse(request, 404, "There is no such page.")
+    except DatabaseUnavailable:
+        return refuse(request, 503, "The database is unavailable; try again in a moment.")
