@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -14,7 +18,7 @@ from bot.config import ConsoleSettings
 from bot.console.roles import allowed
 from storage.models import Operator, OperatorSession
 
-from conftest import PASSWORD, rows
+from conftest import PASSWORD, ROOT, rows
 
 
 async def csrf_of(client, path: str = "/console/login") -> str:  # type: ignore[no-untyped-def]
@@ -56,6 +60,13 @@ async def test_an_admin_manages_operators_from_the_command_line(run_kindling):
     assert status == 1 and "no operator named 'bob'" in err
     assert "bob" not in (await run_kindling("operator", "list"))[1]
     assert "removed" in (await run_kindling("operator", "list", "--all"))[1]
+
+
+async def test_the_installed_command_adds_an_operator(database_url):
+    env = {**os.environ, "KINDLING_DATABASE_URL": database_url, "KINDLING_CONFIG": str(ROOT / "config.toml")}
+    command = [sys.executable, "-m", "bot", "operator", "add", "ann", "--role", "admin", "--password-stdin"]
+    done = await asyncio.to_thread(subprocess.run, command, input=PASSWORD, capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "added admin ann" in done.stdout, done.stderr
 
 
 async def test_passwords_are_stored_as_argon2id_hashes(add_operator, db):
