@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from bot import api, views
 from bot.channels import CHANNELS
 from bot.config import Settings
+from bot.console.mount import mount_console
 from bot.dispatcher import Dispatcher
 from bot.hub import Hub
 from bot.intake import Intake
@@ -67,6 +68,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         channels[name].routes(app)
     views.routes(app)
     api.routes(app)
+    mount_console(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         messages.check()

@@ -1,4 +1,4 @@
-"""The `kindling` command: serve, migrate, lead show."""
+"""The `kindling` command: serve, migrate, lint, preview, simulate, lead show, operator add|list|remove."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot import operatorcli
 from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
+from bot.console.roles import ROLES
 from bot.flowcli import lint, preview_flow, simulate_flow
 from bot.leadview import format_lead, lead_report
 from bot.messages import MessageError
@@ -52,7 +54,23 @@ def parser() -> argparse.ArgumentParser:
     show = lead.add_parser("show", help="a lead with score explanation, stages, conversations, events")
     show.add_argument("id", type=int)
     show.add_argument("--format", choices=("text", "json"), default="text")
+    _operator_commands(commands)
     return top
+
+
+def _operator_commands(commands: argparse._SubParsersAction) -> None:
+    """`kindling operator add|list|remove`."""
+    operator = commands.add_parser("operator", help="console accounts")
+    actions = operator.add_subparsers(dest="operator_command", required=True)
+    add = actions.add_parser("add", help="add a console account (the password is asked twice)")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=ROLES, help="what they may do in the console")
+    add.add_argument("--telegram-id", type=int, help="their Telegram user id, for the operators' group")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    listing = actions.add_parser("list", help="the console accounts")
+    listing.add_argument("--all", action="store_true", help="removed accounts too")
+    remove = actions.add_parser("remove", help="remove an account and end its console sessions")
+    remove.add_argument("name")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return simulate_flow(settings, args.flow, args.days, args.events, args.sample)
         if args.command == "preview":
             return asyncio.run(preview_flow(settings, args.flow, args.step, args.lead, args.sample))
+        if args.command == "operator":
+            return asyncio.run(operator(settings, args))
         return asyncio.run(show_lead(settings, args.id, args.format))
     except LeadNotFound as exc:
         print(f"no lead {exc.args[0]}", file=sys.stderr)
@@ -109,6 +129,15 @@ async def migrate(settings: Settings) -> None:
         await upgrade(engine)
     finally:
         await engine.dispose()
+
+
+async def operator(settings: Settings, args: argparse.Namespace) -> int:
+    """Run `kindling operator add|list|remove`."""
+    if args.operator_command == "add":
+        return await operatorcli.add(settings, args.name, args.role, args.telegram_id, args.password_stdin)
+    if args.operator_command == "list":
+        return await operatorcli.show_all(settings, args.all)
+    return await operatorcli.remove(settings, args.name)
 
 
 async def show_lead(settings: Settings, lead_id: int, output: str) -> int:

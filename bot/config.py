@@ -36,6 +36,15 @@ class WebhookSource:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The operator console: how long a login lasts, login throttling, what marketers may read."""
+
+    session_hours: int = 12
+    login_attempts_per_minute: int = 5
+    marketers_read_conversations: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting Kindling uses, validated."""
 
@@ -57,6 +66,7 @@ class Settings:
     stages: Stages = Stages()
     policy: Policy = Policy()
     opt_out_words: tuple[str, ...] = ()
+    console: ConsoleSettings = ConsoleSettings()
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests, CLI flags)."""
@@ -104,6 +114,7 @@ def settings_from(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         webhook_sources=_webhook_sources(channels.section("webhook").section("sources"), env),
         scoring=_scoring(doc.section("scoring")),
         stages=_stages(doc.section("stages")),
+        console=_console(doc.section("console")),
         **_nurture(doc.section("nurture"), env),
     )
     doc.reject_unknown()
@@ -223,6 +234,19 @@ def _nurture(section: _Section, env: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError("nurture.opt_out_words: a list of words")
     policy = Policy(quiet_hours=quiet_hours, daily_cap=cap, default_timezone=zone)
     return {"policy": policy, "opt_out_words": tuple(words)}
+
+
+def _console(section: _Section) -> ConsoleSettings:
+    hours = section.get("session_hours", int, ConsoleSettings.session_hours)
+    attempts = section.get("login_attempts_per_minute", int, ConsoleSettings.login_attempts_per_minute)
+    marketers = section.get("marketers_read_conversations", bool, False)
+    if hours < 1:
+        raise ConfigError("console.session_hours: must be 1 or more")
+    if attempts < 1:
+        raise ConfigError("console.login_attempts_per_minute: must be 1 or more")
+    return ConsoleSettings(
+        session_hours=hours, login_attempts_per_minute=attempts, marketers_read_conversations=marketers
+    )
 
 
 def _stages(section: _Section) -> Stages:

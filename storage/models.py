@@ -212,6 +212,15 @@ class OperatorSession(SQLModel, table=True):
     expires_at: datetime = _time()
 
 
+class LoginFailure(SQLModel, table=True):
+    """A failed console login, per client address or operator name; shared by every instance."""
+
+    __table_args__ = (Index("ix_loginfailure_key_at", "key", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    key: str  # "ip:<address>" or "name:<operator name>"
+    at: datetime = _time()
+
+
 _OPEN = "status IN ('waiting', 'claimed')"
 
 

@@ -7,6 +7,7 @@ For PostgreSQL the schema is migrated once per run and every table is emptied be
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import os
 import shutil
@@ -21,6 +22,7 @@ from sqlalchemy import text
 from sqlmodel import SQLModel, select
 
 from bot.app import create_app
+from bot.cli import main as kindling
 from bot.config import Settings, load_settings
 from bot.services import SERVICES, Services
 from flows.clock import FrozenClock
@@ -32,6 +34,7 @@ from fake_telegram import fake_telegram  # noqa: F401  (the fake Bot API fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-api-key"
+PASSWORD = "correct horse battery"  # of the operators `add_operator` makes
 
 
 # --- no real network -------------------------------------------------------------------------
@@ -156,3 +159,34 @@ async def rows(db, model, *where) -> list:  # type: ignore[no-untyped-def]
         if order is not None:
             statement = statement.order_by(order)
         return list((await session.exec(statement)).all())
+
+
+# --- the console -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_kindling(monkeypatch, database_url, capsys):  # type: ignore[no-untyped-def]
+    """Run `kindling ...` in-process on the test database; returns (exit status, stdout, stderr)."""
+    monkeypatch.setenv("KINDLING_DATABASE_URL", database_url)
+    monkeypatch.delenv("KINDLING_CONFIG", raising=False)
+
+    async def run(*args: str, stdin: str = "") -> tuple[int, str, str]:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        status = await asyncio.to_thread(kindling, ["--config", str(ROOT / "config.toml"), *args])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+@pytest.fixture
+def add_operator(run_kindling):  # type: ignore[no-untyped-def]
+    """`kindling operator add NAME --role ROLE --password-stdin`, which must succeed."""
+
+    async def add(name: str, role: str, password: str = PASSWORD) -> None:
+        status, out, err = await run_kindling(
+            "operator", "add", name, "--role", role, "--password-stdin", stdin=password
+        )
+        assert status == 0, err
+
+    return add

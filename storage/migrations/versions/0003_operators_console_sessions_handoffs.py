@@ -44,6 +44,15 @@ def upgrade() -> None:
     with op.batch_alter_table('operatorsession', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_operatorsession_operator_id'), ['operator_id'], unique=False)
 
+    op.create_table('loginfailure',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('at', storage.models.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('loginfailure', schema=None) as batch_op:
+        batch_op.create_index('ix_loginfailure_key_at', ['key', 'at'], unique=False)
+
     op.create_table('handoff',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('lead_id', sa.Integer(), nullable=False),
@@ -91,5 +100,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_operatorsession_operator_id'))
 
     op.drop_table('operatorsession')
+    with op.batch_alter_table('loginfailure', schema=None) as batch_op:
+        batch_op.drop_index('ix_loginfailure_key_at')
+
+    op.drop_table('loginfailure')
     op.drop_table('operator')
     # ### end Alembic commands ###

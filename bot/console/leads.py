@@ -1,0 +1,80 @@
+"""Read-only lead pages: search, and one lead with score, stages, flows, deliveries and transcript."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from bot.console.auth import current, requires
+from bot.console.pages import render
+from bot.console.roles import allowed
+from bot.leadview import lead_report
+from bot.services import SERVICES
+from storage.leads import LeadNotFound
+from storage.leadsearch import search_leads, transcript
+
+PAGE_SIZE = 25
+TRANSCRIPT_LIMIT = 200
+CONVERSATION_KINDS = ("reply", "operator")  # deliveries that are part of a conversation, not a drip
+
+
+def routes(console: web.Application) -> None:
+    """Mount /console/leads and /console/leads/{id}."""
+    console.router.add_get("/leads", leads_page)
+    console.router.add_get("/leads/{id}", lead_page)
+
+
+@requires("leads.read")
+async def leads_page(request: web.Request) -> web.Response:
+    """Search leads by name, email, phone or id; newest first, a page at a time."""
+    query = request.query.get("q", "")[:200]
+    page = _page_number(request.query.get("page"))
+    async with request.app[SERVICES].sessions() as session:
+        found = await search_leads(session, query, (page - 1) * PAGE_SIZE, PAGE_SIZE + 1)
+    context = {"q": query, "page": page, "leads": found[:PAGE_SIZE], "more": len(found) > PAGE_SIZE}
+    return render(request, "leads.html", context)
+
+
+@requires("leads.read")
+async def lead_page(request: web.Request) -> web.Response:
+    """One lead; the transcript only for roles that may read conversations."""
+    services = request.app[SERVICES]
+    lead_id = _lead_id(request.match_info["id"])
+    report = await lead_report(services.sessions, services.settings, lead_id, services.clock.now())
+    messages = None
+    if allowed(current(request).operator.role, "conversations.read", services.settings.console):
+        async with services.sessions() as session:
+            messages = await transcript(session, report["id"], TRANSCRIPT_LIMIT)
+    else:
+        report = _without_conversations(report)
+    skipped = [event for event in report["events"] if event["type"] == "step_skipped"]
+    context: dict[str, Any] = {"lead": report, "messages": messages, "skipped": skipped}
+    return render(request, "lead.html", context)
+
+
+def _without_conversations(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without what the visitor and the bot or operators said to each other."""
+    events = [
+        {**event, "payload": {key: value for key, value in event["payload"].items() if key != "text"}}
+        if event["type"] == "message"
+        else event
+        for event in report["events"]
+    ]
+    deliveries = [
+        {**delivery, "text": None} if delivery["kind"] in CONVERSATION_KINDS else delivery
+        for delivery in report["deliveries"]
+    ]
+    return {**report, "events": events, "deliveries": deliveries}
+
+
+def _page_number(raw: str | None) -> int:
+    """A page number from the query; 1 for anything odd."""
+    return int(raw) if raw and raw.isdigit() and 0 < int(raw) < 10_000 else 1
+
+
+def _lead_id(raw: str) -> int:
+    """The id in the path; a non-number is an unknown lead."""
+    if not raw.isdigit():
+        raise LeadNotFound(raw)
+    return int(raw)

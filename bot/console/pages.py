@@ -1,0 +1,95 @@
+"""Rendering console pages: Jinja with autoescape on, the base layout, error pages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
+from markupsafe import Markup, escape
+
+from bot.console.keys import LOGIN, PRELOGIN_CSRF
+from bot.console.roles import allowed
+from bot.middlewares import json_error
+from bot.services import SERVICES
+from storage.db import DatabaseUnavailable
+from storage.leads import LeadNotFound
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+JINJA = web.AppKey("console_jinja", Environment)
+HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
+
+
+def environment() -> Environment:
+    """The console's templates; every value is HTML-escaped unless marked safe."""
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
+    env.globals["csrf_field"] = csrf_field
+    env.filters["when"] = when
+    return env
+
+
+@pass_context
+def csrf_field(context: Any) -> Markup:
+    """`{{ csrf_field() }}` in a form: the hidden field the CSRF check looks for."""
+    return Markup('<input type="hidden" name="csrf_token" value="{}">').format(escape(context["csrf_token"]))
+
+
+def when(value: str | datetime | None) -> str:
+    """An ISO time as `2026-01-05 12:00 UTC`; empty for none."""
+    if not value:
+        return ""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.strftime("%Y-%m-%d %H:%M %Z").strip()
+
+
+def render(
+    request: web.Request, template: str, context: dict[str, Any] | None = None, status: int = 200
+) -> web.Response:
+    """A page in the base layout, with the operator, their CSRF token and `can(permission)` available."""
+    login = request.get(LOGIN)
+    settings = request.app[SERVICES].settings.console
+    role = login.operator.role if login else ""
+    page = (
+        request.app[JINJA]
+        .get_template(template)
+        .render(
+            operator=login.operator if login else None,
+            csrf_token=login.csrf_token if login else request.get(PRELOGIN_CSRF, ""),
+            can=lambda permission: bool(login) and allowed(role, permission, settings),
+            **(context or {}),
+        )
+    )
+    return web.Response(text=page, status=status, content_type="text/html", headers=HEADERS)
+
+
+def wants_json(request: web.Request) -> bool:
+    """Whether the caller is a script (JSON API, WebSocket) rather than a browser page."""
+    accept = request.headers.get("Accept", "")
+    return (
+        request.path.startswith("/console/api/")
+        or request.headers.get("Upgrade", "").lower() == "websocket"
+        or request.content_type == "application/json"
+        or ("application/json" in accept and "text/html" not in accept)
+    )
+
+
+def refuse(request: web.Request, status: int, message: str) -> web.Response:
+    """An error as JSON for scripts, or as a page in the layout for people."""
+    if wants_json(request):
+        return json_error(status, message)
+    return render(request, "error.html", {"status": status, "message": message}, status=status)
+
+
+@web.middleware
+async def page_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """An unknown lead or page is a 404 page in the layout, a database outage a 503 page."""
+    try:
+        return await handler(request)
+    except LeadNotFound as exc:
+        return refuse(request, 404, f"There is no lead {exc.args[0]}.")
+    except web.HTTPNotFound:
+        return refuse(request, 404, "There is no such page.")
+    except DatabaseUnavailable:
+        return refuse(request, 503, "The database is unavailable; try again in a moment.")

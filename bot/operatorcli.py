@@ -1,0 +1,79 @@
+"""`kindling operator add|list|remove`: console accounts from the command line."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from bot.config import Settings
+from bot.console.accounts import AccountError, create_account, remove_account
+from flows.clock import SystemClock
+from storage.db import Sessions, create_engine, sessionmaker
+from storage.operators import OperatorExists, OperatorNotFound, list_operators
+
+
+class PasswordError(ValueError):
+    """The password could not be read, or the two entries differ."""
+
+
+def read_password(from_stdin: bool) -> str:
+    """The new password: one line of standard input, or prompted twice without echo."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise PasswordError("no password on standard input")
+        return line.rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != first:
+        raise PasswordError("the passwords do not match")
+    return first
+
+
+@asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[Sessions]:
+    engine = create_engine(settings.database_url)
+    try:
+        yield sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+async def add(settings: Settings, name: str, role: str, telegram_id: int | None, password_stdin: bool) -> int:
+    """Create an operator; exit status 1 with a message when it cannot be done."""
+    try:
+        password = read_password(password_stdin)
+        telegram = None if telegram_id is None else str(telegram_id)
+        async with _database(settings) as sessions:
+            operator = await create_account(sessions, name, role, password, telegram, SystemClock().now())
+    except (AccountError, OperatorExists, PasswordError) as exc:
+        print(f"operator add: {exc}", file=sys.stderr)
+        return 1
+    print(f"added {operator.role} {operator.name} (id {operator.id}); they can log in at /console/login")
+    return 0
+
+
+async def show_all(settings: Settings, include_removed: bool) -> int:
+    """Print the operators, one a line."""
+    async with _database(settings) as sessions, sessions() as session:
+        operators = await list_operators(session, include_removed)
+    if not operators:
+        print("no operators yet: add one with `kindling operator add NAME --role admin`")
+    for operator in operators:
+        telegram = f"  telegram {operator.telegram_user_id}" if operator.telegram_user_id else ""
+        removed = f"  removed {operator.removed_at:%Y-%m-%d %H:%M}" if operator.removed_at else ""
+        print(f"{operator.name:<24} {operator.role:<9} added {operator.created_at:%Y-%m-%d}{telegram}{removed}")
+    return 0
+
+
+async def remove(settings: Settings, name: str) -> int:
+    """Remove an operator and log them out everywhere."""
+    try:
+        async with _database(settings) as sessions:
+            operator = await remove_account(sessions, name, SystemClock().now())
+    except OperatorNotFound as exc:
+        print(f"operator remove: {exc}", file=sys.stderr)
+        return 1
+    print(f"removed {operator.name}; their console sessions have ended")
+    return 0
