@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows.clock import Clock
 from flows.engine import Engine, condition_exit, context, end, reachable_conversation
+from flows.handoff import open_handoff
 from flows.reactions import ledger, set_stage
 from flows.render import RenderError, render_step
 from flows.scoring import Scoring
@@ -113,7 +114,7 @@ class Runner:
     async def _act(self, session, spec, step, enrollment, lead, now) -> None:  # type: ignore[no-untyped-def]
         action, why = step.action, f"flow {spec.slug}, step {step.name}"
         if action.kind == "handoff":
-            await handoff_started(session, self.engine, lead, why, now)
+            await open_handoff(session, self.engine, lead, trigger="flow", reason=why, now=now)
         elif action.kind == "stage" and action.value != lead.stage:
             await set_stage(session, lead, str(action.value), why, now)
         elif action.kind == "tag":

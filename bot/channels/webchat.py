@@ -201,9 +201,7 @@ class _Session:
         if received is None:
             return
         await self._send({"type": "ack", "id": client_id, "duplicate": received.duplicate})
-        if received.message is not None:
-            self.services.hub.publish(received.message.conversation_id, received.message)
-        self.services.after_commit(received)
+        self.services.after_commit(received)  # also shows the message live (the visitor's echo, operators)
 
     async def _receive(self, inbound: Inbound, client_id: str | None = None) -> Received | None:
         try:
