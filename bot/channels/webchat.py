@@ -170,13 +170,16 @@ class _Session:
                 "link": visitor_link(secret, visitor),  # for Telegram deep links: ?start=v-<link>
             }
         )
+        self.services.after_commit(received)
         return True
 
     async def _handle(self, raw: str) -> None:
         data = _parse(raw)
         kind = data.get("type") if data else None
         if kind == "page_view":
-            await self._receive(self._page_view(data.get("view")))
+            received = await self._receive(self._page_view(data.get("view")))
+            if received is not None:
+                self.services.after_commit(received)  # a page view may make the lead warm
         elif kind in ("message", "button"):
             await self._message(data, kind)
         else:
