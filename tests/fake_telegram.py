@@ -1,8 +1,9 @@
 """A fake Telegram Bot API: a real aiohttp server that records every call and answers like Telegram.
 
 Point the app at it with `telegram_api_url=fake.url`. It knows one bot token (`TOKEN`; any other is
-answered 401 like Telegram does), answers getMe, setWebhook, deleteWebhook, sendMessage, editMessageText and
-answerCallbackQuery (negative chat ids are groups), and can be told to fail the next call for a chat (403 blocked, 429 flood).
+answered 401 like Telegram does), answers getMe, setWebhook, deleteWebhook, sendMessage, editMessageText
+and answerCallbackQuery (negative chat ids are groups), and can be told to fail the next call for a chat
+(403 blocked, 429 flood, 5xx).
 """
 
 from __future__ import annotations
