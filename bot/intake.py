@@ -83,14 +83,14 @@ class Intake:
             received.message = await self._store_message(session, conversation, lead, event, inbound)
         captured, stop = await self._react(session, lead, inbound, event, conversation, now)
         handoff = None
-        if self.warm is not None and not stop:
+        if self.warm is not None and not stop:  # after scoring, so the handoff commits with its cause
             handoff = await self.warm.check(session, lead, conversation, event, score_before, now)
-            received.handoff_id = handoff.id if handoff is not None else None
         if conversation is not None:
             deliveries = self._replies(lead, conversation, event, captured, stop, first_message, now, handoff)
             session.add_all(deliveries)
             await session.flush()
             received.delivery_ids = [delivery.id for delivery in deliveries]
+        received.handoff_id = handoff.id if handoff is not None else None
         session.add(lead)
         return received
 

@@ -11,7 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.messages import SystemMessages
 from bot.replies import system_message
 from flows.engine import Engine
-from flows.handoff import HandoffPolicy, open_handoff
+from flows.handoff import HandoffPolicy, open_handoff, open_handoff_of, pause_nurture
 from storage.models import Conversation, Delivery, Event, Handoff, Lead
 
 # Scripts written without spaces between words: their terms match anywhere in the text.
@@ -60,6 +60,8 @@ class WarmSignals:
         """The handoff this event opened, or None (not warm, or one is open already)."""
         found = self.signal(event, score_before, lead.score)
         if found is None:
+            if await open_handoff_of(session, lead.id) is not None:  # a flow this event started waits too
+                await pause_nurture(session, self.engine, lead.id, now)
             return None
         trigger, reason = found
         handoff, opened = await open_handoff(

@@ -83,18 +83,25 @@ async def open_handoff(
     )
     session.add(handoff)
     await session.flush()  # a second open handoff breaks the unique index; the caller's transaction retries
-    await session.exec(
-        update(Conversation).where(Conversation.lead_id == lead.id, Conversation.owner == "bot").values(owner="queued")
-    )
-    if conversation is not None and conversation.owner == "bot":
-        conversation.owner = "queued"
-    await pause_nurture(session, engine, lead.id, now)
+    await _step_aside(session, engine, lead.id, conversation, now)
     payload = {"handoff_id": handoff.id, "trigger": trigger, "reason": reason, "sla_due_at": handoff.sla_due_at}
     session.add(
         Event(lead_id=lead.id, conversation_id=handoff.conversation_id, type="handoff", payload=_json(payload), at=now)
     )
     await session.flush()
     return handoff, True
+
+
+async def _step_aside(
+    session: AsyncSession, engine: Engine, lead_id: int, conversation: Conversation | None, now: datetime
+) -> None:
+    """The bot falls silent (owner `queued`) and nurture pauses."""
+    await session.exec(
+        update(Conversation).where(Conversation.lead_id == lead_id, Conversation.owner == "bot").values(owner="queued")
+    )
+    if conversation is not None and conversation.owner == "bot":
+        conversation.owner = "queued"
+    await pause_nurture(session, engine, lead_id, now)
 
 
 async def pause_nurture(session: AsyncSession, engine: Engine, lead_id: int, now: datetime) -> None:

@@ -428,3 +428,13 @@ async def test_a_restart_keeps_the_queue_owners_and_sla(app, make_client, settin
     assert await again.notifier.sweep() == 1
     [after] = await rows(db, Handoff)
     assert after.breached_at == clock.now() and after.console_notified_at is not None
+
+
+async def test_a_flow_started_while_a_human_is_coming_waits_too(app, db):
+    ws = await visitor(app, url="https://shop.example/")
+    await say(app, ws, "call me")
+    await ws.send_json({"type": "page_view", "view": {"id": str(uuid.uuid4()), "url": "https://shop.example/pricing"}})
+    await say(app, ws, "still there?")
+
+    [enrollment] = await rows(db, Enrollment)
+    assert (enrollment.flow_slug, enrollment.status) == ("drip", "paused")
