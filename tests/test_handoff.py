@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,7 @@ from bot.handoffs import HandoffError, NotHolder
 from bot.hub import QUEUE
 from storage.models import Conversation, Delivery, Enrollment, Event, Handoff, Lead, Operator
 
-from conftest import ROOT, rows, services_of
+from conftest import rows, services_of, templates_with
 from test_webchat import _unread, hello, next_from, say
 
 DRIP = """+++
@@ -42,12 +41,7 @@ COMING = "I'm bringing in a person from our team"
 @pytest.fixture
 def templates(tmp_path):
     """The shipped system messages and partials, with only the test's drip flow."""
-    folder = tmp_path / "templates"
-    shutil.copytree(ROOT / "templates", folder)
-    for shipped in (folder / "flows").glob("*.j2"):
-        shipped.unlink()
-    (folder / "flows" / "drip.j2").write_text(DRIP)
-    return folder
+    return templates_with(tmp_path / "templates", {"drip": DRIP})
 
 
 @pytest.fixture
