@@ -1,4 +1,4 @@
-"""What channels and views share: settings, database sessions, clock, intake, dispatcher, live hub."""
+"""What channels and views share: settings, database sessions, clock, intake, dispatcher, live hub, handoffs."""
 
 from __future__ import annotations
 
