@@ -129,33 +129,28 @@ class Handoffs:
             handoffs = (await session.exec(query)).all()
             return [await summary(session, handoff, self.clock.now()) for handoff in handoffs]
 
-    async def claim_as_telegram_user(self, handoff_id: int, telegram_user_id: int) -> ClaimResult:
-        """A Take press in the operators' group; raises NotOperator for a stranger."""
-        operator = await self._telegram_operator(telegram_user_id)
-        return await self.claim(handoff_id, operator.id)
+    async def telegram_operator(self, telegram_user_id: int) -> int:
+        """The id of the operator linked to a Telegram user; raises NotOperator for a stranger."""
+        async with self.sessions() as session:
+            query = select(Operator.id).where(
+                Operator.telegram_user_id == str(telegram_user_id), Operator.removed_at.is_(None)
+            )
+            operator_id = (await session.exec(query)).first()
+        if operator_id is None:
+            raise NotOperator(
+                "you are not a Kindling operator: ask an admin to run "
+                f"kindling operator add NAME --telegram-id {telegram_user_id}"
+            )
+        return operator_id
 
-    async def reply_to_card(self, card_message_id: int, telegram_user_id: int, text: str, key: str) -> int:
-        """Relay an operator's reply to a card in the operators' group; raises NotOperator, NotHolder."""
-        operator = await self._telegram_operator(telegram_user_id)
+    async def handoff_of_card(self, card_message_id: int) -> int:
+        """The handoff whose card is that message in the operators' group; raises HandoffNotFound."""
         async with self.sessions() as session:
             query = select(Handoff.id).where(Handoff.telegram_message_id == str(card_message_id))
             handoff_id = (await session.exec(query.order_by(Handoff.id.desc()))).first()
         if handoff_id is None:
             raise HandoffNotFound("that message is not a lead's card")
-        return await self.reply(handoff_id, operator.id, text, key)
-
-    async def _telegram_operator(self, telegram_user_id: int) -> Operator:
-        async with self.sessions() as session:
-            query = select(Operator).where(
-                Operator.telegram_user_id == str(telegram_user_id), Operator.removed_at.is_(None)
-            )
-            operator = (await session.exec(query)).first()
-        if operator is None:
-            raise NotOperator(
-                "you are not a Kindling operator: ask an admin to run "
-                f"kindling operator add NAME --telegram-id {telegram_user_id}"
-            )
-        return operator
+        return handoff_id
 
     async def _open(self, session: AsyncSession, lead_id: int, operator_id: int) -> int:
         operator = await _operator(session, operator_id)

@@ -174,3 +174,27 @@ async def test_without_an_operators_chat_the_group_is_disabled_with_one_log_line
 
     lines = [r.getMessage() for r in caplog.records if "operators' group" in r.getMessage()]
     assert lines == ["telegram operators' group is disabled: KINDLING_OPERATORS_CHAT is not set"]
+
+
+async def test_answering_the_card_with_a_command_hands_the_lead_back(client, db, fake_telegram):
+    await add_operator(db, "Ana", telegram_id=ANA)
+    await add_operator(db, "Ben", telegram_id=BEN)
+    handoff = await warm_lead(client, db)
+    card_id = int(handoff.telegram_message_id)
+    await post(client, take(1, handoff.id, ANA, card_id))
+
+    await post(client, group_reply(20, STRANGER, "/won", card_id))
+    await post(client, group_reply(21, BEN, "/won", card_id))
+    await post(client, group_reply(22, ANA, "/lost", card_id))
+    await post(client, group_reply(23, ANA, "/lost went with a competitor", card_id))
+
+    assert fake_telegram.texts(GROUP)[-4:] == [
+        f"Not done: you are not a Kindling operator: ask an admin to run kindling operator add NAME "
+        f"--telegram-id {STRANGER}.",
+        "Not done: lead #1 is held by Ana.",
+        "Not done: a lost lead needs a reason.",
+        "Handed back: lost (went with a competitor).",
+    ]
+    [handoff] = await rows(db, Handoff)
+    assert (handoff.status, handoff.outcome, handoff.outcome_reason) == ("closed", "lost", "went with a competitor")
+    assert not await rows(db, Delivery, Delivery.kind == "operator")  # commands are not relayed to the lead

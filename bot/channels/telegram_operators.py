@@ -3,7 +3,8 @@
 A warm lead's card is posted with an inline "Take" button (callback data `take:<handoff id>`); pressing
 it claims the handoff for the operator whose `telegram_user_id` is the presser's, and the card is edited
 to say who took it. An operator replies to the lead by answering the card (Telegram's reply-to); the
-text is relayed to the lead's own channel. Used only by the Telegram channel.
+text is relayed to the lead's own channel. Answering the card with `/won`, `/nurture [flow]` or
+`/lost REASON` hands the lead back. Used only by the Telegram channel.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from telegram import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, 
 from telegram.error import TelegramError
 
 from bot.handoff_notify import RoomError
-from bot.handoffs import HandoffError, HandoffNotFound
+from bot.handoffs import OUTCOMES, HandoffError, HandoffNotFound
 from bot.services import Services
 
 if TYPE_CHECKING:
@@ -69,9 +70,10 @@ class OperatorsGroup:
         await self._call(lambda: bot.send_message(chat_id=self.chat_id, text=text, reply_markup=markup))
 
     async def _take(self, query: CallbackQuery) -> None:
+        handoffs = self.services.handoffs
         try:
             handoff_id = int((query.data or "")[len(TAKE) :])
-            result = await self.services.handoffs.claim_as_telegram_user(handoff_id, query.from_user.id)
+            result = await handoffs.claim(handoff_id, await handoffs.telegram_operator(query.from_user.id))
             text, alert = result.message, not result.ok
         except ValueError:
             text, alert = "not a lead's card", True
@@ -81,19 +83,38 @@ class OperatorsGroup:
         await self._quietly(lambda: bot.answer_callback_query(query.id, text=text, show_alert=alert))
 
     async def _reply(self, update: Update, message: Message) -> None:
+        """A reply to a card: relayed to the lead, or `/won`, `/nurture [flow]`, `/lost REASON` hands it back."""
         original, text = message.reply_to_message, message.text
         if original is None or not text or message.from_user is None:
             return  # operators talking among themselves
+        handoffs = self.services.handoffs
         try:
-            await self.services.handoffs.reply_to_card(
-                original.message_id, message.from_user.id, text, key=f"telegram:update:{update.update_id}"
-            )
+            handoff_id = await handoffs.handoff_of_card(original.message_id)
         except HandoffNotFound:
             return  # a reply to something other than a card
+        try:
+            operator_id = await handoffs.telegram_operator(message.from_user.id)
+            answer = await self._act(handoff_id, operator_id, text, f"telegram:update:{update.update_id}")
         except HandoffError as exc:
-            bot, quoted = self.channel.application.bot, ReplyParameters(message_id=message.message_id)
-            note = f"Not sent: {exc}."
-            await self._quietly(lambda: bot.send_message(chat_id=self.chat_id, text=note, reply_parameters=quoted))
+            answer = f"{'Not done' if text.startswith('/') else 'Not sent'}: {exc}."
+        if answer:
+            await self._say(answer, message.message_id)
+
+    async def _act(self, handoff_id: int, operator_id: int, text: str, key: str) -> str | None:
+        """Relay the text, or hand the lead back; what to tell the operator, if anything."""
+        command, _, rest = text.strip().partition(" ")
+        outcome = command.split("@")[0].removeprefix("/")
+        if not command.startswith("/") or outcome not in OUTCOMES:
+            await self.services.handoffs.reply(handoff_id, operator_id, text, key)
+            return None
+        rest = rest.strip() or None
+        reason, flow = (rest, None) if outcome != "nurture" else (None, rest)
+        await self.services.handoffs.hand_back(handoff_id, operator_id, outcome, reason=reason, flow=flow)
+        return f"Handed back: {outcome}{f' ({rest})' if rest else ''}."
+
+    async def _say(self, text: str, reply_to: int) -> None:
+        bot, quoted = self.channel.application.bot, ReplyParameters(message_id=reply_to)
+        await self._quietly(lambda: bot.send_message(chat_id=self.chat_id, text=text, reply_parameters=quoted))
 
     async def _call(self, call: Callable[[], Awaitable[Any]]) -> Any:
         problem = await self.channel.connect()
