@@ -74,7 +74,7 @@ class Notifier:
         handoff, info, notice_ids, fresh = leased
         if fresh:
             self.hub.publish(QUEUE, {"type": "handoff", "change": "opened", "handoff": info})
-        if self.room is not None and handoff.telegram_notified_at is None:
+        if self.room is not None and handoff.telegram_notified_at is None and handoff.status == "waiting":
             await self._post_card(self.room, handoff)
         await self.dispatcher.send_now(notice_ids)
 
@@ -82,8 +82,8 @@ class Notifier:
         """Announce handoffs not (fully) announced yet; returns how many were tried."""
         now = self.clock.now()
         unsaid = Handoff.console_notified_at.is_(None)
-        if self.room is not None:
-            unsaid = or_(unsaid, Handoff.telegram_notified_at.is_(None))
+        if self.room is not None:  # a card with a Take button is no use once someone took the lead
+            unsaid = or_(unsaid, and_(Handoff.telegram_notified_at.is_(None), Handoff.status == "waiting"))
         free = or_(Handoff.notify_lease_until.is_(None), Handoff.notify_lease_until < now)
         async with self.sessions() as session:
             query = select(Handoff.id).where(Handoff.status.in_(OPEN), unsaid, free).order_by(Handoff.id).limit(BATCH)
@@ -138,7 +138,7 @@ class Notifier:
         if fresh:  # the hub is in-process: publishing right after this commit cannot fail
             handoff.console_notified_at = now
             _notified(session, handoff, "console", now)
-        if self.room is None or handoff.telegram_notified_at is not None:
+        if self.room is None or handoff.telegram_notified_at is not None or handoff.status != "waiting":
             handoff.notify_lease_until = None
         session.add(handoff)
         notice_ids = await self._message(session, handoff, "coming", now)
