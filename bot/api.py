@@ -47,6 +47,7 @@ async def post_event(request: web.Request) -> web.Response:
     except ValueError as exc:
         return json_error(422, str(exc))
     received = await services.intake.receive(inbound)
+    services.after_commit(received)  # e.g. a purchase that makes the lead warm: operators hear now
     answer = {"lead_id": received.lead_id, "event_id": received.event_id, "duplicate": received.duplicate}
     return web.json_response(answer, status=200 if received.duplicate else 201)
 

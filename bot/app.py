@@ -15,6 +15,8 @@ from bot.channels import CHANNELS
 from bot.config import Settings
 from bot.console.mount import mount_console
 from bot.dispatcher import Dispatcher
+from bot.handoff_notify import Notifier
+from bot.handoffs import Handoffs
 from bot.hub import Hub
 from bot.intake import Intake
 from bot.messages import SystemMessages
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 FLOW_RELOAD_SECONDS = 2.0
 SWEEP_SECONDS = 30.0
+HANDOFF_SECONDS = 5.0
 STEP_BATCH = 200
 
 
@@ -46,17 +49,21 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
     channels: dict = {}
     hub = Hub()
     library = FlowLibrary(settings.templates, settings.stages.order)
-    engine = Engine(library, settings.stages, channels)
+    engine = Engine(library, settings.stages, channels, scoring=settings.scoring, handoff=settings.handoff)
+    dispatcher = Dispatcher(sessions, channels, hub, clock, settings.policy)
+    notifier = Notifier(sessions, clock, hub, dispatcher, messages, settings.handoff)
     services = Services(
         settings=settings,
         sessions=sessions,
         clock=clock,
         intake=Intake(sessions, settings, messages, clock, engine),
-        dispatcher=Dispatcher(sessions, channels, hub, clock, settings.policy),
+        dispatcher=dispatcher,
         hub=hub,
         library=library,
         runner=Runner(sessions, engine, settings.scoring, clock),
         sweeps=Sweeps(sessions, engine, clock, settings.policy.default_timezone),
+        handoffs=Handoffs(sessions, clock, engine, hub, dispatcher, notifier),
+        notifier=notifier,
     )
     app[SERVICES] = services
     for name, adapter in CHANNELS.items():
@@ -76,6 +83,8 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         services.secret_key = await _secret_key(settings, sessions)
         for channel in channels.values():
             await channel.start()
+        if notifier.room is None:
+            log.info("telegram operators' group is disabled: %s", _no_room_reason(settings))
         scheduler = start_ticks(_jobs(services)) if ticks else None
         yield
         if scheduler is not None:
@@ -90,7 +99,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
 
 def _jobs(services: Services) -> list:
-    """What the scheduler ticks: edited flows, due steps, the outbox, stuck leads and broadcasts."""
+    """What the scheduler ticks: edited flows, due steps, the outbox, stuck leads, broadcasts, handoffs."""
 
     async def reload_flows() -> None:
         await asyncio.to_thread(services.library.reload)
@@ -107,7 +116,14 @@ def _jobs(services: Services) -> list:
         (run_steps, TICK_SECONDS),
         (services.dispatcher.dispatch_due, TICK_SECONDS),
         (services.sweeps.run, SWEEP_SECONDS),
+        (services.notifier.tick, HANDOFF_SECONDS),
     ]
+
+
+def _no_room_reason(settings: Settings) -> str:
+    if settings.operators_chat is None:
+        return "KINDLING_OPERATORS_CHAT is not set"
+    return "the telegram channel is disabled (KINDLING_TELEGRAM_TOKEN is not set)"
 
 
 async def _secret_key(settings: Settings, sessions) -> bytes:  # type: ignore[no-untyped-def]

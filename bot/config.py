@@ -14,6 +14,8 @@ from zoneinfo import available_timezones
 
 from flows.durations import parse_duration
 from flows.expressions import ExpressionError
+from flows.handoff import INTENT_WORDS, HandoffPolicy
+from flows.hours import BusinessHours
 from flows.safety import Policy, QuietHours
 from flows.scoring import ScoreRule, Scoring
 from flows.stages import DEFAULT_ORDER, Stages
@@ -67,6 +69,8 @@ class Settings:
     policy: Policy = Policy()
     opt_out_words: tuple[str, ...] = ()
     console: ConsoleSettings = ConsoleSettings()
+    handoff: HandoffPolicy = HandoffPolicy()
+    operators_chat: int | None = None
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests, CLI flags)."""
@@ -116,6 +120,8 @@ def settings_from(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         stages=_stages(doc.section("stages")),
         console=_console(doc.section("console")),
         **_nurture(doc.section("nurture"), env),
+        handoff=_handoff(doc.section("handoff")),
+        operators_chat=_operators_chat(env.get("KINDLING_OPERATORS_CHAT")),
     )
     doc.reject_unknown()
     return settings
@@ -257,3 +263,50 @@ def _stages(section: _Section) -> Stages:
         return Stages.build(order, sources)
     except (ValueError, ExpressionError) as exc:
         raise ConfigError(f"stages.rules: {exc}") from None
+
+
+def _handoff(section: _Section) -> HandoffPolicy:
+    warm = section.get("warm_score", (int, float, str), 75)
+    words, buttons = section.get("intent_words", list, []), section.get("buttons", list, list(HandoffPolicy.buttons))
+    zone = section.get("timezone", str, "UTC")
+    if zone not in available_timezones():
+        raise ConfigError(f"handoff.timezone: unknown time zone {zone!r}")
+    for key, values in (("intent_words", words), ("buttons", buttons)):
+        if not all(isinstance(value, str) and value.strip() for value in values):
+            raise ConfigError(f"handoff.{key}: a list of words or phrases")
+    if isinstance(warm, str) and warm != "off":
+        raise ConfigError(f'handoff.warm_score: a number, or "off", got {warm!r}')
+    return HandoffPolicy(
+        warm_score=None if warm == "off" else float(warm),
+        intent_words=INTENT_WORDS + tuple(words),
+        buttons=tuple(buttons),
+        sla=_duration(section, "sla", "5m"),
+        hours=_hours(section, zone),
+        escalation=_duration(section, "escalation", "15m", allow_off=True),
+    )
+
+
+def _duration(section: _Section, name: str, default: str, allow_off: bool = False) -> Any:
+    text = section.get(name, str, default)
+    if allow_off and text == "off":
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{section.key(name)}: {exc}") from None
+
+
+def _hours(section: _Section, zone: str) -> BusinessHours | None:
+    try:
+        return BusinessHours.parse(section.get("business_hours", str, "always"), zone)
+    except ValueError as exc:
+        raise ConfigError(f"handoff.business_hours: {exc}") from None
+
+
+def _operators_chat(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"KINDLING_OPERATORS_CHAT: a Telegram chat id (like -1001234567890), got {value!r}") from None

@@ -1,33 +1,39 @@
-"""Live updates inside one process: whoever watches a conversation gets its new messages."""
+"""Live updates inside one process: whoever watches a topic gets what is published on it.
+
+Topics: a conversation id (int) carries its new transcript messages (`Message` rows: the visitor's,
+the bot's and operators'); `QUEUE` carries handoff changes as dicts (see `bot/handoffs.py`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from typing import Any
 
+QUEUE = "queue"
+
 
 class Hub:
-    """Publish/subscribe by conversation id; slow subscribers drop nothing (unbounded queues)."""
+    """Publish/subscribe by topic; slow subscribers drop nothing (unbounded queues)."""
 
     def __init__(self) -> None:
-        self._subscribers: dict[int, set[asyncio.Queue]] = defaultdict(set)
+        self._subscribers: dict[Hashable, set[asyncio.Queue]] = defaultdict(set)
 
     @asynccontextmanager
-    async def watch(self, conversation_id: int) -> AsyncIterator[asyncio.Queue]:
-        """A queue receiving what is published for a conversation while the block runs."""
+    async def watch(self, topic: Hashable) -> AsyncIterator[asyncio.Queue]:
+        """A queue receiving what is published on a topic while the block runs."""
         queue: asyncio.Queue = asyncio.Queue()
-        self._subscribers[conversation_id].add(queue)
+        self._subscribers[topic].add(queue)
         try:
             yield queue
         finally:
-            self._subscribers[conversation_id].discard(queue)
-            if not self._subscribers[conversation_id]:
-                del self._subscribers[conversation_id]
+            self._subscribers[topic].discard(queue)
+            if not self._subscribers[topic]:
+                del self._subscribers[topic]
 
-    def publish(self, conversation_id: int, item: Any) -> None:
-        """Hand an item to every current watcher of the conversation."""
-        for queue in self._subscribers.get(conversation_id, ()):
+    def publish(self, topic: Hashable, item: Any) -> None:
+        """Hand an item to every current watcher of the topic."""
+        for queue in self._subscribers.get(topic, ()):
             queue.put_nowait(item)

@@ -14,13 +14,14 @@ from bot.config import Settings
 from bot.contacts import find_email, find_phone, normalize_email, normalize_phone
 from bot.messages import SystemMessages
 from bot.replies import plan_replies, reply_deliveries
+from bot.warm import WarmSignals, visitor_notice
 from flows.clock import Clock
 from flows.engine import Engine
 from flows.optout import is_opt_out, opt_out
 from flows.reactions import advance_stage, ledger, score_event
 from storage import leads as q
 from storage.db import Sessions, transaction
-from storage.models import Conversation, Delivery, Event, Lead, Message
+from storage.models import Conversation, Delivery, Event, Handoff, Lead, Message
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Received:
     conversation_id: int | None = None
     message: Message | None = None
     delivery_ids: list[int] = field(default_factory=list)
+    handoff_id: int | None = None  # a handoff this inbound opened: operators are to be told
 
 
 class Intake:
@@ -45,6 +47,7 @@ class Intake:
     ) -> None:
         self.sessions, self.settings, self.messages, self.clock = sessions, settings, messages, clock
         self.engine = engine
+        self.warm = WarmSignals(settings.handoff, engine) if engine is not None else None
 
     async def receive(self, inbound: Inbound) -> Received:
         """Store an inbound exactly once; raises DatabaseUnavailable if it could not be stored."""
@@ -74,15 +77,20 @@ class Intake:
         session.add(event)
         await session.flush()  # a concurrent duplicate fails here; the retry then finds it above
         received = Received(lead_id=lead.id, event_id=event.id, conversation_id=event.conversation_id)
+        score_before = lead.score
         first_message = conversation is not None and conversation.last_message_at is None
         if conversation is not None and inbound.kind in ("message", "button"):
             received.message = await self._store_message(session, conversation, lead, event, inbound)
         captured, stop = await self._react(session, lead, inbound, event, conversation, now)
+        handoff = None
+        if self.warm is not None and not stop:  # after scoring, so the handoff commits with its cause
+            handoff = await self.warm.check(session, lead, conversation, event, score_before, now)
         if conversation is not None:
-            deliveries = self._replies(lead, conversation, event, captured, stop, first_message, now)
+            deliveries = self._replies(lead, conversation, event, captured, stop, first_message, now, handoff)
             session.add_all(deliveries)
             await session.flush()
             received.delivery_ids = [delivery.id for delivery in deliveries]
+        received.handoff_id = handoff.id if handoff is not None else None
         session.add(lead)
         return received
 
@@ -120,7 +128,11 @@ class Intake:
         stop: Event | bool,
         first_message: bool,
         now: datetime,
+        handoff: Handoff | None = None,
     ) -> list[Delivery]:
+        if handoff is not None:  # the usual reply gives way to "a human is coming"
+            notice = visitor_notice(self.messages, self.settings.handoff, handoff, lead, conversation, now)
+            return [notice] if notice is not None else []
         if stop:  # the confirmation, once; nothing else answers a stop
             planned = [("opt_out_confirm", {}, [])] if isinstance(stop, Event) else []
             return reply_deliveries(self.messages, planned, lead, conversation, event, now)

@@ -8,8 +8,21 @@ from typing import Any
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-SYSTEM_MESSAGES = ("greeting", "got_it", "contact_request", "contact_thanks", "opt_out_confirm")
-SAMPLE = {"lead": {"first_name": "Ann", "email": None, "phone": None}, "contact": "ann@example.com"}
+SYSTEM_MESSAGES = (
+    "greeting",
+    "got_it",
+    "contact_request",
+    "contact_thanks",
+    "opt_out_confirm",
+    "handoff_coming",
+    "handoff_out_of_hours",
+    "handoff_holding",
+)
+SAMPLE = {
+    "lead": {"first_name": "Ann", "email": None, "phone": None},
+    "contact": "ann@example.com",
+    "opens": "Monday at 09:00 (Europe/Berlin)",
+}
 
 
 class MessageError(Exception):

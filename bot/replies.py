@@ -48,23 +48,25 @@ def reply_deliveries(
     now: datetime,
 ) -> list[Delivery]:
     """Outbox rows for planned system messages (name, extra context, buttons); a broken one is left out."""
-    return [
-        delivery
-        for name, extra, buttons in planned
-        if (delivery := _reply(messages, name, extra, buttons, lead, conversation, event, now)) is not None
-    ]
+    deliveries = []
+    for name, extra, buttons in planned:
+        key = f"reply:{event.id}:{name}"
+        if (delivery := system_message(messages, name, extra, lead, conversation, key, now, buttons)) is not None:
+            deliveries.append(delivery)
+    return deliveries
 
 
-def _reply(
+def system_message(
     messages: SystemMessages,
     name: str,
     extra: dict,
-    buttons: list,
     lead: Lead,
     conversation: Conversation,
-    event: Event,
+    key: str,
     now: datetime,
+    buttons: list | None = None,
 ) -> Delivery | None:
+    """One of the bot's own messages as an outbox row keyed `key`; None (and a log line) if it does not render."""
     try:
         text = messages.render(name, lead=lead_context(lead), **extra)
     except MessageError as exc:  # never send raw template text; the error is in the log
@@ -75,11 +77,11 @@ def _reply(
         conversation_id=conversation.id,
         channel=conversation.channel,
         address=conversation.external_id,
-        kind="reply",
+        kind="reply" if key.startswith("reply:") else "system",
         priority=1,
         text=text,
-        buttons=buttons,
-        idempotency_key=f"reply:{event.id}:{name}",
+        buttons=buttons or [],
+        idempotency_key=key,
         not_before=now,
         created_at=now,
     )

@@ -1,4 +1,4 @@
-"""What channels and views share: settings, database sessions, clock, intake, dispatcher, live hub."""
+"""What channels and views share: settings, database sessions, clock, intake, dispatcher, live hub, handoffs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.dispatcher import Dispatcher
+from bot.handoff_notify import Notifier
+from bot.handoffs import Handoffs
 from bot.hub import Hub
 from bot.intake import Intake, Received
 from flows.clock import Clock
@@ -36,13 +38,19 @@ class Services:
     library: FlowLibrary
     runner: Runner
     sweeps: Sweeps
+    handoffs: Handoffs
+    notifier: Notifier
     secret_key: bytes = b""
     tasks: set[asyncio.Task] = field(default_factory=set)
 
     def after_commit(self, received: Received) -> None:
-        """Send the replies an inbound produced, without holding up the sender's HTTP answer."""
+        """Show the message live, send the replies and announce a handoff, without holding up the HTTP answer."""
+        if received.message is not None:
+            self.hub.publish(received.message.conversation_id, received.message)
         if received.delivery_ids:
             self.spawn(self.dispatcher.send_now(received.delivery_ids))
+        if received.handoff_id is not None:
+            self.spawn(self.notifier.announce(received.handoff_id))
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run work in the background; shutdown waits for it (see `drain`)."""

@@ -6,14 +6,16 @@ Runs inside the intake transaction (`react`), so an event and the enrollments it
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flows.handoff import HandoffPolicy
 from flows.library import FlowLibrary
 from flows.reactions import event_context, lead_context
+from flows.scoring import Scoring
 from flows.spec import FlowSpec
 from flows.stages import Stages
 from storage.models import Enrollment, Event, FlowVersion, Lead
@@ -24,11 +26,13 @@ REPLIES = ("message", "button")
 
 @dataclass
 class Engine:
-    """The flow engine's state: the flow library, the funnel, and which channels can send."""
+    """The flow engine's state: the flow library, the funnel, which channels can send, scoring and handoff."""
 
     library: FlowLibrary
     stages: Stages
     channels: Collection[str]
+    scoring: Scoring = field(default_factory=Scoring)
+    handoff: HandoffPolicy = field(default_factory=HandoffPolicy)
 
     async def react(self, session: AsyncSession, lead: Lead, events: Sequence[Event], now: datetime) -> None:
         """End the flows these events end, then enroll the lead in the flows they trigger."""

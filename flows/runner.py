@@ -16,13 +16,14 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, update
+from sqlalchemy import Select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows.clock import Clock
 from flows.engine import Engine, condition_exit, context, end
+from flows.handoff import open_handoff
 from flows.reactions import ledger, set_stage
 from flows.render import RenderError, render_step
 from flows.scoring import Scoring
@@ -118,7 +119,7 @@ class Runner:
                     self._outbox(session, spec, step, enrollment, lead, reach, rendered, outbox, now)
                 if step.action is not None:
                     await self._act(session, spec, step, enrollment, lead, now)
-        if enrollment.status == "active":
+        if enrollment.status in ("active", "paused"):  # a handoff step pauses its own flow: resume after it
             _move_on(enrollment, spec, lead, now)
 
     def _outbox(self, session, spec, step, enrollment, lead, reach, rendered, outbox, now) -> None:  # type: ignore[no-untyped-def]
@@ -149,7 +150,7 @@ class Runner:
     async def _act(self, session, spec, step, enrollment, lead, now) -> None:  # type: ignore[no-untyped-def]
         action, why = step.action, f"flow {spec.slug}, step {step.name}"
         if action.kind == "handoff":
-            await handoff_started(session, self.engine, lead, why, now)
+            await open_handoff(session, self.engine, lead, trigger="flow", reason=why, now=now)
         elif action.kind == "stage" and action.value != lead.stage:
             await set_stage(session, lead, str(action.value), why, now)
         elif action.kind == "tag":
@@ -160,27 +161,6 @@ class Runner:
             lead.score = self.scoring.score(await ledger(session, lead.id), now)
         elif action.kind == "exit":
             end(enrollment, "exited", f"step {step.name} ends the flow", now)
-
-
-async def handoff_started(session: AsyncSession, engine: Engine, lead: Lead, reason: str, now: datetime) -> Event:
-    """The lead waits for a human: the bot steps aside and nurture stops (or pauses, per flow)."""
-    await session.exec(
-        update(Conversation).where(Conversation.lead_id == lead.id, Conversation.owner == "bot").values(owner="queued")
-    )
-    event = Event(lead_id=lead.id, type="handoff", payload={"reason": reason}, at=now)
-    session.add(event)
-    live = await session.exec(
-        select(Enrollment).where(Enrollment.lead_id == lead.id, Enrollment.status.in_(("active", "paused")))
-    )
-    for enrollment in live.all():
-        spec = await engine.spec_of(session, enrollment)
-        if spec is None or spec.exits_on("handoff"):
-            end(enrollment, "exited", "handoff", now)
-        else:
-            enrollment.status, enrollment.lease_until, enrollment.updated_at = "paused", None, now
-        session.add(enrollment)
-    await session.flush()
-    return event
 
 
 def _stop_reason(engine: Engine, spec: FlowSpec | None, lead: Lead, now: datetime) -> str | None:

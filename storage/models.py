@@ -246,7 +246,9 @@ class Handoff(SQLModel, table=True):
     telegram_notified_at: datetime | None = _time(nullable=True)
     telegram_message_id: str | None = None  # the card in the operators' group; replies to it are relayed
     notify_error: str | None = None
+    notify_lease_until: datetime | None = _time(nullable=True)  # one instance announces it at a time
     breached_at: datetime | None = _time(nullable=True)
+    escalated_at: datetime | None = _time(nullable=True)  # operators last reminded of the missed SLA
     claimed_by_id: int | None = Field(default=None, foreign_key="operator.id")
     claimed_at: datetime | None = _time(nullable=True)
     first_reply_at: datetime | None = _time(nullable=True)

@@ -145,6 +145,16 @@ async def client(make_client, settings: Settings):  # type: ignore[no-untyped-de
     return await make_client(settings)
 
 
+def templates_with(folder: Path, flows: dict[str, str]) -> Path:
+    """A copy of the shipped templates (system messages, partials) with only the given flows, by slug."""
+    shutil.copytree(ROOT / "templates", folder)
+    for shipped in (folder / "flows").glob("*.j2"):
+        shipped.unlink()
+    for slug, source in flows.items():
+        (folder / "flows" / f"{slug}.j2").write_text(source)
+    return folder
+
+
 def services_of(client) -> Services:  # type: ignore[no-untyped-def]
     """The running app's services (to drain background sends or run a tick)."""
     app: web.Application = client.server.app

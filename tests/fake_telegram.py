@@ -1,8 +1,9 @@
 """A fake Telegram Bot API: a real aiohttp server that records every call and answers like Telegram.
 
 Point the app at it with `telegram_api_url=fake.url`. It knows one bot token (`TOKEN`; any other is
-answered 401 like Telegram does), answers getMe, setWebhook, deleteWebhook, sendMessage and
-answerCallbackQuery, and can be told to fail the next call for a chat (403 blocked, 429 flood).
+answered 401 like Telegram does), answers getMe, setWebhook, deleteWebhook, sendMessage, editMessageText
+and answerCallbackQuery (negative chat ids are groups), and can be told to fail the next call for a chat
+(403 blocked, 429 flood, 5xx).
 """
 
 from __future__ import annotations
@@ -130,6 +131,8 @@ class FakeTelegram:
             return True
         if method == "sendMessage":
             return self._message(params)
+        if method == "editMessageText":
+            return {**self._message(params), "message_id": int(params["message_id"])}
         return None
 
     def _message(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +140,7 @@ class FakeTelegram:
         message = {
             "message_id": self.next_message_id,
             "from": {key: BOT_USER[key] for key in ("id", "is_bot", "first_name", "username")},
-            "chat": {"id": int(params["chat_id"]), "type": "private"},
+            "chat": {"id": int(params["chat_id"]), "type": "private" if int(params["chat_id"]) > 0 else "supergroup"},
             "date": DATE,
             "text": params["text"],
         }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +12,7 @@ from bot.dispatcher import Dispatcher
 from bot.hub import Hub
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead
 
-from conftest import API_KEY, ROOT, rows, services_of
+from conftest import API_KEY, rows, services_of, templates_with
 from test_webchat import hello, next_from, say
 
 DRIP = """+++
@@ -31,12 +30,7 @@ exit = ["reply", "handoff", "opt_out", "stage >= sql"]
 @pytest.fixture
 def templates(tmp_path):
     """The shipped system messages and partials, with only the test's own flows."""
-    folder = tmp_path / "templates"
-    shutil.copytree(ROOT / "templates", folder)
-    for shipped in (folder / "flows").glob("*.j2"):
-        shipped.unlink()
-    (folder / "flows" / "drip.j2").write_text(DRIP)
-    return folder
+    return templates_with(tmp_path / "templates", {"drip": DRIP})
 
 
 @pytest.fixture

@@ -137,7 +137,7 @@ async def test_an_email_in_the_chat_is_captured_and_joins_the_lead_from_the_back
     ws = await client.ws_connect("/chat/ws")
     await hello(ws)
     await say(client, ws, "hi")
-    await say(client, ws, "I'm EVE@example.com, call me on +1 415 555 2671")
+    await say(client, ws, "I'm EVE@example.com, reach me on +1 415 555 2671")
     thanks = await next_from(ws, "bot")
     while "eve@example.com" not in thanks["text"]:
         thanks = await next_from(ws, "bot")

@@ -45,6 +45,7 @@ from telegram.ext import AIORateLimiter, Application
 from telegram.warnings import PTBDeprecationWarning
 
 from bot.channels.base import Inbound, Profile, SendResult, Touch, buttons_as_text
+from bot.channels.telegram_operators import OperatorsGroup
 from bot.channels.webchat import visitor_link
 from bot.middlewares import json_error
 from bot.services import Services
@@ -113,6 +114,8 @@ class TelegramChannel:
         )
         self.connected = False
         self.connecting = asyncio.Lock()
+        self.operators = OperatorsGroup(services, self, settings.operators_chat) if settings.operators_chat else None
+        services.notifier.room = self.operators
 
     @staticmethod
     def enabled(services: Services) -> str | None:
@@ -126,7 +129,7 @@ class TelegramChannel:
         """Reach the Bot API and register the webhook; if that fails the server still runs."""
         if not self.secret:
             log.error("telegram: KINDLING_TELEGRAM_SECRET is not set; every update will be refused")
-        problem = await self._connect()
+        problem = await self.connect()
         if problem is not None:
             log.error("telegram: cannot use the Bot API at %s (%s); sends will retry", self.api_url, problem)
 
@@ -134,7 +137,7 @@ class TelegramChannel:
         await self.application.shutdown()
         await self.application.bot.shutdown()  # also when initialize failed half-way
 
-    async def _connect(self) -> str | None:
+    async def connect(self) -> str | None:
         """Initialize once (and set the webhook when public_url is set); None, or what went wrong."""
         async with self.connecting:
             if self.connected:
@@ -143,7 +146,7 @@ class TelegramChannel:
                 await self.application.initialize()
                 await self._set_webhook()
             except TelegramError as exc:
-                return self._describe(exc)
+                return self.describe(exc)
             self.connected = True
             return None
 
@@ -156,7 +159,7 @@ class TelegramChannel:
                 allowed_updates=ALLOWED_UPDATES,
             )
 
-    def _describe(self, exc: TelegramError) -> str:
+    def describe(self, exc: TelegramError) -> str:
         if isinstance(exc, InvalidToken):
             return "the bot token was rejected (KINDLING_TELEGRAM_TOKEN)"
         return f"{type(exc).__name__}: {exc.message}".replace(self.token, "<token>")
@@ -166,8 +169,10 @@ class TelegramChannel:
         given = request.headers.get(SECRET_HEADER, "").encode()
         if not self.secret or not hmac.compare_digest(given, self.secret.encode()):  # no secret: refuse all
             return json_error(403, f"wrong or missing {SECRET_HEADER}")
+        update = self._parse(await request.read())
+        if self.operators is not None and self.operators.concerns(update):
+            return await self.operators.handle(update)
         try:
-            update = self._parse(await request.read())
             inbound = inbound_from(update, self.services.clock.now(), self._visitor)
         except Unsupported as exc:
             return json_error(422, str(exc))
@@ -198,16 +203,16 @@ class TelegramChannel:
 
     async def _answer_button(self, query_id: str) -> None:
         """Stop the button's spinner; best effort, the press is stored already."""
-        if await self._connect() is not None:
+        if await self.connect() is not None:
             return
         try:
             await self.application.bot.answer_callback_query(query_id)
         except TelegramError as exc:
-            log.warning("telegram: button press not acknowledged: %s", self._describe(exc))
+            log.warning("telegram: button press not acknowledged: %s", self.describe(exc))
 
     async def send(self, delivery: Delivery) -> SendResult:
         """Send a text with its buttons; map Telegram's answers to sent / retry / failed."""
-        problem = await self._connect()
+        problem = await self.connect()
         if problem is not None:
             return SendResult.retry(f"Telegram Bot API unavailable: {problem}", after=30)
         text, markup = keyboard(delivery.text, delivery.buttons)
@@ -223,7 +228,7 @@ class TelegramChannel:
         except BadRequest as exc:
             return SendResult.failed(exc.message)
         except (NetworkError, InvalidToken) as exc:  # TimedOut is a NetworkError
-            return SendResult.retry(self._describe(exc))
+            return SendResult.retry(self.describe(exc))
         return SendResult.sent(provider_id=str(sent.message_id))
 
 

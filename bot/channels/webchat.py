@@ -170,13 +170,16 @@ class _Session:
                 "link": visitor_link(secret, visitor),  # for Telegram deep links: ?start=v-<link>
             }
         )
+        self.services.after_commit(received)
         return True
 
     async def _handle(self, raw: str) -> None:
         data = _parse(raw)
         kind = data.get("type") if data else None
         if kind == "page_view":
-            await self._receive(self._page_view(data.get("view")))
+            received = await self._receive(self._page_view(data.get("view")))
+            if received is not None:
+                self.services.after_commit(received)  # a page view may make the lead warm
         elif kind in ("message", "button"):
             await self._message(data, kind)
         else:
@@ -201,9 +204,7 @@ class _Session:
         if received is None:
             return
         await self._send({"type": "ack", "id": client_id, "duplicate": received.duplicate})
-        if received.message is not None:
-            self.services.hub.publish(received.message.conversation_id, received.message)
-        self.services.after_commit(received)
+        self.services.after_commit(received)  # also shows the message live (the visitor's echo, operators)
 
     async def _receive(self, inbound: Inbound, client_id: str | None = None) -> Received | None:
         try:

@@ -1,0 +1,151 @@
+"""Opening a handoff: the Handoff row with its SLA and context card, the bot stepping aside, nurture pausing.
+
+Both intake (warm signals) and the flow runner (`action="handoff"`) call `open_handoff` inside their own
+transaction, so the handoff commits with whatever caused it. Notifying operators is the bot's job: a
+Handoff row whose `console_notified_at` / `telegram_notified_at` is empty is still to be announced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import update
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flows.handoff_card import build_card
+from flows.hours import BusinessHours
+from storage.models import Conversation, Enrollment, Event, Handoff, Lead
+
+if TYPE_CHECKING:
+    from flows.engine import Engine
+
+OPEN = ("waiting", "claimed")
+INTENT_WORDS = ("talk to a human", "call me", "price", "оператор", "позвоните", "人工", "客服")
+HANDOFF_BUTTONS = ("Talk to a human", "Talk to a person")
+
+
+@dataclass(frozen=True)
+class HandoffPolicy:
+    """When a lead is warm, how fast a human must answer, and when humans are in."""
+
+    warm_score: float | None = 75.0
+    intent_words: tuple[str, ...] = INTENT_WORDS
+    buttons: tuple[str, ...] = HANDOFF_BUTTONS
+    sla: timedelta = timedelta(minutes=5)
+    hours: BusinessHours | None = None
+    escalation: timedelta | None = timedelta(minutes=15)
+
+    def sla_due(self, now: datetime) -> datetime:
+        """The deadline for a first answer: the SLA counts from the next opening when out of hours."""
+        start = self.hours.next_open(now) if self.hours is not None else now
+        return start + self.sla
+
+    def is_open(self, now: datetime) -> bool:
+        """Whether operators are in now."""
+        return self.hours is None or self.hours.is_open(now)
+
+
+async def open_handoff_of(session: AsyncSession, lead_id: int) -> Handoff | None:
+    """The lead's waiting or claimed handoff, if any."""
+    query = select(Handoff).where(Handoff.lead_id == lead_id, Handoff.status.in_(OPEN))
+    return (await session.exec(query)).first()
+
+
+async def open_handoff(
+    session: AsyncSession,
+    engine: Engine,
+    lead: Lead,
+    *,
+    trigger: str,
+    reason: str,
+    now: datetime,
+    warm_at: datetime | None = None,
+    conversation: Conversation | None = None,
+) -> tuple[Handoff, bool]:
+    """Open a handoff for the lead, or return its open one; True when this call opened it."""
+    existing = await open_handoff_of(session, lead.id)
+    if existing is not None:
+        return existing, False
+    conversation = conversation or await latest_conversation(session, lead.id)
+    handoff = Handoff(
+        lead_id=lead.id,
+        conversation_id=conversation.id if conversation else None,
+        trigger=trigger,
+        reason=reason,
+        card=await build_card(session, engine.scoring, lead, conversation, now),
+        warm_at=warm_at or now,
+        created_at=now,
+        sla_due_at=engine.handoff.sla_due(now),
+    )
+    session.add(handoff)
+    await session.flush()  # a second open handoff breaks the unique index; the caller's transaction retries
+    await _step_aside(session, engine, lead.id, conversation, now)
+    payload = {"handoff_id": handoff.id, "trigger": trigger, "reason": reason, "sla_due_at": handoff.sla_due_at}
+    session.add(
+        Event(lead_id=lead.id, conversation_id=handoff.conversation_id, type="handoff", payload=_json(payload), at=now)
+    )
+    await session.flush()
+    return handoff, True
+
+
+async def _step_aside(
+    session: AsyncSession, engine: Engine, lead_id: int, conversation: Conversation | None, now: datetime
+) -> None:
+    """The bot falls silent (owner `queued`) and nurture pauses."""
+    await session.exec(
+        update(Conversation).where(Conversation.lead_id == lead_id, Conversation.owner == "bot").values(owner="queued")
+    )
+    if conversation is not None and conversation.owner == "bot":
+        conversation.owner = "queued"
+    await pause_nurture(session, engine, lead_id, now)
+
+
+async def pause_nurture(session: AsyncSession, engine: Engine, lead_id: int, now: datetime) -> None:
+    """Live enrollments pause, or end where their flow exits on handoff."""
+    for enrollment in await _enrollments(session, lead_id, ("active", "paused")):
+        spec = await engine.spec_of(session, enrollment)
+        if spec is None or spec.exits_on("handoff"):
+            enrollment.status, enrollment.exit_reason = "exited", "handoff"
+        else:
+            enrollment.status = "paused"
+        enrollment.lease_until, enrollment.updated_at = None, now
+        session.add(enrollment)
+
+
+async def resume_nurture(session: AsyncSession, lead_id: int, now: datetime) -> int:
+    """Paused enrollments go on, their next step due no earlier than now; returns how many."""
+    paused = await _enrollments(session, lead_id, ("paused",))
+    for enrollment in paused:
+        enrollment.status, enrollment.updated_at = "active", now
+        enrollment.due_at = max(enrollment.due_at, now)
+        session.add(enrollment)
+    return len(paused)
+
+
+async def end_paused(session: AsyncSession, lead_id: int, reason: str, now: datetime) -> int:
+    """Paused enrollments end (the lead won or was lost); returns how many."""
+    paused = await _enrollments(session, lead_id, ("paused",))
+    for enrollment in paused:
+        enrollment.status, enrollment.exit_reason, enrollment.updated_at = "exited", reason, now
+        session.add(enrollment)
+    return len(paused)
+
+
+async def latest_conversation(session: AsyncSession, lead_id: int) -> Conversation | None:
+    """The lead's most recently active conversation."""
+    rows = (await session.exec(select(Conversation).where(Conversation.lead_id == lead_id))).all()
+    return max(rows, key=lambda c: (c.last_message_at or c.created_at, c.id), default=None)
+
+
+async def _enrollments(session: AsyncSession, lead_id: int, statuses: Sequence[str]) -> list[Enrollment]:
+    query = select(Enrollment).where(Enrollment.lead_id == lead_id, Enrollment.status.in_(list(statuses)))
+    return list((await session.exec(query.order_by(Enrollment.id))).all())
+
+
+def _json(payload: dict) -> dict:
+    """Event payloads are JSON: times as ISO text."""
+    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in payload.items()}
