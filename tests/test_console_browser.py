@@ -1,0 +1,90 @@
+"""The console in a real browser (headless Chromium): an operator takes a warm lead live and talks to the visitor.
+
+Two browser contexts on one real app: the operator in the console, the visitor in the widget on the
+demo page. Waits poll the DOM (Playwright's expect), never sleep.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.async_api import Page, expect
+
+from storage.models import Message
+
+from conftest import PASSWORD, rows, services_of, templates_with
+from test_browser import GREETING, browser, new_page, open_chat, say  # noqa: F401  (fixtures)
+from test_handoff import COMING, DRIP
+
+NOTICE = re.compile(COMING)
+NO_PLAIN_BOT_AFTER_THE_NOTICE = "a bot message after the handoff notice"
+
+
+@pytest.fixture
+async def app(make_client, settings, tmp_path):
+    """The real app on a loopback port, with only a test drip flow."""
+    return await make_client(settings.with_(templates=templates_with(tmp_path / "templates", {"drip": DRIP})))
+
+
+async def log_in(page: Page, url: str, name: str, password: str) -> None:
+    """Log in at the console's front door, which brings an operator to the queue."""
+    await page.goto(url)
+    await page.get_by_label("Name").fill(name)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page).to_have_url(re.compile(r"/console/queue$"))
+    await expect(page.locator("body")).to_have_attribute("data-live", "on")  # the queue is watched
+
+
+async def test_an_operator_takes_a_warm_lead_live_replies_and_hands_it_back(app, db, add_operator, new_page):  # noqa: F811
+    await add_operator("ann", "operator")
+    console, site = await new_page(), await new_page()
+    await log_in(console, str(app.make_url("/console")), "ann", PASSWORD)
+    await expect(console.get_by_text("Nobody is waiting.")).to_be_visible()
+    await console.evaluate("() => { window.__sameDocument = true; }")  # gone if the page reloads
+
+    # A visitor on the site asks for a person; the lead shows up on the queue without a reload.
+    await site.goto(str(app.make_url("/")))
+    chat = await open_chat(site)
+    await say(chat, "Hi")
+    await expect(chat.locator(".kindling-bubble")).to_have_text(["Hi", GREETING])
+    await say(chat, "Can I talk to a human?")
+    await expect(chat.locator(".kindling-bubble").last).to_have_text(NOTICE)
+    row = console.locator("table.queue tbody tr")
+    await expect(row).to_have_count(1)
+    await expect(row.locator(".sla")).to_have_text(re.compile(r"^\d+:\d\d left$"))
+    await expect(row).to_contain_text('wrote "talk to a human"')
+    assert await console.evaluate("() => window.__sameDocument") is True
+
+    # Ann takes it and replies; the visitor's widget shows the reply.
+    await row.get_by_role("button", name="Take").click()
+    await expect(console.get_by_text("You hold this conversation")).to_be_visible()
+    await expect(console.locator("body")).to_have_attribute("data-live", "on")
+    transcript = console.locator("ol.messages .text")
+    so_far = ["Hi", GREETING, "Can I talk to a human?", NOTICE]
+    await expect(transcript).to_have_text(so_far)
+    await console.get_by_label(re.compile("^Reply to")).fill("Hi, I'm Ann. What can I do for you?")
+    await console.get_by_role("button", name="Send").click()
+    await expect(transcript).to_have_text([*so_far, "Hi, I'm Ann. What can I do for you?"])
+    await expect(console.get_by_label(re.compile("^Reply to"))).to_have_value("")
+    await expect(chat.locator(".kindling-from-operator .kindling-bubble")).to_have_text(
+        "Hi, I'm Ann. What can I do for you?"
+    )
+
+    # The visitor answers: Ann sees it live, and the bot keeps quiet while she holds the lead.
+    await say(chat, "Do you ship to Canada?")
+    await expect(transcript).to_have_text([*so_far, "Hi, I'm Ann. What can I do for you?", "Do you ship to Canada?"])
+    await services_of(app).drain()
+    authors = [message.author for message in await rows(db, Message)]
+    assert authors == ["visitor", "bot", "visitor", "bot", "operator", "visitor"], NO_PLAIN_BOT_AFTER_THE_NOTICE
+    await expect(chat.locator(".kindling-bubble").last).to_have_text("Do you ship to Canada?")
+
+    # Ann hands the lead back to nurture; the bot answers the visitor's next message again.
+    await console.get_by_role("button", name="Hand back").click()
+    await expect(console.get_by_text("Handed back: nurture.")).to_be_visible()
+    await say(chat, "Thanks!")
+    bot_said = chat.locator(".kindling-from-bot .kindling-bubble")
+    await expect(bot_said).to_have_text([GREETING, NOTICE, re.compile("^Got it"), re.compile("email or phone")])
+    await console.get_by_role("link", name="Back to the queue").click()
+    await expect(console.get_by_text("Nobody is waiting.")).to_be_visible()
