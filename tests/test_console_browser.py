@@ -15,10 +15,13 @@ from storage.models import Message
 
 from conftest import PASSWORD, rows, services_of, templates_with
 from test_browser import GREETING, browser, new_page, open_chat, say  # noqa: F401  (fixtures)
+from test_console_queue import warm
 from test_handoff import COMING, DRIP
+from test_webchat import say as visitor_says
 
 NOTICE = re.compile(COMING)
 NO_PLAIN_BOT_AFTER_THE_NOTICE = "a bot message after the handoff notice"
+MARKUP = '<img src=x onerror="window.__pwned=1">'
 
 
 @pytest.fixture
@@ -88,3 +91,21 @@ async def test_an_operator_takes_a_warm_lead_live_replies_and_hands_it_back(app,
     await expect(bot_said).to_have_text([GREETING, NOTICE, re.compile("^Got it"), re.compile("email or phone")])
     await console.get_by_role("link", name="Back to the queue").click()
     await expect(console.get_by_text("Nobody is waiting.")).to_be_visible()
+
+
+async def test_a_lead_named_like_markup_arrives_live_as_text(app, db, add_operator, new_page):  # noqa: F811
+    await add_operator("ann", "operator")
+    console = await new_page()
+    await log_in(console, str(app.make_url("/console")), "ann", PASSWORD)
+
+    visitor = await warm(app, name=MARKUP, text=f"talk to a human {MARKUP}")
+
+    await expect(console.locator("table.queue tbody tr .name a")).to_have_text(MARKUP)
+    await console.locator("table.queue tbody tr .name a").click()
+    await expect(console.locator("h1")).to_contain_text(MARKUP)
+    await expect(console.locator("ol.messages .text").first).to_have_text(f"talk to a human {MARKUP}")
+    await expect(console.locator("body")).to_have_attribute("data-live", "on")
+    await visitor_says(app, visitor, MARKUP)  # drawn by console.js this time
+    await expect(console.locator("ol.messages .text").last).to_have_text(MARKUP)
+    assert await console.locator("img").count() == 0
+    assert await console.evaluate("() => window.__pwned") is None

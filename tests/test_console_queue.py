@@ -294,3 +294,13 @@ async def test_the_console_socket_needs_a_login_and_something_to_watch(app, add_
     await operator(app, add_operator, "ann")
     assert (await app.get("/console/ws", headers={"Accept": "application/json"})).status == 400
     assert (await app.get("/console/ws?handoff=99", headers={"Accept": "application/json"})).status == 404
+
+
+async def test_the_console_socket_closes_when_its_login_ends(app, add_operator, monkeypatch):
+    monkeypatch.setattr("bot.console.live.SESSION_CHECK", 0.05)  # not 30 s of real time
+    csrf = await operator(app, add_operator, "ann")
+    ws = await app.ws_connect("/console/ws?queue=1")
+    assert (await ws.receive_json(timeout=5))["type"] == "queue"
+    await post(app, "/console/logout", csrf)
+    closed = await ws.receive(timeout=5)
+    assert closed.type.name == "CLOSE" and closed.data == 4401

@@ -51,9 +51,9 @@ async def reply(request: web.Request) -> web.StreamResponse:
             raise HandoffError(f"a reply is at most {MAX_REPLY} characters")
         delivery_id = await request.app[SERVICES].handoffs.reply(found, current(request).operator.id, text)
     except HandoffNotFound:
-        raise
+        raise  # the 404 page
     except HandoffError as exc:
-        status = 409 if isinstance(exc, NotHolder) else 422
+        status = _refused(exc)
         if wants_json(request):
             return json_error(status, str(exc))
         return await conversation_page(request, found, error=str(exc), status=status, draft=text)
@@ -68,15 +68,19 @@ async def hand_back(request: web.Request) -> web.StreamResponse:
     found, form = handoff_id(request), await request.post()
     outcome = str(form.get("outcome", ""))
     reason = str(form.get("reason", "")).strip()[:500] or None
-    flow = str(form.get("flow", "")) or None if outcome == "nurture" else None
+    flow = (str(form.get("flow", "")) or None) if outcome == "nurture" else None
     try:
         await request.app[SERVICES].handoffs.hand_back(found, current(request).operator.id, outcome, reason, flow)
     except HandoffNotFound:
-        raise
+        raise  # the 404 page
     except HandoffError as exc:
-        status = 409 if isinstance(exc, NotHolder) else 422
-        return await conversation_page(request, found, error=str(exc), status=status)
+        return await conversation_page(request, found, error=str(exc), status=_refused(exc))
     raise web.HTTPSeeOther(f"/console/handoffs/{found}")
+
+
+def _refused(exc: HandoffError) -> int:
+    """The status for a handoff action that did not go through: someone else's (409) or a bad form (422)."""
+    return 409 if isinstance(exc, NotHolder) else 422
 
 
 async def conversation_page(

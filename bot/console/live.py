@@ -1,6 +1,7 @@
 """Live console pages: one WebSocket per page, `/console/ws?queue=1&handoff=ID&since=N`.
 
-The server sends JSON frames and the page sends nothing (the server pings every 30 s):
+The server sends JSON frames and the page sends nothing (the server pings every 30 s). A socket whose
+login ended (logout, expiry, `kindling operator remove`) is closed with code 4401 within `SESSION_CHECK`.
 
 - `{"type": "queue", "handoffs": [summary, ...]}`: with `queue=1`, the whole queue once on connecting
   (and reconnecting), most urgent first; then every change as
@@ -19,7 +20,7 @@ import asyncio
 import contextlib
 from contextlib import AsyncExitStack
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from bot.console.auth import current, requires
 from bot.console.conversation import TRANSCRIPT_LIMIT
@@ -30,8 +31,11 @@ from bot.hub import QUEUE, message_frame
 from bot.services import SERVICES, Services
 from storage.leadsearch import conversation_messages
 from storage.models import Handoff, Message
+from storage.operators import session_operator
 
 HEARTBEAT = 30.0
+SESSION_CHECK = 30.0  # seconds between checks that the socket's login is still live
+LOGGED_OUT = 4401
 
 
 def routes(console: web.Application) -> None:
@@ -56,7 +60,7 @@ async def live(request: web.Request) -> web.StreamResponse:
         return refuse(request, 404, f"There is no handoff {handoff} with a conversation.")
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
     await ws.prepare(request)
-    stream = _Stream(services, ws)
+    stream = _Stream(services, ws, current(request).token_hash)
     await stream.run(queue, conversation_id, _number(request.query.get("since")) or 0)
     return ws
 
@@ -64,8 +68,8 @@ async def live(request: web.Request) -> web.StreamResponse:
 class _Stream:
     """One open console socket: its subscriptions and the sends to it."""
 
-    def __init__(self, services: Services, ws: web.WebSocketResponse) -> None:
-        self.services, self.ws = services, ws
+    def __init__(self, services: Services, ws: web.WebSocketResponse, token_hash: str) -> None:
+        self.services, self.ws, self.token_hash = services, ws, token_hash
         self.lock = asyncio.Lock()
 
     async def run(self, queue: bool, conversation_id: int | None, since: int) -> None:
@@ -79,11 +83,26 @@ class _Stream:
                 await self._history(conversation_id, since)
             forwarders = [asyncio.create_task(self._forward(feed)) for feed in feeds]
             try:
-                async for _ in self.ws:
-                    pass  # the page sends nothing we need; this waits until it closes
+                await self._until_closed()
             finally:
                 for task in forwarders:
                     task.cancel()
+
+    async def _until_closed(self) -> None:
+        """Wait for the page to go (it sends nothing we need), closing the socket if its login ends."""
+        while not self.ws.closed:
+            try:
+                frame = await self.ws.receive(timeout=SESSION_CHECK)
+            except TimeoutError:
+                if not await self._logged_in():
+                    await self.ws.close(code=LOGGED_OUT, message=b"logged out")
+                continue
+            if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
+
+    async def _logged_in(self) -> bool:
+        async with self.services.sessions() as session:
+            return await session_operator(session, self.token_hash, self.services.clock.now()) is not None
 
     async def _history(self, conversation_id: int, since: int) -> None:
         async with self.services.sessions() as session:

@@ -164,8 +164,9 @@
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       onFrame(frame);
     };
-    ws.onclose = function () {
+    ws.onclose = function (event) {
       document.body.setAttribute("data-live", "off");
+      if (event.code === 4401) return say("You were logged out: reload the page to log in again.");
       var wait = Math.min(30000, 1000 * Math.pow(2, attempt++)) * (0.5 + Math.random() / 2);
       say("Live updates paused; reconnecting…");
       setTimeout(connect, wait);
