@@ -109,3 +109,34 @@ async def test_a_lead_named_like_markup_arrives_live_as_text(app, db, add_operat
     await expect(console.locator("ol.messages .text").last).to_have_text(MARKUP)
     assert await console.locator("img").count() == 0
     assert await console.evaluate("() => window.__pwned") is None
+
+
+async def test_a_second_operator_sees_claims_live_and_is_told_who_has_the_lead(app, db, add_operator, new_page):  # noqa: F811
+    for name in ("ann", "bob"):
+        await add_operator(name, "operator")
+    ann, bob = await new_page(), await new_page()
+    await log_in(ann, str(app.make_url("/console")), "ann", PASSWORD)
+    await log_in(bob, str(app.make_url("/console")), "bob", PASSWORD)
+    await warm(app, name="Fay")
+    await warm(app, name="Gus")
+    names = bob.locator("table.queue tbody tr .name a")
+    await expect(names).to_have_text(["Fay", "Gus"])  # the same SLA and score: the older first
+
+    # Ann takes Fay: on Bob's queue Fay moves below the waiting lead, taken, without a Take button.
+    await ann.get_by_role("row", name="Fay").get_by_role("button", name="Take").click()
+    await expect(ann.get_by_text("You hold this conversation")).to_be_visible()
+    await expect(names).to_have_text(["Gus", "Fay"])
+    await expect(bob.get_by_role("row", name="Fay")).to_contain_text("taken by ann")
+    await expect(bob.get_by_role("row", name="Fay").get_by_role("button", name="Take")).to_be_hidden()
+
+    # Bob reads Gus's conversation while Ann presses Next lead: Bob's page says so, his Take is refused.
+    await bob.get_by_role("link", name="Gus").click()
+    await expect(bob.get_by_text("Waiting for a person")).to_be_visible()
+    await expect(bob.locator("body")).to_have_attribute("data-live", "on")
+    await ann.get_by_role("link", name="Queue", exact=True).click()
+    await ann.get_by_role("button", name="Next lead").click()
+    await expect(ann.locator("h1")).to_contain_text("Gus")
+    await expect(bob.get_by_role("status")).to_have_text("Taken by ann. Reload to see it.")
+    await bob.get_by_role("button", name="Take").click()
+    await expect(bob.get_by_role("alert")).to_have_text("already taken by ann")
+    await expect(bob.get_by_role("button", name="Send")).to_be_hidden()  # only the holder replies

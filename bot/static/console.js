@@ -68,7 +68,8 @@
   }
   function remove(id) { var row = rowOf(id); if (row) row.remove(); }
   function urgency(row) {
-    return [RANK[row.getAttribute("data-status")] || 2, Date.parse(row.getAttribute("data-due")) || 0,
+    var status = row.getAttribute("data-status");
+    return [status in RANK ? RANK[status] : 2, Date.parse(row.getAttribute("data-due")) || 0,
       -parseFloat(row.getAttribute("data-score") || "0"), parseInt(row.getAttribute("data-id"), 10)];
   }
   function compare(a, b) {
