@@ -10,9 +10,10 @@ from datetime import timedelta
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bot.config import ConsoleSettings
 from storage.models import Conversation, Delivery, Enrollment, Handoff, Lead, Message
 
-from conftest import API_KEY, rows, templates_with
+from conftest import API_KEY, rows, services_of, templates_with
 from test_console_auth import csrf_of, log_in
 from test_handoff import COMING, DRIP, bot_texts
 from test_webchat import hello, next_from, say
@@ -79,6 +80,34 @@ async def test_the_queue_lists_a_warm_lead_with_its_sla(app, db, add_operator):
     assert "wrote &#34;talk to a human&#34;" in text and ">intent<" in text and ">webchat<" in text
     assert 'data-left="300.0">5:00 left</td>' in text and ">waiting</td>" in text
     assert '<script src="/console/console.js" data-watch-queue>' in text
+
+
+async def test_a_lead_past_its_sla_shows_late(app, db, clock, add_operator):
+    await operator(app, add_operator, "ann")
+    await warm(app, name="Fay")
+    clock.advance(timedelta(minutes=6))
+    await services_of(app).notifier.sweep()
+
+    text = await (await app.get("/console/queue")).text()
+    assert '<tr class="handoff late"' in text and ">late by 1:00</td>" in text
+    [handoff_id] = await handoff_ids(db)
+    assert "late by 1:00" in await (await app.get(f"/console/handoffs/{handoff_id}")).text()
+
+
+async def test_marketers_allowed_to_read_conversations_read_but_do_not_take(make_client, settings, add_operator, db):
+    console = ConsoleSettings(marketers_read_conversations=True)
+    app = await make_client(settings.with_(console=console))
+    csrf = await operator(app, add_operator, "mo", "marketer")
+    await warm(app, name="Fay")
+    [handoff_id] = await handoff_ids(db)
+
+    page = await app.get(f"/console/handoffs/{handoff_id}")
+    text = await page.text()
+    assert page.status == 200 and "Can I talk to a human?" in text
+    assert "/reply" not in text and "/take" not in text and "data-watch-queue" not in text
+    assert (await post(app, f"/console/handoffs/{handoff_id}/take", csrf)).status == 403
+    live = await app.ws_connect(f"/console/ws?handoff={handoff_id}")
+    assert (await live.receive_json(timeout=5))["text"] == "Can I talk to a human?"
 
 
 async def test_the_front_door_is_the_queue_for_operators_and_the_leads_for_marketers(app, second, add_operator):
