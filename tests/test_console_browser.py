@@ -140,3 +140,33 @@ async def test_a_second_operator_sees_claims_live_and_is_told_who_has_the_lead(a
     await bob.get_by_role("button", name="Take").click()
     await expect(bob.get_by_role("alert")).to_have_text("already taken by ann")
     await expect(bob.get_by_role("button", name="Send")).to_be_hidden()  # only the holder replies
+
+
+async def test_the_queue_catches_up_after_its_connection_drops(app, db, add_operator, new_page):  # noqa: F811
+    await add_operator("ann", "operator")
+    console = await new_page()
+    sockets: list = []
+    refuse = {"now": False}
+
+    async def through(route) -> None:  # type: ignore[no-untyped-def]
+        if refuse["now"]:
+            await route.close()
+        else:
+            sockets.append((route, route.connect_to_server()))
+
+    await console.route_web_socket(re.compile(r"/console/ws\?"), through)
+    await log_in(console, str(app.make_url("/console")), "ann", PASSWORD)
+
+    refuse["now"] = True
+    route, server = sockets[-1]
+    await server.close()
+    await route.close()
+    await expect(console.locator("body")).to_have_attribute("data-live", "off")
+    await expect(console.get_by_text("Live updates paused; reconnecting…")).to_be_visible()
+    await warm(app, name="Fay")  # announced while the page was not listening
+
+    refuse["now"] = False
+    # The page retries with growing pauses (up to 30 s); it has made a few attempts by now.
+    await expect(console.locator("body")).to_have_attribute("data-live", "on", timeout=20_000)
+    await expect(console.locator("table.queue tbody tr .name a")).to_have_text(["Fay"])
+    await expect(console.get_by_text("Live updates paused; reconnecting…")).to_be_hidden()

@@ -8,7 +8,7 @@
   var rowTemplate = document.getElementById("queue-row");
   var messages = document.querySelector("[data-messages]");
   var status = document.querySelector("p.status[data-handoff-id]");
-  var liveNote = document.querySelector("[data-live]");
+  var liveNote = document.querySelector("[data-live-note]");
   var watchQueue = script && script.hasAttribute("data-watch-queue");
   var handoff = messages && messages.getAttribute("data-handoff");
 
