@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from storage.models import Message
+
 QUEUE = "queue"
 
 
@@ -37,3 +39,17 @@ class Hub:
         """Hand an item to every current watcher of the topic."""
         for queue in self._subscribers.get(topic, ()):
             queue.put_nowait(item)
+
+
+def message_frame(message: Message) -> dict:
+    """A transcript message as the widget and the console show it."""
+    return {
+        "type": "message",
+        "id": message.id,
+        "conversation": message.conversation_id,
+        "from": message.author,
+        "text": message.text,
+        "buttons": [button["text"] for button in message.buttons if button.get("type", "reply") == "reply"],
+        "client_id": message.client_id,
+        "at": message.at.isoformat(),
+    }

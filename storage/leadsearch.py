@@ -58,3 +58,14 @@ async def transcript(session: AsyncSession, lead_id: int, limit: int) -> list[tu
     )
     rows = (await session.exec(statement)).all()
     return [(message, channel) for message, channel in reversed(rows)]
+
+
+async def conversation_messages(session: AsyncSession, conversation_id: int, since: int, limit: int) -> list[Message]:
+    """One conversation's newest `limit` messages after message id `since`, oldest first."""
+    statement = (
+        select(Message)
+        .where(Message.conversation_id == conversation_id, col(Message.id) > since)
+        .order_by(col(Message.id).desc())
+        .limit(limit)
+    )
+    return list(reversed((await session.exec(statement)).all()))

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.async_api import Page, Route, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from storage.models import Lead, Message
 
@@ -33,8 +33,8 @@ GREETING = re.compile(r"Thanks for reaching out")
 
 
 @pytest.fixture
-async def page() -> AsyncIterator[Page]:
-    """A fresh browser page; uncaught JavaScript errors fail the test."""
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium, Debian's package."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"the browser tests need Chromium at {CHROMIUM}: install Debian's package "
@@ -44,15 +44,31 @@ async def page() -> AsyncIterator[Page]:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = await browser.new_context(viewport={"width": 1200, "height": 800})
-            await context.route("**/*", _loopback_only)
-            page = await context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            yield page
-            assert errors == [], f"JavaScript errors on the page: {errors}"
+            yield browser
         finally:
             await browser.close()
+
+
+@pytest.fixture
+async def new_page(browser: Browser) -> AsyncIterator[Callable[[], Awaitable[Page]]]:
+    """Makes pages, each in its own context (cookies, storage); uncaught JavaScript errors fail the test."""
+    errors: list[str] = []
+
+    async def make() -> Page:
+        context = await browser.new_context(viewport={"width": 1200, "height": 800})
+        await context.route("**/*", _loopback_only)
+        page = await context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        return page
+
+    yield make
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+async def page(new_page: Callable[[], Awaitable[Page]]) -> Page:
+    """A fresh browser page."""
+    return await new_page()
 
 
 async def _loopback_only(route: Route) -> None:

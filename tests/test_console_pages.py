@@ -144,9 +144,9 @@ async def test_the_flows_page_shows_each_flow_with_its_lint_status(make_client, 
     assert "not loaded" in text and "line " in text
 
 
-async def test_the_console_front_door_leads_to_the_leads(client, add_operator):
-    await add_operator("ola", "operator")
-    await log_in(client, "ola")
+async def test_the_console_front_door_leads_a_marketer_to_the_leads(client, add_operator):
+    await add_operator("mo", "marketer")
+    await log_in(client, "mo")
     answer = await client.get("/console", allow_redirects=False)
     assert answer.status == 302 and answer.headers["Location"] == "/console/leads"
     style = await client.get("/console/console.css")

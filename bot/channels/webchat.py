@@ -5,7 +5,8 @@ Protocol (JSON frames). The client starts with
 and gets `{"type": "welcome", "visitor", "token", "conversation"}`, then every message after `since`.
 Then: `{"type": "message", "id": uuid, "text"}` (answered by `ack`, stored once per uuid),
 `{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`.
-The server pushes `{"type": "message", "id", "from", "text", "buttons", "client_id", "at"}`.
+The server pushes `{"type": "message", "id", "conversation", "from", "text", "buttons", "client_id", "at"}`
+(`bot.hub.message_frame`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from urllib.parse import parse_qs, urlsplit
 from zoneinfo import available_timezones
 
 from aiohttp import WSMsgType, web
-from sqlmodel import select
 
 from bot.channels.base import Inbound, Profile, SendResult, Touch
+from bot.hub import message_frame
 from bot.intake import Received
 from bot.services import Services
 from storage.db import DatabaseUnavailable
-from storage.models import Delivery, Message
+from storage.leadsearch import conversation_messages
+from storage.models import Delivery
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -247,14 +249,9 @@ class _Session:
     async def _history(self, since: int) -> None:
         async with self.services.sessions() as session:
             # The newest ones when a visitor missed more than HISTORY: the latest context matters most.
-            rows = await session.exec(
-                select(Message)
-                .where(Message.conversation_id == self.conversation_id, Message.id > since)
-                .order_by(Message.id.desc())
-                .limit(HISTORY)
-            )
-            for message in reversed(rows.all()):
-                await self._send(message_frame(message))
+            messages = await conversation_messages(session, self.conversation_id or 0, since, HISTORY)
+        for message in messages:
+            await self._send(message_frame(message))
 
     async def _forward(self, queue: asyncio.Queue) -> None:
         while True:
@@ -268,19 +265,6 @@ class _Session:
         async with self.send_lock:
             with contextlib.suppress(ConnectionError):
                 await self.ws.send_json(frame)
-
-
-def message_frame(message: Message) -> dict:
-    """A transcript message as the widget shows it."""
-    return {
-        "type": "message",
-        "id": message.id,
-        "from": message.author,
-        "text": message.text,
-        "buttons": [button["text"] for button in message.buttons if button.get("type", "reply") == "reply"],
-        "client_id": message.client_id,
-        "at": message.at.isoformat(),
-    }
 
 
 def touch_from(url: str, referrer: str) -> Touch:

@@ -20,11 +20,12 @@ from bot.console.auth import (
 )
 from bot.console.keys import PRELOGIN_CSRF
 from bot.console.pages import render
+from bot.console.roles import allowed
 from bot.console.throttle import LoginThrottle
 from bot.services import SERVICES
 
-STYLESHEET = Path(__file__).resolve().parent.parent / "static" / "console.css"
-HOME = "/console/leads"  # the queue page takes over as home once it exists
+STATIC = Path(__file__).resolve().parent.parent / "static"
+HOME = "/console"  # the front door sends each role to its working page
 
 
 def routes(console: web.Application) -> None:
@@ -34,18 +35,28 @@ def routes(console: web.Application) -> None:
     console.router.add_post("/login", log_in)
     console.router.add_post("/logout", log_out)
     console.router.add_get("/console.css", stylesheet)
+    console.router.add_get("/console.js", script)
 
 
 @requires("leads.read")
 async def home(request: web.Request) -> web.StreamResponse:
-    """`/console`: straight to the working page."""
-    raise web.HTTPFound(HOME)
+    """`/console`: straight to the working page, the queue for those who work it."""
+    settings = request.app[SERVICES].settings.console
+    raise web.HTTPFound(
+        "/console/queue" if allowed(current(request).operator.role, "queue", settings) else "/console/leads"
+    )
 
 
 @public
 async def stylesheet(request: web.Request) -> web.StreamResponse:
     """The console's one stylesheet."""
-    return web.FileResponse(STYLESHEET, headers={"Cache-Control": "max-age=3600"})
+    return web.FileResponse(STATIC / "console.css", headers={"Cache-Control": "max-age=3600"})
+
+
+@public
+async def script(request: web.Request) -> web.StreamResponse:
+    """The console's one script: live updates, SLA timers, replies without a reload."""
+    return web.FileResponse(STATIC / "console.js", headers={"Cache-Control": "max-age=300"})
 
 
 @public

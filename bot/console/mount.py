@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.console import flowpages, leads, login
+from bot.console import conversation, flowpages, leads, live, login, queue
 from bot.console.auth import guard
 from bot.console.pages import JINJA, environment, page_errors
 from bot.services import SERVICES
@@ -23,4 +23,7 @@ def mount_console(app: web.Application) -> None:
     login.routes(console)
     leads.routes(console)
     flowpages.routes(console)
+    queue.routes(console)
+    conversation.routes(console)
+    live.routes(console)
     app.add_subapp("/console", console)

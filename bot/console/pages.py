@@ -12,6 +12,7 @@ from markupsafe import Markup, escape
 
 from bot.console.keys import LOGIN, PRELOGIN_CSRF
 from bot.console.roles import allowed
+from bot.handoffs import HandoffNotFound
 from bot.middlewares import json_error
 from bot.services import SERVICES
 from storage.db import DatabaseUnavailable
@@ -27,6 +28,7 @@ def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
     env.globals["csrf_field"] = csrf_field
     env.filters["when"] = when
+    env.filters["countdown"] = countdown
     return env
 
 
@@ -42,6 +44,13 @@ def when(value: str | datetime | None) -> str:
         return ""
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     return moment.strftime("%Y-%m-%d %H:%M %Z").strip()
+
+
+def countdown(seconds: float) -> str:
+    """Seconds left on an SLA as `4:05 left`, or `late by 1:10` once past it (console.js keeps it ticking)."""
+    whole = abs(int(seconds))
+    text = f"{whole // 60}:{whole % 60:02d}"
+    return f"{text} left" if seconds >= 0 else f"late by {text}"
 
 
 def render(
@@ -84,11 +93,13 @@ def refuse(request: web.Request, status: int, message: str) -> web.Response:
 
 @web.middleware
 async def page_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """An unknown lead or page is a 404 page in the layout, a database outage a 503 page."""
+    """An unknown lead, handoff or page is a 404 page in the layout, a database outage a 503 page."""
     try:
         return await handler(request)
     except LeadNotFound as exc:
         return refuse(request, 404, f"There is no lead {exc.args[0]}.")
+    except HandoffNotFound as exc:
+        return refuse(request, 404, f"There is {exc.args[0]}.")
     except web.HTTPNotFound:
         return refuse(request, 404, "There is no such page.")
     except DatabaseUnavailable:

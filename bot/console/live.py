@@ -1,0 +1,134 @@
+"""Live console pages: one WebSocket per page, `/console/ws?queue=1&handoff=ID&since=N`.
+
+The server sends JSON frames and the page sends nothing (the server pings every 30 s). A socket whose
+login ended (logout, expiry, `kindling operator remove`) is closed with code 4401 within `SESSION_CHECK`.
+
+- `{"type": "queue", "handoffs": [summary, ...]}`: with `queue=1`, the whole queue once on connecting
+  (and reconnecting), most urgent first; then every change as
+  `{"type": "handoff", "change": "opened"|"notified"|"claimed"|"breached"|"closed", "handoff": summary}`
+  (a summary as `bot.handoff_notify.summary` makes it);
+- `{"type": "message", "id", "conversation", "from", "text", "buttons", "client_id", "at"}`: with
+  `handoff=ID`, the messages of that handoff's conversation after message id `since`, then each new one.
+
+Subscriptions start before the snapshot and history are read, so nothing falls in between; a message
+may come twice (history and live) and pages drop repeats by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextlib import AsyncExitStack
+
+from aiohttp import WSMsgType, web
+
+from bot.console.auth import current, requires
+from bot.console.conversation import TRANSCRIPT_LIMIT
+from bot.console.pages import refuse
+from bot.console.queue import urgent_first
+from bot.console.roles import allowed
+from bot.hub import QUEUE, message_frame
+from bot.services import SERVICES, Services
+from storage.leadsearch import conversation_messages
+from storage.models import Handoff, Message
+from storage.operators import session_operator
+
+HEARTBEAT = 30.0
+SESSION_CHECK = 30.0  # seconds between checks that the socket's login is still live
+LOGGED_OUT = 4401
+
+
+def routes(console: web.Application) -> None:
+    """Mount /console/ws."""
+    console.router.add_get("/ws", live)
+
+
+@requires("console")
+async def live(request: web.Request) -> web.StreamResponse:
+    """Stream the queue and/or one handoff's conversation to a console page."""
+    services, role = request.app[SERVICES], current(request).operator.role
+    settings = services.settings.console
+    queue, handoff = request.query.get("queue") == "1", _number(request.query.get("handoff"))
+    if not queue and handoff is None:
+        return refuse(request, 400, "say what to watch: queue=1 and/or handoff=ID")
+    if (queue and not allowed(role, "queue", settings)) or (
+        handoff is not None and not allowed(role, "conversations.read", settings)
+    ):
+        return refuse(request, 403, f"Your role ({role}) does not allow this.")
+    conversation_id = await _conversation_of(services, handoff) if handoff is not None else None
+    if handoff is not None and conversation_id is None:
+        return refuse(request, 404, f"There is no handoff {handoff} with a conversation.")
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
+    await ws.prepare(request)
+    stream = _Stream(services, ws, current(request).token_hash)
+    await stream.run(queue, conversation_id, _number(request.query.get("since")) or 0)
+    return ws
+
+
+class _Stream:
+    """One open console socket: its subscriptions and the sends to it."""
+
+    def __init__(self, services: Services, ws: web.WebSocketResponse, token_hash: str) -> None:
+        self.services, self.ws, self.token_hash = services, ws, token_hash
+        self.lock = asyncio.Lock()
+
+    async def run(self, queue: bool, conversation_id: int | None, since: int) -> None:
+        """Subscribe, catch up, forward until the page goes away."""
+        async with AsyncExitStack() as stack:
+            topics = ([QUEUE] if queue else []) + ([conversation_id] if conversation_id else [])
+            feeds = [await stack.enter_async_context(self.services.hub.watch(topic)) for topic in topics]
+            if queue:
+                await self.send({"type": "queue", "handoffs": urgent_first(await self.services.handoffs.queue())})
+            if conversation_id:
+                await self._history(conversation_id, since)
+            forwarders = [asyncio.create_task(self._forward(feed)) for feed in feeds]
+            try:
+                await self._until_closed()
+            finally:
+                for task in forwarders:
+                    task.cancel()
+
+    async def _until_closed(self) -> None:
+        """Wait for the page to go (it sends nothing we need), closing the socket if its login ends."""
+        while not self.ws.closed:
+            try:
+                frame = await self.ws.receive(timeout=SESSION_CHECK)
+            except TimeoutError:
+                if not await self._logged_in():
+                    await self.ws.close(code=LOGGED_OUT, message=b"logged out")
+                continue
+            if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
+
+    async def _logged_in(self) -> bool:
+        async with self.services.sessions() as session:
+            return await session_operator(session, self.token_hash, self.services.clock.now()) is not None
+
+    async def _history(self, conversation_id: int, since: int) -> None:
+        async with self.services.sessions() as session:
+            messages = await conversation_messages(session, conversation_id, since, TRANSCRIPT_LIMIT)
+        for message in messages:
+            await self.send(message_frame(message))
+
+    async def _forward(self, feed: asyncio.Queue) -> None:
+        while True:
+            item = await feed.get()
+            await self.send(message_frame(item) if isinstance(item, Message) else item)
+
+    async def send(self, frame: dict) -> None:
+        """One frame to the page; a page that went away misses nothing it cannot get on reload."""
+        if self.ws.closed:
+            return
+        async with self.lock:
+            with contextlib.suppress(ConnectionError):
+                await self.ws.send_json(frame)
+
+
+async def _conversation_of(services: Services, handoff_id: int) -> int | None:
+    async with services.sessions() as session:
+        handoff = await session.get(Handoff, handoff_id)
+    return handoff.conversation_id if handoff else None
+
+
+def _number(raw: str | None) -> int | None:
+    return int(raw) if raw and raw.isdigit() and len(raw) < 10 else None

@@ -1,0 +1,207 @@
+/* Kindling console: live queue and conversation over /console/ws, SLA timers, replies without a reload.
+ * Plain JavaScript, no build step. The pages work without it (forms post and redirect); this only
+ * keeps them current. Everything from the server goes into the page with textContent, never as HTML. */
+(function () {
+  "use strict";
+  var script = document.currentScript;
+  var queueTable = document.querySelector("[data-queue]");
+  var rowTemplate = document.getElementById("queue-row");
+  var messages = document.querySelector("[data-messages]");
+  var status = document.querySelector("p.status[data-handoff-id]");
+  var liveNote = document.querySelector("[data-live-note]");
+  var watchQueue = script && script.hasAttribute("data-watch-queue");
+  var handoff = messages && messages.getAttribute("data-handoff");
+
+  // --- SLA timers: seconds left as the server counted them, ticking on from when they arrived -----
+  function clockText(seconds) {
+    var whole = Math.abs(Math.trunc(seconds)), text = Math.floor(whole / 60) + ":" + String(whole % 60).padStart(2, "0");
+    return seconds >= 0 ? text + " left" : "late by " + text;
+  }
+  function startTimer(el, secondsLeft) {
+    el.setAttribute("data-left", String(secondsLeft));
+    el.kindlingDeadline = Date.now() + secondsLeft * 1000;
+  }
+  function tick() {
+    document.querySelectorAll(".sla[data-left]").forEach(function (el) {
+      if (el.kindlingDeadline === undefined) startTimer(el, parseFloat(el.getAttribute("data-left")) || 0);
+      var left = (el.kindlingDeadline - Date.now()) / 1000;
+      el.textContent = clockText(left);
+      el.classList.toggle("late", left < 0);
+    });
+  }
+
+  // --- The queue: rows drawn from the row template, most urgent first ----------------------------
+  var RANK = { waiting: 0, claimed: 1 };
+  function field(row, name) { return row.querySelector('[data-field="' + name + '"]'); }
+  function fill(row, h) {
+    row.setAttribute("data-id", String(h.id));
+    row.setAttribute("data-status", h.status);
+    row.setAttribute("data-due", h.sla_due_at);
+    row.setAttribute("data-score", String(h.score || 0));
+    row.classList.toggle("late", !!h.breached || (h.status === "waiting" && h.sla_seconds_left < 0));
+    var name = field(row, "name");
+    name.textContent = h.name || "(no name)";
+    name.setAttribute("href", "/console/handoffs/" + encodeURIComponent(h.id));
+    field(row, "lead_id").textContent = String(h.lead_id);
+    field(row, "reason").textContent = h.reason || "";
+    field(row, "trigger").textContent = h.trigger || "";
+    field(row, "score").textContent = String(Math.round(h.score || 0));
+    field(row, "channel").textContent = h.channel || "-";
+    field(row, "holder").textContent = h.claimed_by ? "taken by " + h.claimed_by : "waiting";
+    var sla = field(row, "sla");
+    if (h.status === "waiting") startTimer(sla, h.sla_seconds_left);
+    else { sla.removeAttribute("data-left"); sla.textContent = ""; }
+    var take = row.querySelector("form.take");
+    if (take) {
+      take.setAttribute("action", "/console/handoffs/" + encodeURIComponent(h.id) + "/take");
+      take.hidden = h.status !== "waiting";
+    }
+  }
+  function rowOf(id) { return queueTable.querySelector('tbody tr[data-id="' + String(id) + '"]'); }
+  function upsert(h) {
+    var row = rowOf(h.id);
+    if (!row) {
+      row = rowTemplate.content.firstElementChild.cloneNode(true);
+      queueTable.tBodies[0].appendChild(row);
+    }
+    fill(row, h);
+  }
+  function remove(id) { var row = rowOf(id); if (row) row.remove(); }
+  function urgency(row) {
+    var status = row.getAttribute("data-status");
+    return [status in RANK ? RANK[status] : 2, Date.parse(row.getAttribute("data-due")) || 0,
+      -parseFloat(row.getAttribute("data-score") || "0"), parseInt(row.getAttribute("data-id"), 10)];
+  }
+  function compare(a, b) {
+    var x = urgency(a), y = urgency(b);
+    for (var i = 0; i < x.length; i++) if (x[i] !== y[i]) return x[i] < y[i] ? -1 : 1;
+    return 0;
+  }
+  function arrange() {
+    var body = queueTable.tBodies[0], rows = Array.prototype.slice.call(body.rows).sort(compare);
+    rows.forEach(function (row) { body.appendChild(row); });
+    document.getElementById("queue-count").textContent = String(rows.length);
+    document.querySelector("[data-empty]").hidden = rows.length > 0;
+    tick();
+  }
+  function onQueue(list) {
+    var keep = {};
+    list.forEach(function (h) { keep[h.id] = true; upsert(h); });
+    Array.prototype.slice.call(queueTable.tBodies[0].rows).forEach(function (row) {
+      if (!keep[row.getAttribute("data-id")]) row.remove();
+    });
+    arrange();
+  }
+  function onHandoff(frame) {
+    if (frame.change === "closed") remove(frame.handoff.id); else upsert(frame.handoff);
+    arrange();
+  }
+
+  // --- The conversation page: its handoff changing under the operator, and live messages ----------
+  function changed(h) {
+    if (!status || String(h.id) !== status.getAttribute("data-handoff-id")) return;
+    var was = status.getAttribute("data-status"), now = h.status;
+    if (now === was) return;
+    var note = document.querySelector("[data-changed]");
+    note.textContent = now === "claimed" ? "Taken by " + h.claimed_by + ". " : "Handed back. ";
+    var reload = document.createElement("a");
+    reload.href = location.pathname;
+    reload.textContent = "Reload to see it.";
+    note.appendChild(reload);
+    note.hidden = false;
+  }
+  var since = 0;
+  if (messages) messages.querySelectorAll("li[data-id]").forEach(function (li) {
+    since = Math.max(since, parseInt(li.getAttribute("data-id"), 10) || 0);
+  });
+  function onMessage(m) {
+    if (!messages || messages.querySelector('li[data-id="' + String(m.id) + '"]')) return;
+    var li = document.createElement("li"), meta = document.createElement("span"), text = document.createElement("span");
+    li.className = "from-" + String(m.from).replace(/[^a-z]/g, "");
+    li.setAttribute("data-id", String(m.id));
+    meta.className = "meta";
+    meta.textContent = String(m.at).replace("T", " ").slice(0, 16) + " UTC · " + m.from;
+    text.className = "text";
+    text.textContent = m.text;
+    li.appendChild(meta);
+    li.appendChild(text);
+    messages.appendChild(li);
+    document.querySelector(".transcript [data-empty]").hidden = true;
+    since = Math.max(since, m.id);
+    li.scrollIntoView({ block: "nearest" });
+  }
+
+  // --- One socket per page, reconnecting with backoff ------------------------------------------
+  var attempt = 0;
+  function address() {
+    var params = [];
+    if (watchQueue) params.push("queue=1");
+    if (handoff) params.push("handoff=" + encodeURIComponent(handoff), "since=" + since);
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/console/ws?" + params.join("&");
+  }
+  function say(text) {
+    if (!liveNote) return;
+    liveNote.textContent = text;
+    liveNote.hidden = !text;
+  }
+  function onSnapshot(list) {
+    if (queueTable) return onQueue(list);
+    if (!status) return;
+    var own = status.getAttribute("data-handoff-id"), found = null;
+    list.forEach(function (h) { if (String(h.id) === own) found = h; });
+    changed(found || { id: own, status: "closed" }); // not in the queue: handed back
+  }
+  function onFrame(frame) {
+    if (frame.type === "queue") onSnapshot(frame.handoffs);
+    else if (frame.type === "handoff" && queueTable) onHandoff(frame);
+    else if (frame.type === "handoff") changed(frame.handoff);
+    else if (frame.type === "message") onMessage(frame);
+  }
+  function connect() {
+    var ws = new WebSocket(address());
+    ws.onopen = function () { attempt = 0; say(""); document.body.setAttribute("data-live", "on"); };
+    ws.onmessage = function (event) {
+      var frame;
+      try { frame = JSON.parse(event.data); } catch (e) { return; }
+      onFrame(frame);
+    };
+    ws.onclose = function (event) {
+      document.body.setAttribute("data-live", "off");
+      if (event.code === 4401) return say("You were logged out: reload the page to log in again.");
+      var wait = Math.min(30000, 1000 * Math.pow(2, attempt++)) * (0.5 + Math.random() / 2);
+      say("Live updates paused; reconnecting…");
+      setTimeout(connect, wait);
+    };
+  }
+
+  // --- Replies without a reload (the form still posts on its own when this script is missing) ----
+  var reply = document.querySelector("form[data-reply]");
+  if (reply) {
+    var box = reply.querySelector("textarea"), error = reply.querySelector("[data-reply-error]");
+    var showError = function (text) { error.textContent = text; error.hidden = !text; };
+    reply.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var body = new URLSearchParams(new FormData(reply));
+      var button = reply.querySelector("button[type=submit]");
+      button.disabled = true;
+      fetch(reply.action, {
+        method: "POST", body: body, credentials: "same-origin",
+        headers: { "Accept": "application/json", "X-CSRF-Token": body.get("csrf_token") },
+      }).then(function (answer) {
+        return answer.json().then(function (data) {
+          if (!answer.ok) throw new Error(data.error || "not sent (" + answer.status + ")");
+          box.value = "";
+          showError("");
+        });
+      }).catch(function (e) { showError("Not sent: " + e.message); })
+        .then(function () { button.disabled = false; box.focus(); });
+    });
+    box.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) reply.requestSubmit();
+    });
+  }
+
+  tick();
+  setInterval(tick, 1000);
+  if (watchQueue || handoff) connect();
+})();
