@@ -183,11 +183,11 @@ async def _conversations(
     """The conversations a nurture message can go to, per lead, in one query."""
     reach: defaultdict[int, list[Conversation]] = defaultdict(list)
     if lead_ids and channels:
-        query = select(Conversation).where(
-            Conversation.lead_id.in_(list(lead_ids)), Conversation.channel.in_(list(channels))
-        )
-        for conversation in await session.exec(query):
-            reach[conversation.lead_id].append(conversation)
+        # By lead only: with the channel in the query SQLite picks the (channel, external_id) index and
+        # walks every conversation on that channel, which grows with the number of leads.
+        for conversation in await session.exec(select(Conversation).where(Conversation.lead_id.in_(list(lead_ids)))):
+            if conversation.channel in channels:
+                reach[conversation.lead_id].append(conversation)
     return reach
 
 
