@@ -65,10 +65,13 @@ class Runner:
         if not enrollments:
             return 0
         leads = await _leads(session, {enrollment.lead_id for enrollment in enrollments})
-        reach = await _conversations(session, leads.keys(), self.engine.channels)
+        for enrollment in enrollments:  # a lead merged into another since: the survivor gets the step
+            if enrollment.lead_id not in leads:
+                leads[enrollment.lead_id] = await get_lead(session, enrollment.lead_id)
+        reach = await _conversations(session, {lead.id for lead in leads.values()}, self.engine.channels)
         outbox: list[dict[str, Any]] = []
         for enrollment in enrollments:
-            lead = leads.get(enrollment.lead_id) or await get_lead(session, enrollment.lead_id)
+            lead = leads[enrollment.lead_id]
             await self._advance(session, enrollment, lead, reach[lead.id], outbox, now)
         if outbox:
             await session.exec(_insert_once(session), params=outbox)
