@@ -16,6 +16,7 @@ from bot.handoff_notify import Notifier
 from bot.handoffs import Handoffs
 from bot.hub import Hub
 from bot.intake import Intake, Received
+from bot.metrics import Metrics
 from flows.clock import Clock
 from flows.library import FlowLibrary
 from flows.runner import Runner
@@ -41,12 +42,15 @@ class Services:
     handoffs: Handoffs
     notifier: Notifier
     secret_key: bytes = b""
+    metrics: Metrics = field(default_factory=Metrics)
     tasks: set[asyncio.Task] = field(default_factory=set)
 
     def after_commit(self, received: Received) -> None:
         """Show the message live, send the replies and announce a handoff, without holding up the HTTP answer."""
         if received.message is not None:
             self.hub.publish(received.message.conversation_id, received.message)
+            if received.message.direction == "in":
+                self.metrics.inbound.inc()
         if received.delivery_ids:
             self.spawn(self.dispatcher.send_now(received.delivery_ids))
         if received.handoff_id is not None:

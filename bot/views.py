@@ -1,10 +1,11 @@
-"""Pages that are not a channel or the API: the demo page and the health check."""
+"""Pages that are not a channel or the API: the demo page, the health check and the metrics."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from bot.services import SERVICES
@@ -14,9 +15,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 
 def routes(app: web.Application) -> None:
-    """Mount the demo page and /healthz."""
+    """Mount the demo page, /healthz and /metrics."""
     app.router.add_get("/", demo_page)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
 
 
 async def demo_page(request: web.Request) -> web.FileResponse:
@@ -32,3 +34,10 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception as exc:  # any failure to reach the database means unhealthy
         raise DatabaseUnavailable(str(exc)) from exc
     return web.json_response({"ok": True, "database": "reachable"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text: inbound messages, deliveries by status, backlogs, waiting handoffs, SLA breaches."""
+    services = request.app[SERVICES]
+    body = await services.metrics.read(services.sessions, services.clock.now())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
