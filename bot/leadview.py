@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import select
 
 from bot.config import Settings
-from flows.reactions import ledger
+from flows.reactions import lead_contacts, ledger
 from flows.scoring import explanation_text
 from storage.db import Sessions
 from storage.leads import get_lead
@@ -44,11 +44,7 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
     reasons = settings.scoring.explain(lines, now)
     return {
         "id": lead.id,
-        "name": " ".join(part for part in (lead.first_name, lead.last_name) if part) or None,
-        "email": lead.email,
-        "phone": lead.phone,
-        "locale": lead.locale,
-        "timezone": lead.timezone,
+        **lead_contacts(lead),
         "stage": lead.stage,
         "stage_since": lead.stage_at.isoformat(),
         "score": score,

@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flows.reactions import ledger
+from flows.reactions import lead_contacts, ledger
 from flows.scoring import Scoring, explanation_text
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead, Message
 
@@ -25,11 +25,7 @@ async def build_card(
     score, reasons = scoring.score(lines, now), scoring.explain(lines, now)[:TOP_REASONS]
     return {
         "lead_id": lead.id,
-        "name": " ".join(part for part in (lead.first_name, lead.last_name) if part) or None,
-        "email": lead.email,
-        "phone": lead.phone,
-        "locale": lead.locale,
-        "timezone": lead.timezone,
+        **lead_contacts(lead),
         "channel": conversation.channel if conversation else None,
         "conversation_id": conversation.id if conversation else None,
         "first_touch": dict(lead.first_touch),

@@ -43,6 +43,17 @@ def lead_context(lead: Lead) -> dict[str, Any]:
     }
 
 
+def lead_contacts(lead: Lead) -> dict[str, Any]:
+    """Who the lead is and how to reach them, as the context card and the lead report show it."""
+    return {
+        "name": " ".join(part for part in (lead.first_name, lead.last_name) if part) or None,
+        "email": lead.email,
+        "phone": lead.phone,
+        "locale": lead.locale,
+        "timezone": lead.timezone,
+    }
+
+
 def event_context(event: Event) -> dict[str, Any]:
     """What stage rules and flow expressions see as `event`; every key present."""
     payload = event.payload
