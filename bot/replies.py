@@ -51,7 +51,8 @@ def reply_deliveries(
     deliveries = []
     for name, extra, buttons in planned:
         key = f"reply:{event.id}:{name}"
-        if (delivery := system_message(messages, name, extra, lead, conversation, key, now, buttons)) is not None:
+        delivery = system_message(messages, name, extra, lead, conversation, key, now, buttons, kind="reply")
+        if delivery is not None:
             deliveries.append(delivery)
     return deliveries
 
@@ -65,6 +66,7 @@ def system_message(
     key: str,
     now: datetime,
     buttons: list | None = None,
+    kind: str = "system",
 ) -> Delivery | None:
     """One of the bot's own messages as an outbox row keyed `key`; None (and a log line) if it does not render."""
     try:
@@ -77,7 +79,7 @@ def system_message(
         conversation_id=conversation.id,
         channel=conversation.channel,
         address=conversation.external_id,
-        kind="reply" if key.startswith("reply:") else "system",
+        kind=kind,
         priority=1,
         text=text,
         buttons=buttons or [],
