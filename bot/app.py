@@ -11,7 +11,8 @@ from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from bot import api, views
-from bot.channels import CHANNELS
+from bot.api.auth import guard as api_guard
+from bot.channels.registry import CHANNELS
 from bot.config import Settings
 from bot.console.mount import mount_console
 from bot.dispatcher import Dispatcher
@@ -41,7 +42,7 @@ STEP_BATCH = 200
 
 def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = True) -> web.Application:
     """A ready-to-run application; `ticks=False` leaves the periodic dispatcher to the caller (tests)."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors, api_guard])
     database = create_engine(settings.database_url)
     sessions = sessionmaker(database)
     clock = clock or SystemClock()

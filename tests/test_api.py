@@ -100,4 +100,4 @@ async def test_keys_and_malformed_json(client, make_client, settings):
 
     keyless = await make_client(settings.with_(api_key=None))
     response = await keyless.post("/api/events", json={}, headers=AUTH)
-    assert response.status == 403 and "KINDLING_API_KEY" in (await response.json())["error"]
+    assert response.status == 401 and "KINDLING_API_KEY" in (await response.json())["error"]

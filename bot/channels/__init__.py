@@ -1,11 +1,1 @@
-"""The channel registry: every adapter, by name, in one place."""
-
-from bot.channels.telegram import TelegramChannel
-from bot.channels.webchat import WebchatChannel
-from bot.channels.webhook import WebhookChannel
-
-CHANNELS = {
-    WebchatChannel.name: WebchatChannel,
-    TelegramChannel.name: TelegramChannel,
-    WebhookChannel.name: WebhookChannel,
-}
+"""Channel adapters: webchat, telegram, webhook (the registry is bot.channels.registry)."""

@@ -1,14 +1,14 @@
-"""The JSON API for the site's backend and other systems (API key): events in, leads out."""
+"""The events API for the site's backend: signup, cart, purchase, any name; and one lead's report."""
 
 from __future__ import annotations
 
-import hmac
 import re
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
+from bot.api.auth import scope
 from bot.channels.base import Inbound, Profile
 from bot.contacts import normalize_email, normalize_phone
 from bot.leadview import lead_report
@@ -19,27 +19,9 @@ _EVENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 _DEDUP_ID = re.compile(r"^[\w.:-]{1,128}$")
 
 
-def routes(app: web.Application) -> None:
-    """Mount /api/... ."""
-    app.router.add_post("/api/events", post_event)
-    app.router.add_get("/api/leads/{id}", get_lead)
-
-
-def _authorized(request: web.Request) -> web.Response | None:
-    """None when the request carries the API key, else the error answer."""
-    key = request.app[SERVICES].settings.api_key
-    if not key:
-        return json_error(403, "the API is disabled: set KINDLING_API_KEY")
-    given = request.headers.get("X-Api-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
-    if not hmac.compare_digest(given.encode(), key.encode()):
-        return json_error(401, "missing or wrong API key (send it as 'Authorization: Bearer <key>')")
-    return None
-
-
+@scope("events:write")
 async def post_event(request: web.Request) -> web.Response:
     """Record a backend event (signup, cart, purchase, any name) for a lead; repeats by `id` count once."""
-    if (denied := _authorized(request)) is not None:
-        return denied
     body = await request.json()
     services = request.app[SERVICES]
     try:
@@ -110,10 +92,9 @@ def _time(value: Any, now: datetime) -> datetime:
     return at
 
 
+@scope("leads:read")
 async def get_lead(request: web.Request) -> web.Response:
     """One lead with score explanation, stages, conversations, events and deliveries."""
-    if (denied := _authorized(request)) is not None:
-        return denied
     try:
         lead_id = int(request.match_info["id"])
     except ValueError:
