@@ -18,7 +18,7 @@ from bot.console.mount import mount_console
 from bot.dispatcher import Dispatcher
 from bot.handoff_notify import Notifier
 from bot.handoffs import Handoffs
-from bot.hub import Hub
+from bot.hub import Hub, PostgresHub
 from bot.intake import Intake
 from bot.messages import SystemMessages
 from bot.middlewares import errors
@@ -29,7 +29,7 @@ from flows.library import FlowLibrary
 from flows.runner import Runner
 from flows.scheduler import start_ticks
 from flows.sweeps import Sweeps
-from storage.db import create_engine, sessionmaker
+from storage.db import create_engine, is_sqlite, sessionmaker
 from storage.models import Setting
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
     clock = clock or SystemClock()
     messages = SystemMessages(settings.templates)
     channels: dict = {}
-    hub = Hub()
+    hub = PostgresHub(settings.database_url, sessions) if not is_sqlite(settings.database_url) else Hub()
     library = FlowLibrary(settings.templates, settings.stages.order)
     engine = Engine(library, settings.stages, channels, scoring=settings.scoring, handoff=settings.handoff)
     dispatcher = Dispatcher(sessions, channels, hub, clock, settings.policy)
@@ -82,6 +82,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         messages.check()
         library.load()  # a flow that fails lint is logged and left out; the rest run
         services.secret_key = await _secret_key(settings, sessions)
+        await hub.start()
         for channel in channels.values():
             await channel.start()
         if notifier.room is None:
@@ -91,6 +92,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         await services.drain()
+        await hub.stop()
         for channel in channels.values():
             await channel.stop()
         await database.dispose()

@@ -11,7 +11,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.channels.base import Channel, SendResult
-from bot.hub import Hub
+from bot.hub import Hub, message_frame
 from flows.clock import Clock
 from flows.optout import opt_out
 from flows.safety import Policy, local_day_start, nurture_verdict
@@ -94,7 +94,7 @@ class Dispatcher:
                 result = SendResult.retry(f"{type(exc).__name__}: {exc}")
         message = await transaction(self.sessions, lambda session: self._record(session, delivery, result))
         if message is not None:
-            self.hub.publish(message.conversation_id, message)
+            self.hub.publish(message.conversation_id, message_frame(message))
 
     async def _nurture_allowed(self, session: AsyncSession, delivery: Delivery) -> bool:
         """Apply opt-out, owner, quiet hours and the daily cap; a held-back row says why."""

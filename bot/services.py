@@ -14,7 +14,7 @@ from bot.config import Settings
 from bot.dispatcher import Dispatcher
 from bot.handoff_notify import Notifier
 from bot.handoffs import Handoffs
-from bot.hub import Hub
+from bot.hub import Hub, message_frame
 from bot.intake import Intake, Received
 from bot.metrics import Metrics
 from flows.clock import Clock
@@ -48,7 +48,7 @@ class Services:
     def after_commit(self, received: Received) -> None:
         """Show the message live, send the replies and announce a handoff, without holding up the HTTP answer."""
         if received.message is not None:
-            self.hub.publish(received.message.conversation_id, received.message)
+            self.hub.publish(received.message.conversation_id, message_frame(received.message))
             if received.message.direction == "in":
                 self.metrics.inbound.inc()
         if received.delivery_ids:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
+from bot.hub import message_frame
 from storage.models import Lead, Message
 
 from conftest import rows, services_of
@@ -165,7 +166,7 @@ async def test_an_operator_message_shows_a_badge_and_its_buttons_answer(client, 
         )
         session.add(reply)
         await session.commit()
-    services_of(client).hub.publish(reply.conversation_id, reply)
+    services_of(client).hub.publish(reply.conversation_id, message_frame(reply))
 
     badge = page.locator(".kindling-badge")
     await expect(badge).to_have_text("1")

@@ -135,9 +135,10 @@ async def test_while_an_operator_holds_it_the_bot_is_silent_and_messages_go_live
 
     async with services_of(client).hub.watch(handoff.conversation_id) as live:
         await post(client, payload("message_text", update_id=730118200, text="Hello? Anyone?"))
+        await services_of(client).hub.flush()
         message = live.get_nowait()
 
-    assert (message.author, message.text) == ("visitor", "Hello? Anyone?")
+    assert (message["from"], message["text"]) == ("visitor", "Hello? Anyone?")
     assert len(fake_telegram.sent_messages(CHAT)) == sent_before
 
 
@@ -152,7 +153,7 @@ async def test_an_unreachable_group_still_leaves_the_console_told_and_is_retried
     caplog.set_level(logging.WARNING)
     async with services_of(client).hub.watch(QUEUE) as queue:
         handoff = await warm_lead(client, db)
-        assert published(queue) == [("opened", handoff.id)]
+        assert await published(services_of(client).hub, queue) == [("opened", handoff.id)]
 
     assert handoff.console_notified_at is not None and handoff.telegram_notified_at is None
     assert description.split(":")[0] in handoff.notify_error

@@ -42,7 +42,8 @@ def _forget_unread_frames():
 async def say(client, ws, text, client_id=None):
     """Send a message, wait for its ack (keeping other frames for `next_from`), let replies go out."""
     client_id = client_id or str(uuid.uuid4())
-    await ws.send_json({"type": "message", "id": client_id, "text": text})
+    # As a browser's JSON.stringify does: UTF-8, not \u escapes.
+    await ws.send_str(json.dumps({"type": "message", "id": client_id, "text": text}, ensure_ascii=False))
     while (frame := await ws.receive_json(timeout=5))["type"] != "ack":
         _unread.setdefault(id(ws), []).append(frame)
     assert frame["id"] == client_id

@@ -255,8 +255,7 @@ class _Session:
 
     async def _forward(self, queue: asyncio.Queue) -> None:
         while True:
-            message = await queue.get()
-            await self._send(message_frame(message))
+            await self._send(await queue.get())
 
     async def _send(self, frame: dict) -> None:
         if self.ws.closed:

@@ -30,7 +30,7 @@ from bot.console.roles import allowed
 from bot.hub import QUEUE, message_frame
 from bot.services import SERVICES, Services
 from storage.leadsearch import conversation_messages
-from storage.models import Handoff, Message
+from storage.models import Handoff
 from storage.operators import session_operator
 
 HEARTBEAT = 30.0
@@ -112,8 +112,7 @@ class _Stream:
 
     async def _forward(self, feed: asyncio.Queue) -> None:
         while True:
-            item = await feed.get()
-            await self.send(message_frame(item) if isinstance(item, Message) else item)
+            await self.send(await feed.get())
 
     async def send(self, frame: dict) -> None:
         """One frame to the page; a page that went away misses nothing it cannot get on reload."""
