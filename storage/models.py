@@ -262,3 +262,10 @@ class Setting(SQLModel, table=True):
 
     key: str = Field(primary_key=True)
     value: str
+
+
+class Pace(SQLModel, table=True):
+    """A send budget every instance shares (PostgreSQL): when its next slot is free (see storage/pace.py)."""
+
+    key: str = Field(primary_key=True)  # "telegram" overall, "telegram:<chat id>" per chat
+    tat: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))  # theoretical arrival time

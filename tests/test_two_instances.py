@@ -6,8 +6,9 @@ Telegram Bot API. Each claims due enrollments and outbox rows on its own schedul
 they must make exactly 1,000 sendMessage calls, one per lead, and leave the database saying so.
 
 The servers run on the real clock: waits here are bounded waits for other processes, never a way of
-moving the app's time. Each process paces its Telegram sends to about 30 a second, so the 1,000 sends
-take some 17 seconds.
+moving the app's time. Telegram allows about 30 sends a second: on SQLite each process paces itself
+(some 17 seconds for the 1,000 sends); on PostgreSQL the two share one budget in the database (some
+33 seconds).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,7 +49,9 @@ from bot.channels.telegram_operators import OperatorsGroup
 from bot.channels.webchat import visitor_link
 from bot.middlewares import json_error
 from bot.services import Services
+from storage.db import is_sqlite
 from storage.models import Delivery
+from storage.pace import SharedPace
 
 log = logging.getLogger(__name__)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -66,18 +68,31 @@ class TelegramPacing(AIORateLimiter):
 
     A chat may get a short burst (a reply and a question), then one message a second. Nothing waits
     on a 429 here: the delivery is rescheduled after `retry_after`, so other leads are not held up.
+    With `shared` (PostgreSQL), the budgets are kept in the database, so several instances together
+    stay within them; otherwise (SQLite: one instance) they are kept in this process.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedPace | None = None) -> None:
         super().__init__(max_retries=0)
         self.chats: dict[int, AsyncLimiter] = {}
+        self.shared = shared
 
     async def process_request(self, callback, args, kwargs, endpoint, data, rate_limit_args):  # type: ignore[no-untyped-def]
         chat_id = data.get("chat_id")
+        if self.shared is not None and chat_id is not None:
+            return await self._shared_slot(chat_id, lambda: callback(*args, **kwargs))
         if not (isinstance(chat_id, int) and chat_id > 0):
             return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
         async with self._chat(chat_id):
             return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+
+    async def _shared_slot(self, chat_id: int | str, send: Callable[[], Awaitable[Any]]) -> Any:
+        """The chat's slot first (it may be a second away), then the overall one (milliseconds)."""
+        assert self.shared is not None
+        group = isinstance(chat_id, str) or int(chat_id) < 0
+        await self.shared.wait(f"telegram:{chat_id}", *((3.0, 3) if group else (1.0, 3)))
+        await self.shared.wait("telegram", 1 / 30)
+        return await send()
 
     def _chat(self, chat_id: int) -> AsyncLimiter:
         if len(self.chats) > 10_000:  # forget idle chats so the table does not grow forever
@@ -109,7 +124,7 @@ class TelegramChannel:
             .base_url(f"{self.api_url}/bot")
             .base_file_url(f"{self.api_url}/file/bot")
             .updater(None)
-            .rate_limiter(TelegramPacing())
+            .rate_limiter(TelegramPacing(None if is_sqlite(settings.database_url) else SharedPace(services.sessions)))
             .build()
         )
         self.connected = False

@@ -1,0 +1,69 @@
+"""Several instances on PostgreSQL share one Telegram budget (30 messages/s overall, about 1/s per chat).
+
+Each instance reserves a slot per send in the database; these tests read the slots granted, which are
+exact, instead of timing the sends. On SQLite Kindling runs as one instance and paces in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from storage.db import create_engine, is_sqlite, sessionmaker
+from storage.models import Pace
+from storage.pace import SharedPace
+
+from conftest import rows, services_of
+from fake_telegram import TOKEN
+from test_telegram import CHAT, SECRET, payload, post
+
+OVERALL = 1 / 30
+
+
+@pytest.fixture
+async def instances(database_url):
+    """The budgets as two instances see them: two engines (connection pools) on one database."""
+    if is_sqlite(database_url):
+        pytest.skip("shared budgets need PostgreSQL (set KINDLING_TEST_DATABASE_URL)")
+    engines = [create_engine(database_url) for _ in range(2)]
+    yield [SharedPace(sessionmaker(engine)) for engine in engines]
+    for engine in engines:
+        await engine.dispose()
+
+
+async def test_two_instances_asking_at_once_get_slots_a_thirtieth_of_a_second_apart(instances):
+    a, b = instances
+    slots = await asyncio.gather(*(pace.reserve("telegram", OVERALL) for pace in [a, b] * 45))
+
+    starts = sorted(slot.start for slot in slots)
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= timedelta(seconds=OVERALL) - timedelta(microseconds=2)
+    assert starts[-1] - starts[0] >= timedelta(seconds=89 * OVERALL) - timedelta(microseconds=100)
+    assert sum(slot.wait > 0 for slot in slots) >= 80  # most had to wait for their turn
+
+
+async def test_a_chat_gets_a_burst_of_three_then_one_a_second_and_other_chats_are_not_held_up(instances, db):
+    a, b = instances
+    first = [await (a if i % 2 else b).reserve("telegram:42", 1.0, 3) for i in range(5)]
+    other = await a.reserve("telegram:43", 1.0, 3)
+
+    assert [slot.wait for slot in first[:3]] == [0.0, 0.0, 0.0]
+    assert first[3].start - first[0].reserved_at >= timedelta(seconds=1) - timedelta(milliseconds=1)
+    assert first[4].start - first[3].start == timedelta(seconds=1)
+    assert other.wait == 0.0
+    assert sorted(row.key for row in await rows(db, Pace)) == ["telegram:42", "telegram:43"]
+
+
+async def test_on_postgresql_the_bot_takes_its_slots_from_the_shared_budget(make_client, settings, db, fake_telegram):
+    if is_sqlite(settings.database_url):
+        pytest.skip("shared budgets need PostgreSQL (set KINDLING_TEST_DATABASE_URL)")
+    client = await make_client(
+        settings.with_(telegram_token=TOKEN, telegram_secret=SECRET, telegram_api_url=fake_telegram.url)
+    )
+    assert (await post(client, payload("message_text"))).status == 200
+    await services_of(client).drain()
+
+    assert fake_telegram.texts(CHAT) == ["Hi Ann! Thanks for reaching out. How can we help you today?"]
+    assert sorted(row.key for row in await rows(db, Pace)) == ["telegram", f"telegram:{CHAT}"]
