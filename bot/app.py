@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +38,7 @@ FLOW_RELOAD_SECONDS = 2.0
 SWEEP_SECONDS = 30.0
 HANDOFF_SECONDS = 5.0
 STEP_BATCH = 200
+SEND_BATCH = 100
 
 
 def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = True) -> web.Application:
@@ -51,7 +52,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
     hub = PostgresHub(settings.database_url, sessions) if not is_sqlite(settings.database_url) else Hub()
     library = FlowLibrary(settings.templates, settings.stages.order)
     engine = Engine(library, settings.stages, channels, scoring=settings.scoring, handoff=settings.handoff)
-    dispatcher = Dispatcher(sessions, channels, hub, clock, settings.policy)
+    dispatcher = Dispatcher(sessions, channels, hub, clock, settings.policy, settings.outbox_lease)
     notifier = Notifier(sessions, clock, hub, dispatcher, messages, settings.handoff)
     services = Services(
         settings=settings,
@@ -108,19 +109,26 @@ def _jobs(services: Services) -> list:
         await asyncio.to_thread(services.library.reload)
 
     async def run_steps() -> None:
-        # Keep going while batches come back full, so a backlog is not capped at one batch per tick.
-        deadline = asyncio.get_running_loop().time() + TICK_SECONDS
-        while await services.runner.run_due(STEP_BATCH) == STEP_BATCH:
-            if asyncio.get_running_loop().time() > deadline:
-                break
+        await _while_full(lambda: services.runner.run_due(STEP_BATCH), STEP_BATCH)
+
+    async def dispatch() -> None:
+        await _while_full(lambda: services.dispatcher.dispatch_due(SEND_BATCH), SEND_BATCH)
 
     return [
         (reload_flows, FLOW_RELOAD_SECONDS),
         (run_steps, TICK_SECONDS),
-        (services.dispatcher.dispatch_due, TICK_SECONDS),
+        (dispatch, TICK_SECONDS),
         (services.sweeps.run, SWEEP_SECONDS),
         (services.notifier.tick, HANDOFF_SECONDS),
     ]
+
+
+async def _while_full(batch: Callable[[], Awaitable[int]], size: int) -> None:
+    """Run batches while they come back full, for up to a tick, so a backlog is not capped at one per tick."""
+    deadline = asyncio.get_running_loop().time() + TICK_SECONDS
+    while await batch() == size:
+        if asyncio.get_running_loop().time() > deadline:
+            break
 
 
 def _no_room_reason(settings: Settings) -> str:

@@ -8,6 +8,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import available_timezones
@@ -71,6 +72,7 @@ class Settings:
     console: ConsoleSettings = ConsoleSettings()
     handoff: HandoffPolicy = HandoffPolicy()
     operators_chat: int | None = None
+    outbox_lease: timedelta = timedelta(seconds=60)
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests, CLI flags)."""
@@ -122,6 +124,7 @@ def settings_from(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         **_nurture(doc.section("nurture"), env),
         handoff=_handoff(doc.section("handoff")),
         operators_chat=_operators_chat(env.get("KINDLING_OPERATORS_CHAT")),
+        outbox_lease=_duration(doc.section("outbox"), "lease", "60s"),
     )
     doc.reject_unknown()
     return settings

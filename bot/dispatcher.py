@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
@@ -20,18 +22,25 @@ from storage.leads import get_lead
 from storage.models import Conversation, Delivery, Message
 
 log = logging.getLogger(__name__)
-LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 8
+SEND_CONCURRENCY = 8  # leads whose messages are being sent at once, per claimed batch
 
 
 class Dispatcher:
     """Sends deliveries exactly once per idempotency key, whichever instance claims them."""
 
     def __init__(
-        self, sessions: Sessions, channels: Mapping[str, Channel], hub: Hub, clock: Clock, policy: Policy
+        self,
+        sessions: Sessions,
+        channels: Mapping[str, Channel],
+        hub: Hub,
+        clock: Clock,
+        policy: Policy,
+        lease: timedelta = timedelta(seconds=60),
     ) -> None:
         self.sessions, self.channels, self.hub, self.clock = sessions, channels, hub, clock
         self.policy = policy
+        self.lease = lease  # how long a claimed row is ours; after that a crashed sender's rows are taken over
 
     async def send_now(self, delivery_ids: Iterable[int]) -> None:
         """Send fresh deliveries right away (the tick picks up whatever this misses)."""
@@ -52,8 +61,7 @@ class Dispatcher:
 
     async def _claim_and_send(self, condition: ColumnElement[bool], limit: int) -> int:
         claimed = await transaction(self.sessions, lambda session: self._claim(session, condition, limit))
-        for delivery in claimed:
-            await self._deliver(delivery)
+        await self._deliver_by_lead(claimed)
         return len(claimed)
 
     async def _claim(self, session: AsyncSession, condition: ColumnElement[bool], limit: int) -> list[Delivery]:
@@ -72,10 +80,28 @@ class Dispatcher:
         await session.exec(
             update(Delivery)
             .where(Delivery.id.in_(ids))
-            .values(status="sending", lease_until=now + LEASE, attempts=Delivery.attempts + 1)
+            .values(status="sending", lease_until=now + self.lease, attempts=Delivery.attempts + 1)
         )
         rows = await session.exec(select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.priority, Delivery.id))
         return list(rows.all())
+
+    async def _deliver_by_lead(self, claimed: list[Delivery]) -> None:
+        """Send each lead's messages in order, several leads at once.
+
+        One lead's messages stay in order (and its daily cap is checked one message at a time); a lead
+        waiting for its chat's pacing slot, or a slow receiver, does not hold up the other leads.
+        """
+        by_lead: dict[int, list[Delivery]] = defaultdict(list)
+        for delivery in claimed:
+            by_lead[delivery.lead_id].append(delivery)
+        leads = iter(by_lead.values())
+
+        async def worker() -> None:
+            for deliveries in leads:  # workers share one iterator: each lead is taken by one of them
+                for delivery in deliveries:
+                    await self._deliver(delivery)
+
+        await asyncio.gather(*(worker() for _ in range(min(SEND_CONCURRENCY, len(by_lead)))))
 
     async def _deliver(self, delivery: Delivery) -> None:
         if delivery.kind == "nurture":
