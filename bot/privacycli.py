@@ -11,7 +11,7 @@ from bot.app import shared_secret_key
 from bot.config import Settings
 from flows.clock import SystemClock
 from storage.db import create_engine, sessionmaker, transaction
-from storage.privacy import erase_person, export_person, find_person
+from storage.privacy import erase_everywhere, export_person, find_person
 
 
 async def export(settings: Settings, lead_id: int, output: Path | None) -> int:
@@ -48,7 +48,7 @@ async def erase(settings: Settings, lead_id: int, yes: bool) -> int:
                 print("nothing erased", file=sys.stderr)
                 return 1
         secret, by, now = await shared_secret_key(settings, sessions), f"cli:{_user()}", SystemClock().now()
-        erased = await transaction(sessions, lambda session: erase_person(session, lead_id, secret, by, now))
+        erased = await erase_everywhere(sessions, lead_id, secret, by, now)
     finally:
         await engine.dispose()
     removed = ", ".join(f"{table} {count}" for table, count in erased.removed.items())

@@ -29,6 +29,7 @@ from sqlalchemy import Column, ColumnElement, Table, delete, insert, select, tup
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.db import Sessions, checkpoint, transaction
 from storage.leads import get_lead
 from storage.models import Erasure, Identity, Lead, Suppression
 
@@ -96,8 +97,8 @@ async def erase_person(session: AsyncSession, lead_id: int, secret: bytes, by: s
     """Delete every row about the person, keep hashed suppression entries and an audit row.
 
     Pending and in-flight deliveries go with the lead: the dispatcher finds their rows gone and stops.
-    Run it in one transaction (`storage.db.transaction`): a row another transaction adds meanwhile fails
-    its foreign key, and the retry finds it.
+    Run it in one transaction (`erase_everywhere` does): a row another transaction adds meanwhile fails its
+    foreign key, and the retry finds it.
     """
     person = await find_person(session, lead_id)
     keys = suppression_keys(person)
@@ -113,6 +114,14 @@ async def erase_person(session: AsyncSession, lead_id: int, secret: bytes, by: s
     await session.flush()
     log.info("lead %s erased by %s: %d rows in %d tables", person.lead_id, by, sum(removed.values()), len(removed))
     return Erased(person.lead_id, removed)
+
+
+async def erase_everywhere(sessions: Sessions, lead_id: int, secret: bytes, by: str, now: datetime) -> Erased:
+    """`erase_person` in its own transaction, then the deleted rows are flushed out of SQLite's log too."""
+    erased = await transaction(sessions, lambda session: erase_person(session, lead_id, secret, by, now))
+    if not await checkpoint(sessions):
+        log.warning("lead %s: erased rows stay in the write-ahead log until the next checkpoint", erased.lead_id)
+    return erased
 
 
 def suppression_keys(person: Person) -> set[tuple[str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -14,6 +15,7 @@ from sqlmodel import SQLModel
 from bot.channels.webchat import token_for
 from bot.channels.webhook import sign
 from bot.config import WebhookSource
+from storage.db import checkpoint, is_sqlite
 from storage.models import Delivery, Enrollment, Erasure, Event, Handoff, Lead, Message, Suppression
 
 from conftest import API_KEY, rows, services_of, templates_with
@@ -203,6 +205,20 @@ async def test_erasing_a_lead_leaves_nothing_about_them_anywhere_and_the_other_l
         again = await app.delete(f"/api/leads/{lead_id}", headers=AUTH)
         assert again.status == 404 and await again.json() == {"error": f"no lead {lead_id}"}
         assert (await app.get(f"/api/leads/{lead_id}/export", headers=AUTH)).status == 404
+
+
+async def test_on_sqlite_the_erased_person_is_gone_from_the_files_on_disk_too(app, db, clock, database_url):
+    if not is_sqlite(database_url):
+        pytest.skip("PostgreSQL keeps dead rows until VACUUM; the README says so")
+    person = await rich_lead(app, db, clock)
+    assert await checkpoint(db)  # what SQLite does every 1000 pages: the person is in the database file now
+    files = sorted(Path(database_url.split(":///", 1)[1]).parent.glob("kindling.db*"))
+    assert any(EMAIL.encode() in path.read_bytes() for path in files)
+
+    assert (await app.delete(f"/api/leads/{person['lead_id']}", headers=AUTH)).status == 200
+
+    for needle in (EMAIL, PHONE, FIRST, LAST, person["visitor"]):
+        assert [path.name for path in files if needle.encode() in path.read_bytes()] == [], needle
 
 
 async def test_the_export_holds_every_row_of_every_table_about_the_person(app, db, clock):

@@ -8,7 +8,7 @@ from bot.api.auth import API_KEY, scope
 from bot.middlewares import json_error
 from bot.services import SERVICES
 from storage.db import transaction
-from storage.privacy import erase_person, export_person
+from storage.privacy import erase_everywhere, export_person
 
 
 @scope("leads:export")
@@ -32,9 +32,7 @@ async def erase_lead(request: web.Request) -> web.Response:
         return json_error(400, "a lead id is a number")
     services = request.app[SERVICES]
     by, now = f"api:{request[API_KEY].name}", services.clock.now()
-    erased = await transaction(
-        services.sessions, lambda session: erase_person(session, lead_id, services.secret_key, by, now)
-    )
+    erased = await erase_everywhere(services.sessions, lead_id, services.secret_key, by, now)
     return web.json_response({"lead_id": erased.lead_id, "removed": erased.removed})
 
 
