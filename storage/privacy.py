@@ -30,7 +30,7 @@ from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.db import Sessions, checkpoint, transaction
-from storage.leads import get_lead
+from storage.leads import LeadNotFound, get_lead
 from storage.models import Erasure, Identity, Lead, Suppression
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ async def erase_person(session: AsyncSession, lead_id: int, secret: bytes, by: s
     Run it in one transaction (`erase_everywhere` does): a row another transaction adds meanwhile fails its
     foreign key, and the retry finds it.
     """
+    await _lock(session, lead_id)
     person = await find_person(session, lead_id)
     keys = suppression_keys(person)
     for (table, column), row_keys in person.unlink.items():
@@ -144,6 +145,16 @@ async def suppressed_kinds(session: AsyncSession, secret: bytes, keys: Iterable[
         return []
     found = await session.exec(select(Suppression.kind).where(Suppression.hash.in_(hashes)))
     return sorted(set(found.scalars().all()))
+
+
+async def _lock(session: AsyncSession, lead_id: int) -> None:
+    """Wait for a concurrent erasure of the same person, which then leaves nothing: LeadNotFound (PostgreSQL).
+
+    SQLite needs no lock: its transactions write one at a time.
+    """
+    survivor = (await get_lead(session, lead_id)).id
+    if (await session.exec(select(LEAD.c.id).where(LEAD.c.id == survivor).with_for_update())).first() is None:
+        raise LeadNotFound(lead_id)
 
 
 async def _suppress(session: AsyncSession, secret: bytes, keys: set[tuple[str, str]], now: datetime) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import timedelta
@@ -405,3 +406,12 @@ async def test_tables_added_later_are_exported_and_erased_through_their_foreign_
         kept = (await session.exec(referral.select())).all()
     assert [tuple(row) for row in kept] == [(1, None, friend)]  # the friend keeps their row, without the link
     assert (await export(app, friend))["tables"]["lead"][0]["first_name"] == "Bartholomew"
+
+
+async def test_two_erasures_of_one_lead_at_once_erase_it_once(app, db):
+    lead_id = (await signup(app, EMAIL_TYPED, first_name=FIRST))["lead_id"]
+
+    responses = await asyncio.gather(*(app.delete(f"/api/leads/{lead_id}", headers=AUTH) for _ in range(2)))
+
+    assert sorted(response.status for response in responses) == [200, 404]
+    assert len(await rows(db, Erasure)) == 1 and len(await rows(db, Suppression)) == 1
