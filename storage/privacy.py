@@ -161,7 +161,8 @@ async def _suppress(session: AsyncSession, secret: bytes, keys: set[tuple[str, s
     hashes = {suppression_hash(secret, kind, value): kind for kind, value in keys}
     if not hashes:
         return
-    known = set((await session.exec(select(Suppression.hash).where(Suppression.hash.in_(hashes)))).scalars().all())
+    stored = await session.exec(select(Suppression.hash).where(Suppression.hash.in_(list(hashes))))
+    known = set(stored.scalars().all())
     fresh = [
         {"hash": digest, "kind": kind, "created_at": now} for digest, kind in hashes.items() if digest not in known
     ]

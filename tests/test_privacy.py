@@ -266,11 +266,12 @@ async def test_an_erased_person_who_comes_back_can_chat_but_is_not_nurtured(app,
     await say(app, ws, "Hi again")
     assert (await next_from(ws, "bot"))["text"].startswith("Hi! Thanks for reaching out")  # they are answered
     await ws.close()
+    await telegram(app, "Hello again", 730200003)  # and from the same Telegram account
     stranger = await other_lead(app)
     await tick(app, clock, timedelta(hours=2))
 
     returning = [lead for lead in await rows(db, Lead) if lead.id != stranger]
-    assert [lead.id for lead in returning] != [] and all(lead.opted_out_at is not None for lead in returning)
+    assert len(returning) == 3 and all(lead.opted_out_at is not None for lead in returning)  # email, widget, Telegram
     assert came_back["lead_id"] in {lead.id for lead in returning}
     returning_ids = {lead.id for lead in returning}
     assert await rows(db, Enrollment, Enrollment.lead_id.in_(returning_ids)) == []
@@ -295,7 +296,8 @@ async def test_every_lead_column_is_a_foreign_key_so_erasure_finds_it():
 
 async def test_bad_and_unknown_ids_are_refused(app):
     for method, path in (("GET", "/api/leads/{}/export"), ("DELETE", "/api/leads/{}")):
-        assert (await app.request(method, path.format("abc"), headers=AUTH)).status == 400
+        bad = await app.request(method, path.format("abc"), headers=AUTH)
+        assert (bad.status, await bad.json()) == (400, {"error": "a lead id is a number"})
         assert (await app.request(method, path.format(999), headers=AUTH)).status == 404
         assert (await app.request(method, path.format(-1), headers=AUTH)).status == 404
         assert (await app.request(method, path.format(1))).status == 401

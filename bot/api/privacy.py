@@ -5,7 +5,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from bot.api.auth import API_KEY, scope
-from bot.middlewares import json_error
 from bot.services import SERVICES
 from storage.db import transaction
 from storage.privacy import erase_everywhere, export_person
@@ -14,10 +13,7 @@ from storage.privacy import erase_everywhere, export_person
 @scope("leads:export")
 async def export_lead(request: web.Request) -> web.Response:
     """Every row of every table about the lead (and the leads merged into it), as a JSON download."""
-    lead_id = _lead_id(request)
-    if lead_id is None:
-        return json_error(400, "a lead id is a number")
-    services = request.app[SERVICES]
+    lead_id, services = _lead_id(request), request.app[SERVICES]
     now = services.clock.now()
     document = await transaction(services.sessions, lambda session: export_person(session, lead_id, now))
     disposition = f'attachment; filename="lead-{document["lead_id"]}.json"'
@@ -27,20 +23,17 @@ async def export_lead(request: web.Request) -> web.Response:
 @scope("leads:erase")
 async def erase_lead(request: web.Request) -> web.Response:
     """Erase the lead everywhere; answers the rows removed per table (no personal data)."""
-    lead_id = _lead_id(request)
-    if lead_id is None:
-        return json_error(400, "a lead id is a number")
-    services = request.app[SERVICES]
+    lead_id, services = _lead_id(request), request.app[SERVICES]
     by, now = f"api:{request[API_KEY].name}", services.clock.now()
     erased = await erase_everywhere(services.sessions, lead_id, services.secret_key, by, now)
     return web.json_response({"lead_id": erased.lead_id, "removed": erased.removed})
 
 
-def _lead_id(request: web.Request) -> int | None:
+def _lead_id(request: web.Request) -> int:
     try:
         return int(request.match_info["id"])
     except ValueError:
-        return None
+        raise web.HTTPBadRequest(text="a lead id is a number") from None  # JSON, by the errors middleware
 
 
 _ID = {
