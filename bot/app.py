@@ -82,7 +82,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         messages.check()
         library.load()  # a flow that fails lint is logged and left out; the rest run
-        services.secret_key = await _secret_key(settings, sessions)
+        services.secret_key = services.intake.secret_key = await shared_secret_key(settings, sessions)
         await hub.start()
         for channel in channels.values():
             await channel.start()
@@ -137,7 +137,7 @@ def _no_room_reason(settings: Settings) -> str:
     return "the telegram channel is disabled (KINDLING_TELEGRAM_TOKEN is not set)"
 
 
-async def _secret_key(settings: Settings, sessions) -> bytes:  # type: ignore[no-untyped-def]
+async def shared_secret_key(settings: Settings, sessions) -> bytes:  # type: ignore[no-untyped-def]
     """KINDLING_SECRET_KEY, or one generated once and kept in the database for every instance."""
     if settings.secret_key:
         return settings.secret_key.encode()

@@ -1,4 +1,4 @@
-"""The `kindling` command: serve, migrate, lint, preview, simulate, lead show, operator add|list|remove."""
+"""The `kindling` command: serve, migrate, lint, preview, simulate, lead show|export|erase, operator add|list|remove."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import operatorcli
+from bot import operatorcli, privacycli
 from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.console.roles import ROLES
@@ -50,10 +50,18 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--days", type=int, default=90, help="how far to look ahead (default 90)")
     sim.add_argument("--events", type=Path, help='a JSON list like [{"after": "2d", "type": "message"}]')
     sim.add_argument("--sample", type=Path, help="a JSON or TOML file of lead fields over the sample lead")
-    lead = commands.add_parser("lead", help="look at a lead").add_subparsers(dest="lead_command", required=True)
+    lead = commands.add_parser("lead", help="look at, export or erase a lead").add_subparsers(
+        dest="lead_command", required=True
+    )
     show = lead.add_parser("show", help="a lead with score explanation, stages, conversations, events")
     show.add_argument("id", type=int)
     show.add_argument("--format", choices=("text", "json"), default="text")
+    export = lead.add_parser("export", help="everything stored about a lead, as JSON (for a data access request)")
+    export.add_argument("id", type=int)
+    export.add_argument("--output", type=Path, help="write to this file instead of standard output")
+    erase = lead.add_parser("erase", help="erase a lead everywhere, keeping only hashes so it is not contacted again")
+    erase.add_argument("id", type=int)
+    erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _operator_commands(commands)
     return top
 
@@ -99,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(preview_flow(settings, args.flow, args.step, args.lead, args.sample))
         if args.command == "operator":
             return asyncio.run(operator(settings, args))
-        return asyncio.run(show_lead(settings, args.id, args.format))
+        return asyncio.run(lead(settings, args))
     except LeadNotFound as exc:
         print(f"no lead {exc.args[0]}", file=sys.stderr)
         return 1
@@ -138,6 +146,15 @@ async def operator(settings: Settings, args: argparse.Namespace) -> int:
     if args.operator_command == "list":
         return await operatorcli.show_all(settings, args.all)
     return await operatorcli.remove(settings, args.name)
+
+
+async def lead(settings: Settings, args: argparse.Namespace) -> int:
+    """Run `kindling lead show|export|erase`."""
+    if args.lead_command == "export":
+        return await privacycli.export(settings, args.id, args.output)
+    if args.lead_command == "erase":
+        return await privacycli.erase(settings, args.id, args.yes)
+    return await show_lead(settings, args.id, args.format)
 
 
 async def show_lead(settings: Settings, lead_id: int, output: str) -> int:

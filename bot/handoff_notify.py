@@ -155,7 +155,8 @@ class Notifier:
     async def _posted(self, session: AsyncSession, handoff_id: int, message_id: str | None, error: str | None) -> None:
         now = self.clock.now()
         handoff = await session.get(Handoff, handoff_id, with_for_update=True)
-        assert handoff is not None
+        if handoff is None:  # the lead was erased while its card was being posted
+            return
         if message_id is not None:
             handoff.telegram_notified_at, handoff.telegram_message_id = now, message_id
             handoff.notify_error, handoff.notify_lease_until = None, None

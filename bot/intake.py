@@ -22,6 +22,7 @@ from flows.reactions import advance_stage, ledger, score_event
 from storage import leads as q
 from storage.db import Sessions, transaction
 from storage.models import Conversation, Delivery, Event, Handoff, Lead, Message
+from storage.privacy import suppressed_kinds
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Intake:
     ) -> None:
         self.sessions, self.settings, self.messages, self.clock = sessions, settings, messages, clock
         self.engine = engine
+        self.secret_key = b""  # the app's secret key, set at start-up: suppression entries are keyed with it
         self.warm = WarmSignals(settings.handoff, engine) if engine is not None else None
 
     async def receive(self, inbound: Inbound) -> Received:
@@ -153,8 +155,16 @@ class Intake:
             await self._merge(session, lead, other, now)
         lead.email = lead.email or email or None
         lead.phone = lead.phone or phone or None
-        await q.attach_identities(session, lead, identities, now)
+        await self._suppress(session, lead, await q.attach_identities(session, lead, identities, now), now)
         return lead
+
+    async def _suppress(self, session: AsyncSession, lead: Lead, added: list[tuple[str, str]], now: datetime) -> None:
+        """A new identity of someone who was erased: they may chat, but nothing is sent to them unasked."""
+        if not added or lead.opted_out_at is not None:
+            return
+        kinds = await suppressed_kinds(session, self.secret_key, added)
+        if kinds:  # the event names the kinds that matched, never the values
+            await opt_out(session, lead, f"matches an erased person ({', '.join(kinds)})", now)
 
     async def _merge(self, session: AsyncSession, lead: Lead, other: Lead, now: datetime) -> None:
         await q.merge_leads(session, lead, other, now)
@@ -224,7 +234,7 @@ class Intake:
                 continue
             if owner is not None:  # the same person reached us elsewhere before: one lead from now on
                 await self._merge(session, lead, await q.get_lead(session, owner), now)
-            await q.attach_identities(session, lead, [(kind, value)], now)
+            await self._suppress(session, lead, await q.attach_identities(session, lead, [(kind, value)], now), now)
             if getattr(lead, kind) is None:
                 setattr(lead, kind, value)
             shared = Event(

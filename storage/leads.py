@@ -62,13 +62,16 @@ async def create_lead(session: AsyncSession, now: datetime) -> Lead:
 
 async def attach_identities(
     session: AsyncSession, lead: Lead, identities: list[tuple[str, str]], now: datetime
-) -> None:
-    """Point identities that point nowhere yet at `lead` (callers merge the others first)."""
+) -> list[tuple[str, str]]:
+    """Point identities that point nowhere yet at `lead` (callers merge the others first); returns those added."""
+    added = []
     for kind, value in identities:
         exists = (await session.exec(select(Identity.id).where(Identity.kind == kind, Identity.value == value))).first()
         if exists is None:
             session.add(Identity(lead_id=lead.id, kind=kind, value=value, created_at=now))
+            added.append((kind, value))
     await session.flush()
+    return added
 
 
 async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: datetime) -> None:

@@ -269,3 +269,22 @@ class Pace(SQLModel, table=True):
 
     key: str = Field(primary_key=True)  # "telegram" overall, "telegram:<chat id>" per chat
     tat: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))  # theoretical arrival time
+
+
+class Suppression(SQLModel, table=True):
+    """An erased person's email, phone or identity as a keyed hash: never the value, so never contacted again."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    hash: str = Field(unique=True)  # HMAC-SHA256(secret key, "kind:normalised value"), hex
+    kind: str  # email | phone | telegram | visitor | ...: what was hashed, not what it was
+    created_at: datetime = _time()
+
+
+class Erasure(SQLModel, table=True):
+    """The audit line of one erasure: which lead id, when, by whom and how many rows; no personal data."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(index=True)  # no foreign key on purpose: the lead is gone
+    erased_at: datetime = _time()
+    erased_by: str  # the API key's name, or "cli:<system user>"
+    removed: dict = _json(dict)  # rows removed per table

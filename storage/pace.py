@@ -42,6 +42,11 @@ class Slot:
         return max(0.0, (self.start - self.reserved_at).total_seconds())
 
 
+def chat_key(chat_id: int | str) -> str:
+    """The budget of one Telegram chat."""
+    return f"telegram:{chat_id}"
+
+
 class SharedPace:
     """Budgets in the `pace` table of a PostgreSQL database."""
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.api import events
+from bot.api import events, privacy
 
 
 def routes(app: web.Application) -> None:
     """Mount /api/... ."""
     app.router.add_post("/api/events", events.post_event)
     app.router.add_get("/api/leads/{id}", events.get_lead)
+    app.router.add_delete("/api/leads/{id}", privacy.erase_lead)
+    app.router.add_get("/api/leads/{id}/export", privacy.export_lead)

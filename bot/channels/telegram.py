@@ -51,7 +51,7 @@ from bot.middlewares import json_error
 from bot.services import Services
 from storage.db import is_sqlite
 from storage.models import Delivery
-from storage.pace import SharedPace
+from storage.pace import SharedPace, chat_key
 
 log = logging.getLogger(__name__)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -90,7 +90,7 @@ class TelegramPacing(AIORateLimiter):
         """The chat's slot first (it may be a second away), then the overall one (milliseconds)."""
         assert self.shared is not None
         group = isinstance(chat_id, str) or int(chat_id) < 0
-        await self.shared.wait(f"telegram:{chat_id}", *((3.0, 3) if group else (1.0, 3)))
+        await self.shared.wait(chat_key(chat_id), *((3.0, 3) if group else (1.0, 3)))
         await self.shared.wait("telegram", 1 / 30)
         return await send()
 

@@ -1,7 +1,7 @@
 """shared send budgets (pace)
 
 Revision ID: 0008
-Revises: 0003
+Revises: 0006
 Create Date: 2026-11-23 21:05:00
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0003"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
