@@ -215,6 +215,7 @@ OPENAPI = {
                 "422": UNPROCESSABLE,
             },
             body=_EVENT_BODY,
+            example={"id": "order-1001", "type": "purchase", "lead": {"email": "bo@example.com"}, "properties": {}},
         ),
         "get": operation(
             "Events, newest first, of one lead and/or one type",

@@ -201,6 +201,7 @@ OPENAPI = {
                 "additionalProperties": False,
                 "properties": {"stage": ref("Stage"), "add_tags": _TAG_LIST, "remove_tags": _TAG_LIST},
             },
+            example={"stage": "sql", "add_tags": ["vip"], "remove_tags": ["cold"]},
         ),
     },
 }

@@ -44,6 +44,7 @@ def operation(
     responses: dict[str, Any],
     parameters: list[dict] | None = None,
     body: dict | None = None,
+    example: dict | None = None,
 ) -> dict:
     """An operation that needs an API key with `scope`; 401 and 403 are added."""
     found: dict[str, Any] = {
@@ -54,7 +55,8 @@ def operation(
         "responses": {**responses, "401": ref("Unauthorized", "responses"), "403": ref("Forbidden", "responses")},
     }
     if body is not None:
-        found["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        media: dict[str, Any] = {"schema": body} if example is None else {"schema": body, "example": example}
+        found["requestBody"] = {"required": True, "content": {"application/json": media}}
     return found
 
 
@@ -64,7 +66,7 @@ def query(name: str, schema: dict, description: str) -> dict:
 
 
 ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
-PATH_ID = {"name": "id", "in": "path", "required": True, "schema": ID}
+PATH_ID = {"name": "id", "in": "path", "required": True, "schema": ID, "example": 1}
 PAGING = [ref("limit", "parameters"), ref("cursor", "parameters")]
 BAD_REQUEST = ref("BadRequest", "responses")
 NOT_FOUND = ref("NotFound", "responses")
