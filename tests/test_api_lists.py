@@ -99,6 +99,8 @@ async def test_paging_is_stable_while_leads_arrive(client):
         ({"stage": "champion"}, "visitor, lead, mql, sql, customer"),
         ({"min_score": "lots"}, "'min_score'"),
         ({"max_score": "nan"}, "'max_score'"),
+        ({"tag": "a\x00"}, "NUL"),
+        ({"source": ""}, "'source'"),
     ],
 )
 async def test_bad_list_parameters_are_a_400_that_says_which(client, query, complaint):

@@ -84,6 +84,8 @@ def event_inbound(body: Any, now: datetime) -> Inbound:
 
 def _lead_keys(lead: dict) -> tuple[int | None, Profile, tuple[tuple[str, str], ...]]:
     lead_id, email, phone, visitor = (lead.get(key) for key in ("id", "email", "phone", "visitor_id"))
+    if any(isinstance(value, str) and "\x00" in value for value in lead.values()):
+        raise ValueError("'lead' fields must not contain NUL characters")  # PostgreSQL text cannot hold them
     if lead_id is not None and (not isinstance(lead_id, int) or isinstance(lead_id, bool)):
         raise ValueError("'lead.id' must be a number")
     if email is not None and not (isinstance(email, str) and normalize_email(email)):

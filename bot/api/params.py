@@ -60,4 +60,6 @@ def query_text(request: web.Request, name: str, max_length: int = 64) -> str | N
     text = request.query.get(name)
     if text is not None and not 0 < len(text) <= max_length:
         raise bad(f"'{name}' must be 1 to {max_length} characters long")
+    if text is not None and "\x00" in text:
+        raise bad(f"'{name}' must not contain NUL characters")  # PostgreSQL text cannot hold them
     return text
