@@ -72,6 +72,8 @@ async def test_an_unknown_scope_is_refused_with_the_list_of_scopes(run_kindling)
     assert status == 1 and out == ""
     assert "'lead:read'" in err
     assert all(name in err for name in SCOPES)
+    status, _, err = await run_kindling("apikey", "add", "two words", "--scope", "leads:read")
+    assert status == 1 and "name" in err
     _, out, _ = await run_kindling("apikey", "list")
     assert "no API keys yet" in out
 
