@@ -12,7 +12,6 @@ from flows.clock import SystemClock
 from storage.apikeys import ApiKeyExists, ApiKeyNotFound, add_key, list_keys, revoke_key
 from storage.db import database, transaction
 
-
 NAME = re.compile(r"^[\w.@-]{1,64}$")
 
 
