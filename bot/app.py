@@ -62,6 +62,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         dispatcher=dispatcher,
         hub=hub,
         library=library,
+        engine=engine,
         runner=Runner(sessions, engine, settings.scoring, clock),
         sweeps=Sweeps(sessions, engine, clock, settings.policy.default_timezone),
         handoffs=Handoffs(sessions, clock, engine, hub, dispatcher, notifier),

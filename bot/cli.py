@@ -1,4 +1,4 @@
-"""The `kindling` command: serve, migrate, lint, preview, simulate, lead show|export|erase, operator add|list|remove."""
+"""The `kindling` command: serve, migrate, lint, preview, simulate, lead show|export|erase, operator and apikey."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import operatorcli, privacycli
+from bot import apikeycli, operatorcli, privacycli
 from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.console.roles import ROLES
@@ -63,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     erase.add_argument("id", type=int)
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _operator_commands(commands)
+    _apikey_commands(commands)
     return top
 
 
@@ -79,6 +80,20 @@ def _operator_commands(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--all", action="store_true", help="removed accounts too")
     remove = actions.add_parser("remove", help="remove an account and end its console sessions")
     remove.add_argument("name")
+
+
+def _apikey_commands(commands: argparse._SubParsersAction) -> None:
+    """`kindling apikey add|list|revoke`."""
+    apikey = commands.add_parser("apikey", help="keys for the JSON API under /api")
+    actions = apikey.add_subparsers(dest="apikey_command", required=True)
+    add = actions.add_parser("add", help="make a key with the given scopes; it is printed once")
+    add.add_argument("name")
+    add.add_argument(
+        "--scope", action="append", required=True, dest="scopes", help="a scope such as leads:read ('*' for all)"
+    )
+    actions.add_parser("list", help="the keys: name, prefix, scopes, created, revoked (never the key itself)")
+    revoke = actions.add_parser("revoke", help="refuse a key from now on")
+    revoke.add_argument("name")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(preview_flow(settings, args.flow, args.step, args.lead, args.sample))
         if args.command == "operator":
             return asyncio.run(operator(settings, args))
+        if args.command == "apikey":
+            return asyncio.run(apikey(settings, args))
         return asyncio.run(lead(settings, args))
     except LeadNotFound as exc:
         print(f"no lead {exc.args[0]}", file=sys.stderr)
@@ -155,6 +172,15 @@ async def lead(settings: Settings, args: argparse.Namespace) -> int:
     if args.lead_command == "erase":
         return await privacycli.erase(settings, args.id, args.yes)
     return await show_lead(settings, args.id, args.format)
+
+
+async def apikey(settings: Settings, args: argparse.Namespace) -> int:
+    """Run `kindling apikey add|list|revoke`."""
+    if args.apikey_command == "add":
+        return await apikeycli.add(settings, args.name, args.scopes)
+    if args.apikey_command == "list":
+        return await apikeycli.show_all(settings)
+    return await apikeycli.revoke(settings, args.name)
 
 
 async def show_lead(settings: Settings, lead_id: int, output: str) -> int:

@@ -31,6 +31,8 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         return json_error(404, f"no lead {exc.args[0]}")
     except json.JSONDecodeError:
         return json_error(400, "the body is not valid JSON")
+    except UnicodeDecodeError:
+        return json_error(400, "the body is not valid UTF-8")
     except DatabaseUnavailable as exc:
         log.error("database unavailable on %s %s: %s", request.method, request.path, exc)
         return json_error(503, "the database is unavailable; retry later")

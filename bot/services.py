@@ -18,6 +18,7 @@ from bot.hub import Hub, message_frame
 from bot.intake import Intake, Received
 from bot.metrics import Metrics
 from flows.clock import Clock
+from flows.engine import Engine
 from flows.library import FlowLibrary
 from flows.runner import Runner
 from flows.sweeps import Sweeps
@@ -37,6 +38,7 @@ class Services:
     dispatcher: Dispatcher
     hub: Hub
     library: FlowLibrary
+    engine: Engine
     runner: Runner
     sweeps: Sweeps
     handoffs: Handoffs

@@ -1,8 +1,11 @@
-"""Finding leads for the console: search by name, email, phone or id; a lead's transcript."""
+"""Finding leads: the console's search by name, email, phone or id, the API's filtered list; a transcript."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, or_
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exists, func, literal, or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -69,3 +72,37 @@ async def conversation_messages(session: AsyncSession, conversation_id: int, sin
         .limit(limit)
     )
     return list(reversed((await session.exec(statement)).all()))
+
+
+@dataclass(frozen=True)
+class LeadFilter:
+    """What the API's lead list narrows by; None means any."""
+
+    stage: str | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    tag: str | None = None
+    source: str | None = None  # the first touch's source (attribution)
+
+
+def filtered_leads(dialect: str, wanted: LeadFilter) -> Any:
+    """A select of the leads (not merged away) that match; the caller orders and pages it."""
+    statement = select(Lead).where(col(Lead.merged_into_id).is_(None))
+    if wanted.stage is not None:
+        statement = statement.where(Lead.stage == wanted.stage)
+    if wanted.min_score is not None:
+        statement = statement.where(Lead.score >= wanted.min_score)
+    if wanted.max_score is not None:
+        statement = statement.where(Lead.score <= wanted.max_score)
+    if wanted.source is not None:
+        statement = statement.where(col(Lead.first_touch)["source"].as_string() == wanted.source)
+    if wanted.tag is not None:
+        statement = statement.where(_has_tag(dialect, wanted.tag))
+    return statement
+
+
+def _has_tag(dialect: str, tag: str) -> Any:
+    """The lead's JSON list of tags contains `tag` (each database spells the unnesting differently)."""
+    unnest = func.json_each if dialect == "sqlite" else func.json_array_elements_text
+    elements = unnest(col(Lead.tags)).table_valued("value")
+    return exists(select(literal(1)).select_from(elements).where(elements.c.value == tag))

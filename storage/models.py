@@ -257,6 +257,20 @@ class Handoff(SQLModel, table=True):
     outcome_reason: str | None = None
 
 
+class ApiKeyRecord(SQLModel, table=True):
+    """An API key made with `kindling apikey add`: only its SHA-256 is stored, with a short prefix to recognise it."""
+
+    __tablename__ = "apikey"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    key_hash: str = Field(unique=True)
+    prefix: str  # the key's first characters, shown by `kindling apikey list`
+    scopes: list = _json(list)
+    created_at: datetime = _time()
+    last_used_at: datetime | None = _time(nullable=True)
+    revoked_at: datetime | None = _time(nullable=True)
+
+
 class Setting(SQLModel, table=True):
     """Values the instances share, such as the generated signing secret."""
 

@@ -80,6 +80,7 @@ async def test_events_for_a_lead_by_id_and_an_unknown_lead(client):
         ({"type": "signup", "lead": {"phone": "12"}}, "phone"),
         ({"type": "signup", "lead": {"email": "a@example.com"}, "at": "yesterday"}, "'at'"),
         ({"type": "signup", "lead": {"email": "a@example.com"}, "properties": [1]}, "properties"),
+        ({"type": "signup", "lead": {"email": "a@example.com", "first_name": "A\x00"}}, "NUL"),
     ],
 )
 async def test_bad_event_bodies_are_refused_with_a_reason(client, db, body, complaint):

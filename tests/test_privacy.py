@@ -297,9 +297,9 @@ async def test_every_lead_column_is_a_foreign_key_so_erasure_finds_it():
 async def test_bad_and_unknown_ids_are_refused(app):
     for method, path in (("GET", "/api/leads/{}/export"), ("DELETE", "/api/leads/{}")):
         bad = await app.request(method, path.format("abc"), headers=AUTH)
-        assert (bad.status, await bad.json()) == (400, {"error": "a lead id is a number"})
+        assert bad.status == 400 and "whole number" in (await bad.json())["error"]
         assert (await app.request(method, path.format(999), headers=AUTH)).status == 404
-        assert (await app.request(method, path.format(-1), headers=AUTH)).status == 404
+        assert (await app.request(method, path.format(-1), headers=AUTH)).status == 400
         assert (await app.request(method, path.format(1))).status == 401
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from aiohttp import web
 
 from bot.middlewares import json_error
 from bot.services import SERVICES
+from storage.apikeys import live_key
+from storage.db import transaction
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -32,6 +35,8 @@ SCOPES = {
     "webhooks:read": "outgoing webhook deliveries and their failures",
 }
 EVERY_SCOPE = "*"
+KEY_PREFIX = "kdl_"
+VISIBLE = len(KEY_PREFIX) + 6  # how much of a key `kindling apikey list` shows
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,11 @@ def key_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_key() -> str:
+    """A fresh API key: `kdl_` and 43 URL-safe random characters (256 bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
 def presented(request: web.Request) -> str:
     """The key a request carries, or ''."""
     bearer = request.headers.get("Authorization", "")
@@ -80,11 +90,16 @@ def presented(request: web.Request) -> str:
 
 
 async def lookup(request: web.Request, token: str) -> ApiKey | None:
-    """The key `token` names, or None."""
-    settings = request.app[SERVICES].settings
+    """The key `token` names: KINDLING_API_KEY, or a stored key that is not revoked; None otherwise."""
+    services = request.app[SERVICES]
+    settings = services.settings
     if settings.api_key and hmac.compare_digest(token.encode(), settings.api_key.encode()):
         return ApiKey("KINDLING_API_KEY", frozenset({EVERY_SCOPE}))
-    return None
+    if not token.startswith(KEY_PREFIX):
+        return None
+    now = services.clock.now()
+    record = await transaction(services.sessions, lambda session: live_key(session, key_hash(token), now))
+    return None if record is None else ApiKey(record.name, frozenset(record.scopes))
 
 
 @web.middleware

@@ -1,4 +1,4 @@
-"""The events API for the site's backend: signup, cart, purchase, any name; and one lead's report."""
+"""Events: the site's backend reports signups, carts, purchases (any name); clients read them; one lead's report."""
 
 from __future__ import annotations
 
@@ -7,13 +7,32 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from sqlmodel import select
 
 from bot.api.auth import scope
+from bot.api.paging import page_of
+from bot.api.params import path_id, query_id, query_text
+from bot.api.spec import (
+    BAD_REQUEST,
+    ID,
+    NOT_FOUND,
+    NULLABLE_TIME,
+    PAGING,
+    PATH_ID,
+    TIME,
+    UNPROCESSABLE,
+    ok,
+    operation,
+    page,
+    query,
+)
 from bot.channels.base import Inbound, Profile
 from bot.contacts import normalize_email, normalize_phone
 from bot.leadview import lead_report
 from bot.middlewares import json_error
 from bot.services import SERVICES
+from storage.leads import get_lead as find_lead
+from storage.models import Event
 
 _EVENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 _DEDUP_ID = re.compile(r"^[\w.:-]{1,128}$")
@@ -65,6 +84,8 @@ def event_inbound(body: Any, now: datetime) -> Inbound:
 
 def _lead_keys(lead: dict) -> tuple[int | None, Profile, tuple[tuple[str, str], ...]]:
     lead_id, email, phone, visitor = (lead.get(key) for key in ("id", "email", "phone", "visitor_id"))
+    if any(isinstance(value, str) and "\x00" in value for value in lead.values()):
+        raise ValueError("'lead' fields must not contain NUL characters")  # PostgreSQL text cannot hold them
     if lead_id is not None and (not isinstance(lead_id, int) or isinstance(lead_id, bool)):
         raise ValueError("'lead.id' must be a number")
     if email is not None and not (isinstance(email, str) and normalize_email(email)):
@@ -95,9 +116,126 @@ def _time(value: Any, now: datetime) -> datetime:
 @scope("leads:read")
 async def get_lead(request: web.Request) -> web.Response:
     """One lead with score explanation, stages, conversations, events and deliveries."""
-    try:
-        lead_id = int(request.match_info["id"])
-    except ValueError:
-        return json_error(400, "a lead id is a number")
+    lead_id = path_id(request)
     services = request.app[SERVICES]
     return web.json_response(await lead_report(services.sessions, services.settings, lead_id, services.clock.now()))
+
+
+def event_item(event: Event) -> dict[str, Any]:
+    """An event as stored: type, custom name, what it carried, when."""
+    return {
+        "id": event.id,
+        "lead_id": event.lead_id,
+        "conversation_id": event.conversation_id,
+        "type": event.type,
+        "name": event.name,
+        "payload": event.payload,
+        "at": event.at.isoformat(),
+    }
+
+
+@scope("leads:read")
+async def list_events(request: web.Request) -> web.Response:
+    """Events newest first (by when they were stored), of one lead and/or one type."""
+    lead_id, event_type = query_id(request, "lead_id"), query_text(request, "type")
+    paging = page_of(request)
+    async with request.app[SERVICES].sessions() as session:
+        statement = select(Event)
+        if lead_id is not None:  # a merged-away id answers for the lead it became
+            statement = statement.where(Event.lead_id == (await find_lead(session, lead_id)).id)
+        if event_type is not None:
+            statement = statement.where(Event.type == event_type)
+        rows = (await session.exec(paging.apply(statement, Event.id))).all()
+    return web.json_response(paging.body(rows, event_item))
+
+
+SCHEMAS = {
+    "Event": {
+        "type": "object",
+        "required": ["id", "lead_id", "conversation_id", "type", "name", "payload", "at"],
+        "properties": {
+            "id": {"type": "integer"},
+            "lead_id": {"type": "integer"},
+            "conversation_id": {"type": ["integer", "null"]},
+            "type": {"type": "string", "description": "message, page_view, button, custom, stage_changed, ..."},
+            "name": {"type": ["string", "null"], "description": "a custom event's name (signup, purchase, ...)"},
+            "payload": {"type": "object"},
+            "at": TIME,
+        },
+    },
+    "LeadReport": {
+        "type": "object",
+        "required": ["id", "stage", "score", "score_explained", "tags"],
+        "properties": {
+            "id": {"type": "integer"},
+            "stage": {"type": "string"},
+            "score": {"type": "number", "description": "decayed to now"},
+            "score_explained": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "opted_out_at": NULLABLE_TIME,
+        },
+    },
+}
+_EVENT_BODY = {
+    "type": "object",
+    "required": ["type", "lead"],
+    "properties": {
+        "id": {"type": "string", "pattern": _DEDUP_ID.pattern, "description": "repeats with this id count once"},
+        "type": {"type": "string", "pattern": _EVENT_NAME.pattern, "description": "signup, cart, purchase, ..."},
+        "lead": {
+            "type": "object",
+            "description": "at least one of id, email, phone, visitor_id",
+            "properties": {
+                "id": {"type": "integer"},
+                "email": {"type": "string"},
+                "phone": {"type": "string"},
+                "visitor_id": {"type": "string"},
+                "first_name": {"type": "string"},
+                "last_name": {"type": "string"},
+            },
+        },
+        "properties": {"type": "object"},
+        "at": {"type": "string", "format": "date-time"},
+    },
+}
+_RECORDED = {
+    "type": "object",
+    "required": ["lead_id", "event_id", "duplicate"],
+    "properties": {"lead_id": {"type": "integer"}, "event_id": {"type": "integer"}, "duplicate": {"type": "boolean"}},
+}
+OPENAPI = {
+    "/api/events": {
+        "post": operation(
+            "Record a backend event (signup, cart, purchase, any name) for a lead",
+            "events:write",
+            {
+                "201": ok("recorded", _RECORDED),
+                "200": ok("a repeat of an event already recorded with this id; nothing changed", _RECORDED),
+                "400": BAD_REQUEST,
+                "404": NOT_FOUND,
+                "413": ok("the body is too large", {"$ref": "#/components/schemas/Error"}),
+                "422": UNPROCESSABLE,
+            },
+            body=_EVENT_BODY,
+            example={"id": "order-1001", "type": "purchase", "lead": {"email": "bo@example.com"}, "properties": {}},
+        ),
+        "get": operation(
+            "Events, newest first, of one lead and/or one type",
+            "leads:read",
+            {"200": ok("a page of events", page("Event")), "400": BAD_REQUEST, "404": NOT_FOUND},
+            [
+                query("lead_id", ID, "only this lead's events"),
+                query("type", {"type": "string", "minLength": 1, "maxLength": 64}, "only events of this type"),
+                *PAGING,
+            ],
+        ),
+    },
+    "/api/leads/{id}": {
+        "get": operation(
+            "One lead with score explanation, stage history, conversations, events and deliveries",
+            "leads:read",
+            {"200": ok("the lead", {"$ref": "#/components/schemas/LeadReport"}), "400": BAD_REQUEST, "404": NOT_FOUND},
+            [PATH_ID],
+        ),
+    },
+}
