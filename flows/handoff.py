@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows.handoff_card import build_card
 from flows.hours import BusinessHours
+from flows.outgoing import handoff_summary, queue_webhook
 from storage.models import Conversation, Enrollment, Event, Handoff, Lead
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ async def open_handoff(
     session.add(
         Event(lead_id=lead.id, conversation_id=handoff.conversation_id, type="handoff", payload=_json(payload), at=now)
     )
-    await session.flush()
+    await queue_webhook(session, engine.webhooks, "lead.warm", lead, {"handoff": handoff_summary(handoff)}, now)
     return handoff, True
 
 

@@ -1,0 +1,68 @@
+"""Queries over outgoing webhook deliveries: list them, count them, requeue a dead one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.models import WebhookDelivery
+
+STATUSES = ("pending", "sending", "delivered", "dead")
+WAITING = ("pending", "sending")
+
+
+class WebhookDeliveryNotFound(LookupError):
+    """No outgoing webhook delivery with that id."""
+
+
+class NotDead(ValueError):
+    """Only a dead delivery can be requeued; the message says what it is instead."""
+
+
+async def list_deliveries(
+    session: AsyncSession,
+    *,
+    status: str | None = None,
+    endpoint: str | None = None,
+    failed: bool = False,
+    lead_id: int | None = None,
+    before: int | None = None,
+    limit: int = 100,
+) -> list[WebhookDelivery]:
+    """Deliveries newest first; `failed` means dead ones and those waiting to retry after a failure."""
+    query = select(WebhookDelivery)
+    if status is not None:
+        query = query.where(WebhookDelivery.status == status)
+    if endpoint is not None:
+        query = query.where(WebhookDelivery.endpoint == endpoint)
+    if failed:
+        query = query.where(WebhookDelivery.status != "delivered", WebhookDelivery.last_error.is_not(None))
+    if lead_id is not None:
+        query = query.where(WebhookDelivery.lead_id == lead_id)
+    if before is not None:
+        query = query.where(WebhookDelivery.id < before)
+    return list((await session.exec(query.order_by(WebhookDelivery.id.desc()).limit(limit))).all())
+
+
+async def counts(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """How many deliveries each endpoint has in each status."""
+    query = select(WebhookDelivery.endpoint, WebhookDelivery.status, func.count()).group_by(
+        WebhookDelivery.endpoint, WebhookDelivery.status
+    )
+    return {(endpoint, status): count for endpoint, status, count in (await session.exec(query)).all()}
+
+
+async def requeue(session: AsyncSession, delivery_id: int, now: datetime) -> WebhookDelivery:
+    """A dead delivery goes back to pending, due now, with a fresh set of attempts."""
+    row = await session.get(WebhookDelivery, delivery_id, with_for_update=True)
+    if row is None:
+        raise WebhookDeliveryNotFound(delivery_id)
+    if row.status != "dead":
+        raise NotDead(f"webhook delivery {delivery_id} is {row.status}, not dead")
+    row.status, row.attempts, row.next_attempt_at = "pending", 0, now
+    row.last_error, row.last_status = None, None
+    session.add(row)
+    return row
