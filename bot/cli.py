@@ -1,4 +1,4 @@
-"""The `kindling` command: serve, migrate, lint, preview, simulate, lead show, operator add|list|remove."""
+"""The `kindling` command: serve, migrate, lint, preview, simulate, lead show, operator, webhooks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import operatorcli
+from bot import operatorcli, webhookcli
 from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.console.roles import ROLES
@@ -24,6 +24,7 @@ from flows.clock import SystemClock
 from storage.db import create_engine, sessionmaker
 from storage.leads import LeadNotFound
 from storage.migrate import upgrade
+from storage.webhooks import STATUSES
 
 log = logging.getLogger("kindling")
 
@@ -55,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=int)
     show.add_argument("--format", choices=("text", "json"), default="text")
     _operator_commands(commands)
+    _webhook_commands(commands)
     return top
 
 
@@ -71,6 +73,23 @@ def _operator_commands(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--all", action="store_true", help="removed accounts too")
     remove = actions.add_parser("remove", help="remove an account and end its console sessions")
     remove.add_argument("name")
+
+
+def _webhook_commands(commands: argparse._SubParsersAction) -> None:
+    """`kindling webhooks list|show|retry`."""
+    webhooks = commands.add_parser("webhooks", help="outgoing webhook deliveries to CRMs")
+    actions = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    listing = actions.add_parser("list", help="deliveries, newest first")
+    listing.add_argument("--failed", action="store_true", help="only dead ones and those waiting to retry")
+    listing.add_argument("--status", choices=STATUSES)
+    listing.add_argument("--endpoint", help="only this endpoint's (its name in config.toml)")
+    listing.add_argument("--lead", type=int, help="only this lead's")
+    listing.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    listing.add_argument("--format", choices=("text", "json"), default="text")
+    show = actions.add_parser("show", help="one delivery with the body it sends")
+    show.add_argument("id", type=int)
+    retry = actions.add_parser("retry", help="send dead deliveries again")
+    retry.add_argument("ids", type=int, nargs="+", metavar="ID")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(preview_flow(settings, args.flow, args.step, args.lead, args.sample))
         if args.command == "operator":
             return asyncio.run(operator(settings, args))
+        if args.command == "webhooks":
+            return asyncio.run(webhooks(settings, args))
         return asyncio.run(show_lead(settings, args.id, args.format))
     except LeadNotFound as exc:
         print(f"no lead {exc.args[0]}", file=sys.stderr)
@@ -138,6 +159,16 @@ async def operator(settings: Settings, args: argparse.Namespace) -> int:
     if args.operator_command == "list":
         return await operatorcli.show_all(settings, args.all)
     return await operatorcli.remove(settings, args.name)
+
+
+async def webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    """Run `kindling webhooks list|show|retry`."""
+    if args.webhooks_command == "list":
+        filters = {"failed": args.failed, "status": args.status, "endpoint": args.endpoint, "lead_id": args.lead}
+        return await webhookcli.show_list(settings, args.format, limit=max(1, args.limit), **filters)
+    if args.webhooks_command == "show":
+        return await webhookcli.show_one(settings, args.id)
+    return await webhookcli.retry(settings, args.ids)
 
 
 async def show_lead(settings: Settings, lead_id: int, output: str) -> int:

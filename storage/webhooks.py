@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import select
@@ -55,14 +56,40 @@ async def counts(session: AsyncSession) -> dict[tuple[str, str], int]:
     return {(endpoint, status): count for endpoint, status, count in (await session.exec(query)).all()}
 
 
-async def requeue(session: AsyncSession, delivery_id: int, now: datetime) -> WebhookDelivery:
-    """A dead delivery goes back to pending, due now, with a fresh set of attempts."""
+async def requeue(session: AsyncSession, delivery_id: int) -> WebhookDelivery:
+    """A dead delivery goes back to pending with a fresh set of attempts, due at once.
+
+    Due since it was created, not from `now`: the command may run on a machine whose clock is not the server's.
+    """
     row = await session.get(WebhookDelivery, delivery_id, with_for_update=True)
     if row is None:
         raise WebhookDeliveryNotFound(delivery_id)
     if row.status != "dead":
         raise NotDead(f"webhook delivery {delivery_id} is {row.status}, not dead")
-    row.status, row.attempts, row.next_attempt_at = "pending", 0, now
+    row.status, row.attempts, row.next_attempt_at = "pending", 0, row.created_at
     row.last_error, row.last_status = None, None
     session.add(row)
     return row
+
+
+def summary(row: WebhookDelivery) -> dict[str, Any]:
+    """A delivery as the API, the CLI and the lead report show it (the body is left out: it holds contacts)."""
+    return {
+        "id": row.id,
+        "event_id": row.event_id,
+        "endpoint": row.endpoint,
+        "event_type": row.event_type,
+        "lead_id": row.lead_id,
+        "status": row.status,
+        "attempts": row.attempts,
+        "next_attempt_at": _iso(row.next_attempt_at) if row.status == "pending" else None,
+        "last_attempt_at": _iso(row.last_attempt_at),
+        "last_status": row.last_status,
+        "last_error": row.last_error,
+        "created_at": _iso(row.created_at),
+        "delivered_at": _iso(row.delivered_at),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
