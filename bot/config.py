@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import available_timezones
-
-from yarl import URL
 
 from flows.durations import parse_duration
 from flows.expressions import ExpressionError
@@ -238,10 +237,10 @@ def _webhook_endpoints(endpoints: _Section, env: Mapping[str, str]) -> dict[str,
 
 def _is_http_url(text: str) -> bool:
     try:
-        url = URL(text)
-    except ValueError:
+        url = urlsplit(text)
+        return url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:  # a bad port or IPv6 address
         return False
-    return url.scheme in ("http", "https") and bool(url.host) and url.is_absolute()
 
 
 def outgoing_secret_env(endpoint: str) -> str:

@@ -162,6 +162,8 @@ async def test_a_handoff_closed_by_an_operator_is_posted_with_its_outcome(app, c
     assert closed["handoff"]["claimed_at"] and closed["handoff"]["closed_at"]
     assert closed["lead"]["stage"] == "customer"
     assert crm.accepted[1]["stage"] == {"from": "visitor", "to": "customer", "reason": "handoff won by ann"}
+    page = await (await app.get("/console/leads/1")).text()
+    assert "Webhooks to CRMs" in page and "<td>handoff.closed</td><td>delivered</td>" in page
 
 
 async def test_a_server_error_is_retried_after_a_backoff_and_delivered_once(app, crm, db, clock):
