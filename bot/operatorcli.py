@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import getpass
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from bot.config import Settings
 from bot.console.accounts import AccountError, create_account, remove_account
 from flows.clock import SystemClock
-from storage.db import Sessions, create_engine, sessionmaker
+from storage.db import opened
 from storage.operators import OperatorExists, OperatorNotFound, list_operators
 
 
@@ -31,21 +29,12 @@ def read_password(from_stdin: bool) -> str:
     return first
 
 
-@asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[Sessions]:
-    engine = create_engine(settings.database_url)
-    try:
-        yield sessionmaker(engine)
-    finally:
-        await engine.dispose()
-
-
 async def add(settings: Settings, name: str, role: str, telegram_id: int | None, password_stdin: bool) -> int:
     """Create an operator; exit status 1 with a message when it cannot be done."""
     try:
         password = read_password(password_stdin)
         telegram = None if telegram_id is None else str(telegram_id)
-        async with _database(settings) as sessions:
+        async with opened(settings.database_url) as sessions:
             operator = await create_account(sessions, name, role, password, telegram, SystemClock().now())
     except (AccountError, OperatorExists, PasswordError) as exc:
         print(f"operator add: {exc}", file=sys.stderr)
@@ -56,7 +45,7 @@ async def add(settings: Settings, name: str, role: str, telegram_id: int | None,
 
 async def show_all(settings: Settings, include_removed: bool) -> int:
     """Print the operators, one a line."""
-    async with _database(settings) as sessions, sessions() as session:
+    async with opened(settings.database_url) as sessions, sessions() as session:
         operators = await list_operators(session, include_removed)
     if not operators:
         print("no operators yet: add one with `kindling operator add NAME --role admin`")
@@ -70,7 +59,7 @@ async def show_all(settings: Settings, include_removed: bool) -> int:
 async def remove(settings: Settings, name: str) -> int:
     """Remove an operator and log them out everywhere."""
     try:
-        async with _database(settings) as sessions:
+        async with opened(settings.database_url) as sessions:
             operator = await remove_account(sessions, name, SystemClock().now())
     except OperatorNotFound as exc:
         print(f"operator remove: {exc}", file=sys.stderr)

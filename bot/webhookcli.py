@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from bot.config import Settings
 from bot.leadview import webhook_line
-from storage.db import Sessions, create_engine, sessionmaker, transaction
+from storage.db import opened, transaction
 from storage.models import WebhookDelivery
 from storage.webhooks import NotDead, WebhookDeliveryNotFound, list_deliveries, requeue, summary
 
 
-@asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[Sessions]:
-    engine = create_engine(settings.database_url)
-    try:
-        yield sessionmaker(engine)
-    finally:
-        await engine.dispose()
-
-
 async def show_list(settings: Settings, output: str, limit: int, **filters: object) -> int:
     """Print deliveries newest first, one a line (or as JSON)."""
-    async with _database(settings) as sessions, sessions() as session:
+    async with opened(settings.database_url) as sessions, sessions() as session:
         found = await list_deliveries(session, limit=limit, **filters)  # type: ignore[arg-type]
     rows = [summary(row) for row in found]
     if output == "json":
@@ -38,7 +27,7 @@ async def show_list(settings: Settings, output: str, limit: int, **filters: obje
 
 async def show_one(settings: Settings, delivery_id: int) -> int:
     """Print one delivery with the body it sends."""
-    async with _database(settings) as sessions, sessions() as session:
+    async with opened(settings.database_url) as sessions, sessions() as session:
         row = await session.get(WebhookDelivery, delivery_id)
         if row is None:
             print(f"webhooks show: no webhook delivery {delivery_id}", file=sys.stderr)
@@ -50,7 +39,7 @@ async def show_one(settings: Settings, delivery_id: int) -> int:
 async def retry(settings: Settings, delivery_ids: list[int]) -> int:
     """Requeue dead deliveries; the running server sends them within seconds."""
     status = 0
-    async with _database(settings) as sessions:
+    async with opened(settings.database_url) as sessions:
         for delivery_id in delivery_ids:
             try:
                 row = await transaction(sessions, lambda s, i=delivery_id: requeue(s, i))

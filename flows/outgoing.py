@@ -60,7 +60,11 @@ async def queue_webhook(
 
 
 def lead_summary(lead: Lead, public_url: str = "") -> dict[str, Any]:
-    """What a CRM needs to file the lead: who, how to reach them, where they came from, how far along."""
+    """What a CRM needs to file the lead: who, how to reach them, where they came from, how far along.
+
+    Listed field by field rather than taken from `lead_context`: this is a contract with receivers, and it
+    must not change when flow templates get a new field.
+    """
     return {
         "id": lead.id,
         "name": " ".join(part for part in (lead.first_name, lead.last_name) if part) or None,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -60,6 +61,16 @@ def _make_sqlite_folder(url: str) -> None:
 def sessionmaker(engine: AsyncEngine) -> Sessions:
     """Sessions whose objects stay readable after commit."""
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Sessions]:
+    """Sessions on a database for the length of one command; its connections close afterwards."""
+    engine = create_engine(url)
+    try:
+        yield sessionmaker(engine)
+    finally:
+        await engine.dispose()
 
 
 async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitable[T]], attempts: int = 3) -> T:
