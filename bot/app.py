@@ -22,10 +22,12 @@ from bot.hub import Hub, PostgresHub
 from bot.intake import Intake
 from bot.messages import SystemMessages
 from bot.middlewares import errors
+from bot.outgoing import WebhookSender
 from bot.services import SERVICES, Services
 from flows.clock import Clock, SystemClock
 from flows.engine import Engine
 from flows.library import FlowLibrary
+from flows.outgoing import Subscriptions
 from flows.runner import Runner
 from flows.scheduler import start_ticks
 from flows.sweeps import Sweeps
@@ -37,6 +39,7 @@ TICK_SECONDS = 1.0
 FLOW_RELOAD_SECONDS = 2.0
 SWEEP_SECONDS = 30.0
 HANDOFF_SECONDS = 5.0
+WEBHOOK_SECONDS = 2.0
 STEP_BATCH = 200
 SEND_BATCH = 100
 
@@ -51,7 +54,10 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
     channels: dict = {}
     hub = PostgresHub(settings.database_url, sessions) if not is_sqlite(settings.database_url) else Hub()
     library = FlowLibrary(settings.templates, settings.stages.order)
-    engine = Engine(library, settings.stages, channels, scoring=settings.scoring, handoff=settings.handoff)
+    webhooks = Subscriptions({e.name: e.events for e in settings.webhook_endpoints.values()}, settings.public_url)
+    engine = Engine(
+        library, settings.stages, channels, scoring=settings.scoring, handoff=settings.handoff, webhooks=webhooks
+    )
     dispatcher = Dispatcher(sessions, channels, hub, clock, settings.policy, settings.outbox_lease)
     notifier = Notifier(sessions, clock, hub, dispatcher, messages, settings.handoff)
     services = Services(
@@ -67,6 +73,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         sweeps=Sweeps(sessions, engine, clock, settings.policy.default_timezone),
         handoffs=Handoffs(sessions, clock, engine, hub, dispatcher, notifier),
         notifier=notifier,
+        webhooks=WebhookSender(sessions, clock, settings.webhook_endpoints),
     )
     app[SERVICES] = services
     for name, adapter in CHANNELS.items():
@@ -87,6 +94,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         await hub.start()
         for channel in channels.values():
             await channel.start()
+        await services.webhooks.start()
         if notifier.room is None:
             log.info("telegram operators' group is disabled: %s", _no_room_reason(settings))
         scheduler = start_ticks(_jobs(services)) if ticks else None
@@ -97,6 +105,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         await hub.stop()
         for channel in channels.values():
             await channel.stop()
+        await services.webhooks.stop()
         await database.dispose()
 
     app.cleanup_ctx.append(lifecycle)
@@ -104,7 +113,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
 
 def _jobs(services: Services) -> list:
-    """What the scheduler ticks: edited flows, due steps, the outbox, stuck leads, broadcasts, handoffs."""
+    """What the scheduler ticks: edited flows, due steps, the outbox, stuck leads, broadcasts, handoffs, webhooks."""
 
     async def reload_flows() -> None:
         await asyncio.to_thread(services.library.reload)
@@ -121,6 +130,7 @@ def _jobs(services: Services) -> list:
         (dispatch, TICK_SECONDS),
         (services.sweeps.run, SWEEP_SECONDS),
         (services.notifier.tick, HANDOFF_SECONDS),
+        (services.webhooks.send_due, WEBHOOK_SECONDS),
     ]
 
 

@@ -1,4 +1,4 @@
-"""The `kindling` command: serve, migrate, lint, preview, simulate, lead show|export|erase, operator and apikey."""
+"""The `kindling` command: serve, migrate, lint, preview, simulate, lead, operator, apikey, webhooks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import apikeycli, operatorcli, privacycli
+from bot import apikeycli, operatorcli, privacycli, webhookcli
 from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.console.roles import ROLES
@@ -24,6 +24,7 @@ from flows.clock import SystemClock
 from storage.db import create_engine, sessionmaker
 from storage.leads import LeadNotFound
 from storage.migrate import upgrade
+from storage.webhooks import STATUSES
 
 log = logging.getLogger("kindling")
 
@@ -64,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _operator_commands(commands)
     _apikey_commands(commands)
+    _webhook_commands(commands)
     return top
 
 
@@ -96,6 +98,23 @@ def _apikey_commands(commands: argparse._SubParsersAction) -> None:
     revoke.add_argument("name")
 
 
+def _webhook_commands(commands: argparse._SubParsersAction) -> None:
+    """`kindling webhooks list|show|retry`."""
+    webhooks = commands.add_parser("webhooks", help="outgoing webhook deliveries to CRMs")
+    actions = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    listing = actions.add_parser("list", help="deliveries, newest first")
+    listing.add_argument("--failed", action="store_true", help="only dead ones and those waiting to retry")
+    listing.add_argument("--status", choices=STATUSES)
+    listing.add_argument("--endpoint", help="only this endpoint's (its name in config.toml)")
+    listing.add_argument("--lead", type=int, help="only this lead's")
+    listing.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    listing.add_argument("--format", choices=("text", "json"), default="text")
+    show = actions.add_parser("show", help="one delivery with the body it sends")
+    show.add_argument("id", type=int)
+    retry = actions.add_parser("retry", help="send dead deliveries again")
+    retry.add_argument("ids", type=int, nargs="+", metavar="ID")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit status."""
     args = parser().parse_args(argv)
@@ -124,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(operator(settings, args))
         if args.command == "apikey":
             return asyncio.run(apikey(settings, args))
+        if args.command == "webhooks":
+            return asyncio.run(webhooks(settings, args))
         return asyncio.run(lead(settings, args))
     except LeadNotFound as exc:
         print(f"no lead {exc.args[0]}", file=sys.stderr)
@@ -181,6 +202,16 @@ async def apikey(settings: Settings, args: argparse.Namespace) -> int:
     if args.apikey_command == "list":
         return await apikeycli.show_all(settings)
     return await apikeycli.revoke(settings, args.name)
+
+
+async def webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    """Run `kindling webhooks list|show|retry`."""
+    if args.webhooks_command == "list":
+        filters = {"failed": args.failed, "status": args.status, "endpoint": args.endpoint, "lead_id": args.lead}
+        return await webhookcli.show_list(settings, args.format, limit=max(1, args.limit), **filters)
+    if args.webhooks_command == "show":
+        return await webhookcli.show_one(settings, args.id)
+    return await webhookcli.retry(settings, args.ids)
 
 
 async def show_lead(settings: Settings, lead_id: int, output: str) -> int:

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
 from flows.durations import parse_duration
 from flows.expressions import ExpressionError
 from flows.handoff import INTENT_WORDS, HandoffPolicy
 from flows.hours import BusinessHours
+from flows.outgoing import WEBHOOK_EVENTS
 from flows.safety import Policy, QuietHours
 from flows.scoring import ScoreRule, Scoring
 from flows.stages import DEFAULT_ORDER, Stages
@@ -36,6 +38,16 @@ class WebhookSource:
     name: str
     secret: str
     url: str | None
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """A CRM (or anything) that gets Kindling's outgoing webhooks, signed with its own secret."""
+
+    name: str
+    url: str
+    secret: str
+    events: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ class Settings:
     telegram_secret: str | None = None
     telegram_api_url: str = "https://api.telegram.org"
     webhook_sources: Mapping[str, WebhookSource] = field(default_factory=dict)
+    webhook_endpoints: Mapping[str, WebhookEndpoint] = field(default_factory=dict)
     scoring: Scoring = Scoring()
     stages: Stages = Stages()
     policy: Policy = Policy()
@@ -118,6 +131,7 @@ def settings_from(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             env, "KINDLING_TELEGRAM_API_URL", telegram.get("api_url", str, Settings.telegram_api_url)
         ).rstrip("/"),
         webhook_sources=_webhook_sources(channels.section("webhook").section("sources"), env),
+        webhook_endpoints=_webhook_endpoints(doc.section("webhooks").section("outgoing"), env),
         scoring=_scoring(doc.section("scoring")),
         stages=_stages(doc.section("stages")),
         console=_console(doc.section("console")),
@@ -201,6 +215,40 @@ def _webhook_sources(sources: _Section, env: Mapping[str, str]) -> dict[str, Web
 def webhook_secret_env(source: str) -> str:
     """The environment variable holding a webhook source's secret."""
     return "KINDLING_WEBHOOK_SECRET_" + source.upper().replace("-", "_")
+
+
+def _webhook_endpoints(endpoints: _Section, env: Mapping[str, str]) -> dict[str, WebhookEndpoint]:
+    found = {}
+    for name in list(endpoints.data):
+        if not _SOURCE_NAME.match(name):
+            raise ConfigError(f"{endpoints.key(name)}: use lower-case letters, digits, - and _")
+        table = endpoints.section(name)
+        url = table.get("url", str, "")
+        events = table.get("events", list, list(WEBHOOK_EVENTS))
+        if not _is_http_url(url):
+            raise ConfigError(f"{table.key('url')}: an http(s) URL like https://crm.example.com/hooks, got {url!r}")
+        unknown = [event for event in events if event not in WEBHOOK_EVENTS]
+        if unknown or not events:
+            problem = f"{unknown[0]!r} is not an event" if unknown else "no events"
+            raise ConfigError(f"{table.key('events')}: {problem}; choose from {', '.join(WEBHOOK_EVENTS)}")
+        secret_env = outgoing_secret_env(name)
+        if not env.get(secret_env):
+            raise ConfigError(f"{endpoints.key(name)}: its signing secret is not set: export {secret_env}")
+        found[name] = WebhookEndpoint(name=name, url=url, secret=env[secret_env], events=frozenset(events))
+    return found
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        url = urlsplit(text)
+        return url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:  # a bad port or IPv6 address
+        return False
+
+
+def outgoing_secret_env(endpoint: str) -> str:
+    """The environment variable holding an outgoing webhook endpoint's signing secret."""
+    return "KINDLING_OUTGOING_SECRET_" + endpoint.upper().replace("-", "_")
 
 
 def _scoring(section: _Section) -> Scoring:

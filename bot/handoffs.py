@@ -21,6 +21,7 @@ from bot.hub import Hub
 from flows.clock import Clock
 from flows.engine import Engine, enroll, lead_enrollments, may_enroll
 from flows.handoff import OPEN, end_paused, latest_conversation, open_handoff, resume_nurture
+from flows.outgoing import handoff_summary, queue_webhook
 from flows.reactions import set_stage
 from storage.db import Sessions, transaction
 from storage.leads import LeadNotFound, get_lead
@@ -226,11 +227,14 @@ class Handoffs:
             resumed, started = 0, False
             await end_paused(session, lead.id, f"handoff {outcome}", now)
         if outcome == "won" and lead.stage != CUSTOMER:
-            change = await set_stage(session, lead, CUSTOMER, f"handoff won by {operator.name}", now)
+            why = f"handoff won by {operator.name}"
+            change = await set_stage(session, self.engine.webhooks, lead, CUSTOMER, why, now)
             await self.engine.react(session, lead, [change], now)
         payload = {"handoff_id": handoff.id, "outcome": outcome, "reason": reason, "operator": operator.name,
                    "resumed": resumed, "flow": flow if started else None}  # fmt: skip
         session.add(Event(lead_id=lead.id, type="handoff_closed", payload=payload, at=now))
+        closed = {"handoff": {**handoff_summary(handoff), "operator": operator.name}}
+        await queue_webhook(session, self.engine.webhooks, "handoff.closed", lead, closed, now)
 
     async def _start_flow(self, session: AsyncSession, lead: Lead, slug: str, now: datetime) -> bool:
         spec = self.engine.library.flows[slug]

@@ -18,6 +18,7 @@ from bot.warm import WarmSignals, visitor_notice
 from flows.clock import Clock
 from flows.engine import Engine
 from flows.optout import is_opt_out, opt_out
+from flows.outgoing import Subscriptions
 from flows.reactions import advance_stage, ledger, score_event
 from storage import leads as q
 from storage.db import Sessions, transaction
@@ -108,9 +109,10 @@ class Intake:
         """Contacts, points, stages, opt-out, flows. Returns the contact events and the opt-out (or a repeat)."""
         captured = await self._capture_contacts(session, lead, inbound, conversation, now)
         happened = [event, *captured]
+        webhooks = self.engine.webhooks if self.engine is not None else Subscriptions()
         for each in list(happened):
             await score_event(session, self.settings.scoring, lead, each, now)
-            if (change := await advance_stage(session, self.settings.stages, lead, each, now)) is not None:
+            if (change := await advance_stage(session, self.settings.stages, webhooks, lead, each, now)) is not None:
                 happened.append(change)
         stop: Event | bool = False
         if inbound.kind == "message" and is_opt_out(inbound.text, self.settings.opt_out_words):

@@ -13,12 +13,13 @@ from flows.scoring import explanation_text
 from storage.db import Sessions
 from storage.leads import get_lead
 from storage.models import Conversation, Delivery, Enrollment, Event, Identity
+from storage.webhooks import list_deliveries, summary
 
 EVENT_LIMIT = 200
 
 
 async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now: datetime) -> dict[str, Any]:
-    """The lead with score explanation, stage history, identities, conversations, events, deliveries."""
+    """The lead with score explanation, stage history, identities, conversations, events, deliveries, webhooks."""
     async with sessions() as session:
         lead = await get_lead(session, lead_id)
         lines = await ledger(session, lead.id)
@@ -40,6 +41,7 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
         enrollments = (
             await session.exec(select(Enrollment).where(Enrollment.lead_id == lead.id).order_by(Enrollment.id))
         ).all()
+        webhooks = await list_deliveries(session, lead_id=lead.id, limit=EVENT_LIMIT)
     score = settings.scoring.score(lines, now)
     reasons = settings.scoring.explain(lines, now)
     return {
@@ -105,6 +107,7 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
             }
             for d in deliveries
         ],
+        "webhooks": [summary(row) for row in reversed(webhooks)],
     }
 
 
@@ -142,6 +145,9 @@ def format_lead(report: dict[str, Any]) -> str:
         "",
         "Deliveries:",
         *[_delivery_line(d) for d in report["deliveries"]],
+        "",
+        "Webhooks:",
+        *[f"  {webhook_line(w)}" for w in report["webhooks"]],
     ]
     return "\n".join(lines)
 
@@ -151,6 +157,21 @@ def _delivery_line(d: dict) -> str:
     where = f" {d['flow']}/{d['step']}" if d["flow"] else ""
     why = f" ({d['error']})" if d["error"] else ""
     return f"  #{d['id']} {d['channel']} {d['kind']}{where} {d['status']}{why}: {d['text'][:60]!r}"
+
+
+def webhook_line(row: dict) -> str:
+    """`#7 crm lead.warm lead 3 dead after 1 attempt: answered 400 Bad Request: ...`."""
+    attempts = f"{row['attempts']} attempt{'s' if row['attempts'] != 1 else ''}"
+    state = {
+        "delivered": f"delivered {row['delivered_at']}",
+        "pending": f"pending, next try {row['next_attempt_at']}",
+        "sending": "sending",
+        "dead": f"dead after {attempts}",
+    }[row["status"]]
+    if row["status"] == "pending" and row["attempts"]:
+        state += f" ({attempts} so far)"
+    why = f": {row['last_error']}" if row["last_error"] and row["status"] != "delivered" else ""
+    return f"#{row['id']} {row['endpoint']} {row['event_type']} lead {row['lead_id']} {state}{why}"
 
 
 def _touch(touch: dict) -> str:

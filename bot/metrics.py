@@ -1,8 +1,8 @@
 """Prometheus metrics at /metrics.
 
-Backlogs (due steps, the outbox, waiting handoffs, SLA breaches, how late the oldest due work is) are read
-from the database at scrape time, so every instance reports the same truth. Inbound messages are counted
-by the process that received them, as Prometheus counters are: sum them over instances.
+Backlogs (due steps, the outbox, outgoing webhooks, waiting handoffs, SLA breaches, how late the oldest due
+work is) are read from the database at scrape time, so every instance reports the same truth. Inbound messages
+are counted by the process that received them, as Prometheus counters are: sum them over instances.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.db import transaction
 from storage.models import Delivery, Enrollment, Handoff
+from storage.webhooks import counts as webhook_counts
 
 
 class Metrics:
@@ -50,6 +51,12 @@ class _Figures:
         for status, count in sorted(figures["deliveries"].items()):  # type: ignore[attr-defined]
             deliveries.add_metric([status], count)
         yield deliveries
+        webhooks = GaugeMetricFamily(
+            "kindling_webhooks", "Outgoing webhook deliveries by endpoint and status", labels=["endpoint", "status"]
+        )
+        for (endpoint, status), count in sorted(figures["webhooks"].items()):  # type: ignore[attr-defined]
+            webhooks.add_metric([endpoint, status], count)
+        yield webhooks
         for name, help_text in _GAUGES.items():
             yield GaugeMetricFamily(f"kindling_{name}", help_text, value=figures[name])
 
@@ -78,6 +85,7 @@ async def _figures(session: AsyncSession, now: datetime) -> dict[str, object]:
     oldest = min((moment for moment in (oldest_row, oldest_step) if moment is not None), default=None)
     return {
         "deliveries": by_status,
+        "webhooks": await webhook_counts(session),
         "outbox_due": outbox_due,
         "steps_due": steps_due,
         "handoffs_waiting": waiting,

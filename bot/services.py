@@ -1,4 +1,4 @@
-"""What channels and views share: settings, database sessions, clock, intake, dispatcher, live hub, handoffs."""
+"""What channels and views share: settings, database sessions, clock, intake, dispatcher, hub, handoffs, webhooks."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from bot.handoffs import Handoffs
 from bot.hub import Hub, message_frame
 from bot.intake import Intake, Received
 from bot.metrics import Metrics
+from bot.outgoing import WebhookSender
 from flows.clock import Clock
 from flows.engine import Engine
 from flows.library import FlowLibrary
@@ -43,6 +44,7 @@ class Services:
     sweeps: Sweeps
     handoffs: Handoffs
     notifier: Notifier
+    webhooks: WebhookSender
     secret_key: bytes = b""
     metrics: Metrics = field(default_factory=Metrics)
     tasks: set[asyncio.Task] = field(default_factory=set)

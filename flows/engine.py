@@ -14,6 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows.handoff import HandoffPolicy
 from flows.library import FlowLibrary
+from flows.outgoing import Subscriptions
 from flows.reactions import event_context, lead_context
 from flows.scoring import Scoring
 from flows.spec import FlowSpec
@@ -26,13 +27,14 @@ REPLIES = ("message", "button")
 
 @dataclass
 class Engine:
-    """The flow engine's state: the flow library, the funnel, which channels can send, scoring and handoff."""
+    """The flow engine's state: the flow library, the funnel, which channels can send, scoring, handoff, webhooks."""
 
     library: FlowLibrary
     stages: Stages
     channels: Collection[str]
     scoring: Scoring = field(default_factory=Scoring)
     handoff: HandoffPolicy = field(default_factory=HandoffPolicy)
+    webhooks: Subscriptions = field(default_factory=Subscriptions)
 
     async def react(self, session: AsyncSession, lead: Lead, events: Sequence[Event], now: datetime) -> None:
         """End the flows these events end, then enroll the lead in the flows they trigger."""

@@ -1,8 +1,9 @@
 """Opening a handoff: the Handoff row with its SLA and context card, the bot stepping aside, nurture pausing.
 
 Both intake (warm signals) and the flow runner (`action="handoff"`) call `open_handoff` inside their own
-transaction, so the handoff commits with whatever caused it. Notifying operators is the bot's job: a
-Handoff row whose `console_notified_at` / `telegram_notified_at` is empty is still to be announced.
+transaction, so the handoff (and its `lead.warm` webhook rows) commits with whatever caused it. Notifying
+operators is the bot's job: a Handoff row whose `console_notified_at` / `telegram_notified_at` is empty is
+still to be announced.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows.handoff_card import build_card
 from flows.hours import BusinessHours
+from flows.outgoing import handoff_summary, queue_webhook
 from storage.models import Conversation, Enrollment, Event, Handoff, Lead
 
 if TYPE_CHECKING:
@@ -89,6 +91,7 @@ async def open_handoff(
         Event(lead_id=lead.id, conversation_id=handoff.conversation_id, type="handoff", payload=_json(payload), at=now)
     )
     await session.flush()
+    await queue_webhook(session, engine.webhooks, "lead.warm", lead, {"handoff": handoff_summary(handoff)}, now)
     return handoff, True
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flows.outgoing import Subscriptions, queue_webhook
 from flows.scoring import LedgerLine, Scoring
 from flows.stages import Stages
 from storage.models import Event, Lead, PointsEntry
@@ -85,16 +86,20 @@ async def score_event(session: AsyncSession, scoring: Scoring, lead: Lead, event
         lead.score = scoring.score(await ledger(session, lead.id), now)
 
 
-async def advance_stage(session: AsyncSession, stages: Stages, lead: Lead, event: Event, now: datetime) -> Event | None:
+async def advance_stage(
+    session: AsyncSession, stages: Stages, webhooks: Subscriptions, lead: Lead, event: Event, now: datetime
+) -> Event | None:
     """Move the lead forward if a stage rule holds; the change is an event with its reason."""
     rule = stages.advance(lead.stage, lead_context(lead), event_context(event))
     if rule is None:
         return None
-    return await set_stage(session, lead, rule.stage, f"{rule.stage}: {rule.source}", now)
+    return await set_stage(session, webhooks, lead, rule.stage, f"{rule.stage}: {rule.source}", now)
 
 
-async def set_stage(session: AsyncSession, lead: Lead, stage: str, reason: str, now: datetime) -> Event:
-    """Record a stage change (by rule, operator or API) as a `stage_changed` event."""
+async def set_stage(
+    session: AsyncSession, webhooks: Subscriptions, lead: Lead, stage: str, reason: str, now: datetime
+) -> Event:
+    """Record a stage change (by rule, operator or API): a `stage_changed` event and `lead.stage_changed` webhooks."""
     change = Event(
         lead_id=lead.id,
         type="stage_changed",
@@ -104,4 +109,5 @@ async def set_stage(session: AsyncSession, lead: Lead, stage: str, reason: str, 
     lead.stage, lead.stage_at, lead.updated_at = stage, now, now
     session.add_all([change, lead])
     await session.flush()
+    await queue_webhook(session, webhooks, "lead.stage_changed", lead, {"stage": change.payload}, now)
     return change

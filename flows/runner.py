@@ -155,7 +155,7 @@ class Runner:
         if action.kind == "handoff":
             await open_handoff(session, self.engine, lead, trigger="flow", reason=why, now=now)
         elif action.kind == "stage" and action.value != lead.stage:
-            await set_stage(session, lead, str(action.value), why, now)
+            await set_stage(session, self.engine.webhooks, lead, str(action.value), why, now)
         elif action.kind == "tag":
             lead.tags = sorted({*lead.tags, str(action.value)})
         elif action.kind == "score":

@@ -302,3 +302,33 @@ class Erasure(SQLModel, table=True):
     erased_at: datetime = _time()
     erased_by: str  # the API key's name, or "cli:<system user>"
     removed: dict = _json(dict)  # rows removed per table
+
+
+_WAITING = "status IN ('pending', 'sending')"
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """Outbox row of an outgoing webhook: one event for one endpoint, POSTed until it is delivered or dead."""
+
+    __table_args__ = (
+        UniqueConstraint("endpoint", "event_id"),
+        Index("ix_webhookdelivery_due", "status", "next_attempt_at"),
+        # A lead's undelivered rows per endpoint, oldest first: each waits for the one before it.
+        Index("ix_webhookdelivery_waiting", "endpoint", "lead_id", "id", sqlite_where=text(_WAITING),
+              postgresql_where=text(_WAITING)),
+    )  # fmt: skip
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str  # a uuid: X-Kindling-Delivery and the body's `id`; receivers dedupe on it
+    endpoint: str  # its name in config.toml ([webhooks.outgoing.<name>])
+    event_type: str  # lead.warm | lead.stage_changed | handoff.closed
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    body: dict = _json(dict)  # the JSON sent, built when the event happened
+    status: str = "pending"  # pending | sending | delivered | dead
+    attempts: int = 0
+    next_attempt_at: datetime = _time()
+    lease_until: datetime | None = _time(nullable=True)
+    last_attempt_at: datetime | None = _time(nullable=True)
+    last_status: int | None = None  # the receiver's HTTP status on the last attempt (none if unreachable)
+    last_error: str | None = None
+    created_at: datetime = _time()
+    delivered_at: datetime | None = _time(nullable=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from bot.channels.webhook import signed_headers
 from bot.config import WebhookSource
+from bot.signing import signed_headers
 from storage.models import Delivery, Event, Lead, Message
 
 from conftest import API_KEY, rows, services_of

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from aiohttp import web
 
-from bot.channels.webhook import sign, signed_headers
 from bot.config import WebhookSource
+from bot.signing import sign, signed_headers
 from storage.models import Delivery, Event, Lead, Message
 
 from conftest import rows, services_of

@@ -8,12 +8,10 @@ Outbound replies are POSTed to the source's `url`, signed the same way. The JSON
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
 import re
-from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -23,18 +21,13 @@ from bot.channels.base import Inbound, Profile, SendResult
 from bot.config import WebhookSource
 from bot.middlewares import json_error
 from bot.services import Services
+from bot.signing import sign, signed_headers
 from storage.models import Delivery
 
 log = logging.getLogger(__name__)
 REPLAY_WINDOW = 300
 _ID = re.compile(r"^[\w.:@-]{1,128}$")
 _KINDS = {"message": "message", "button": "button"}
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The signature header value for a body sent at `timestamp`."""
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
 
 
 class WebhookChannel:
@@ -162,9 +155,3 @@ def _retry_after(header: str | None) -> float:
 
 def _text(value: Any) -> str | None:
     return value[:200] if isinstance(value, str) and value else None
-
-
-def signed_headers(secret: str, body: bytes, now: datetime) -> dict[str, str]:
-    """Headers a sender puts on a body (what providers implement; tests use it too)."""
-    timestamp = str(int(now.timestamp()))
-    return {"X-Kindling-Timestamp": timestamp, "X-Kindling-Signature": sign(secret, timestamp, body)}

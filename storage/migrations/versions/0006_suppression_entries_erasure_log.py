@@ -1,7 +1,7 @@
 """erasure suppression entries and erasure log
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-23 20:55:20.011663
 """
 
@@ -13,7 +13,7 @@ import storage.models
 
 
 revision = '0006'
-down_revision = '0004'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,23 @@
+"""The HMAC signature on Kindling's webhooks, both ways: inbound from chat providers, outbound to them and to CRMs.
+
+`X-Kindling-Timestamp` is Unix seconds; `X-Kindling-Signature` is `sha256=<hex>` of
+HMAC-SHA256(secret, "<timestamp>.<raw body>"), so a captured body cannot be replayed with another timestamp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header value for a body sent at `timestamp`."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def signed_headers(secret: str, body: bytes, now: datetime) -> dict[str, str]:
+    """Headers a sender puts on a body (what providers implement; tests use it too)."""
+    timestamp = str(int(now.timestamp()))
+    return {"X-Kindling-Timestamp": timestamp, "X-Kindling-Signature": sign(secret, timestamp, body)}
