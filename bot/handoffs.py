@@ -226,7 +226,8 @@ class Handoffs:
             resumed, started = 0, False
             await end_paused(session, lead.id, f"handoff {outcome}", now)
         if outcome == "won" and lead.stage != CUSTOMER:
-            change = await set_stage(session, lead, CUSTOMER, f"handoff won by {operator.name}", now)
+            why = f"handoff won by {operator.name}"
+            change = await set_stage(session, self.engine.stages, lead, CUSTOMER, why, now)
             await self.engine.react(session, lead, [change], now)
         payload = {"handoff_id": handoff.id, "outcome": outcome, "reason": reason, "operator": operator.name,
                    "resumed": resumed, "flow": flow if started else None}  # fmt: skip

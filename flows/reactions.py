@@ -8,6 +8,7 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flows import history
 from flows.scoring import LedgerLine, Scoring
 from flows.stages import Stages
 from storage.models import Event, Lead, PointsEntry
@@ -90,17 +91,18 @@ async def advance_stage(session: AsyncSession, stages: Stages, lead: Lead, event
     rule = stages.advance(lead.stage, lead_context(lead), event_context(event))
     if rule is None:
         return None
-    return await set_stage(session, lead, rule.stage, f"{rule.stage}: {rule.source}", now)
+    return await set_stage(session, stages, lead, rule.stage, f"{rule.stage}: {rule.source}", now)
 
 
-async def set_stage(session: AsyncSession, lead: Lead, stage: str, reason: str, now: datetime) -> Event:
-    """Record a stage change (by rule, operator or API) as a `stage_changed` event."""
+async def set_stage(session: AsyncSession, stages: Stages, lead: Lead, stage: str, reason: str, now: datetime) -> Event:
+    """Record a stage change (by rule, operator or API): a `stage_changed` event and the stage history."""
     change = Event(
         lead_id=lead.id,
         type="stage_changed",
         payload={"from": lead.stage, "to": stage, "reason": reason},
         at=now,
     )
+    await history.reach(session, stages, lead, stage, now)
     lead.stage, lead.stage_at, lead.updated_at = stage, now, now
     session.add_all([change, lead])
     await session.flush()
