@@ -1,4 +1,4 @@
-"""The `kindling` command: serve, migrate, lint, preview, simulate, lead show, operator add|list|remove."""
+"""The `kindling` command: serve, migrate, lint, preview, simulate, report, lead show, operator add|list|remove."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import operatorcli
+from bot import operatorcli, reportcli
 from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.console.roles import ROLES
@@ -50,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--days", type=int, default=90, help="how far to look ahead (default 90)")
     sim.add_argument("--events", type=Path, help='a JSON list like [{"after": "2d", "type": "message"}]')
     sim.add_argument("--sample", type=Path, help="a JSON or TOML file of lead fields over the sample lead")
+    reportcli.add_command(commands)
     lead = commands.add_parser("lead", help="look at a lead").add_subparsers(dest="lead_command", required=True)
     show = lead.add_parser("show", help="a lead with score explanation, stages, conversations, events")
     show.add_argument("id", type=int)
@@ -99,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(preview_flow(settings, args.flow, args.step, args.lead, args.sample))
         if args.command == "operator":
             return asyncio.run(operator(settings, args))
+        if args.command == "report":
+            return asyncio.run(reportcli.run(settings, args))
         return asyncio.run(show_lead(settings, args.id, args.format))
     except LeadNotFound as exc:
         print(f"no lead {exc.args[0]}", file=sys.stderr)
