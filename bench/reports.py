@@ -51,11 +51,16 @@ STAGES = ("visitor", "lead", "mql", "sql", "customer")
 FLOWS = ("new-lead-7-in-7", "pricing-not-ready", "speed-to-lead", "stuck-reengage")
 
 FILL = [
-    ("operators", """
+    (
+        "operators",
+        """
         INSERT INTO operator (name, role, password_hash, created_at)
         SELECT 'op-' || g, 'operator', 'x', CAST(:end AS timestamp) - interval '400 days'
-        FROM generate_series(1, 20) g"""),
-    ("plan", """
+        FROM generate_series(1, 20) g""",
+    ),
+    (
+        "plan",
+        """
         CREATE UNLOGGED TABLE plan AS
         SELECT g AS id, CAST(:end AS timestamp) - random() * interval '365 days' AS created_at,
                CASE WHEN r < 0.04 THEN 4 WHEN r < 0.12 THEN 3 WHEN r < 0.30 THEN 2 WHEN r < 0.60 THEN 1 ELSE 0 END
@@ -69,12 +74,18 @@ FILL = [
                      CASE WHEN random() < 0.1 THEN 0 ELSE random() ^ 2 * 864000 END,
                      CASE WHEN random() < 0.1 THEN 0 ELSE random() ^ 2 * 864000 END,
                      CASE WHEN random() < 0.1 THEN 0 ELSE random() ^ 2 * 864000 END]::float8[] AS gaps
-        FROM (SELECT g, random() AS r FROM generate_series(1, :leads) g) s"""),
-    ("plan offsets", """
+        FROM (SELECT g, random() AS r FROM generate_series(1, :leads) g) s""",
+    ),
+    (
+        "plan offsets",
+        """
         ALTER TABLE plan ADD COLUMN offs float8[];
         UPDATE plan SET offs = ARRAY[0, gaps[2], gaps[2] + gaps[3], gaps[2] + gaps[3] + gaps[4],
-                                     gaps[2] + gaps[3] + gaps[4] + gaps[5]]"""),
-    ("leads", """
+                                     gaps[2] + gaps[3] + gaps[4] + gaps[5]]""",
+    ),
+    (
+        "leads",
+        """
         INSERT INTO lead (id, created_at, updated_at, stage, stage_at, score, first_touch, last_touch, tags)
         SELECT id, created_at, created_at + offs[top + 1] * interval '1 second',
                (ARRAY['visitor','lead','mql','sql','customer'])[top + 1],
@@ -83,26 +94,38 @@ FILL = [
                json_build_object('source', NULLIF(source, '(none)'), 'campaign', campaign, 'channel', channel),
                '[]'::json
         FROM plan;
-        SELECT setval('lead_id_seq', (SELECT max(id) FROM lead))"""),
-    ("conversations", """
+        SELECT setval('lead_id_seq', (SELECT max(id) FROM lead))""",
+    ),
+    (
+        "conversations",
+        """
         INSERT INTO conversation (id, lead_id, channel, external_id, owner, contact_requested, created_at)
         SELECT id, id, channel, 'v' || id, 'bot', false, created_at FROM plan;
-        SELECT setval('conversation_id_seq', (SELECT max(id) FROM conversation))"""),
-    ("stage history", """
+        SELECT setval('conversation_id_seq', (SELECT max(id) FROM conversation))""",
+    ),
+    (
+        "stage history",
+        """
         INSERT INTO stageentry (lead_id, stage, entered_at, left_at, cohort_at, source, campaign, channel)
         SELECT p.id, (ARRAY['visitor','lead','mql','sql','customer'])[k + 1],
                p.created_at + p.offs[k + 1] * interval '1 second',
                CASE WHEN k < p.top THEN p.created_at + p.offs[k + 2] * interval '1 second' END,
                p.created_at, p.source, p.campaign, p.channel
-        FROM plan p CROSS JOIN LATERAL generate_series(0, p.top) k"""),
-    ("stage_changed events", """
+        FROM plan p CROSS JOIN LATERAL generate_series(0, p.top) k""",
+    ),
+    (
+        "stage_changed events",
+        """
         INSERT INTO event (lead_id, type, payload, at)
         SELECT p.id, 'stage_changed',
                json_build_object('from', (ARRAY['visitor','lead','mql','sql','customer'])[k],
                                  'to', (ARRAY['visitor','lead','mql','sql','customer'])[k + 1], 'reason', 'bench'),
                p.created_at + p.offs[k + 1] * interval '1 second'
-        FROM plan p CROSS JOIN LATERAL generate_series(1, p.top) k"""),
-    ("enrollments", """
+        FROM plan p CROSS JOIN LATERAL generate_series(1, p.top) k""",
+    ),
+    (
+        "enrollments",
+        """
         INSERT INTO enrollment (lead_id, flow_slug, flow_version, step_index, due_at, status, exit_reason,
                                 enrolled_at, updated_at, goal, goal_reached_at, handed_off_at)
         SELECT id, flow, 'bench', 0, at, status,
@@ -119,8 +142,11 @@ FILL = [
                        (2, 'speed-to-lead', 'lead'), (3, 'stuck-reengage', 'mql')) f(pick, flow, goal)
             ON f.pick = p.pick
           WHERE random() < 0.5
-        ) e"""),
-    ("deliveries", """
+        ) e""",
+    ),
+    (
+        "deliveries",
+        """
         INSERT INTO delivery (lead_id, conversation_id, channel, address, kind, priority, text, buttons,
                               idempotency_key, enrollment_id, flow_slug, step, variant, status, attempts,
                               not_before, created_at, sent_at, last_error, replied_at, button_at, handed_off_at,
@@ -142,19 +168,28 @@ FILL = [
           FROM enrollment e
           CROSS JOIN LATERAL generate_series(1, 1 + floor(random() * 4 + e.id * 0)::int) k
           CROSS JOIN LATERAL (SELECT random() + k * 0 AS r) rr
-        ) d"""),
-    ("step_skipped events", """
+        ) d""",
+    ),
+    (
+        "step_skipped events",
+        """
         INSERT INTO event (lead_id, type, payload, at)
         SELECT lead_id, 'step_skipped',
                json_build_object('flow', flow_slug, 'step', 'step-5', 'variant', NULL,
                                  'reason', 'when is false: lead.score < 50'),
                enrolled_at + interval '5 days'
-        FROM enrollment WHERE random() < 0.1"""),
-    ("flow_enrolled events", """
+        FROM enrollment WHERE random() < 0.1""",
+    ),
+    (
+        "flow_enrolled events",
+        """
         INSERT INTO event (lead_id, type, payload, at)
         SELECT lead_id, 'flow_enrolled', json_build_object('flow', flow_slug, 'version', 'bench'), enrolled_at
-        FROM enrollment"""),
-    ("handoffs", """
+        FROM enrollment""",
+    ),
+    (
+        "handoffs",
+        """
         INSERT INTO handoff (lead_id, conversation_id, trigger, reason, card, status, warm_at, created_at,
                              sla_due_at, console_notified_at, telegram_notified_at, breached_at, claimed_by_id,
                              claimed_at, first_reply_at, closed_at, outcome)
@@ -171,12 +206,18 @@ FILL = [
                  CASE WHEN random() < 0.92 THEN random() ^ 3 * interval '2 hours' END AS claim,
                  (ARRAY['won','nurture','lost',NULL])[1 + floor(random() * 4)::int] AS outcome
           FROM plan WHERE random() < 0.05
-        ) h"""),
-    ("handoff events", """
+        ) h""",
+    ),
+    (
+        "handoff events",
+        """
         INSERT INTO event (lead_id, type, payload, at)
         SELECT h.lead_id, t.type, json_build_object('handoff_id', h.id), h.warm_at
-        FROM handoff h CROSS JOIN (VALUES ('handoff'), ('handoff_claimed'), ('handoff_closed')) t(type)"""),
-    ("page views and messages", """
+        FROM handoff h CROSS JOIN (VALUES ('handoff'), ('handoff_claimed'), ('handoff_closed')) t(type)""",
+    ),
+    (
+        "page views and messages",
+        """
         INSERT INTO event (lead_id, type, payload, at)
         SELECT p.id, CASE WHEN g % 3 = 0 THEN 'message' ELSE 'page_view' END,
                CASE WHEN g % 3 = 0 THEN json_build_object('channel', p.channel, 'text', 'hello there')
@@ -184,7 +225,8 @@ FILL = [
                END,
                p.created_at + random() * interval '30 days'
         FROM generate_series(1, greatest(:events - (SELECT count(*) FROM event), 0)) g
-        JOIN plan p ON p.id = 1 + g % :leads"""),
+        JOIN plan p ON p.id = 1 + g % :leads""",
+    ),
     ("drop plan", "DROP TABLE plan"),
 ]
 

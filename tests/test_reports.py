@@ -264,6 +264,7 @@ async def test_the_handoff_report_gives_speed_to_lead_breaches_and_outcomes(app,
         ("by=country", "'by' must be one of source, campaign, channel"),
         ("format=xml", "'format' must be json or csv"),
         ("until=9999-12-31", "'until' must be an ISO date or time"),
+        ("until=0001-01-02", "'until' is too early for the default period"),
     ],
 )
 async def test_bad_parameters_get_422_with_a_clear_message(app, query, message):

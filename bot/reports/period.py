@@ -25,7 +25,12 @@ class Query:
 def parse_query(since: str | None, until: str | None, by: str | None, now: datetime) -> Query:
     """Check and complete a request: default until is now, default since 30 days before until."""
     end = _moment(until, "until", end_of_day=True) if until else now
-    start = _moment(since, "since", end_of_day=False) if since else end - timedelta(days=DEFAULT_DAYS)
+    if since:
+        start = _moment(since, "since", end_of_day=False)
+    elif end - datetime.min.replace(tzinfo=UTC) > timedelta(days=DEFAULT_DAYS):
+        start = end - timedelta(days=DEFAULT_DAYS)
+    else:
+        raise ReportError("'until' is too early for the default period: give 'since' too")
     if start >= end:
         raise ReportError(f"'since' ({start.isoformat()}) must be before 'until' ({end.isoformat()})")
     if by is not None and by not in BY:
