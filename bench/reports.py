@@ -9,8 +9,9 @@ second, 30%, 12% and 4% the next ones, 10% of moves jump a stage at once) and a 
 event per move; one conversation per lead; enrollments for half of the leads, with nurture deliveries
 (an A/B step among them), replies, buttons, handoffs and opt-outs credited to them, skipped steps as
 `step_skipped` events; handoffs for 5% of leads with notification, claim and reply times, breaches and
-outcomes, their events; and page views and messages to make up the events to the total. Then VACUUM
-ANALYZE. `--keep` reuses a database filled before (the fill takes a few minutes).
+outcomes, their events; and page views and messages to make up the events to the total. Rows go in
+in time order, as an append-only system writes them (ids follow creation times), except the page views
+and messages. Then VACUUM ANALYZE. `--keep` reuses a database filled before (the fill takes a few minutes).
 
 It then times each report through the app's own code (bot.reports.build_report, as the CLI, API and console
 call it): the funnel plain and by source, campaign and channel, the flows, the handoffs, for the last 30
@@ -62,7 +63,7 @@ FILL = [
         "plan",
         """
         CREATE UNLOGGED TABLE plan AS
-        SELECT g AS id, CAST(:end AS timestamp) - random() * interval '365 days' AS created_at,
+        SELECT row_number() OVER (ORDER BY at) AS id, at AS created_at,
                CASE WHEN r < 0.04 THEN 4 WHEN r < 0.12 THEN 3 WHEN r < 0.30 THEN 2 WHEN r < 0.60 THEN 1 ELSE 0 END
                  AS top,
                (ARRAY['google','facebook','newsletter','linkedin','bing','partner','twitter','(none)'])
@@ -74,7 +75,8 @@ FILL = [
                      CASE WHEN random() < 0.1 THEN 0 ELSE random() ^ 2 * 864000 END,
                      CASE WHEN random() < 0.1 THEN 0 ELSE random() ^ 2 * 864000 END,
                      CASE WHEN random() < 0.1 THEN 0 ELSE random() ^ 2 * 864000 END]::float8[] AS gaps
-        FROM (SELECT g, random() AS r FROM generate_series(1, :leads) g) s""",
+        FROM (SELECT CAST(:end AS timestamp) - random() * interval '365 days' AS at, random() AS r
+              FROM generate_series(1, :leads) g) s""",
     ),
     (
         "plan offsets",
@@ -93,14 +95,14 @@ FILL = [
                json_build_object('source', NULLIF(source, '(none)'), 'campaign', campaign, 'channel', channel),
                json_build_object('source', NULLIF(source, '(none)'), 'campaign', campaign, 'channel', channel),
                '[]'::json
-        FROM plan;
+        FROM plan ORDER BY id;
         SELECT setval('lead_id_seq', (SELECT max(id) FROM lead))""",
     ),
     (
         "conversations",
         """
         INSERT INTO conversation (id, lead_id, channel, external_id, owner, contact_requested, created_at)
-        SELECT id, id, channel, 'v' || id, 'bot', false, created_at FROM plan;
+        SELECT id, id, channel, 'v' || id, 'bot', false, created_at FROM plan ORDER BY id;
         SELECT setval('conversation_id_seq', (SELECT max(id) FROM conversation))""",
     ),
     (
@@ -111,7 +113,8 @@ FILL = [
                p.created_at + p.offs[k + 1] * interval '1 second',
                CASE WHEN k < p.top THEN p.created_at + p.offs[k + 2] * interval '1 second' END,
                p.created_at, p.source, p.campaign, p.channel
-        FROM plan p CROSS JOIN LATERAL generate_series(0, p.top) k""",
+        FROM plan p CROSS JOIN LATERAL generate_series(0, p.top) k
+        ORDER BY 3""",
     ),
     (
         "stage_changed events",
@@ -121,7 +124,8 @@ FILL = [
                json_build_object('from', (ARRAY['visitor','lead','mql','sql','customer'])[k],
                                  'to', (ARRAY['visitor','lead','mql','sql','customer'])[k + 1], 'reason', 'bench'),
                p.created_at + p.offs[k + 1] * interval '1 second'
-        FROM plan p CROSS JOIN LATERAL generate_series(1, p.top) k""",
+        FROM plan p CROSS JOIN LATERAL generate_series(1, p.top) k
+        ORDER BY 4""",
     ),
     (
         "enrollments",
@@ -142,7 +146,8 @@ FILL = [
                        (2, 'speed-to-lead', 'lead'), (3, 'stuck-reengage', 'mql')) f(pick, flow, goal)
             ON f.pick = p.pick
           WHERE random() < 0.5
-        ) e""",
+        ) e
+        ORDER BY at""",
     ),
     (
         "deliveries",
@@ -168,7 +173,8 @@ FILL = [
           FROM enrollment e
           CROSS JOIN LATERAL generate_series(1, 1 + floor(random() * 4 + e.id * 0)::int) k
           CROSS JOIN LATERAL (SELECT random() + k * 0 AS r) rr
-        ) d""",
+        ) d
+        ORDER BY at""",
     ),
     (
         "step_skipped events",
@@ -178,14 +184,15 @@ FILL = [
                json_build_object('flow', flow_slug, 'step', 'step-5', 'variant', NULL,
                                  'reason', 'when is false: lead.score < 50'),
                enrolled_at + interval '5 days'
-        FROM enrollment WHERE random() < 0.1""",
+        FROM enrollment WHERE random() < 0.1
+        ORDER BY 4""",
     ),
     (
         "flow_enrolled events",
         """
         INSERT INTO event (lead_id, type, payload, at)
         SELECT lead_id, 'flow_enrolled', json_build_object('flow', flow_slug, 'version', 'bench'), enrolled_at
-        FROM enrollment""",
+        FROM enrollment ORDER BY enrolled_at""",
     ),
     (
         "handoffs",
@@ -206,7 +213,8 @@ FILL = [
                  CASE WHEN random() < 0.92 THEN random() ^ 3 * interval '2 hours' END AS claim,
                  (ARRAY['won','nurture','lost',NULL])[1 + floor(random() * 4)::int] AS outcome
           FROM plan WHERE random() < 0.05
-        ) h""",
+        ) h
+        ORDER BY warm""",
     ),
     (
         "handoff events",

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, literal, tuple_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.reports.period import Query
-from bot.reports.stats import Measure, durations
+from bot.reports.stats import percentile_cont
 from flows.stages import Stages
 from storage.models import StageEntry
 
@@ -23,12 +24,12 @@ RULE = (
 
 
 async def funnel(session: AsyncSession, stages: Stages, query: Query) -> dict[str, Any]:
-    """Per group (all leads, or each source/campaign/channel): reached, conversion and median time per stage."""
+    """Per group (all leads, and each source/campaign/channel): reached, conversion and median time per stage."""
     dim = getattr(StageEntry, query.by) if query.by else None
-    period = [StageEntry.cohort_at >= query.since, StageEntry.cohort_at < query.until]
-    groups = [await _group_rows(session, stages, period, None)]
-    if dim is not None:
-        groups += await _group_rows(session, stages, period, dim)
+    tally = await _tally(session, stages, query, dim)
+    keys = {key for key, _ in tally} | {ALL}
+    groups = [_group(key, stages, tally) for key in keys]
+    groups.sort(key=lambda group: (group["key"] != ALL, -group["leads"], group["key"]))
     return {
         "report": "funnel",
         "since": query.since.isoformat(),
@@ -36,44 +37,67 @@ async def funnel(session: AsyncSession, stages: Stages, query: Query) -> dict[st
         "by": query.by,
         "rule": RULE,
         "stages": list(stages.order),
-        "groups": groups if dim is not None else groups[:1],
+        "groups": groups,
     }
 
 
-async def _group_rows(session: AsyncSession, stages: Stages, period: list, dim: Any) -> Any:
-    """The all-leads group (dim None), or one group per value of `dim`, largest first."""
-    keys = [StageEntry.stage] + ([dim] if dim is not None else [])
-    counted = select(*keys, func.count()).where(*period, StageEntry.stage.in_(stages.order)).group_by(*keys)
-    reached: dict[str, dict[str, int]] = {}
-    for row in await session.exec(counted):
-        reached.setdefault(row[1] if dim is not None else ALL, {})[row[0]] = row[-1]
-    stay = Measure("stay", StageEntry.entered_at, (StageEntry.left_at,))
-    moved_on = [*period, StageEntry.stage.in_(stages.order), StageEntry.left_at > StageEntry.entered_at]
-    times = await durations(session, keys, [stay], moved_on, quantiles=(0.5,))
-    groups = [_group(key, stages, counts, times, dim is not None) for key, counts in reached.items()]
-    groups.sort(key=lambda group: (-group["leads"], group["key"]))
+async def _tally(session: AsyncSession, stages: Stages, query: Query, dim: Any) -> dict[tuple[str, str], tuple]:
+    """(group, stage) -> (reached, moved on, median seconds in stage), in one pass over the period's history."""
+    where = [StageEntry.cohort_at >= query.since, StageEntry.cohort_at < query.until]
+    where.append(StageEntry.stage.in_(stages.order))
+    if session.bind.dialect.name != "postgresql":
+        return await _tally_in_python(session, where, dim)
+    moved = StageEntry.left_at > StageEntry.entered_at
+    seconds = func.extract("epoch", StageEntry.left_at - StageEntry.entered_at)
+    columns = [func.count(), func.count().filter(moved), func.percentile_cont(0.5).within_group(seconds).filter(moved)]
     if dim is None:
-        return groups[0] if groups else _group(ALL, stages, {}, {}, False)
-    return groups
+        statement = select(StageEntry.stage, literal(None), *columns).where(*where).group_by(StageEntry.stage)
+    else:  # the totals and the breakdown from the same scan
+        sets = func.grouping_sets(tuple_(StageEntry.stage), tuple_(StageEntry.stage, dim))
+        statement = select(StageEntry.stage, dim, *columns).where(*where).group_by(sets)
+    tally = {}
+    for stage, key, reached, moved_on, median in await session.exec(statement):
+        tally[(ALL if key is None else key, stage)] = (reached, moved_on, _seconds(median))
+    return tally
 
 
-def _group(key: str, stages: Stages, counts: dict[str, int], times: dict, split: bool) -> dict[str, Any]:
+async def _tally_in_python(session: AsyncSession, where: list, dim: Any) -> dict[tuple[str, str], tuple]:
+    """SQLite has no percentile_cont: the same figures, computed from the rows."""
+    key = dim if dim is not None else literal(None)
+    rows = await session.exec(select(StageEntry.stage, key, StageEntry.entered_at, StageEntry.left_at).where(*where))
+    counts: defaultdict[tuple[str, str], int] = defaultdict(int)
+    stays: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
+    for stage, value, entered, left in rows:
+        for group in (ALL, value) if value is not None else (ALL,):
+            counts[(group, stage)] += 1
+            if left is not None and left > entered:
+                stays[(group, stage)].append((left - entered).total_seconds())
+    return {
+        slot: (count, len(stays[slot]), _seconds(percentile_cont(sorted(stays[slot]), 0.5)))
+        for slot, count in counts.items()
+    }
+
+
+def _group(key: str, stages: Stages, tally: dict[tuple[str, str], tuple]) -> dict[str, Any]:
     rows, previous = [], None
     for stage in stages.order:
-        count = counts.get(stage, 0)
-        stay = times.get((stage, key) if split else (stage,), {}).get("stay", {"count": 0, "p50": None})
+        reached, moved_on, median = tally.get((key, stage), (0, 0, None))
         rows.append(
             {
                 "stage": stage,
-                "reached": count,
-                "conversion": _ratio(count, previous) if previous is not None else None,
-                "median_seconds_in_stage": stay["p50"],
-                "moved_on": stay["count"],
+                "reached": reached,
+                "conversion": _ratio(reached, previous) if previous is not None else None,
+                "median_seconds_in_stage": median,
+                "moved_on": moved_on,
             }
         )
-        previous = count
+        previous = reached
     first, last = rows[0]["reached"] if rows else 0, rows[-1]["reached"] if rows else 0
     return {"key": key, "leads": first, "overall_conversion": _ratio(last, first), "stages": rows}
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else round(float(value), 1)
 
 
 def _ratio(part: int, whole: int | None) -> float | None:

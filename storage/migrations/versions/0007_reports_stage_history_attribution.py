@@ -35,7 +35,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('lead_id', 'stage')
     )
     with op.batch_alter_table('stageentry', schema=None) as batch_op:
-        batch_op.create_index('ix_stageentry_cohort', ['cohort_at', 'stage'], unique=False)
+        batch_op.create_index('ix_stageentry_cohort', ['cohort_at', 'stage'], unique=False, postgresql_include=['source', 'campaign', 'channel', 'entered_at', 'left_at'])
 
     with op.batch_alter_table('delivery', schema=None) as batch_op:
         batch_op.add_column(sa.Column('variant', sqlmodel.sql.sqltypes.AutoString(), nullable=True))
