@@ -1,4 +1,4 @@
-"""The `kindling` command: serve, migrate, lint, preview, simulate, lead, operator, apikey, webhooks."""
+"""The `kindling` command: serve, migrate, lint, preview, simulate, report, lead, operator, apikey, webhooks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import apikeycli, operatorcli, privacycli, webhookcli
+from bot import apikeycli, operatorcli, privacycli, reportcli, webhookcli
 from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.console.roles import ROLES
@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--days", type=int, default=90, help="how far to look ahead (default 90)")
     sim.add_argument("--events", type=Path, help='a JSON list like [{"after": "2d", "type": "message"}]')
     sim.add_argument("--sample", type=Path, help="a JSON or TOML file of lead fields over the sample lead")
+    reportcli.add_command(commands)
     lead = commands.add_parser("lead", help="look at, export or erase a lead").add_subparsers(
         dest="lead_command", required=True
     )
@@ -141,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(preview_flow(settings, args.flow, args.step, args.lead, args.sample))
         if args.command == "operator":
             return asyncio.run(operator(settings, args))
+        if args.command == "report":
+            return asyncio.run(reportcli.run(settings, args))
         if args.command == "apikey":
             return asyncio.run(apikey(settings, args))
         if args.command == "webhooks":

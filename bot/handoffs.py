@@ -228,7 +228,7 @@ class Handoffs:
             await end_paused(session, lead.id, f"handoff {outcome}", now)
         if outcome == "won" and lead.stage != CUSTOMER:
             why = f"handoff won by {operator.name}"
-            change = await set_stage(session, self.engine.webhooks, lead, CUSTOMER, why, now)
+            change = await set_stage(session, self.engine.stages, self.engine.webhooks, lead, CUSTOMER, why, now)
             await self.engine.react(session, lead, [change], now)
         payload = {"handoff_id": handoff.id, "outcome": outcome, "reason": reason, "operator": operator.name,
                    "resumed": resumed, "flow": flow if started else None}  # fmt: skip

@@ -15,6 +15,7 @@ from bot.contacts import find_email, find_phone, normalize_email, normalize_phon
 from bot.messages import SystemMessages
 from bot.replies import plan_replies, reply_deliveries
 from bot.warm import WarmSignals, visitor_notice
+from flows import history
 from flows.clock import Clock
 from flows.engine import Engine
 from flows.optout import is_opt_out, opt_out
@@ -65,9 +66,14 @@ class Intake:
                 return Received(
                     lead_id=lead.id, duplicate=True, event_id=earlier.id, conversation_id=earlier.conversation_id
                 )
-        lead = await self._resolve_lead(session, inbound, now)
+        lead, created = await self._resolve_lead(session, inbound, now)
         conversation = await self._conversation(session, inbound, lead, now)
+        first_touch = dict(lead.first_touch)
         self._update_profile(lead, inbound, now)
+        if created:
+            history.start(session, lead, inbound.channel)
+        elif lead.first_touch != first_touch:
+            await history.retouch(session, lead)
         event = Event(
             lead_id=lead.id,
             conversation_id=conversation.id if conversation else None,
@@ -85,6 +91,8 @@ class Intake:
         if conversation is not None and inbound.kind in ("message", "button"):
             received.message = await self._store_message(session, conversation, lead, event, inbound)
         captured, stop = await self._react(session, lead, inbound, event, conversation, now)
+        if inbound.kind in ("message", "button") and not stop:  # for the flow report: did nurture get answers?
+            await history.credit(session, lead.id, "replied_at" if inbound.kind == "message" else "button_at", now)
         handoff = None
         if self.warm is not None and not stop:  # after scoring, so the handoff commits with its cause
             handoff = await self.warm.check(session, lead, conversation, event, score_before, now)
@@ -142,7 +150,8 @@ class Intake:
             return reply_deliveries(self.messages, planned, lead, conversation, event, now)
         return plan_replies(self.messages, lead, conversation, event, captured, first_message, now)
 
-    async def _resolve_lead(self, session: AsyncSession, inbound: Inbound, now: datetime) -> Lead:
+    async def _resolve_lead(self, session: AsyncSession, inbound: Inbound, now: datetime) -> tuple[Lead, bool]:
+        """The inbound's lead (merging the leads it turns out to be), and whether it is new."""
         identities = list(inbound.identities)
         email = inbound.profile.email and normalize_email(inbound.profile.email)
         phone = inbound.profile.phone and normalize_phone(inbound.profile.phone)
@@ -158,7 +167,7 @@ class Intake:
         lead.email = lead.email or email or None
         lead.phone = lead.phone or phone or None
         await self._suppress(session, lead, await q.attach_identities(session, lead, identities, now), now)
-        return lead
+        return lead, not found
 
     async def _suppress(self, session: AsyncSession, lead: Lead, added: list[tuple[str, str]], now: datetime) -> None:
         """A new identity of someone who was erased: they may chat, but nothing is sent to them unasked."""
@@ -174,6 +183,7 @@ class Intake:
         if self.settings.stages.rank(other.stage) > self.settings.stages.rank(lead.stage):
             lead.stage, lead.stage_at = other.stage, other.stage_at
         lead.score = self.settings.scoring.score(await ledger(session, lead.id), now)
+        await history.merge(session, self.settings.stages, lead, other)
 
     async def _conversation(
         self, session: AsyncSession, inbound: Inbound, lead: Lead, now: datetime

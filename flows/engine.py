@@ -127,6 +127,7 @@ async def enroll(session: AsyncSession, spec: FlowSpec, lead: Lead, now: datetim
         due_at=first.delay.due(now, lead.timezone),
         enrolled_at=now,
         updated_at=now,
+        goal=spec.goal,
     )
     trigger = {"event_id": event.id, "type": event.type} if event is not None else {}
     session.add_all(

@@ -17,6 +17,7 @@ from sqlalchemy import update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flows import history
 from flows.handoff_card import build_card
 from flows.hours import BusinessHours
 from flows.outgoing import handoff_summary, queue_webhook
@@ -86,6 +87,7 @@ async def open_handoff(
     session.add(handoff)
     await session.flush()  # a second open handoff breaks the unique index; the caller's transaction retries
     await _step_aside(session, engine, lead.id, conversation, now)
+    await history.credit(session, lead.id, "handed_off_at", now)
     payload = {"handoff_id": handoff.id, "trigger": trigger, "reason": reason, "sla_due_at": handoff.sla_due_at}
     session.add(
         Event(lead_id=lead.id, conversation_id=handoff.conversation_id, type="handoff", payload=_json(payload), at=now)
@@ -116,6 +118,7 @@ async def pause_nurture(session: AsyncSession, engine: Engine, lead_id: int, now
         else:
             enrollment.status = "paused"
         enrollment.lease_until, enrollment.updated_at = None, now
+        enrollment.handed_off_at = enrollment.handed_off_at or now
         session.add(enrollment)
 
 

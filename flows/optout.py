@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flows import history
 from storage.models import Delivery, Enrollment, Event, Lead
 
 OPT_OUT_WORDS = ("stop", "unsubscribe", "opt out", "optout", "stop all", "отписаться", "отписка", "退订")
@@ -45,5 +46,6 @@ async def opt_out(session: AsyncSession, lead: Lead, reason: str, now: datetime)
         .where(Delivery.lead_id == lead.id, Delivery.kind == "nurture", Delivery.status == "pending")
         .values(status="skipped", last_error="opted out")
     )
+    await history.credit(session, lead.id, "opted_out_at", now)
     await session.flush()
     return event

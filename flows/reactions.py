@@ -8,6 +8,7 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flows import history
 from flows.outgoing import Subscriptions, queue_webhook
 from flows.scoring import LedgerLine, Scoring
 from flows.stages import Stages
@@ -93,19 +94,21 @@ async def advance_stage(
     rule = stages.advance(lead.stage, lead_context(lead), event_context(event))
     if rule is None:
         return None
-    return await set_stage(session, webhooks, lead, rule.stage, f"{rule.stage}: {rule.source}", now)
+    return await set_stage(session, stages, webhooks, lead, rule.stage, f"{rule.stage}: {rule.source}", now)
 
 
 async def set_stage(
-    session: AsyncSession, webhooks: Subscriptions, lead: Lead, stage: str, reason: str, now: datetime
+    session: AsyncSession, stages: Stages, webhooks: Subscriptions, lead: Lead, stage: str, reason: str, now: datetime
 ) -> Event:
-    """Record a stage change (by rule, operator or API): a `stage_changed` event and `lead.stage_changed` webhooks."""
+    """Record a stage change (by rule, operator or API): a `stage_changed` event, the stage history and
+    `lead.stage_changed` webhooks."""
     change = Event(
         lead_id=lead.id,
         type="stage_changed",
         payload={"from": lead.stage, "to": stage, "reason": reason},
         at=now,
     )
+    await history.reach(session, stages, lead, stage, now)
     lead.stage, lead.stage_at, lead.updated_at = stage, now, now
     session.add_all([change, lead])
     await session.flush()

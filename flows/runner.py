@@ -143,6 +143,7 @@ class Runner:
                 "enrollment_id": enrollment.id,
                 "flow_slug": spec.slug,
                 "step": step.name,
+                "variant": step.variant,
                 "status": "pending",
                 "attempts": 0,
                 "not_before": now,
@@ -155,7 +156,7 @@ class Runner:
         if action.kind == "handoff":
             await open_handoff(session, self.engine, lead, trigger="flow", reason=why, now=now)
         elif action.kind == "stage" and action.value != lead.stage:
-            await set_stage(session, self.engine.webhooks, lead, str(action.value), why, now)
+            await set_stage(session, self.engine.stages, self.engine.webhooks, lead, str(action.value), why, now)
         elif action.kind == "tag":
             lead.tags = sorted({*lead.tags, str(action.value)})
         elif action.kind == "score":

@@ -81,10 +81,17 @@ class Conversation(SQLModel, table=True):
     last_message_at: datetime | None = _time(nullable=True)
 
 
+_SKIPPED = "type = 'step_skipped'"
+
+
 class Event(SQLModel, table=True):
     """Anything that happened to a lead; append-only."""
 
-    __table_args__ = (Index("ix_event_lead_at", "lead_id", "at"),)
+    __table_args__ = (
+        Index("ix_event_lead_at", "lead_id", "at"),
+        # The flow report reads skipped steps; they are few, so a partial index finds them without the rest.
+        Index("ix_event_step_skipped", "at", sqlite_where=text(_SKIPPED), postgresql_where=text(_SKIPPED)),
+    )
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id")
     conversation_id: int | None = Field(default=None, foreign_key="conversation.id")
@@ -123,10 +130,16 @@ class PointsEntry(SQLModel, table=True):
     at: datetime = _time()
 
 
+_NURTURE = "kind = 'nurture'"
+
+
 class Delivery(SQLModel, table=True):
     """Outbox row: one message to send, exactly once, keyed by `idempotency_key`."""
 
-    __table_args__ = (Index("ix_delivery_due", "status", "not_before"),)
+    __table_args__ = (
+        Index("ix_delivery_due", "status", "not_before"),
+        Index("ix_delivery_nurture", "created_at", sqlite_where=text(_NURTURE), postgresql_where=text(_NURTURE)),
+    )
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
     conversation_id: int = Field(foreign_key="conversation.id")
@@ -148,6 +161,13 @@ class Delivery(SQLModel, table=True):
     provider_message_id: str | None = None
     created_at: datetime = _time()
     sent_at: datetime | None = _time(nullable=True)
+    # What the flow report counts, filled as it happens (see flows.history): the A/B variant sent, and
+    # what the lead did within 24 h of this nurture message, credited to the last one sent before it.
+    variant: str | None = None
+    replied_at: datetime | None = _time(nullable=True)
+    button_at: datetime | None = _time(nullable=True)
+    handed_off_at: datetime | None = _time(nullable=True)
+    opted_out_at: datetime | None = _time(nullable=True)
 
 
 class FlowVersion(SQLModel, table=True):
@@ -167,6 +187,7 @@ class Enrollment(SQLModel, table=True):
 
     __table_args__ = (
         Index("ix_enrollment_due", "status", "due_at"),
+        Index("ix_enrollment_enrolled", "enrolled_at"),
         # At most one live enrollment per lead and flow, whichever instance enrolls.
         Index(
             "uq_enrollment_live",
@@ -188,6 +209,36 @@ class Enrollment(SQLModel, table=True):
     lease_until: datetime | None = _time(nullable=True)
     enrolled_at: datetime = _time()
     updated_at: datetime = _time()
+    goal: str | None = None  # the flow version's goal stage, for the flow report
+    goal_reached_at: datetime | None = _time(nullable=True)  # first reached the goal while in the flow (or 7 d after)
+    handed_off_at: datetime | None = _time(nullable=True)  # a handoff paused or ended it
+
+
+_FUNNEL_COLUMNS = ["source", "campaign", "channel", "entered_at", "left_at"]
+
+
+class StageEntry(SQLModel, table=True):
+    """A lead reaching a funnel stage for the first time: what the funnel report counts.
+
+    Written with every stage change (flows.history), so the report never reads the event log. A jump
+    over stages enters the skipped ones at the same moment; moving back leaves the rows as they are.
+    The breakdown dimensions are the lead's, copied into every row and kept in step when they change.
+    """
+
+    __table_args__ = (
+        UniqueConstraint("lead_id", "stage"),
+        # Covering on PostgreSQL: the funnel reads a period's rows from the index alone, wherever they lie.
+        Index("ix_stageentry_cohort", "cohort_at", "stage", postgresql_include=_FUNNEL_COLUMNS),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id")
+    stage: str
+    entered_at: datetime = _time()
+    left_at: datetime | None = _time(nullable=True)  # first reached a later stage
+    cohort_at: datetime = _time()  # when the lead arrived (its created_at): the report's period picks leads by it
+    source: str = "(none)"  # first touch's source
+    campaign: str = "(none)"  # first touch's campaign
+    channel: str = "(none)"  # first touch's channel, else the channel the lead first came through
 
 
 class Operator(SQLModel, table=True):
@@ -229,6 +280,7 @@ class Handoff(SQLModel, table=True):
 
     __table_args__ = (
         Index("ix_handoff_queue", "status", "sla_due_at"),
+        Index("ix_handoff_warm", "warm_at"),
         # At most one open handoff per lead, whichever instance saw the warm signal.
         Index("uq_handoff_open", "lead_id", unique=True, sqlite_where=text(_OPEN), postgresql_where=text(_OPEN)),
     )

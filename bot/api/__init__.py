@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.api import conversations, events, flows, handoffs, leads, openapi, privacy, webhooks
+from bot.api import conversations, events, flows, handoffs, leads, openapi, privacy, reports, webhooks
 
 
 def routes(app: web.Application) -> None:
@@ -23,3 +23,4 @@ def routes(app: web.Application) -> None:
     app.router.add_delete("/api/leads/{id}", privacy.erase_lead)
     app.router.add_get("/api/leads/{id}/export", privacy.export_lead)
     app.router.add_get("/api/webhooks/deliveries", webhooks.get_deliveries)
+    reports.routes(app)

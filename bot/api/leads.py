@@ -138,7 +138,7 @@ async def _apply(session: AsyncSession, engine: Engine, lead_id: int, change: Le
         lead.tags, lead.updated_at = tags, now
         session.add(lead)
     if change.stage is not None and change.stage != lead.stage:
-        moved = await set_stage(session, engine.webhooks, lead, change.stage, "api", now)
+        moved = await set_stage(session, engine.stages, engine.webhooks, lead, change.stage, "api", now)
         await engine.react(session, lead, [moved], now)  # exits like `stage >= sql`, flows on `stage:<name>`
     await session.flush()
     return lead

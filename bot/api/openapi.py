@@ -10,13 +10,13 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.api import conversations, events, flows, handoffs, leads, privacy, webhooks
+from bot.api import conversations, events, flows, handoffs, leads, privacy, reports, webhooks
 from bot.api.auth import SCOPES, public
 from bot.api.spec import COMPONENTS, ok
 from bot.config import Settings
 from bot.services import SERVICES
 
-MODULES: list[ModuleType] = [events, leads, conversations, flows, handoffs, privacy, webhooks]
+MODULES: list[ModuleType] = [events, leads, conversations, flows, handoffs, privacy, reports, webhooks]
 
 _DESCRIPTION = """Kindling's JSON API. Send an API key as `Authorization: Bearer <key>` (or `X-Api-Key`);
 each operation needs the scope named in its `x-scope` (a key with `*` has them all). Make keys with

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.console import conversation, flowpages, leads, live, login, queue
+from bot.console import conversation, flowpages, leads, live, login, queue, reports
 from bot.console.auth import guard
 from bot.console.pages import JINJA, environment, page_errors
 from bot.services import SERVICES
@@ -26,4 +26,5 @@ def mount_console(app: web.Application) -> None:
     queue.routes(console)
     conversation.routes(console)
     live.routes(console)
+    reports.routes(console)
     app.add_subapp("/console", console)

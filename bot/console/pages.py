@@ -14,6 +14,7 @@ from bot.console.keys import LOGIN, PRELOGIN_CSRF
 from bot.console.roles import allowed
 from bot.handoffs import HandoffNotFound
 from bot.middlewares import json_error
+from bot.reports.output import duration, percent
 from bot.services import SERVICES
 from storage.db import DatabaseUnavailable
 from storage.leads import LeadNotFound
@@ -29,6 +30,8 @@ def environment() -> Environment:
     env.globals["csrf_field"] = csrf_field
     env.filters["when"] = when
     env.filters["countdown"] = countdown
+    env.filters["duration"] = duration
+    env.filters["percent"] = percent
     return env
 
 
