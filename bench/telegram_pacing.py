@@ -1,6 +1,6 @@
 """Telegram pacing benchmark: Kindling's outbox against a fake Bot API that enforces Telegram's send limits.
 
-    .venv/bin/python bench/telegram_pacing.py [--messages 3000] [--pg URL] [--quick]
+    .venv/bin/python bench/telegram_pacing.py [--messages 1500] [--pg URL] [--quick]
 
 The fake Bot API (fake_bot_api.py --limits, its own process) accepts at most 30 messages in any 1-second
 window overall and 1 per private chat in any 1-second window, and answers anything beyond that with
@@ -104,6 +104,7 @@ def analyse(calls: list[dict], n: int, order: list[int]) -> dict:
         while times[start] <= moment - 1.0:
             start += 1
         busiest = max(busiest, end - start + 1)
+    gaps = sorted(later - earlier for earlier, later in zip(times, times[1:], strict=False))
     allowed = allowed_span(n, order)
     rate = (len(times) - 1) / span if span else None
     return {
@@ -117,6 +118,9 @@ def analyse(calls: list[dict], n: int, order: list[int]) -> dict:
         "allowed_rate": (n - 1) / allowed if allowed else None,
         "of_allowed": allowed / span if span else None,
         "busiest_second": busiest,
+        "median_gap_s": gaps[len(gaps) // 2] if gaps else None,
+        "pauses_over_0_5_s": sum(1 for gap in gaps if gap > 0.5),
+        "longest_pause_s": gaps[-1] if gaps else None,
         "missing": len(expected - set(per_text)),
         "doubled": sum(1 for count in per_text.values() if count > 1),
         "wrong_chat": len(wrong_chat),
@@ -226,6 +230,12 @@ def report(results: list[dict]) -> None:
             ("429 answers", "0", *(f"{r['refused_429']:,}" for r in runs)),
             ("429 share of sendMessage calls", "0%", *(pct(r["share_429"]) for r in runs)),
             ("most accepted in any 1 s", f"{OVERALL}", *(str(r["busiest_second"]) for r in runs)),
+            ("median gap between messages", ms_(1 / OVERALL), *(ms_(r["median_gap_s"]) for r in runs)),
+            (
+                "pauses over 0.5 s (longest)",
+                "0",
+                *(f"{r['pauses_over_0_5_s']} ({secs(r['longest_pause_s'])})" for r in runs),
+            ),
             ("accepted (distinct messages)", f"{first['n']:,}", *(f"{r['accepted']:,}" for r in runs)),
             ("server CPU time", "-", *(secs(r.get("server_cpu_s")) for r in runs)),
         ]
@@ -240,6 +250,14 @@ def label(result: dict) -> str:
 
 def secs(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f} s"
+
+
+def pauses(result: dict) -> str:
+    return f"{result['pauses_over_0_5_s']} ({secs(result['longest_pause_s'])})"
+
+
+def ms_(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:,.0f} ms"
 
 
 def num(value: float | None, digits: int = 0) -> str:
@@ -298,7 +316,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=3000, help="N messages per workload (default 3000)")
+    parser.add_argument("--messages", type=int, default=1500, help="N messages per workload (default 1500)")
     parser.add_argument("--pg", default="", help="also run Kindling on this PostgreSQL database (name with 'bench')")
     parser.add_argument("--quick", action="store_true", help="N = 300: a few seconds per run")
     parser.add_argument("--timeout", type=float, default=0.0, help="give up on a run after this many seconds")
