@@ -1,6 +1,6 @@
 """Inbound benchmark: Telegram webhook updates into `kindling serve`, against a bare aiohttp JSON echo server.
 
-    .venv/bin/python bench/inbound.py [--updates 3000] [--rate 500] [--seconds 10] [--pg URL] [--quick]
+    .venv/bin/python bench/inbound.py [--updates 2000] [--rate 500] [--seconds 10] [--pg URL] [--quick]
 
 Every target is its own child process on 127.0.0.1, driven by the same load generator in this process
 (aiohttp client, one TCPConnector limited to 40 connections) in this one invocation:
@@ -396,7 +396,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--updates", type=int, default=3_000, help="closed loop: updates to send (default 3,000)")
+    parser.add_argument("--updates", type=int, default=2_000, help="closed loop: updates to send (default 2,000)")
     parser.add_argument("--rate", type=float, default=500.0, help="open loop: updates offered per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="open loop: for this long (default 10)")
     parser.add_argument("--users", type=int, default=2_000, help="different Telegram users sending")
