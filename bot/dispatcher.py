@@ -41,14 +41,18 @@ class Dispatcher:
         self.sessions, self.channels, self.hub, self.clock = sessions, channels, hub, clock
         self.policy = policy
         self.lease = lease  # how long a claimed row is ours; after that a crashed sender's rows are taken over
+        # Immediate sends wait here before claiming, so a flood of replies never holds claimed rows
+        # in a pacing queue until their lease runs out (and another instance sends them again).
+        self.immediate = asyncio.Semaphore(SEND_CONCURRENCY)
 
     async def send_now(self, delivery_ids: Iterable[int]) -> None:
         """Send fresh deliveries right away (the tick picks up whatever this misses)."""
         ids = list(delivery_ids)
         if ids:
             now = self.clock.now()
-            fresh = and_(Delivery.id.in_(ids), Delivery.status == "pending", Delivery.not_before <= now)
-            await self._claim_and_send(fresh, len(ids))
+            async with self.immediate:
+                fresh = and_(Delivery.id.in_(ids), Delivery.status == "pending", Delivery.not_before <= now)
+                await self._claim_and_send(fresh, len(ids))
 
     async def dispatch_due(self, limit: int = 100) -> int:
         """Claim and send due deliveries, and those whose sender died mid-lease; returns how many."""

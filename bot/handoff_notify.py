@@ -37,7 +37,11 @@ BATCH = 50
 
 
 class RoomError(Exception):
-    """The operators' group could not be reached or refused the message; says why."""
+    """The operators' group could not be reached or refused the message; says why, and when to try again."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds Telegram asked us to wait (429), if it said
 
 
 class OperatorsRoom(Protocol):
@@ -147,12 +151,22 @@ class Notifier:
     async def _post_card(self, room: OperatorsRoom, handoff: Handoff) -> None:
         try:
             message_id, error = await room.post_card(card_text(handoff.card, handoff.reason), handoff.id), None
+            retry = RETRY
         except RoomError as exc:
             message_id, error = None, str(exc)
             log.warning("handoff %s: the operators' group was not told (%s); trying again later", handoff.id, error)
-        await transaction(self.sessions, lambda session: self._posted(session, handoff.id, message_id, error))
+            # Telegram's own wait when it gave one (429): the tick then retries within seconds, not a minute.
+            retry = RETRY if exc.retry_after is None else timedelta(seconds=exc.retry_after)
+        await transaction(self.sessions, lambda session: self._posted(session, handoff.id, message_id, error, retry))
 
-    async def _posted(self, session: AsyncSession, handoff_id: int, message_id: str | None, error: str | None) -> None:
+    async def _posted(
+        self,
+        session: AsyncSession,
+        handoff_id: int,
+        message_id: str | None,
+        error: str | None,
+        retry: timedelta = RETRY,
+    ) -> None:
         now = self.clock.now()
         handoff = await session.get(Handoff, handoff_id, with_for_update=True)
         if handoff is None:  # the lead was erased while its card was being posted
@@ -162,7 +176,7 @@ class Notifier:
             handoff.notify_error, handoff.notify_lease_until = None, None
             _notified(session, handoff, "telegram", now)
         else:
-            handoff.notify_error, handoff.notify_lease_until = error, now + RETRY
+            handoff.notify_error, handoff.notify_lease_until = error, now + retry
         session.add(handoff)
 
     async def _message(self, session: AsyncSession, handoff: Handoff, which: str, now: datetime) -> list[int]:

@@ -6,6 +6,7 @@ import json
 import logging
 
 from aiohttp import web
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from storage.db import DatabaseUnavailable
 from storage.leads import LeadNotFound
@@ -33,7 +34,7 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         return json_error(400, "the body is not valid JSON")
     except UnicodeDecodeError:
         return json_error(400, "the body is not valid UTF-8")
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, PoolTimeout) as exc:  # PoolTimeout: every connection is busy; retry later
         log.error("database unavailable on %s %s: %s", request.method, request.path, exc)
         return json_error(503, "the database is unavailable; retry later")
     except Exception:

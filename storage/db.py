@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -88,7 +89,7 @@ async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitab
             if attempt == attempts:
                 raise
             log.debug("unique key race, retrying (attempt %d)", attempt)
-        except (OperationalError, DBAPIError, OSError) as exc:
+        except (OperationalError, DBAPIError, OSError, PoolTimeout) as exc:  # PoolTimeout: every connection busy
             raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
     raise AssertionError("unreachable")
 

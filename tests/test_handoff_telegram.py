@@ -167,6 +167,22 @@ async def test_an_unreachable_group_still_leaves_the_console_told_and_is_retried
     assert len(fake_telegram.sent_messages(GROUP)) == 1
 
 
+async def test_a_card_refused_by_flood_control_is_posted_after_telegrams_wait_not_a_minute(
+    client, db, fake_telegram, clock
+):
+    fake_telegram.fail_next("sendMessage", GROUP, 429, "Too Many Requests: retry after 3", retry_after=3)
+    handoff = await warm_lead(client, db)
+    assert handoff.telegram_notified_at is None and "Retry in 3 seconds" in handoff.notify_error
+
+    notifier = services_of(client).notifier
+    clock.advance(timedelta(seconds=2))
+    assert await notifier.pending() == 0
+    clock.advance(timedelta(seconds=2))
+    assert await notifier.pending() == 1
+    [handoff] = await rows(db, Handoff)
+    assert handoff.telegram_notified_at == clock.now() and len(fake_telegram.sent_messages(GROUP)) == 1
+
+
 async def test_without_an_operators_chat_the_group_is_disabled_with_one_log_line(
     make_client, telegram_settings, caplog
 ):

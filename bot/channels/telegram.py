@@ -73,7 +73,8 @@ class TelegramPacing(AIORateLimiter):
     """
 
     def __init__(self, shared: SharedPace | None = None) -> None:
-        super().__init__(max_retries=0)
+        # Overall: one send every 1/30 s, no burst on top (a leaky bucket of 30 lets 60 through in the first second).
+        super().__init__(overall_max_rate=1, overall_time_period=1 / 30, max_retries=0)
         self.chats: dict[int, AsyncLimiter] = {}
         self.shared = shared
 
@@ -131,6 +132,14 @@ class TelegramChannel:
         self.connecting = asyncio.Lock()
         self.operators = OperatorsGroup(services, self, settings.operators_chat) if settings.operators_chat else None
         services.notifier.room = self.operators
+
+    @staticmethod
+    def retry_seconds(exc: RetryAfter) -> float:
+        """How long Telegram asked us to wait."""
+        with warnings.catch_warnings():  # PTB 22 warns that retry_after becomes a timedelta
+            warnings.simplefilter("ignore", PTBDeprecationWarning)
+            after = exc.retry_after
+        return after.total_seconds() if isinstance(after, timedelta) else float(after)
 
     @staticmethod
     def enabled(services: Services) -> str | None:
@@ -236,7 +245,7 @@ class TelegramChannel:
                 chat_id=int(delivery.address), text=text, reply_markup=markup
             )
         except RetryAfter as exc:
-            return SendResult.retry(f"Telegram flood control: {exc.message}", after=_seconds(exc))
+            return SendResult.retry(f"Telegram flood control: {exc.message}", after=self.retry_seconds(exc))
         except Forbidden as exc:
             blocked = "blocked" in exc.message
             return SendResult.failed("blocked by the user" if blocked else exc.message, blocked=blocked)
@@ -265,13 +274,6 @@ def keyboard(text: str, buttons: list[dict]) -> tuple[str, ReplyKeyboardMarkup |
 def callback_data(label: str) -> str:
     """A button's label as callback data: Telegram allows 64 bytes."""
     return label.encode()[:MAX_CALLBACK_BYTES].decode(errors="ignore")
-
-
-def _seconds(exc: RetryAfter) -> float:
-    with warnings.catch_warnings():  # PTB 22 warns that retry_after becomes a timedelta
-        warnings.simplefilter("ignore", PTBDeprecationWarning)
-        after = exc.retry_after
-    return after.total_seconds() if isinstance(after, timedelta) else float(after)
 
 
 def inbound_from(update: Update, now: datetime, visitor: Callable[[str], str | None]) -> Inbound:

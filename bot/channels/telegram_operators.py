@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from telegram import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
-from telegram.error import TelegramError
+from telegram.error import RetryAfter, TelegramError
 
 from bot.handoff_notify import RoomError
 from bot.handoffs import OUTCOMES, HandoffError, HandoffNotFound
@@ -122,6 +122,8 @@ class OperatorsGroup:
             raise RoomError(f"Telegram Bot API unavailable: {problem}")
         try:
             return await call()
+        except RetryAfter as exc:
+            raise RoomError(self.channel.describe(exc), retry_after=self.channel.retry_seconds(exc)) from exc
         except TelegramError as exc:
             raise RoomError(self.channel.describe(exc)) from exc
 
