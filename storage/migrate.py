@@ -20,6 +20,9 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+MIGRATION_LOCK = 0x4B696E646C  # any constant: the PostgreSQL advisory lock that serializes migrations
+
+
 async def upgrade(engine: AsyncEngine) -> None:
     """Apply every pending migration over an open engine."""
     config = alembic_config(str(engine.url.render_as_string(hide_password=False)))
@@ -29,6 +32,9 @@ async def upgrade(engine: AsyncEngine) -> None:
         command.upgrade(config, "head")
 
     async with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            # Instances started together migrate one at a time; the next finds the schema current.
+            await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         await connection.run_sync(_upgrade)
 
 

@@ -261,6 +261,7 @@ async def test_an_unclaimed_handoff_past_its_sla_is_escalated_and_the_visitor_to
     services = services_of(app)
     ws = await visitor(app)
     await say(app, ws, "call me")
+    await services.hub.flush()  # the 'opened' change is out before we start listening
     async with services.hub.watch(QUEUE) as queue:
         clock.advance(timedelta(minutes=4))
         assert await services.notifier.sweep() == 0
@@ -310,6 +311,7 @@ async def test_visitor_messages_reach_the_operator_live(app, db):
     ws = await visitor(app)
     await say(app, ws, "call me")
     [handoff] = await rows(db, Handoff)
+    await services.hub.flush()  # what came before is out before we start listening
     async with services.hub.watch(handoff.conversation_id) as live:
         await say(app, ws, "my number is on the website")
         await services.hub.flush()

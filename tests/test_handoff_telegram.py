@@ -132,6 +132,7 @@ async def test_while_an_operator_holds_it_the_bot_is_silent_and_messages_go_live
     handoff = await warm_lead(client, db)
     await post(client, take(1, handoff.id, ANA, int(handoff.telegram_message_id)))
     sent_before = len(fake_telegram.sent_messages(CHAT))
+    await services_of(client).hub.flush()  # what came before is out before we start listening
 
     async with services_of(client).hub.watch(handoff.conversation_id) as live:
         await post(client, payload("message_text", update_id=730118200, text="Hello? Anyone?"))

@@ -8,9 +8,16 @@ runs as one instance, so these tests need PostgreSQL (CI runs them there).
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from storage.db import is_sqlite
+import asyncpg
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from storage.db import create_engine, is_sqlite
+from storage.migrate import alembic_config, upgrade
 from storage.models import Handoff
 
 from conftest import rows, services_of, templates_with
@@ -77,3 +84,25 @@ async def test_a_message_too_big_for_one_notification_still_reaches_the_other_in
     await say(a, widget_on_a, long_text.strip())
     frame = await transcript_on_b.receive_json(timeout=5)
     assert (frame["from"], frame["text"]) == ("visitor", long_text.strip())
+
+
+async def test_instances_started_together_migrate_one_at_a_time(settings):
+    """Two instances starting on an empty PostgreSQL database both come up on the newest schema."""
+    if is_sqlite(settings.database_url):
+        pytest.skip("several instances need PostgreSQL (set KINDLING_TEST_DATABASE_URL)")
+    url = make_url(settings.database_url)
+    fresh = f"{url.database}_migrate"
+    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{fresh}"')
+        await admin.execute(f'CREATE DATABASE "{fresh}"')
+        engines = [create_engine(url.set(database=fresh).render_as_string(hide_password=False)) for _ in range(2)]
+        await asyncio.gather(*(upgrade(engine) for engine in engines))
+        async with engines[0].connect() as connection:
+            version = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+        for engine in engines:
+            await engine.dispose()
+        assert version == ScriptDirectory.from_config(alembic_config(str(url))).get_current_head()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
+        await admin.close()
