@@ -111,8 +111,10 @@ class Dispatcher:
         if delivery.kind == "nurture":
             # Checked again right before the send: a human may have taken over since it was queued.
             go = await transaction(self.sessions, lambda session: self._nurture_allowed(session, delivery))
-            if not go:
-                return
+        else:
+            go = await transaction(self.sessions, lambda session: self._renew(session, delivery))
+        if not go:
+            return
         channel = self.channels.get(delivery.channel)
         if channel is None:
             result = SendResult.retry(f"channel {delivery.channel} is not enabled", after=60)
@@ -126,12 +128,26 @@ class Dispatcher:
         if message is not None:
             self.hub.publish(message.conversation_id, message_frame(message))
 
+    async def _renew(self, session: AsyncSession, delivery: Delivery) -> bool:
+        """Renew our lease right before the send; False if the row is gone or another sender took it over.
+
+        A batch is claimed at once but sent over time: each send starts with a full lease, and a row whose
+        lease ran out meanwhile (another instance claimed it: `attempts` moved on) is left to that one.
+        """
+        renewed = await session.exec(
+            update(Delivery)
+            .where(Delivery.id == delivery.id, Delivery.status == "sending", Delivery.attempts == delivery.attempts)
+            .values(lease_until=self.clock.now() + self.lease)
+        )
+        return renewed.rowcount == 1
+
     async def _nurture_allowed(self, session: AsyncSession, delivery: Delivery) -> bool:
-        """Apply opt-out, owner, quiet hours and the daily cap; a held-back row says why."""
+        """Renew our lease, then apply opt-out, owner, quiet hours and the daily cap; a held-back row says why."""
         now = self.clock.now()
         row = await session.get(Delivery, delivery.id, with_for_update=True)
-        if row is None or row.status != "sending":
+        if row is None or row.status != "sending" or row.attempts != delivery.attempts:
             return False
+        row.lease_until = now + self.lease
         lead = await get_lead(session, row.lead_id)
         conversation = await session.get(Conversation, row.conversation_id)
         zone = self.policy.zone(lead.timezone)
@@ -163,7 +179,7 @@ class Dispatcher:
     async def _record(self, session: AsyncSession, delivery: Delivery, result: SendResult) -> Message | None:
         now = self.clock.now()
         row = await session.get(Delivery, delivery.id, with_for_update=True)
-        if row is None or row.status != "sending":
+        if row is None or row.status != "sending" or row.attempts != delivery.attempts:
             return None  # its lease ran out and another sender took it over
         if result.status == "sent":
             row.status, row.sent_at, row.provider_message_id = "sent", now, result.provider_id
