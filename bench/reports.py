@@ -108,10 +108,14 @@ FILL = [
     (
         "stage history",
         """
-        INSERT INTO stageentry (lead_id, stage, entered_at, left_at, cohort_at, source, campaign, channel)
+        INSERT INTO stageentry (lead_id, stage, entered_at, left_at, stay_bucket, cohort_at, source, campaign,
+                                channel)
         SELECT p.id, (ARRAY['visitor','lead','mql','sql','customer'])[k + 1],
                p.created_at + p.offs[k + 1] * interval '1 second',
                CASE WHEN k < p.top THEN p.created_at + p.offs[k + 2] * interval '1 second' END,
+               CASE WHEN k < p.top AND p.offs[k + 2] > p.offs[k + 1] THEN  -- flows.history.stay_bucket
+                 CASE WHEN p.offs[k + 2] - p.offs[k + 1] < 1 THEN 0
+                      ELSE 1 + floor(ln(p.offs[k + 2] - p.offs[k + 1]) / ln(2) * 32) END END,
                p.created_at, p.source, p.campaign, p.channel
         FROM plan p CROSS JOIN LATERAL generate_series(0, p.top) k
         ORDER BY 3""",

@@ -83,6 +83,7 @@ async def open_handoff(
         warm_at=warm_at or now,
         created_at=now,
         sla_due_at=engine.handoff.sla_due(now),
+        **await history.dimensions_now(session, lead),
     )
     session.add(handoff)
     await session.flush()  # a second open handoff breaks the unique index; the caller's transaction retries

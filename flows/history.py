@@ -4,8 +4,11 @@ Reports never scan the event log. Instead:
 
 - **Stage history** (`StageEntry`): one row per lead and stage, the first time the lead reached it.
   A jump over stages enters the skipped ones at the same moment; moving back changes nothing.
-  `left_at` is when the lead first reached a later stage. The lead's breakdown dimensions (first
-  touch source, campaign, channel) are copied into its rows and kept in step when they change.
+  `left_at` is when the lead first reached a later stage; `stay_seconds` and `stay_bucket` are the time
+  it stayed and that time on a log scale, so medians over a million stays come from a histogram (with
+  each bucket's smallest and largest stay) instead of a sort. The lead's breakdown dimensions (first
+  touch source, campaign, channel) are copied into its rows, and into its handoffs, and kept in step
+  when they change.
 - **Credit** (`Delivery.replied_at`, `button_at`, `handed_off_at`, `opted_out_at`): what a lead did
   is credited to the last nurture message sent to it within the 24 hours before, once per message.
 - **Goals** (`Enrollment.goal_reached_at`): a lead first reaching a flow's goal stage while in the
@@ -14,6 +17,7 @@ Reports never scan the event log. Instead:
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, or_, update
@@ -21,13 +25,25 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows.stages import Stages
-from storage.models import Delivery, Enrollment, Lead, StageEntry
+from storage.models import Delivery, Enrollment, Handoff, Lead, StageEntry
 
 NONE = "(none)"
 CREDIT_WINDOW = timedelta(hours=24)
 GOAL_WINDOW = timedelta(days=7)
 CREDITS = ("replied_at", "button_at", "handed_off_at", "opted_out_at")
 _LIVE = ("active", "paused")
+STAY_STEPS = 32  # histogram buckets per doubling of a stay: a median read from them is within 2.2%
+
+
+def stay(entered: datetime, left: datetime | None) -> dict[str, float | int | None]:
+    """A stage row's stay from `entered` to `left`: its seconds, and its histogram bucket (0 under a second,
+    then 32 per doubling). None for both when there was no stay: not moved on, or passed through in a jump.
+    """
+    if left is None or left <= entered:
+        return {"stay_seconds": None, "stay_bucket": None}
+    seconds = (left - entered).total_seconds()
+    bucket = 0 if seconds < 1 else 1 + math.floor(math.log2(seconds) * STAY_STEPS)
+    return {"stay_seconds": seconds, "stay_bucket": bucket}
 
 
 def dimensions(lead: Lead, channel: str | None = None) -> dict[str, str]:
@@ -38,6 +54,13 @@ def dimensions(lead: Lead, channel: str | None = None) -> dict[str, str]:
         "campaign": str(touch.get("campaign") or NONE),
         "channel": str(touch.get("channel") or channel or NONE),
     }
+
+
+async def dimensions_now(session: AsyncSession, lead: Lead) -> dict[str, str]:
+    """The breakdown values the lead's stage history holds (they are kept in step); its own without history."""
+    query = select(StageEntry).where(StageEntry.lead_id == lead.id).limit(1)
+    entry = (await session.exec(query)).first()
+    return _dims_of(entry) if entry is not None else dimensions(lead)
 
 
 async def entries(session: AsyncSession, lead_id: int) -> list[StageEntry]:
@@ -73,6 +96,7 @@ async def reach(session: AsyncSession, stages: Stages, lead: Lead, stage: str, n
     for entry in known.values():
         if entry.left_at is None and 0 <= stages.rank(entry.stage) < rank:
             entry.left_at = now
+            entry.sqlmodel_update(stay(entry.entered_at, now))
             session.add(entry)
     for name in fresh:
         left = None if name == stage else now
@@ -97,6 +121,7 @@ async def retouch(session: AsyncSession, lead: Lead) -> None:
     values = {key: value for key, value in dimensions(lead).items() if value != NONE}
     if values:
         await session.exec(update(StageEntry).where(StageEntry.lead_id == lead.id).values(**values))
+        await session.exec(update(Handoff).where(Handoff.lead_id == lead.id).values(**values))
 
 
 async def merge(session: AsyncSession, stages: Stages, survivor: Lead, other: Lead) -> None:
@@ -111,14 +136,17 @@ async def merge(session: AsyncSession, stages: Stages, survivor: Lead, other: Le
     known = mine[0] if mine else theirs[0]
     dims = dimensions(survivor, known.channel if known.channel != NONE else None)
     await session.exec(delete(StageEntry).where(StageEntry.lead_id.in_([survivor.id, other.id])))
+    await session.exec(update(Handoff).where(Handoff.lead_id.in_([survivor.id, other.id])).values(**dims))
     for stage, entered in first.items():
         later = [at for name, at in first.items() if stages.rank(name) > stages.rank(stage) >= 0]
+        left = min(later) if later else None
         session.add(
             StageEntry(
                 lead_id=survivor.id,
                 stage=stage,
                 entered_at=entered,
-                left_at=min(later) if later else None,
+                left_at=left,
+                **stay(entered, left),
                 cohort_at=survivor.created_at,
                 **dims,
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint, text
+from sqlalchemy import JSON, Column, DateTime, Index, SmallInteger, TypeDecorator, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -214,7 +214,7 @@ class Enrollment(SQLModel, table=True):
     handed_off_at: datetime | None = _time(nullable=True)  # a handoff paused or ended it
 
 
-_FUNNEL_COLUMNS = ["source", "campaign", "channel", "entered_at", "left_at"]
+_FUNNEL_COLUMNS = ["source", "campaign", "channel", "stay_bucket", "stay_seconds"]
 
 
 class StageEntry(SQLModel, table=True):
@@ -235,6 +235,8 @@ class StageEntry(SQLModel, table=True):
     stage: str
     entered_at: datetime = _time()
     left_at: datetime | None = _time(nullable=True)  # first reached a later stage
+    stay_seconds: float | None = None  # left_at - entered_at when the lead moved on (flows.history.stay)
+    stay_bucket: int | None = Field(default=None, sa_type=SmallInteger)  # stay_seconds on a log scale
     cohort_at: datetime = _time()  # when the lead arrived (its created_at): the report's period picks leads by it
     source: str = "(none)"  # first touch's source
     campaign: str = "(none)"  # first touch's campaign
@@ -306,6 +308,10 @@ class Handoff(SQLModel, table=True):
     first_reply_at: datetime | None = _time(nullable=True)
     closed_at: datetime | None = _time(nullable=True)
     outcome: str | None = None  # won | nurture | lost
+    # The lead's breakdown values, as in its stage history (flows.history), for the handoff report
+    source: str = "(none)"
+    campaign: str = "(none)"
+    channel: str = "(none)"
     outcome_reason: str | None = None
 
 

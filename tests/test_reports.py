@@ -14,16 +14,25 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from alembic import command
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
+from sqlalchemy import text
 
-from bot.reports.stats import compare_variants, percentile_cont
+from bot.reports.stats import Histogram, compare_variants, percentile_cont
+from flows.history import stay
 from flows.outgoing import Subscriptions
 from flows.reactions import set_stage
 from flows.spec import choose_variant
+from storage.db import create_engine
 from storage.leads import get_lead
-from storage.models import Handoff, Operator, StageEntry
+from storage.migrate import alembic_config, upgrade
+from storage.models import Handoff, Lead, Operator, StageEntry
 
 from conftest import API_KEY, rows, services_of, templates_with
 from test_console_auth import log_in
+from test_console_queue import operator, post
 from test_handoff import press
 from test_webchat import hello, say
 
@@ -127,6 +136,71 @@ async def test_the_funnel_by_source_campaign_and_channel(app, clock):
     assert {g["key"]: g["leads"] for g in by_campaign["groups"]} == {"all": 4, "spring": 2, "jan": 1, "(none)": 1}
     by_channel = await report(app, "funnel", f"{DAY}&by=channel")
     assert {g["key"]: g["leads"] for g in by_channel["groups"]} == {"all": 4, "webchat": 3, "api": 1}
+
+
+def histogram_of(seconds: list[float]) -> Histogram:
+    """What the funnel's query returns for these stays: per bucket, the count, shortest and longest."""
+    histogram = Histogram()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for value in seconds:
+        bucket = stay(start, start + timedelta(seconds=value))["stay_bucket"]
+        histogram.add(bucket, 1, value, value)
+    return histogram
+
+
+@examples(max_examples=300, deadline=None)
+@given(st.lists(st.floats(min_value=0.001, max_value=3e7, allow_nan=False), min_size=1, max_size=400))
+def test_the_median_time_in_a_stage_is_within_2_percent_of_the_exact_median(seconds):
+    exact = percentile_cont(sorted(seconds), 0.5)
+    estimate = histogram_of(seconds).median()
+    assert estimate == pytest.approx(exact, rel=0.022, abs=0.5)  # 32 buckets per doubling; under 1 s: one bucket
+
+
+def test_the_median_is_exact_where_the_stays_around_it_are_far_apart():
+    hours = [1, 3, 26, 30, 200, 1000]
+    assert histogram_of([h * 3600.0 for h in hours]).median() == 28 * 3600.0
+    assert histogram_of([5.0]).median() == 5.0 and histogram_of([]).median() is None
+
+
+async def test_an_upgraded_database_shows_the_time_in_stage_of_leads_that_moved_before(make_client, settings, db):
+    """The stays of stage rows written before the stay histogram existed are filled in by the migration."""
+    engine = create_engine(settings.database_url)
+    config = alembic_config(settings.database_url)
+
+    def back_to_0008(connection) -> None:  # type: ignore[no-untyped-def]
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0008")
+
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(back_to_0008)
+        arrived = datetime(2026, 1, 6, 9, 0, tzinfo=UTC)
+        async with db() as session:
+            lead = Lead(created_at=arrived, updated_at=arrived, stage="lead", stage_at=arrived)
+            session.add(lead)
+            await session.commit()
+            lead_id = lead.id
+        async with engine.begin() as connection:
+            for stage, entered, left in (("visitor", 0, 5400), ("lead", 5400, None)):
+                await connection.execute(
+                    text(
+                        "INSERT INTO stageentry (lead_id, stage, entered_at, left_at, cohort_at, source, campaign,"
+                        " channel) VALUES (:lead, :stage, :entered, :left, :cohort, 'google', 'spring', 'webchat')"
+                    ),
+                    {
+                        "lead": lead_id,
+                        "stage": stage,
+                        "entered": (arrived + timedelta(seconds=entered)).replace(tzinfo=None),
+                        "left": None if left is None else (arrived + timedelta(seconds=left)).replace(tzinfo=None),
+                        "cohort": arrived.replace(tzinfo=None),
+                    },
+                )
+    finally:
+        await upgrade(engine)
+        await engine.dispose()
+    app = await make_client(settings)
+    everyone = (await report(app, "funnel"))["groups"][0]
+    assert stages_of(everyone)["visitor"] == (1, None, 5400.0) and stages_of(everyone)["lead"] == (1, 1.0, None)
 
 
 async def test_a_lead_first_known_by_the_backend_moves_to_its_web_source_when_it_visits(app, clock, db):
@@ -256,6 +330,20 @@ async def test_the_handoff_report_gives_speed_to_lead_breaches_and_outcomes(app,
     assert [sources["newsletter"][k] for k in ("handoffs", "lost", "breached")] == [1, 1, 1]
     by_campaign = await report(app, "handoffs", f"{DAY}&by=campaign")
     assert {g["key"]: g["handoffs"] for g in by_campaign["groups"]} == {"spring": 2, "jan": 1}
+
+
+async def test_a_handoff_moves_to_the_web_source_of_the_lead_it_belongs_to(app, clock, add_operator):
+    """A person known first by the backend, taken over by an operator, then visits from the newsletter."""
+    lead_id = await backend(app, "cart", email="eve@example.com")
+    csrf = await operator(app, add_operator, "ana")
+    assert (await post(app, f"/console/leads/{lead_id}/take", csrf)).status == 303
+    before = await report(app, "handoffs", f"{DAY}&by=channel")
+    assert [(g["key"], g["handoffs"]) for g in before["groups"]] == [("api", 1)]
+
+    ws, _ = await visitor(app, NEWSLETTER)
+    await say(app, ws, "eve@example.com")
+    after = await report(app, "handoffs")
+    assert [(g["key"], g["handoffs"]) for g in after["groups"]] == [("newsletter", 1)]
 
 
 @pytest.mark.parametrize(

@@ -28,9 +28,8 @@ async def flows(session: AsyncSession, library: FlowLibrary, query: Query) -> di
     if query.by is not None:
         raise ReportError("the flow report is per flow and step; 'by' splits only the funnel and handoff reports")
     enrolled = await _enrollments(session, query)
-    steps = await _steps(session, query)
+    steps, variants = await _steps(session, query)
     await _skipped_steps(session, query, steps)
-    variants = await _variants(session, query)
     slugs = sorted(set(library.flows) | set(enrolled) | set(steps))
     rows = [_flow(slug, library, enrolled.get(slug), steps.get(slug, {}), variants.get(slug, {})) for slug in slugs]
     return {
@@ -97,9 +96,16 @@ def _blank_step() -> dict[str, Any]:
     return {**dict.fromkeys(STEP_COUNTS, 0), "skip_reasons": {}}
 
 
-async def _steps(session: AsyncSession, query: Query) -> dict[str, dict[tuple, dict[str, Any]]]:
-    """Nurture deliveries by flow, step and variant: what happened to them and what the lead did next."""
+async def _steps(session: AsyncSession, query: Query) -> tuple[dict, dict]:
+    """Nurture deliveries by flow, step and variant: what happened to them and what the lead did next.
+
+    Also the A/B figures per flow and step (leads sent each variant, how many answered within 24 h, how
+    many reached the goal), from the same scan: an enrollment gets each step once, so the variant's sent
+    deliveries are its leads. Goals are looked up in a hashed set of the enrollments that reached theirs.
+    """
     why = case((Delivery.status == "skipped", Delivery.last_error), else_=None)
+    reached = select(Enrollment.id).where(Enrollment.goal_reached_at.is_not(None))
+    answered = (Delivery.replied_at.is_not(None)) | (Delivery.button_at.is_not(None))
     statement = (
         select(
             Delivery.flow_slug,
@@ -112,23 +118,28 @@ async def _steps(session: AsyncSession, query: Query) -> dict[str, dict[tuple, d
             func.count(Delivery.button_at),
             func.count(Delivery.handed_off_at),
             func.count(Delivery.opted_out_at),
+            func.count(case((answered, 1))),
+            func.count(case((Delivery.enrollment_id.in_(reached), 1))),
         )
         .where(Delivery.kind == "nurture", Delivery.created_at >= query.since, Delivery.created_at < query.until)
         .group_by(Delivery.flow_slug, Delivery.step, Delivery.variant, Delivery.status, why)
     )
     found: defaultdict[str, dict[tuple, dict[str, Any]]] = defaultdict(dict)
-    for slug, step, variant, status, reason, count, replied, buttons, handed_off, opted_out in await session.exec(
-        statement
-    ):
-        row = found[slug].setdefault((step, variant), _blank_step())
+    variants: defaultdict[str, defaultdict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for row in await session.exec(statement):
+        slug, step, variant, status, reason, count, replied, buttons, handed_off, opted_out, responded, goal = row
+        counts = found[slug].setdefault((step, variant), _blank_step())
         outcome = {"sent": "sent", "skipped": "skipped", "dead": "failed"}.get(status, "waiting")
-        row[outcome] += count
+        counts[outcome] += count
         if outcome == "skipped":
-            _add_reason(row, reason, count)
+            _add_reason(counts, reason, count)
         for name, value in (("replied_24h", replied), ("buttons", buttons), ("handed_off", handed_off)):
-            row[name] += value
-        row["opted_out"] += opted_out
-    return found
+            counts[name] += value
+        counts["opted_out"] += opted_out
+        if variant is not None and status == "sent":
+            block = {"variant": variant, "leads": count, "responded": responded, "reached_goal": goal}
+            variants[slug][step].append(block)
+    return found, variants
 
 
 async def _skipped_steps(session: AsyncSession, query: Query, found: dict) -> None:
@@ -149,35 +160,6 @@ def _add_reason(row: dict[str, Any], reason: str | None, count: int) -> None:
     """Reasons grouped by what comes before their details: `render error: file:3: ...` is a render error."""
     label = (reason or "unknown").split(":", 1)[0].strip() or "unknown"
     row["skip_reasons"][label] = row["skip_reasons"].get(label, 0) + count
-
-
-async def _variants(session: AsyncSession, query: Query) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Per A/B step: leads sent each variant, how many answered within 24 h, how many reached the goal."""
-    answered = case(((Delivery.replied_at.is_not(None)) | (Delivery.button_at.is_not(None)), Delivery.enrollment_id))
-    goal = case((Enrollment.goal_reached_at.is_not(None), Enrollment.id))
-    statement = (
-        select(
-            Delivery.flow_slug,
-            Delivery.step,
-            Delivery.variant,
-            func.count(Delivery.enrollment_id.distinct()),
-            func.count(answered.distinct()),
-            func.count(goal.distinct()),
-        )
-        .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
-        .where(
-            Delivery.kind == "nurture",
-            Delivery.variant.is_not(None),
-            Delivery.status == "sent",
-            Delivery.created_at >= query.since,
-            Delivery.created_at < query.until,
-        )
-        .group_by(Delivery.flow_slug, Delivery.step, Delivery.variant)
-    )
-    found: defaultdict[str, defaultdict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for slug, step, variant, leads, responded, reached in await session.exec(statement):
-        found[slug][step].append({"variant": variant, "leads": leads, "responded": responded, "reached_goal": reached})
-    return found
 
 
 def _variant_block(step: str, variants: list[dict[str, Any]], has_goal: bool) -> dict[str, Any]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import func, literal, tuple_
+from sqlalchemy import func, literal
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.reports.period import Query
-from bot.reports.stats import percentile_cont
+from bot.reports.stats import Histogram
 from flows.stages import Stages
 from storage.models import StageEntry
 
@@ -19,7 +19,8 @@ RULE = (
     "Leads that arrived in the period, and every stage they have reached since. A lead counts in a stage "
     "once, the first time it got there; skipping stages counts as passing through them at that moment; "
     "moving back does not un-count. Time in a stage runs from first reaching it to first reaching a later "
-    "one, over the leads that have moved on (not those passed through in a jump)."
+    "one, over the leads that have moved on (not those passed through in a jump); its median is read from a "
+    "histogram with 32 steps per doubling: exact when the stays around it are 2% apart, else within 2%."
 )
 
 
@@ -42,40 +43,28 @@ async def funnel(session: AsyncSession, stages: Stages, query: Query) -> dict[st
 
 
 async def _tally(session: AsyncSession, stages: Stages, query: Query, dim: Any) -> dict[tuple[str, str], tuple]:
-    """(group, stage) -> (reached, moved on, median seconds in stage), in one pass over the period's history."""
-    where = [StageEntry.cohort_at >= query.since, StageEntry.cohort_at < query.until]
-    where.append(StageEntry.stage.in_(stages.order))
-    if session.bind.dialect.name != "postgresql":
-        return await _tally_in_python(session, where, dim)
-    moved = StageEntry.left_at > StageEntry.entered_at
-    seconds = func.extract("epoch", StageEntry.left_at - StageEntry.entered_at)
-    columns = [func.count(), func.count().filter(moved), func.percentile_cont(0.5).within_group(seconds).filter(moved)]
-    if dim is None:
-        statement = select(StageEntry.stage, literal(None), *columns).where(*where).group_by(StageEntry.stage)
-    else:  # the totals and the breakdown from the same scan
-        sets = func.grouping_sets(tuple_(StageEntry.stage), tuple_(StageEntry.stage, dim))
-        statement = select(StageEntry.stage, dim, *columns).where(*where).group_by(sets)
-    tally = {}
-    for stage, key, reached, moved_on, median in await session.exec(statement):
-        tally[(ALL if key is None else key, stage)] = (reached, moved_on, _seconds(median))
-    return tally
+    """(group, stage) -> (reached, moved on, median seconds in stage), from one histogram query.
 
-
-async def _tally_in_python(session: AsyncSession, where: list, dim: Any) -> dict[tuple[str, str], tuple]:
-    """SQLite has no percentile_cont: the same figures, computed from the rows."""
+    The database counts the rows per stage, group and stay bucket, with each bucket's shortest and
+    longest stay (a hash aggregate over an index, no sort of a million stays); the totals, and the
+    medians read off the histograms, are added up here.
+    """
     key = dim if dim is not None else literal(None)
-    rows = await session.exec(select(StageEntry.stage, key, StageEntry.entered_at, StageEntry.left_at).where(*where))
+    seconds = StageEntry.stay_seconds
+    statement = (
+        select(StageEntry.stage, key, StageEntry.stay_bucket, func.count(), func.min(seconds), func.max(seconds))
+        .where(StageEntry.cohort_at >= query.since, StageEntry.cohort_at < query.until)
+        .where(StageEntry.stage.in_(stages.order))
+        .group_by(StageEntry.stage, key, StageEntry.stay_bucket)
+    )
     counts: defaultdict[tuple[str, str], int] = defaultdict(int)
-    stays: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
-    for stage, value, entered, left in rows:
-        for group in (ALL, value) if value is not None else (ALL,):
-            counts[(group, stage)] += 1
-            if left is not None and left > entered:
-                stays[(group, stage)].append((left - entered).total_seconds())
-    return {
-        slot: (count, len(stays[slot]), _seconds(percentile_cont(sorted(stays[slot]), 0.5)))
-        for slot, count in counts.items()
-    }
+    stays: defaultdict[tuple[str, str], Histogram] = defaultdict(Histogram)
+    for stage, value, bucket, count, shortest, longest in await session.exec(statement):
+        for group in (ALL, value) if dim is not None else (ALL,):
+            counts[(group, stage)] += count
+            if bucket is not None:
+                stays[(group, stage)].add(bucket, count, shortest, longest)
+    return {slot: (count, stays[slot].count, _seconds(stays[slot].median())) for slot, count in counts.items()}
 
 
 def _group(key: str, stages: Stages, tally: dict[tuple[str, str], tuple]) -> dict[str, Any]:

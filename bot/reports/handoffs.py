@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, case, func
+from sqlalchemy import case, func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.reports.period import Query
 from bot.reports.stats import Measure, durations
-from flows.history import NONE
-from flows.stages import Stages
-from storage.models import Handoff, Operator, StageEntry
+from storage.models import Handoff, Operator
 
 RULE = (
     "Handoffs whose warm signal came in the period. Speed to lead counts from the warm signal to the first "
@@ -27,20 +25,19 @@ SPEED = (
 )
 
 
-async def handoffs(session: AsyncSession, stages: Stages, query: Query) -> dict[str, Any]:
+async def handoffs(session: AsyncSession, query: Query) -> dict[str, Any]:
     """Speed to lead (p50/p90/p99), breaches and outcomes; per operator, and per `by` (default: source)."""
     period = [Handoff.warm_at >= query.since, Handoff.warm_at < query.until]
     by = query.by or "source"
-    first = and_(StageEntry.lead_id == Handoff.lead_id, StageEntry.stage == (stages.order[0] if stages.order else ""))
-    dim = func.coalesce(getattr(StageEntry, by), NONE)
+    dim = getattr(Handoff, by)
     operator = func.coalesce(Operator.name, "(nobody)")
     joins = [(Operator, Operator.id == Handoff.claimed_by_id)]
     speed = (await durations(session, [], SPEED, period)).get((), {})
     total = await _outcomes(session, [], period, [])
     per_operator = await _outcomes(session, [operator], period, joins)
-    per_group = await _outcomes(session, [dim], period, [(StageEntry, first)])
+    per_group = await _outcomes(session, [dim], period, [])
     claim_times = await durations(session, [operator], SPEED[1:], period, quantiles=(0.5,), joins=joins)
-    group_times = await durations(session, [dim], SPEED[1:2], period, quantiles=(0.5,), joins=[(StageEntry, first)])
+    group_times = await durations(session, [dim], SPEED[1:2], period, quantiles=(0.5,))
     staff = [(key, counts) for key, counts in _largest_first(per_operator) if counts["claimed"]]
     return {
         "report": "handoffs",
