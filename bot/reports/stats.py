@@ -43,17 +43,20 @@ class Histogram:
     """
 
     def __init__(self) -> None:
-        self.buckets: dict[int, tuple[int, float, float]] = {}
-
-    @property
-    def count(self) -> int:
-        return sum(count for count, _, _ in self.buckets.values())
+        self.buckets: dict[int, list] = {}  # bucket -> [count, smallest, largest]
+        self.count = 0
 
     def add(self, bucket: int, count: int, smallest: float, largest: float) -> None:
-        if bucket in self.buckets:
-            had, low, high = self.buckets[bucket]
-            count, smallest, largest = had + count, min(low, smallest), max(high, largest)
-        self.buckets[bucket] = (count, smallest, largest)
+        self.count += count
+        known = self.buckets.get(bucket)
+        if known is None:
+            self.buckets[bucket] = [count, smallest, largest]
+            return
+        known[0] += count
+        if smallest < known[1]:
+            known[1] = smallest
+        if largest > known[2]:
+            known[2] = largest
 
     def median(self) -> float | None:
         """As percentile_cont(0.5): halfway between the two middle values when the count is even."""
