@@ -7,6 +7,7 @@ exact, instead of timing the sends. On SQLite Kindling runs as one instance and 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import timedelta
 
 import pytest
@@ -44,16 +45,25 @@ async def test_two_instances_asking_at_once_get_slots_a_thirtieth_of_a_second_ap
     assert sum(slot.wait > 0 for slot in slots) >= 80  # most had to wait for their turn
 
 
-async def test_a_chat_gets_a_burst_of_three_then_one_a_second_and_other_chats_are_not_held_up(instances, db):
+async def test_a_chat_gets_one_message_a_second_and_other_chats_are_not_held_up(instances, db):
     a, b = instances
-    first = [await (a if i % 2 else b).reserve("telegram:42", 1.0, 3) for i in range(5)]
-    other = await a.reserve("telegram:43", 1.0, 3)
+    first = [await (a if i % 2 else b).reserve("telegram:42", 1.0) for i in range(4)]
+    other = await a.reserve("telegram:43", 1.0)
 
-    assert [slot.wait for slot in first[:3]] == [0.0, 0.0, 0.0]
-    assert first[3].start - first[0].reserved_at >= timedelta(seconds=1) - timedelta(milliseconds=1)
-    assert first[4].start - first[3].start == timedelta(seconds=1)
+    assert first[0].wait == 0.0 and all(slot.wait > 0 for slot in first[1:])  # no burst: Telegram's 1/s
+    gaps = [later.start - earlier.start for earlier, later in itertools.pairwise(first)]
+    assert gaps == [timedelta(seconds=1)] * 3
     assert other.wait == 0.0
     assert sorted(row.key for row in await rows(db, Pace)) == ["telegram:42", "telegram:43"]
+
+
+async def test_a_budget_may_allow_a_burst_before_its_rate(instances):
+    """The budget is a generic cell rate: with burst 3, three go at once, then one per interval."""
+    a, b = instances
+    slots = [await (a if i % 2 else b).reserve("burst", 1.0, 3) for i in range(5)]
+    assert [slot.wait for slot in slots[:3]] == [0.0, 0.0, 0.0]
+    assert slots[3].start - slots[0].reserved_at >= timedelta(seconds=1) - timedelta(milliseconds=1)
+    assert slots[4].start - slots[3].start == timedelta(seconds=1)
 
 
 async def test_on_postgresql_the_bot_takes_its_slots_from_the_shared_budget(make_client, settings, db, fake_telegram):

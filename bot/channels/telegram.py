@@ -66,8 +66,9 @@ _BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError)
 class TelegramPacing(AIORateLimiter):
     """Telegram's limits: 30 messages/s overall and 20/min per group (PTB's), plus about 1/s per chat.
 
-    A chat may get a short burst (a reply and a question), then one message a second. Nothing waits
-    on a 429 here: the delivery is rescheduled after `retry_after`, so other leads are not held up.
+    A chat gets at most one message a second, with no burst: Telegram tolerates short bursts, but a
+    strict 1/s is what it asks for, and a burst past it may be answered with 429. Nothing waits on a
+    429 here: the delivery is rescheduled after `retry_after`, so other leads are not held up.
     With `shared` (PostgreSQL), the budgets are kept in the database, so several instances together
     stay within them; otherwise (SQLite: one instance) they are kept in this process.
     """
@@ -91,14 +92,14 @@ class TelegramPacing(AIORateLimiter):
         """The chat's slot first (it may be a second away), then the overall one (milliseconds)."""
         assert self.shared is not None
         group = isinstance(chat_id, str) or int(chat_id) < 0
-        await self.shared.wait(chat_key(chat_id), *((3.0, 3) if group else (1.0, 3)))
+        await self.shared.wait(chat_key(chat_id), 3.0 if group else 1.0)
         await self.shared.wait("telegram", 1 / 30)
         return await send()
 
     def _chat(self, chat_id: int) -> AsyncLimiter:
         if len(self.chats) > 10_000:  # forget idle chats so the table does not grow forever
-            self.chats = {key: limiter for key, limiter in self.chats.items() if not limiter.has_capacity(3)}
-        return self.chats.setdefault(chat_id, AsyncLimiter(3, 3))
+            self.chats = {key: limiter for key, limiter in self.chats.items() if not limiter.has_capacity(1)}
+        return self.chats.setdefault(chat_id, AsyncLimiter(1, 1))
 
 
 class Unsupported(Exception):
