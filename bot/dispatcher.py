@@ -23,7 +23,8 @@ from storage.models import Conversation, Delivery, Message
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
-SEND_CONCURRENCY = 8  # leads whose messages are being sent at once, per claimed batch
+SEND_CONCURRENCY = 30  # leads whose messages are being sent at once, per claimed batch (most wait for their chat)
+IMMEDIATE_CONCURRENCY = 8  # immediate sends claiming at once
 
 
 class Dispatcher:
@@ -43,7 +44,7 @@ class Dispatcher:
         self.lease = lease  # how long a claimed row is ours; after that a crashed sender's rows are taken over
         # Immediate sends wait here before claiming, so a flood of replies never holds claimed rows
         # in a pacing queue until their lease runs out (and another instance sends them again).
-        self.immediate = asyncio.Semaphore(SEND_CONCURRENCY)
+        self.immediate = asyncio.Semaphore(IMMEDIATE_CONCURRENCY)
 
     async def send_now(self, delivery_ids: Iterable[int]) -> None:
         """Send fresh deliveries right away (the tick picks up whatever this misses)."""

@@ -25,6 +25,7 @@ _RESERVE = text(
     RETURNING p.tat - make_interval(secs => :interval * :burst), clock_timestamp()
     """
 )
+_PUSH = text("UPDATE pace SET tat = GREATEST(tat, :tat) WHERE key = :key")
 _FORGET = text("DELETE FROM pace WHERE tat < clock_timestamp() - interval '1 hour'")
 FORGET_EVERY = 1000  # reservations between sweeps of idle budgets (one row per chat ever written to)
 
@@ -64,6 +65,12 @@ class SharedPace:
                 await connection.execute(_FORGET)
             await session.commit()
         return Slot(start, reserved_at)
+
+    async def push(self, key: str, tat: datetime) -> None:
+        """Move budget `key`'s next slot to `tat` at the earliest (a send went out later than its slot)."""
+        async with self.sessions() as session:
+            await (await session.connection()).execute(_PUSH, {"key": key, "tat": tat})
+            await session.commit()
 
     async def wait(self, key: str, interval: float, burst: int = 1) -> None:
         """Wait for the next slot of budget `key`."""

@@ -57,6 +57,18 @@ async def test_a_chat_gets_one_message_a_second_and_other_chats_are_not_held_up(
     assert sorted(row.key for row in await rows(db, Pace)) == ["telegram:42", "telegram:43"]
 
 
+async def test_a_message_that_went_out_late_moves_its_chats_next_slot(instances):
+    """The overall budget may hold a message past its chat slot: the chat's next one is a second after that."""
+    a, b = instances
+    first = await a.reserve("telegram:7", 1.0)
+    went_out = first.start + timedelta(seconds=2.5)
+    await a.push("telegram:7", went_out + timedelta(seconds=1))
+    second = await b.reserve("telegram:7", 1.0)
+    assert second.start == went_out + timedelta(seconds=1)
+    await a.push("telegram:7", first.start)  # never moves a slot back
+    assert (await b.reserve("telegram:7", 1.0)).start == second.start + timedelta(seconds=1)
+
+
 async def test_a_budget_may_allow_a_burst_before_its_rate(instances):
     """The budget is a generic cell rate: with burst 3, three go at once, then one per interval."""
     a, b = instances

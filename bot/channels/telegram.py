@@ -29,7 +29,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from aiolimiter import AsyncLimiter
 from telegram import (
     CallbackQuery,
     InlineKeyboardButton,
@@ -63,20 +62,27 @@ _TOUCH_KEYS = {"s": "source", "m": "medium", "c": "campaign"}
 _BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError)
 
 
-class TelegramPacing(AIORateLimiter):
-    """Telegram's limits: 30 messages/s overall and 20/min per group (PTB's), plus about 1/s per chat.
+CHAT_INTERVAL = 1.0  # seconds between two messages to one private chat
+GROUP_INTERVAL = 3.0  # to one group (20 a minute)
+OVERALL_INTERVAL = 1 / 30  # between any two messages
+LATE = timedelta(milliseconds=10)  # a send this much later than its chat slot moves the chat's next slot
 
-    A chat gets at most one message a second, with no burst: Telegram tolerates short bursts, but a
-    strict 1/s is what it asks for, and a burst past it may be answered with 429. Nothing waits on a
-    429 here: the delivery is rescheduled after `retry_after`, so other leads are not held up.
-    With `shared` (PostgreSQL), the budgets are kept in the database, so several instances together
-    stay within them; otherwise (SQLite: one instance) they are kept in this process.
+
+class TelegramPacing(AIORateLimiter):
+    """Telegram's limits: 30 messages/s overall and 20/min per group (PTB's), and 1/s per chat.
+
+    Neither budget allows a burst: Telegram tolerates short ones, but a strict 1/s is what it asks for,
+    and a burst past it may be answered with 429. A chat's next message is timed from when its last one
+    actually went out (after waiting for the overall budget too), not from when it got its chat slot.
+    Nothing waits on a 429 here: the delivery is rescheduled after `retry_after`, so other leads are not
+    held up. With `shared` (PostgreSQL), the budgets are kept in the database, so several instances
+    together stay within them; otherwise (SQLite: one instance) they are kept in this process.
     """
 
     def __init__(self, shared: SharedPace | None = None) -> None:
         # Overall: one send every 1/30 s, no burst on top (a leaky bucket of 30 lets 60 through in the first second).
-        super().__init__(overall_max_rate=1, overall_time_period=1 / 30, max_retries=0)
-        self.chats: dict[int, AsyncLimiter] = {}
+        super().__init__(overall_max_rate=1, overall_time_period=OVERALL_INTERVAL, max_retries=0)
+        self.chats: dict[int, _ChatPace] = {}
         self.shared = shared
 
     async def process_request(self, callback, args, kwargs, endpoint, data, rate_limit_args):  # type: ignore[no-untyped-def]
@@ -85,21 +91,44 @@ class TelegramPacing(AIORateLimiter):
             return await self._shared_slot(chat_id, lambda: callback(*args, **kwargs))
         if not (isinstance(chat_id, int) and chat_id > 0):
             return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
-        async with self._chat(chat_id):
-            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+        chat = self._chat(chat_id)
+        loop = asyncio.get_running_loop()
+
+        async def stamped(*args: Any, **kwargs: Any) -> Any:  # called once the overall budget let it go
+            chat.next_at = loop.time() + CHAT_INTERVAL
+            return await callback(*args, **kwargs)
+
+        async with chat.turn:  # one message to a chat at a time, in order
+            if (delay := chat.next_at - loop.time()) > 0:
+                await asyncio.sleep(delay)
+            return await super().process_request(stamped, args, kwargs, endpoint, data, rate_limit_args)
 
     async def _shared_slot(self, chat_id: int | str, send: Callable[[], Awaitable[Any]]) -> Any:
         """The chat's slot first (it may be a second away), then the overall one (milliseconds)."""
         assert self.shared is not None
         group = isinstance(chat_id, str) or int(chat_id) < 0
-        await self.shared.wait(chat_key(chat_id), 3.0 if group else 1.0)
-        await self.shared.wait("telegram", 1 / 30)
+        key, interval = chat_key(chat_id), GROUP_INTERVAL if group else CHAT_INTERVAL
+        chat = await self.shared.reserve(key, interval)
+        await asyncio.sleep(chat.wait)
+        overall = await self.shared.reserve("telegram", OVERALL_INTERVAL)
+        await asyncio.sleep(overall.wait)
+        if overall.start - chat.start > LATE:  # this one goes out later than its chat slot: so does the next
+            await self.shared.push(key, overall.start + timedelta(seconds=interval))
         return await send()
 
-    def _chat(self, chat_id: int) -> AsyncLimiter:
+    def _chat(self, chat_id: int) -> _ChatPace:
         if len(self.chats) > 10_000:  # forget idle chats so the table does not grow forever
-            self.chats = {key: limiter for key, limiter in self.chats.items() if not limiter.has_capacity(1)}
-        return self.chats.setdefault(chat_id, AsyncLimiter(1, 1))
+            now = asyncio.get_running_loop().time()
+            self.chats = {key: chat for key, chat in self.chats.items() if chat.next_at > now or chat.turn.locked()}
+        return self.chats.setdefault(chat_id, _ChatPace())
+
+
+class _ChatPace:
+    """One private chat's pacing in this process: its turn, and the loop time its next message may go."""
+
+    def __init__(self) -> None:
+        self.turn = asyncio.Lock()
+        self.next_at = 0.0
 
 
 class Unsupported(Exception):
