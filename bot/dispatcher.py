@@ -23,7 +23,7 @@ from storage.models import Conversation, Delivery, Message
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
-SEND_CONCURRENCY = 30  # leads whose messages are being sent at once, per claimed batch (most wait for their chat)
+SEND_CONCURRENCY = 60  # leads whose messages are being sent at once, per claimed batch (most wait for their chat)
 IMMEDIATE_CONCURRENCY = 8  # immediate sends claiming at once
 
 

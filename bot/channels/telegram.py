@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -65,7 +65,11 @@ _BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError)
 CHAT_INTERVAL = 1.0  # seconds between two messages to one private chat
 GROUP_INTERVAL = 3.0  # to one group (20 a minute)
 OVERALL_INTERVAL = 1 / 30  # between any two messages
-LATE = timedelta(milliseconds=10)  # a send this much later than its chat slot moves the chat's next slot
+LATE = 0.01  # seconds: a send this much later than its chat slot moves the chat's next slot
+# The shared budgets hand out slots on the database's clock, but each instance sleeps to them on its own
+# event loop, which a busy moment delays by some milliseconds: they leave 3% spare so that jitter does not
+# put two slots closer than Telegram allows.
+SHARED_SPARE = 1.03
 
 
 class TelegramPacing(AIORateLimiter):
@@ -88,7 +92,7 @@ class TelegramPacing(AIORateLimiter):
     async def process_request(self, callback, args, kwargs, endpoint, data, rate_limit_args):  # type: ignore[no-untyped-def]
         chat_id = data.get("chat_id")
         if self.shared is not None and chat_id is not None:
-            return await self._shared_slot(chat_id, lambda: callback(*args, **kwargs))
+            return await self._shared(chat_id, callback, args, kwargs, endpoint, data, rate_limit_args)
         if not (isinstance(chat_id, int) and chat_id > 0):
             return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
         chat = self._chat(chat_id)
@@ -103,18 +107,25 @@ class TelegramPacing(AIORateLimiter):
                 await asyncio.sleep(delay)
             return await super().process_request(stamped, args, kwargs, endpoint, data, rate_limit_args)
 
-    async def _shared_slot(self, chat_id: int | str, send: Callable[[], Awaitable[Any]]) -> Any:
-        """The chat's slot first (it may be a second away), then the overall one (milliseconds)."""
+    async def _shared(self, chat_id: int | str, callback, *request):  # type: ignore[no-untyped-def]
+        """The chat's shared slot (it may be a second away), the overall one (milliseconds), then this
+        process' own overall pace, so that a late wake-up does not send two slots at once."""
         assert self.shared is not None
         group = isinstance(chat_id, str) or int(chat_id) < 0
-        key, interval = chat_key(chat_id), GROUP_INTERVAL if group else CHAT_INTERVAL
+        key, interval = chat_key(chat_id), (GROUP_INTERVAL if group else CHAT_INTERVAL) * SHARED_SPARE
         chat = await self.shared.reserve(key, interval)
         await asyncio.sleep(chat.wait)
-        overall = await self.shared.reserve("telegram", OVERALL_INTERVAL)
-        await asyncio.sleep(overall.wait)
-        if overall.start - chat.start > LATE:  # this one goes out later than its chat slot: so does the next
-            await self.shared.push(key, overall.start + timedelta(seconds=interval))
-        return await send()
+        loop = asyncio.get_running_loop()
+        slot_time = loop.time()  # the chat slot's start, on this loop's clock
+        await self.shared.wait("telegram", OVERALL_INTERVAL * SHARED_SPARE)
+
+        async def stamped(*args: Any, **kwargs: Any) -> Any:
+            late = loop.time() - slot_time
+            if late > LATE:  # it goes out later than its chat slot: so does the chat's next one
+                await self.shared.push(key, chat.start + timedelta(seconds=late + interval))
+            return await callback(*args, **kwargs)
+
+        return await super().process_request(stamped, *request)
 
     def _chat(self, chat_id: int) -> _ChatPace:
         if len(self.chats) > 10_000:  # forget idle chats so the table does not grow forever
