@@ -11,9 +11,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.api.auth import scope
 from bot.api.spec import ok, operation, ref
-from bot.console.flowpages import FlowRow, flow_rows
 from bot.middlewares import json_error
 from bot.services import SERVICES
+from flows.status import FlowRow, flow_rows
 from storage.models import Delivery, Enrollment
 
 STATUSES = ("active", "paused", "done", "exited")
