@@ -108,12 +108,13 @@ FILL = [
     (
         "stage history",
         """
-        INSERT INTO stageentry (lead_id, stage, entered_at, left_at, stay_bucket, cohort_at, source, campaign,
-                                channel)
+        INSERT INTO stageentry (lead_id, stage, entered_at, left_at, stay_seconds, stay_bucket, cohort_at, source,
+                                campaign, channel)
         SELECT p.id, (ARRAY['visitor','lead','mql','sql','customer'])[k + 1],
                p.created_at + p.offs[k + 1] * interval '1 second',
                CASE WHEN k < p.top THEN p.created_at + p.offs[k + 2] * interval '1 second' END,
-               CASE WHEN k < p.top AND p.offs[k + 2] > p.offs[k + 1] THEN  -- flows.history.stay_bucket
+               CASE WHEN k < p.top AND p.offs[k + 2] > p.offs[k + 1] THEN p.offs[k + 2] - p.offs[k + 1] END,
+               CASE WHEN k < p.top AND p.offs[k + 2] > p.offs[k + 1] THEN  -- flows.history.stay
                  CASE WHEN p.offs[k + 2] - p.offs[k + 1] < 1 THEN 0
                       ELSE 1 + floor(ln(p.offs[k + 2] - p.offs[k + 1]) / ln(2) * 32) END END,
                p.created_at, p.source, p.campaign, p.channel
@@ -203,7 +204,7 @@ FILL = [
         """
         INSERT INTO handoff (lead_id, conversation_id, trigger, reason, card, status, warm_at, created_at,
                              sla_due_at, console_notified_at, telegram_notified_at, breached_at, claimed_by_id,
-                             claimed_at, first_reply_at, closed_at, outcome)
+                             claimed_at, first_reply_at, closed_at, outcome, source, campaign, channel)
         SELECT id, id, 'intent', 'wrote "call me"', '{}'::json,
                CASE WHEN claim IS NULL THEN 'waiting' WHEN outcome IS NULL THEN 'claimed' ELSE 'closed' END,
                warm, warm, warm + interval '5 minutes',
@@ -211,9 +212,10 @@ FILL = [
                CASE WHEN claim IS NULL OR claim > interval '5 minutes' THEN warm + interval '5 minutes' END,
                CASE WHEN claim IS NOT NULL THEN 1 + floor(random() * 20)::int END,
                warm + claim, warm + claim + random() * interval '10 minutes',
-               CASE WHEN outcome IS NOT NULL THEN warm + claim + interval '1 hour' END, outcome
+               CASE WHEN outcome IS NOT NULL THEN warm + claim + interval '1 hour' END, outcome,
+               source, campaign, channel
         FROM (
-          SELECT id, created_at + random() * interval '3 days' AS warm,
+          SELECT id, source, campaign, channel, created_at + random() * interval '3 days' AS warm,
                  CASE WHEN random() < 0.92 THEN random() ^ 3 * interval '2 hours' END AS claim,
                  (ARRAY['won','nurture','lost',NULL])[1 + floor(random() * 4)::int] AS outcome
           FROM plan WHERE random() < 0.05

@@ -17,15 +17,13 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
-from test_two_instances import BURST, Instance, burst_templates, logs, progress, server_env, wait_until
+from test_two_instances import Instance, burst_templates, enroll_due_leads, logs, progress, server_env, wait_until
 
-from flows.spec import flow_version
 from storage.db import is_sqlite
-from storage.models import Conversation, Delivery, Enrollment, FlowVersion, Lead
+from storage.models import Delivery, Enrollment
 
 from conftest import rows
 
@@ -59,34 +57,6 @@ class Receiver:
         return sum(len(senders) for senders in self.received.values())
 
 
-async def enroll_due_webhook_leads(db, count: int) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """`count` leads of the `acme` provider in `burst`, due a minute ago; returns lead id by thread."""
-    now = datetime.now(UTC)
-    version = flow_version(BURST)
-    async with db() as session, session.begin():
-        session.add(FlowVersion(slug="burst", version=version, source=BURST, created_at=now))
-        leads = [Lead(created_at=now, updated_at=now, stage_at=now) for _ in range(count)]
-        session.add_all(leads)
-        await session.flush()
-        threads = {f"thread-{index}": lead.id for index, lead in enumerate(leads)}
-        session.add_all(
-            Conversation(lead_id=lead_id, channel="webhook", external_id=f"acme:{thread}", created_at=now)
-            for thread, lead_id in threads.items()
-        )
-        session.add_all(
-            Enrollment(
-                lead_id=lead_id,
-                flow_slug="burst",
-                flow_version=version,
-                due_at=now - timedelta(minutes=1),
-                enrolled_at=now,
-                updated_at=now,
-            )
-            for lead_id in threads.values()
-        )
-    return threads
-
-
 async def test_killing_one_of_two_instances_mid_run_loses_nothing(tmp_path, db, database_url, aiohttp_server):
     if is_sqlite(database_url):
         pytest.skip("several instances run on PostgreSQL (set KINDLING_TEST_DATABASE_URL)")
@@ -108,7 +78,8 @@ async def test_killing_one_of_two_instances_mid_run_loses_nothing(tmp_path, db, 
             await instance.listening(instances)
         a, b = instances
 
-        lead_of_thread = await enroll_due_webhook_leads(db, LEADS)
+        external = await enroll_due_leads(db, LEADS, "webhook", lambda index: f"acme:thread-{index}")
+        lead_of_thread = {key.removeprefix("acme:"): lead_id for key, lead_id in external.items()}
         if not await wait_until(lambda: receiver.count >= KILL_AFTER, SEND_TIMEOUT, instances):
             pytest.fail(f"{receiver.count} received before the kill; {await progress(db)}\n{logs(instances)}")
         a.process.send_signal(signal.SIGKILL)

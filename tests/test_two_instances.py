@@ -190,8 +190,12 @@ def burst_templates(tmp_path: Path) -> Path:
     return templates
 
 
-async def enroll_due_leads(db, count: int) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """`count` Telegram leads in `burst`, its step due a minute ago; returns lead id by chat id."""
+async def enroll_due_leads(db, count: int, channel: str = "telegram", address=None) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """`count` leads in `burst` on `channel`, its step due a minute ago; returns lead id by address.
+
+    Addresses are Telegram chat ids by default; `address(index)` names them for another channel.
+    """
+    address = address or (lambda index: str(FIRST_CHAT + index))
     now = datetime.now(UTC)
     version = flow_version(BURST)
     async with db() as session, session.begin():
@@ -199,10 +203,10 @@ async def enroll_due_leads(db, count: int) -> dict[str, int]:  # type: ignore[no
         leads = [Lead(created_at=now, updated_at=now, stage_at=now) for _ in range(count)]
         session.add_all(leads)
         await session.flush()
-        chats = {str(FIRST_CHAT + index): lead.id for index, lead in enumerate(leads)}
+        addresses = {address(index): lead.id for index, lead in enumerate(leads)}
         session.add_all(
-            Conversation(lead_id=lead_id, channel="telegram", external_id=chat, owner="bot", created_at=now)
-            for chat, lead_id in chats.items()
+            Conversation(lead_id=lead_id, channel=channel, external_id=external, owner="bot", created_at=now)
+            for external, lead_id in addresses.items()
         )
         session.add_all(
             Enrollment(
@@ -215,9 +219,9 @@ async def enroll_due_leads(db, count: int) -> dict[str, int]:  # type: ignore[no
                 enrolled_at=now,
                 updated_at=now,
             )
-            for lead_id in chats.values()
+            for lead_id in addresses.values()
         )
-    return chats
+    return addresses
 
 
 async def progress(db) -> str:  # type: ignore[no-untyped-def]
