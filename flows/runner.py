@@ -3,12 +3,13 @@
 A batch is claimed and advanced in one transaction: the rows are locked (`FOR UPDATE SKIP LOCKED` on
 PostgreSQL, the write lock taken at `BEGIN IMMEDIATE` on SQLite) until the commit that records their
 deliveries, so another instance skips them, and a process that dies mid-batch leaves nothing half done.
-The batch is read and written in a few set-based statements, not a round trip per step, and as plain rows: a
-step without an action never builds an ORM object (building and flushing them took a third of the time). A
-lead whose step acts on it (handoff, stage, tag, score, exit), or that was merged into another, goes through
-the ORM as before, so those actions stay the code the rest of the app uses. A delivery's
-idempotency key (enrollment, flow version, step) is unique and a repeat insert is ignored, so a step is
-recorded exactly once. Sending, and the last safety check before it, is the dispatcher's job.
+The batch is read and written in a few set-based statements, not a round trip per step, and as plain
+rows: a step without an action never builds an ORM object (building and flushing them took a third of the
+time). A lead whose step acts on it (handoff, stage, tag, score, exit) goes through the ORM as before, all
+of its steps in the batch, so those actions stay the code the rest of the app uses and its later steps see
+what they did. A delivery's idempotency key (enrollment, flow version, step) is unique and a repeat insert
+is ignored, so a step is recorded exactly once. Sending, and the last safety check before it, is the
+dispatcher's job.
 """
 
 from __future__ import annotations
@@ -122,13 +123,12 @@ class Runner:
         return len(claimed)
 
     async def _leads_of(self, session: AsyncSession, claimed: Sequence[Claimed]) -> tuple[dict[int, Any], set[int]]:
-        """The batch's leads by enrollment lead id, and which leads go through the ORM (merged, or acted on)."""
+        """The batch's leads by enrollment lead id, and the ids of those a step acts on (they go through the ORM)."""
         leads: dict[int, Any] = await _leads(session, {enrollment.lead_id for enrollment in claimed})
-        orm_leads = set()
         for enrollment in claimed:  # a lead merged into another since: the survivor gets the step
             if enrollment.lead_id not in leads:
                 leads[enrollment.lead_id] = await get_lead(session, enrollment.lead_id)
-                orm_leads.add(leads[enrollment.lead_id].id)
+        orm_leads = set()
         for enrollment in claimed:
             lead_id = leads[enrollment.lead_id].id
             if lead_id not in orm_leads and await self._acts(session, enrollment, lead_id):
