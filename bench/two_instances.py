@@ -1,6 +1,6 @@
 """Two instances on PostgreSQL: due nurture steps sent end to end by one `kindling serve`, then by two.
 
-    .venv/bin/python bench/two_instances.py [--leads 20000] [--pg URL] [--timeout 900]
+    .venv/bin/python bench/two_instances.py [--leads 20000] [--pg URL] [--timeout 900] [--quick]
 
 Both phases run in this one invocation, on the same machine and database, each on a fresh schema loaded
 with the same data:
@@ -342,7 +342,10 @@ def main() -> None:
         help="the PostgreSQL database (its name must contain 'bench'; it is reset)",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on a phase after this many seconds")
+    parser.add_argument("--quick", action="store_true", help="2,000 leads (under a minute a phase)")
     args = parser.parse_args()
+    if args.quick:
+        args.leads = 2_000
     ensure_database(args.pg)
     results = []
     for instances in (1, 2):
