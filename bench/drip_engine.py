@@ -304,6 +304,7 @@ async def kindling_run(args: argparse.Namespace) -> dict:
         profiler = cProfile.Profile()
     steps = calls = 0
     last_note = started = time.perf_counter()
+    cpu_started = time.process_time()
     while True:
         if profiler and calls < args.profile:
             profiler.enable()
@@ -318,6 +319,7 @@ async def kindling_run(args: argparse.Namespace) -> dict:
             last_note = time.perf_counter()
             log(f"  kindling: {steps:,} steps in {last_note - started:.0f} s ({steps / (last_note - started):,.0f}/s)")
     run_s = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu_started
     run_peak = peak_rss() - rss0
 
     async with database.connect() as connection:
@@ -363,6 +365,7 @@ async def kindling_run(args: argparse.Namespace) -> dict:
         "steps": steps,
         "calls": calls,
         "run_s": run_s,
+        "cpu_s": cpu_s,
         "rate": steps / run_s if run_s else 0.0,
         "peak_rss_delta": max(run_peak, startup_peak),
         "rss_after_imports": rss0,
@@ -546,6 +549,7 @@ def naive_run(args: argparse.Namespace) -> dict:
 
     scheduler.add_listener(listener, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     started = time.perf_counter()
+    cpu_started = time.process_time()
     scheduler.resume()
     while not finished.wait(15):
         elapsed = time.perf_counter() - started
@@ -554,6 +558,7 @@ def naive_run(args: argparse.Namespace) -> dict:
             log("  naive: timed out")
             break
     run_s = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu_started
     run_peak = peak_rss() - rss0
     scheduler.shutdown(wait=True)
     with NAIVE_ENGINE.connect() as connection:
@@ -571,6 +576,7 @@ def naive_run(args: argparse.Namespace) -> dict:
         "errors": outcome["errors"],
         "missed": outcome["missed"],
         "run_s": run_s,
+        "cpu_s": cpu_s,
         "rate": outcome["executed"] / run_s if run_s else 0.0,
         "peak_rss_delta": max(run_peak, startup_peak),
         "rss_after_imports": rss0,
@@ -593,6 +599,11 @@ def child(phase: str, *extra: str) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"phase {phase} failed (exit {result.returncode})")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def cpu_ms(side: dict) -> float:
+    """CPU time of the measuring process (every thread) per 1,000 steps: less swayed by a busy machine."""
+    return 1000 * side["cpu_s"] / max(side["steps"], 1) * 1000
 
 
 def mb(value: float) -> str:
@@ -695,7 +706,7 @@ def main() -> None:
         if args.profile:
             log(f"kindling: cProfile of the first {args.profile} run_due calls in {extra[-1]} (and .tottime.txt)")
         k = results["kindling"]
-        log(f"kindling: {k['steps']:,} steps in {k['run_s']:.1f} s = {k['rate']:,.0f}/s")
+        log(f"kindling: {k['steps']:,} steps in {k['run_s']:.1f} s = {k['rate']:,.0f}/s ({k['cpu_s']:.1f} s CPU)")
 
         if not args.skip_baseline:
             bn = args.baseline_enrollments or n
@@ -712,7 +723,7 @@ def main() -> None:
             log(f"naive: added in {results['naive_add']['add_s']:.1f} s; running due jobs")
             results["naive"] = child("naive-run", "--timeout", str(args.timeout), *common)
             b = results["naive"]
-            log(f"naive: {b['steps']:,} jobs in {b['run_s']:.1f} s = {b['rate']:,.0f}/s")
+            log(f"naive: {b['steps']:,} jobs in {b['run_s']:.1f} s = {b['rate']:,.0f}/s ({b['cpu_s']:.1f} s CPU)")
     finally:
         if args.keep:
             log(f"kept {folder}")
@@ -742,6 +753,12 @@ def report(results: dict) -> None:
         ("outbox / delivery rows", f"{k['deliveries']:,}", f"{b['deliveries']:,}" if b else "-", ""),
         ("run time", f"{k['run_s']:,.1f} s", f"{b['run_s']:,.1f} s" if b else "-", ""),
         ("due steps / s", f"{k['rate']:,.0f}", f"{b['rate']:,.0f}" if b else "-", ratio(k["rate"], b and b["rate"])),
+        (
+            "process CPU per 1,000 steps",
+            f"{cpu_ms(k):,.0f} ms",
+            f"{cpu_ms(b):,.0f} ms" if b else "-",
+            ratio(cpu_ms(k), b and cpu_ms(b)),
+        ),
         (
             "start-up (objects + first claim)",
             f"{k['startup_s']:.3f} s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Row
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -27,22 +28,21 @@ def event_subject(event: Event) -> str | None:
     }.get(event.type)
 
 
-def lead_context(lead: Lead) -> dict[str, Any]:
-    """What stage rules and flow expressions see as `lead`."""
-    return {
-        "id": lead.id,
-        "first_name": lead.first_name,
-        "last_name": lead.last_name,
-        "email": lead.email,
-        "phone": lead.phone,
-        "locale": lead.locale,
-        "timezone": lead.timezone,
-        "stage": lead.stage,
-        "score": lead.score,
-        "tags": list(lead.tags),
-        "first_touch": dict(lead.first_touch),
-        "last_touch": dict(lead.last_touch),
-    }
+LEAD_CONTEXT_KEYS = (
+    "id", "first_name", "last_name", "email", "phone", "locale", "timezone", "stage", "score",
+    "tags", "first_touch", "last_touch",
+)  # fmt: skip
+
+
+def lead_context(lead: Lead | Row[Any]) -> dict[str, Any]:
+    """What stage rules and flow expressions see as `lead` (LEAD_CONTEXT_KEYS), from a Lead or a row of them."""
+    context = {key: getattr(lead, key) for key in LEAD_CONTEXT_KEYS}
+    context["tags"], context["first_touch"], context["last_touch"] = (
+        list(lead.tags),
+        dict(lead.first_touch),
+        dict(lead.last_touch),
+    )
+    return context
 
 
 def lead_contacts(lead: Lead) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from sqlalchemy import update
 
 from bot.dispatcher import Dispatcher
 from bot.hub import Hub
-from storage.models import Conversation, Delivery, Enrollment, Event, Lead
+from storage.models import Conversation, Delivery, Enrollment, Event, Lead, PointsEntry
 
 from conftest import API_KEY, rows, services_of, templates_with
 from test_webchat import hello, next_from, say
@@ -282,3 +282,61 @@ async def test_a_step_already_in_the_outbox_is_never_recorded_twice(app, clock, 
     assert [(d.step, d.status) for d in await rows(db, Delivery, Delivery.kind == "nurture")] == [("one", "sent")]
     [enrollment] = await rows(db, Enrollment)
     assert enrollment.step_index == 1 and enrollment.status == "active"  # moved on to step two
+
+
+ACTS = """+++
+name = "Acts on the lead"
+trigger = "page_view"
+when = "(event.path or '').startswith('/pricing')"
+exit = ["opt_out"]
++++
+{% step "tag", after="10m", action="tag:priced" %}{% endstep %}
+{% step "points", after="1h", action="score:+15" %}{% endstep %}
+{% step "promote", after="1h", action="stage:sql" %}Welcome aboard, {{ lead.first_name or "friend" }}.{% endstep %}
+{% step "stop", after="1h", action="exit" %}{% endstep %}
+{% step "never", after="1h" %}Never sent.{% endstep %}
+"""
+
+LATER = """+++
+name = "Later, unless sales-ready"
+trigger = "page_view"
+when = "(event.path or '').startswith('/pricing')"
+exit = ["opt_out", "stage >= sql"]
++++
+{% step "one", after="131m" %}Later.{% endstep %}
+"""
+
+
+async def test_steps_act_on_the_lead_and_a_later_step_in_the_same_batch_sees_it(app, clock, db, templates):
+    (templates / "flows" / "drip.j2").unlink()
+    (templates / "flows" / "acts.j2").write_text(ACTS)
+    (templates / "flows" / "later.j2").write_text(LATER)
+    services_of(app).library.reload()
+    runner = services_of(app).runner
+    await visitor_on_pricing(app)
+
+    clock.advance(timedelta(minutes=10))
+    await runner.run_due()
+    [lead] = await rows(db, Lead)
+    assert "priced" in lead.tags
+    clock.advance(timedelta(hours=1))
+    await runner.run_due()
+    [points] = await rows(db, PointsEntry, PointsEntry.rule == "flow acts, step points")
+    [lead] = await rows(db, Lead)
+    assert points.points == 15 and lead.score >= 15
+    clock.advance(timedelta(hours=1, minutes=5))  # "promote" (2h10m) and "later" (2h11m) are due in one batch
+    assert await runner.run_due() == 2
+    [lead] = await rows(db, Lead)
+    assert lead.stage == "sql"
+    [later] = await rows(db, Enrollment, Enrollment.flow_slug == "later")
+    assert (later.status, later.exit_reason) == ("exited", "stage >= sql")  # promoted just before: not sent
+    clock.advance(timedelta(hours=1))
+    await runner.run_due()
+    clock.advance(timedelta(days=1))
+    await runner.run_due()
+
+    assert [(d.step, d.text) for d in await rows(db, Delivery, Delivery.kind == "nurture")] == [
+        ("promote", "Welcome aboard, friend.")
+    ]
+    [acts] = await rows(db, Enrollment, Enrollment.flow_slug == "acts")
+    assert (acts.status, acts.exit_reason, acts.step_index) == ("exited", "step stop ends the flow", 3)

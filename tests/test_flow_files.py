@@ -455,6 +455,17 @@ def test_the_library_picks_up_new_and_removed_flows_and_partial_edits(templates)
     assert library.flows == {} and library.get("news") is None
 
 
+def test_an_edited_partial_shows_in_the_next_render_once_the_library_reloads(templates):
+    library = FlowLibrary(templates)
+    write_flow(templates, '{% step "a", after="1d" %}Hi. {% include "_partials/sign.j2" %}{% endstep %}\n', slug="news")
+    assert library.load() == []
+    assert render_step(library.get("news"), "a", None, context()).text == "Hi. Cheers, the Northwind team"
+
+    (templates / "_partials" / "sign.j2").write_text("Best, the Southwind team")
+    assert library.reload() == []
+    assert render_step(library.get("news"), "a", None, context()).text == "Hi. Best, the Southwind team"
+
+
 def test_the_library_loads_the_shipped_templates():
     library = FlowLibrary(SHIPPED)
     assert library.load() == []
