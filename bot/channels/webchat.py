@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -30,7 +29,9 @@ from aiohttp import WSMsgType, web
 from bot.channels.base import Inbound, Profile, SendResult, Touch
 from bot.hub import message_frame
 from bot.intake import Received
+from bot.jsonbody import parse_json
 from bot.services import Services
+from bot.signing import same
 from storage.db import DatabaseUnavailable
 from storage.leadsearch import conversation_messages
 from storage.models import Delivery
@@ -41,6 +42,7 @@ MAX_TEXT = 4000
 MAX_FRAME = 16 * 1024
 HELLO_TIMEOUT = 10.0
 HISTORY = 200
+MAX_MESSAGE_ID = 2**31 - 1
 _VISITOR = re.compile(r"^[0-9a-f]{16}$")
 _TIMEZONES = frozenset(available_timezones())
 
@@ -124,8 +126,7 @@ class _Session:
             return
         async with self.services.hub.watch(self.conversation_id) as queue:
             self.forwarder = asyncio.create_task(self._forward(queue))
-            since = hello.get("since")
-            await self._history(since if isinstance(since, int) and not isinstance(since, bool) else 0)
+            await self._history(_since(hello.get("since")))
             async for frame in self.ws:
                 if frame.type != WSMsgType.TEXT:
                     break
@@ -152,7 +153,7 @@ class _Session:
         visitor, token = str(hello.get("visitor") or ""), str(hello.get("token") or "")
         secret = self.services.secret_key
         expected = token_for(secret, visitor) if _VISITOR.match(visitor) else ""
-        if not expected or not hmac.compare_digest(expected, token):
+        if not expected or not same(token, expected):
             visitor = secrets.token_hex(8)  # unknown or forged: a new visitor
         self.visitor = visitor
         self.locale = _short(hello.get("locale"), 35)
@@ -281,10 +282,17 @@ def touch_from(url: str, referrer: str) -> Touch:
 
 def _parse(raw: Any) -> dict | None:
     try:
-        data = json.loads(raw)
-    except (TypeError, ValueError):
+        data = parse_json(raw)
+    except (TypeError, ValueError):  # BadJson is a ValueError
         return None
     return data if isinstance(data, dict) else None
+
+
+def _since(value: Any) -> int:
+    """The hello's last seen message id, within the id column's range (32 bits on PostgreSQL)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return 0
+    return min(max(value, 0), MAX_MESSAGE_ID)
 
 
 def _is_uuid(value: Any) -> bool:
