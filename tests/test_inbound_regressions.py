@@ -208,3 +208,25 @@ async def test_a_webhook_user_name_that_is_not_a_string_is_not_stored_as_its_rep
     assert response.status == 200
     [lead] = await rows(db, Lead)
     assert lead.first_name is None
+
+
+@pytest.mark.parametrize("url", ["http://[::1/pricing", "https://[oops]/"])
+async def test_a_page_view_of_a_url_python_cannot_split_is_stored_and_the_socket_stays_open(client, db, url):
+    """Found by test_parser_properties.py: urlsplit raises ValueError for these, which ended the widget's socket."""
+    ws = await client.ws_connect("/chat/ws")
+    await ws.send_json({"type": "hello", "visitor": None, "token": None, "view": {"url": url, "referrer": url}})
+    assert (await ws.receive_json(timeout=5))["type"] == "welcome"
+    await ws.send_json({"type": "page_view", "view": {"url": url}})
+    await ws.send_json({"type": "message", "id": "7b0e5f7e-4a9e-4f43-9a5b-2a1d6a0c5e11", "text": "hello"})
+    while (await ws.receive_json(timeout=5))["type"] != "ack":
+        pass
+    await ws.close()
+    assert [event.type for event in await rows(db, Event)][:3] == ["page_view", "page_view", "message"]
+
+
+async def test_a_webhook_delivery_id_with_a_trailing_newline_is_refused(client, db, clock):
+    """Found by test_parser_properties.py: `^...$` with match() let "d-1\\n" in, a second key for delivery d-1."""
+    response = await post_signed(client, clock, delivery(id="d-1\n"))
+
+    assert response.status == 422 and "'id'" in (await response.json())["error"]
+    assert await nothing_stored(db)

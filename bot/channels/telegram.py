@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "callback_query"]
 MAX_CALLBACK_BYTES = 64
-_PAYLOAD = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_VISITOR_LINK = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{12}$")
+_PAYLOAD = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: match() and $ would let a trailing newline in
+_VISITOR_LINK = re.compile(r"[0-9a-f]{16}-[0-9a-f]{12}")
 _TOUCH_KEYS = {"s": "source", "m": "medium", "c": "campaign"}
 _BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError)
 
@@ -350,9 +350,9 @@ def _inbound(
 
 def parse_deep_link(payload: str) -> tuple[str | None, Touch | None]:
     """The visitor link and source/UTM in a `/start` payload (format in the module docstring)."""
-    if not _PAYLOAD.match(payload):
+    if not _PAYLOAD.fullmatch(payload):
         return None, None
     pairs = dict(pair.partition("-")[::2] for pair in payload.split("_"))
-    visitor = pairs.get("v") if _VISITOR_LINK.match(pairs.get("v", "")) else None
+    visitor = pairs.get("v") if _VISITOR_LINK.fullmatch(pairs.get("v", "")) else None
     utm = {name: pairs[key] for key, name in _TOUCH_KEYS.items() if pairs.get(key)}
     return visitor, Touch(**utm) if utm else None

@@ -21,7 +21,7 @@ import secrets
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 from zoneinfo import available_timezones
 
 from aiohttp import WSMsgType, web
@@ -222,7 +222,7 @@ class _Session:
         view = view if isinstance(view, dict) else {}
         url, referrer = _short(view.get("url"), 2000) or "", _short(view.get("referrer"), 2000) or ""
         view_id = view.get("id") if _is_uuid(view.get("id")) else str(uuid.uuid4())
-        parts = urlsplit(url)
+        parts = _split(url)
         properties = {
             "path": parts.path or "/",
             "url": url,
@@ -269,15 +269,26 @@ class _Session:
 
 def touch_from(url: str, referrer: str) -> Touch:
     """Source/UTM of a page view: the utm_* parameters, else the referring site."""
-    query = parse_qs(urlsplit(url).query)
+    page, came_from = _split(url), _split(referrer)
+    query = parse_qs(page.query)
     utm = {
         key: _short(query.get(f"utm_{key}", [None])[0], 200)
         for key in ("source", "medium", "campaign", "term", "content")
     }
-    referrer_host = urlsplit(referrer).hostname if referrer else None
-    if not utm["source"] and referrer_host and referrer_host != urlsplit(url).hostname:
+    referrer_host = came_from.hostname if referrer else None
+    if not utm["source"] and referrer_host and referrer_host != page.hostname:
         utm["source"], utm["medium"] = referrer_host, utm["medium"] or "referral"
-    return Touch(**utm, referrer=referrer or None, landing=urlsplit(url).path or None)
+    return Touch(**utm, referrer=referrer or None, landing=page.path or None)
+
+
+def _split(url: str) -> SplitResult:
+    """The parts of a URL a browser reported; nothing for one Python cannot split (`http://[::1`)."""
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018  (raises for some malformed hosts too)
+    except ValueError:
+        return urlsplit("")
+    return parts
 
 
 def _parse(raw: Any) -> dict | None:
