@@ -8,14 +8,17 @@ The faults are real database faults, not exceptions raised in Kindling's code:
   identity, the conversation and the event (the test sees the app's backend holding row locks on those
   tables). The test then ends that backend from its own connection with `pg_terminate_backend`, as an
   administrator, a failover or a network cut would.
-- SQLite: the disk is full. SQLite keeps a transaction's pages in memory and writes them to the
-  write-ahead log at COMMIT; the test empties the log (`wal_checkpoint(TRUNCATE)`) and lowers this
-  process's file size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) to one byte for the duration of one
-  request, so that write fails part-way with an I/O error, as on a full disk. The limit is restored in
-  `finally`; meanwhile nothing else in the process may grow a file (pytest's captured output may lose
-  the app's log lines for that request).
+- SQLite: the disk fills up. When the app's transaction reaches the same INSERT into message (seen by
+  a listener on the app's engine, which changes nothing in what the app does), the test lowers this
+  process's file size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) to one byte. SQLite keeps the
+  transaction's pages in memory and writes them to the write-ahead log at COMMIT, where the write now
+  fails with an I/O error, as on a full disk; anything committed before that point (an intake that
+  committed the lead on its own, say) would stay behind and fail the test. The limit is restored in
+  `finally`; meanwhile no file of the test process may grow (pytest's captured output may lose the
+  app's log lines for that request).
 
-Each runs with both senders that retry on 5xx: Telegram's webhook and a signed webhook provider.
+Each runs with both senders that retry on 5xx, Telegram's webhook and a signed webhook provider, and
+with the widget, which is told to resend (an error frame with `retry`) and does so with the same id.
 """
 
 from __future__ import annotations
@@ -25,15 +28,16 @@ import json
 import resource
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
-from aiohttp import ClientResponse, web
-from sqlalchemy import func, text
+from aiohttp import web
+from sqlalchemy import event, func, text
 from sqlmodel import select
 
 from bot.config import WebhookSource
 from bot.signing import signed_headers
-from storage.db import checkpoint, create_engine, is_sqlite
+from storage.db import create_engine, is_sqlite
 from storage.models import Conversation, Delivery, Event, Identity, Lead, Message
 
 from conftest import services_of
@@ -53,7 +57,7 @@ UNSTALL = ["DROP TRIGGER IF EXISTS kindling_test_stall ON message", "DROP FUNCTI
 WAITING_APP = f"SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = {LOCK} AND NOT granted"
 TABLES = (Lead, Identity, Conversation, Event, Message, Delivery)
 
-Send = Callable[[], Awaitable[ClientResponse]]
+Send = Callable[[], Awaitable[Any]]  # posts (or sends a frame) and returns the answer
 
 
 class Replies:
@@ -112,7 +116,7 @@ async def counts(db) -> dict[str, int]:  # type: ignore[no-untyped-def]
 # --- the faults --------------------------------------------------------------------------------
 
 
-async def connection_killed_mid_transaction(database_url: str, send: Send) -> tuple[ClientResponse, set[str]]:
+async def connection_killed_mid_transaction(database_url: str, send: Send) -> tuple[Any, set[str]]:
     """PostgreSQL: send while the app's INSERT into message waits in the trigger, then end its backend.
 
     Returns the answer and the tables the app's transaction had written to when it was ended.
@@ -165,15 +169,21 @@ async def _tables_written_by(connection, pid: int) -> set[str]:  # type: ignore[
     return names
 
 
-async def disk_full_at_commit(db, send: Send) -> ClientResponse:  # type: ignore[no-untyped-def]
-    """SQLite: send while no file of this process may grow past one byte, the write-ahead log emptied first."""
-    assert await checkpoint(db), "a reader held the write-ahead log"
+async def disk_full_from_the_message_insert(client, send: Send) -> Any:  # type: ignore[no-untyped-def]
+    """SQLite: send; once the app's transaction reaches its INSERT into message, no file of this process may grow."""
+    engine = services_of(client).sessions.kw["bind"].sync_engine
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def fill_the_disk(connection, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO message "):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
+
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG for the write instead of a killed process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
+    event.listen(engine, "before_cursor_execute", fill_the_disk)
     try:
         return await send()
     finally:
+        event.remove(engine, "before_cursor_execute", fill_the_disk)
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
 
@@ -190,15 +200,16 @@ async def test_the_database_failing_mid_inbound_is_a_503_with_nothing_stored_and
     assert set((await counts(db)).values()) == {0}
 
     if is_sqlite(database_url):
-        failed = await disk_full_at_commit(db, send)
+        failed = await disk_full_from_the_message_insert(client, send)
     else:
         failed, written = await connection_killed_mid_transaction(database_url, send)
-        assert {"lead", "identity", "conversation", "event"} <= written, written  # killed after these writes
 
     assert failed.status == 503, await failed.text()
     assert "retry" in (await failed.json())["error"]
     await services_of(client).drain()
     assert set((await counts(db)).values()) == {0}, "a half-written inbound was left behind"
+    if not is_sqlite(database_url):  # the transaction had written these when its connection was ended
+        assert {"lead", "identity", "conversation", "event"} <= written, written
     assert not fake_telegram.sent_messages() and not replies.keys
 
     for _ in range(2):  # the database is back: the sender's retry, and a second one for good measure
@@ -210,3 +221,35 @@ async def test_the_database_failing_mid_inbound_is_a_503_with_nothing_stored_and
     assert (stored["Lead"], stored["Conversation"], stored["Event"], stored["Message"]) == (1, 1, 1, 1)
     answered = fake_telegram.texts(CHAT) if channel == "telegram" else replies.keys
     assert len(answered) == stored["Delivery"] == 1, answered
+
+
+async def test_the_widget_is_told_to_resend_when_the_database_fails_mid_message_and_the_resend_is_stored_once(
+    client, db, database_url
+):
+    ws = await client.ws_connect("/chat/ws")
+    await ws.send_json({"type": "hello", "visitor": None, "token": None})
+    assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+    await services_of(client).drain()
+    before = await counts(db)
+    message = {"type": "message", "id": "3f1c2b9e-6a57-4a8e-9d1f-0c2b7e5a4d31", "text": "Is there a free trial?"}
+
+    async def send() -> dict:
+        await ws.send_json(message)
+        while (frame := await ws.receive_json(timeout=30))["type"] not in ("ack", "error"):
+            pass
+        return frame
+
+    if is_sqlite(database_url):
+        failed = await disk_full_from_the_message_insert(client, send)
+    else:
+        failed, _ = await connection_killed_mid_transaction(database_url, send)
+
+    assert (failed["type"], failed["id"], failed["retry"]) == ("error", message["id"], True)
+    await services_of(client).drain()
+    assert await counts(db) == before, "a half-written message was left behind"
+    assert (await send()) == {"type": "ack", "id": message["id"], "duplicate": False}
+    assert (await send()) == {"type": "ack", "id": message["id"], "duplicate": True}
+    await services_of(client).drain()
+    await ws.close()
+    after = await counts(db)
+    assert (after["Message"] - before["Message"], after["Event"] - before["Event"]) == (1, 1)
