@@ -53,7 +53,7 @@ STALL = [
         BEGIN PERFORM pg_advisory_xact_lock({LOCK}); RETURN NEW; END $$""",
     "CREATE TRIGGER kindling_test_stall BEFORE INSERT ON message FOR EACH ROW EXECUTE FUNCTION kindling_test_stall()",
 ]
-UNSTALL = ["DROP TRIGGER IF EXISTS kindling_test_stall ON message", "DROP FUNCTION IF EXISTS kindling_test_stall()"]
+UNSTALL = ["DROP FUNCTION IF EXISTS kindling_test_stall() CASCADE"]  # and its trigger, on whichever table
 WAITING_APP = f"SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = {LOCK} AND NOT granted"
 TABLES = (Lead, Identity, Conversation, Event, Message, Delivery)
 
