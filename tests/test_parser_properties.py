@@ -228,16 +228,40 @@ def test_storable_json_round_trips_and_parsing_is_idempotent(value):
 @FAST
 @given(
     st.one_of(
-        st.binary(max_size=200), nasty_text, st.integers(1, 3 * MAX_DEPTH).map(lambda depth: "[" * depth + "]" * depth)
+        st.binary(max_size=200),
+        nasty_text,
+        st.integers(1, 3 * MAX_DEPTH).map(lambda levels: "[" * levels + "]" * levels),
+        json_value.map(json.dumps),
     )
 )
-def test_parse_json_raises_only_bad_json(raw):
+def test_parse_json_raises_only_bad_json_and_returns_only_storable_json(raw):
     try:
         value = parse_json(raw)
     except BadJson as exc:
         assert str(exc)
         return
-    assert unstorable(value) is None
+    assert depth(value) <= MAX_DEPTH
+    for text in strings(value):
+        assert not any(char == "\x00" or 0xD800 <= ord(char) <= 0xDFFF for char in text), repr(text)
+    assert "NaN" not in json.dumps(value) and "Infinity" not in json.dumps(value)
+
+
+def strings(value: object) -> list[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, dict):
+        return [*value, *(text for child in value.values() for text in strings(child))]
+    if isinstance(value, list):
+        return [text for child in value for text in strings(child)]
+    return [value] if isinstance(value, str) else []
+
+
+def depth(value: object) -> int:
+    """How many objects and arrays are nested in a JSON value (counted here apart from the app's own)."""
+    if isinstance(value, dict):
+        return 1 + max((depth(child) for child in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth(child) for child in value), default=0)
+    return 0
 
 
 # --- the widget's page views: UTM and referrer ----------------------------------------------------
