@@ -52,4 +52,5 @@ def locale_region(locale: str | None) -> str | None:
     if not locale:
         return None
     parts = locale.replace("_", "-").split("-")
-    return parts[-1].upper() if len(parts) > 1 and len(parts[-1]) == 2 else None
+    region = parts[-1]
+    return region.upper() if len(parts) > 1 and len(region) == 2 and region.isascii() and region.isalpha() else None

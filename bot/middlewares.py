@@ -8,6 +8,7 @@ import logging
 from aiohttp import web
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from bot.jsonbody import BadJson
 from storage.db import DatabaseUnavailable
 from storage.leads import LeadNotFound
 
@@ -30,6 +31,12 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         return json_error(exc.status, exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason)
     except LeadNotFound as exc:
         return json_error(404, f"no lead {exc.args[0]}")
+    except web.RequestPayloadError:  # e.g. Content-Encoding: gzip on a body that is not gzip
+        answer = json_error(400, "the body could not be read (broken transfer or content encoding)")
+        answer.force_close()  # the rest of the body is unreadable: this connection cannot carry another request
+        return answer
+    except BadJson as exc:  # malformed (400), or holding what no database stores (422)
+        return json_error(exc.status, str(exc))
     except json.JSONDecodeError:
         return json_error(400, "the body is not valid JSON")
     except UnicodeDecodeError:

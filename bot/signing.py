@@ -17,6 +17,14 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
+def same(given: str, expected: str) -> bool:
+    """Compare a secret a request carries with ours in constant time; any characters, never an exception.
+
+    aiohttp hands over header bytes that are not UTF-8 as lone surrogates, which `str.encode()` refuses.
+    """
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
 def signed_headers(secret: str, body: bytes, now: datetime) -> dict[str, str]:
     """Headers a sender puts on a body (what providers implement; tests use it too)."""
     timestamp = str(int(now.timestamp()))

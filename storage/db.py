@@ -23,6 +23,10 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or refused the write; the caller should answer 503."""
 
 
+class Conflict(Exception):
+    """A concurrent transaction committed what this one was deciding on (PostgreSQL, READ COMMITTED): run it again."""
+
+
 def is_sqlite(url: str) -> bool:
     """Whether a database URL names SQLite."""
     return url.startswith("sqlite")
@@ -76,7 +80,7 @@ async def database(url: str) -> AsyncIterator[Sessions]:
 
 
 async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitable[T]], attempts: int = 3) -> T:
-    """Run `work` in one transaction, retrying when a concurrent writer won a unique key.
+    """Run `work` in one transaction, retrying when a concurrent writer won a unique key (or `work` saw one win).
 
     The retry sees the winner's rows, so work written as "look up, else insert" converges.
     Raises DatabaseUnavailable when the database cannot be reached.
@@ -85,7 +89,7 @@ async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitab
         try:
             async with sessions() as session, session.begin():
                 return await work(session)
-        except IntegrityError:
+        except (IntegrityError, Conflict):
             if attempt == attempts:
                 raise
             log.debug("unique key race, retrying (attempt %d)", attempt)

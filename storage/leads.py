@@ -8,6 +8,7 @@ from sqlalchemy import update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.db import Conflict
 from storage.models import Conversation, Delivery, Enrollment, Event, Identity, Lead, Message, PointsEntry
 
 LIVE = ("active", "paused")
@@ -63,13 +64,19 @@ async def create_lead(session: AsyncSession, now: datetime) -> Lead:
 async def attach_identities(
     session: AsyncSession, lead: Lead, identities: list[tuple[str, str]], now: datetime
 ) -> list[tuple[str, str]]:
-    """Point identities that point nowhere yet at `lead` (callers merge the others first); returns those added."""
+    """Point identities that point nowhere yet at `lead` (callers merge the others first); returns those added.
+
+    Raises Conflict when one points at another lead: a concurrent transaction committed it after the caller
+    looked (on PostgreSQL each statement sees the latest commits), and the caller must look again.
+    """
     added = []
     for kind, value in identities:
-        exists = (await session.exec(select(Identity.id).where(Identity.kind == kind, Identity.value == value))).first()
-        if exists is None:
+        owner = await identity_owner(session, kind, value)
+        if owner is None:
             session.add(Identity(lead_id=lead.id, kind=kind, value=value, created_at=now))
             added.append((kind, value))
+        elif owner != lead.id:
+            raise Conflict(f"identity {kind} was given to lead {owner} meanwhile")
     await session.flush()
     return added
 

@@ -9,7 +9,6 @@ every scope; keys made with `kindling apikey add` carry the scopes they were giv
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from aiohttp import web
 
 from bot.middlewares import json_error
 from bot.services import SERVICES
+from bot.signing import same
 from storage.apikeys import live_key
 from storage.db import transaction
 
@@ -73,7 +73,7 @@ def public(view: Handler) -> Handler:
 
 def key_hash(token: str) -> str:
     """What is stored of an API key: its SHA-256 (keys are long and random, so a fast hash is enough)."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()  # a header may hold any bytes
 
 
 def new_key() -> str:
@@ -93,7 +93,7 @@ async def lookup(request: web.Request, token: str) -> ApiKey | None:
     """The key `token` names: KINDLING_API_KEY, or a stored key that is not revoked; None otherwise."""
     services = request.app[SERVICES]
     settings = services.settings
-    if settings.api_key and hmac.compare_digest(token.encode(), settings.api_key.encode()):
+    if settings.api_key and same(token, settings.api_key):
         return ApiKey("KINDLING_API_KEY", frozenset({EVERY_SCOPE}))
     if not token.startswith(KEY_PREFIX):
         return None

@@ -28,6 +28,7 @@ from bot.api.spec import (
 )
 from bot.channels.base import Inbound, Profile
 from bot.contacts import normalize_email, normalize_phone
+from bot.jsonbody import parse_json
 from bot.leadview import lead_report
 from bot.middlewares import json_error
 from bot.services import SERVICES
@@ -41,7 +42,7 @@ _DEDUP_ID = re.compile(r"^[\w.:-]{1,128}$")
 @scope("events:write")
 async def post_event(request: web.Request) -> web.Response:
     """Record a backend event (signup, cart, purchase, any name) for a lead; repeats by `id` count once."""
-    body = await request.json()
+    body = parse_json(await request.read())
     services = request.app[SERVICES]
     try:
         inbound = event_inbound(body, services.clock.now())

@@ -32,6 +32,7 @@ from bot.api.spec import (
     query,
     ref,
 )
+from bot.jsonbody import parse_json
 from bot.middlewares import json_error
 from bot.services import SERVICES
 from flows.engine import Engine
@@ -122,8 +123,9 @@ async def patch_lead(request: web.Request) -> web.Response:
     """Change a lead's stage (through the funnel's usual stage change) and tags; answers the lead."""
     lead_id = path_id(request)
     services = request.app[SERVICES]
+    body = parse_json(await request.read())  # malformed: 400, from the middleware
     try:
-        change = lead_change(await request.json(), services.settings.stages.order)
+        change = lead_change(body, services.settings.stages.order)
     except ValueError as exc:
         return json_error(422, str(exc))
     now = services.clock.now()

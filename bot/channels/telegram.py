@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import re
 import warnings
@@ -44,10 +43,13 @@ from telegram.ext import AIORateLimiter, Application
 from telegram.warnings import PTBDeprecationWarning
 
 from bot.channels.base import Inbound, Profile, SendResult, Touch, buttons_as_text
+from bot.channels.telegram_check import wrong_field
 from bot.channels.telegram_operators import OperatorsGroup
 from bot.channels.webchat import visitor_link
+from bot.jsonbody import parse_json
 from bot.middlewares import json_error
 from bot.services import Services
+from bot.signing import same
 from storage.db import is_sqlite
 from storage.models import Delivery
 from storage.pace import SharedPace, chat_key
@@ -56,8 +58,8 @@ log = logging.getLogger(__name__)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "callback_query"]
 MAX_CALLBACK_BYTES = 64
-_PAYLOAD = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_VISITOR_LINK = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{12}$")
+_PAYLOAD = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: match() and $ would let a trailing newline in
+_VISITOR_LINK = re.compile(r"[0-9a-f]{16}-[0-9a-f]{12}")
 _TOUCH_KEYS = {"s": "source", "m": "medium", "c": "campaign"}
 _BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError)
 
@@ -231,8 +233,8 @@ class TelegramChannel:
 
     async def webhook(self, request: web.Request) -> web.Response:
         """Check the secret, store the update once, answer; the replies go out after the answer."""
-        given = request.headers.get(SECRET_HEADER, "").encode()
-        if not self.secret or not hmac.compare_digest(given, self.secret.encode()):  # no secret: refuse all
+        given = request.headers.get(SECRET_HEADER, "")
+        if not self.secret or not same(given, self.secret):  # no secret: refuse all
             return json_error(403, f"wrong or missing {SECRET_HEADER}")
         update = self._parse(await request.read())
         if self.operators is not None and self.operators.concerns(update):
@@ -255,16 +257,16 @@ class TelegramChannel:
         return visitor if hmac.compare_digest(visitor_link(self.services.secret_key, visitor), link) else None
 
     def _parse(self, body: bytes) -> Update:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise web.HTTPBadRequest(text="the body is not valid JSON") from None
+        data = parse_json(body)  # BadJson: 400 or 422 from the middleware
         if not isinstance(data, dict) or type(data.get("update_id")) is not int:
             raise web.HTTPBadRequest(text="not a Telegram update: no update_id")
         try:
-            return Update.de_json(data, self.application.bot)
+            update = Update.de_json(data, self.application.bot)
         except _BAD_UPDATE as exc:
             raise web.HTTPBadRequest(text=f"not a Telegram update: {type(exc).__name__} {exc}") from None
+        if (field := wrong_field(update)) is not None:
+            raise web.HTTPBadRequest(text=f"not a Telegram update: {field} has the wrong type or is out of range")
+        return update
 
     async def _answer_button(self, query_id: str) -> None:
         """Stop the button's spinner; best effort, the press is stored already."""
@@ -389,9 +391,9 @@ def _inbound(
 
 def parse_deep_link(payload: str) -> tuple[str | None, Touch | None]:
     """The visitor link and source/UTM in a `/start` payload (format in the module docstring)."""
-    if not _PAYLOAD.match(payload):
+    if not _PAYLOAD.fullmatch(payload):
         return None, None
     pairs = dict(pair.partition("-")[::2] for pair in payload.split("_"))
-    visitor = pairs.get("v") if _VISITOR_LINK.match(pairs.get("v", "")) else None
+    visitor = pairs.get("v") if _VISITOR_LINK.fullmatch(pairs.get("v", "")) else None
     utm = {name: pairs[key] for key, name in _TOUCH_KEYS.items() if pairs.get(key)}
     return visitor, Touch(**utm) if utm else None

@@ -15,14 +15,13 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 from zoneinfo import available_timezones
 
 from aiohttp import WSMsgType, web
@@ -30,7 +29,9 @@ from aiohttp import WSMsgType, web
 from bot.channels.base import Inbound, Profile, SendResult, Touch
 from bot.hub import message_frame
 from bot.intake import Received
+from bot.jsonbody import parse_json
 from bot.services import Services
+from bot.signing import same
 from storage.db import DatabaseUnavailable
 from storage.leadsearch import conversation_messages
 from storage.models import Delivery
@@ -41,6 +42,7 @@ MAX_TEXT = 4000
 MAX_FRAME = 16 * 1024
 HELLO_TIMEOUT = 10.0
 HISTORY = 200
+MAX_MESSAGE_ID = 2**31 - 1
 _VISITOR = re.compile(r"^[0-9a-f]{16}$")
 _TIMEZONES = frozenset(available_timezones())
 
@@ -124,8 +126,7 @@ class _Session:
             return
         async with self.services.hub.watch(self.conversation_id) as queue:
             self.forwarder = asyncio.create_task(self._forward(queue))
-            since = hello.get("since")
-            await self._history(since if isinstance(since, int) and not isinstance(since, bool) else 0)
+            await self._history(_since(hello.get("since")))
             async for frame in self.ws:
                 if frame.type != WSMsgType.TEXT:
                     break
@@ -152,7 +153,7 @@ class _Session:
         visitor, token = str(hello.get("visitor") or ""), str(hello.get("token") or "")
         secret = self.services.secret_key
         expected = token_for(secret, visitor) if _VISITOR.match(visitor) else ""
-        if not expected or not hmac.compare_digest(expected, token):
+        if not expected or not same(token, expected):
             visitor = secrets.token_hex(8)  # unknown or forged: a new visitor
         self.visitor = visitor
         self.locale = _short(hello.get("locale"), 35)
@@ -221,7 +222,7 @@ class _Session:
         view = view if isinstance(view, dict) else {}
         url, referrer = _short(view.get("url"), 2000) or "", _short(view.get("referrer"), 2000) or ""
         view_id = view.get("id") if _is_uuid(view.get("id")) else str(uuid.uuid4())
-        parts = urlsplit(url)
+        parts = _split(url)
         properties = {
             "path": parts.path or "/",
             "url": url,
@@ -268,23 +269,41 @@ class _Session:
 
 def touch_from(url: str, referrer: str) -> Touch:
     """Source/UTM of a page view: the utm_* parameters, else the referring site."""
-    query = parse_qs(urlsplit(url).query)
+    page, came_from = _split(url), _split(referrer)
+    query = parse_qs(page.query)
     utm = {
         key: _short(query.get(f"utm_{key}", [None])[0], 200)
         for key in ("source", "medium", "campaign", "term", "content")
     }
-    referrer_host = urlsplit(referrer).hostname if referrer else None
-    if not utm["source"] and referrer_host and referrer_host != urlsplit(url).hostname:
+    referrer_host = came_from.hostname if referrer else None
+    if not utm["source"] and referrer_host and referrer_host != page.hostname:
         utm["source"], utm["medium"] = referrer_host, utm["medium"] or "referral"
-    return Touch(**utm, referrer=referrer or None, landing=urlsplit(url).path or None)
+    return Touch(**utm, referrer=referrer or None, landing=page.path or None)
+
+
+def _split(url: str) -> SplitResult:
+    """The parts of a URL a browser reported; nothing for one Python cannot split (`http://[::1`)."""
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018  (raises for some malformed hosts too)
+    except ValueError:
+        return urlsplit("")
+    return parts
 
 
 def _parse(raw: Any) -> dict | None:
     try:
-        data = json.loads(raw)
-    except (TypeError, ValueError):
+        data = parse_json(raw)
+    except (TypeError, ValueError):  # BadJson is a ValueError
         return None
     return data if isinstance(data, dict) else None
+
+
+def _since(value: Any) -> int:
+    """The hello's last seen message id, within the id column's range (32 bits on PostgreSQL)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return 0
+    return min(max(value, 0), MAX_MESSAGE_ID)
 
 
 def _is_uuid(value: Any) -> bool:

@@ -8,10 +8,10 @@ Outbound replies are POSTed to the source's `url`, signed the same way. The JSON
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -19,14 +19,16 @@ from aiohttp import web
 
 from bot.channels.base import Inbound, Profile, SendResult
 from bot.config import WebhookSource
+from bot.jsonbody import BadJson, parse_json
 from bot.middlewares import json_error
 from bot.services import Services
-from bot.signing import sign, signed_headers
+from bot.signing import same, sign, signed_headers
 from storage.models import Delivery
 
 log = logging.getLogger(__name__)
 REPLAY_WINDOW = 300
-_ID = re.compile(r"^[\w.:@-]{1,128}$")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # str.isdigit() takes "²", which int() refuses
+_ID = re.compile(r"[\w.:@-]{1,128}")
 _KINDS = {"message": "message", "button": "button"}
 
 
@@ -64,9 +66,9 @@ class WebhookChannel:
         if (problem := self._verify(source, request.headers, body)) is not None:
             return json_error(403, problem)
         try:
-            inbound = self._normalize(source, json.loads(body))
-        except (ValueError, UnicodeDecodeError) as exc:
-            return json_error(400 if isinstance(exc, json.JSONDecodeError) else 422, str(exc))
+            inbound = delivery_inbound(source.name, parse_json(body), self.services.clock.now())
+        except ValueError as exc:  # BadJson (malformed) is a ValueError too
+            return json_error(exc.status if isinstance(exc, BadJson) else 422, str(exc))
         received = await self.services.intake.receive(inbound)
         self.services.after_commit(received)
         return web.json_response({"ok": True, "lead_id": received.lead_id, "duplicate": received.duplicate})
@@ -74,45 +76,13 @@ class WebhookChannel:
     def _verify(self, source: WebhookSource, headers: Any, body: bytes) -> str | None:
         timestamp = headers.get("X-Kindling-Timestamp", "")
         signature = headers.get("X-Kindling-Signature", "")
-        if not timestamp.isdigit() or not signature:
+        if not _TIMESTAMP.fullmatch(timestamp) or not signature:
             return "missing X-Kindling-Timestamp or X-Kindling-Signature"
         if abs(self.services.clock.now().timestamp() - int(timestamp)) > REPLAY_WINDOW:
             return "timestamp outside the 300 s window"
-        if not hmac.compare_digest(sign(source.secret, timestamp, body), signature):
+        if not same(signature, sign(source.secret, timestamp, body)):
             return "bad signature"
         return None
-
-    def _normalize(self, source: WebhookSource, data: Any) -> Inbound:
-        if not isinstance(data, dict):
-            raise ValueError("the body must be a JSON object")
-        delivery_id, conversation, text = data.get("id"), data.get("conversation"), data.get("text")
-        user = data.get("user") if isinstance(data.get("user"), dict) else {}
-        kind = _KINDS.get(data.get("type", "message"))
-        for name, value in (("id", delivery_id), ("conversation", conversation), ("user.id", user.get("id"))):
-            if not isinstance(value, str) or not _ID.match(value):
-                raise ValueError(f"'{name}' must be a string of 1 to 128 letters, digits, _ . : @ -")
-        if kind is None:
-            raise ValueError("'type' must be message or button")
-        if not isinstance(text, str) or not text.strip() or len(text) > 4096:
-            raise ValueError("'text' must be 1 to 4096 characters")
-        first, _, last = str(user.get("name") or "").partition(" ")
-        return Inbound(
-            channel=self.name,
-            external_id=f"{source.name}:{conversation}",
-            kind=kind,
-            dedup_key=f"webhook:{source.name}:{delivery_id}",
-            identities=((f"webhook:{source.name}", user["id"]),),
-            at=self.services.clock.now(),
-            text=text,
-            properties={"value": text} if kind == "button" else {},
-            profile=Profile(
-                first_name=first or None,
-                last_name=last or None,
-                email=_text(user.get("email")),
-                phone=_text(user.get("phone")),
-                locale=_text(user.get("locale")),
-            ),
-        )
 
     async def send(self, delivery: Delivery) -> SendResult:
         """POST the reply to the source's URL, signed; 2xx sent, 429/5xx retry, other 4xx failed."""
@@ -149,8 +119,43 @@ class WebhookChannel:
             return SendResult.retry(f"{source.name} unreachable: {type(exc).__name__}")
 
 
+def delivery_inbound(source: str, data: Any, now: datetime) -> Inbound:
+    """A provider's delivery (parsed JSON) from `source` as an Inbound; raises ValueError saying what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError("the body must be a JSON object")
+    delivery_id, conversation, text = data.get("id"), data.get("conversation"), data.get("text")
+    user = data.get("user") if isinstance(data.get("user"), dict) else {}
+    kind = data.get("type", "message")
+    kind = _KINDS.get(kind) if isinstance(kind, str) else None
+    for name, value in (("id", delivery_id), ("conversation", conversation), ("user.id", user.get("id"))):
+        if not isinstance(value, str) or not _ID.fullmatch(value):  # match() would let a trailing newline in
+            raise ValueError(f"'{name}' must be a string of 1 to 128 letters, digits, _ . : @ -")
+    if kind is None:
+        raise ValueError("'type' must be message or button")
+    if not isinstance(text, str) or not text.strip() or len(text) > 4096:
+        raise ValueError("'text' must be 1 to 4096 characters")
+    first, _, last = (_text(user.get("name")) or "").partition(" ")
+    return Inbound(
+        channel=WebhookChannel.name,
+        external_id=f"{source}:{conversation}",
+        kind=kind,
+        dedup_key=f"webhook:{source}:{delivery_id}",
+        identities=((f"webhook:{source}", user["id"]),),
+        at=now,
+        text=text,
+        properties={"value": text} if kind == "button" else {},
+        profile=Profile(
+            first_name=first or None,
+            last_name=last or None,
+            email=_text(user.get("email")),
+            phone=_text(user.get("phone")),
+            locale=_text(user.get("locale")),
+        ),
+    )
+
+
 def _retry_after(header: str | None) -> float:
-    return float(header) if header and header.isdigit() else 30.0
+    return float(header) if header and _TIMESTAMP.fullmatch(header) else 30.0
 
 
 def _text(value: Any) -> str | None:

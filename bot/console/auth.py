@@ -7,7 +7,6 @@ a view that declares nothing is for admins only, so a new route cannot leak by a
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -19,6 +18,7 @@ from bot.console.keys import LOGIN, Login
 from bot.console.pages import refuse, wants_json
 from bot.console.roles import allowed
 from bot.services import SERVICES, Services
+from bot.signing import same
 from storage.db import transaction
 from storage.models import Operator
 from storage.operators import close_session, open_session, session_operator
@@ -91,7 +91,7 @@ async def csrf_ok(request: web.Request, expected: str | None) -> bool:
     if given is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         value = (await request.post()).get(CSRF_FIELD)
         given = value if isinstance(value, str) else None
-    return bool(expected and given) and hmac.compare_digest(given.encode(), expected.encode())  # type: ignore[union-attr]
+    return bool(expected and given) and same(given, expected)  # type: ignore[arg-type]
 
 
 def same_origin(request: web.Request) -> bool:

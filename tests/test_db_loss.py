@@ -1,0 +1,255 @@
+"""The database fails in the middle of storing an inbound: 503 (so the sender retries), nothing half-written,
+and the retry once the database is back is stored once and answered once.
+
+The faults are real database faults, not exceptions raised in Kindling's code:
+
+- PostgreSQL: the connection dies mid-transaction. A test-only trigger on `message` makes the app's
+  INSERT wait for an advisory lock the test holds; by then the transaction has written the lead, its
+  identity, the conversation and the event (the test sees the app's backend holding row locks on those
+  tables). The test then ends that backend from its own connection with `pg_terminate_backend`, as an
+  administrator, a failover or a network cut would.
+- SQLite: the disk fills up. When the app's transaction reaches the same INSERT into message (seen by
+  a listener on the app's engine, which changes nothing in what the app does), the test lowers this
+  process's file size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) to one byte. SQLite keeps the
+  transaction's pages in memory and writes them to the write-ahead log at COMMIT, where the write now
+  fails with an I/O error, as on a full disk; anything committed before that point (an intake that
+  committed the lead on its own, say) would stay behind and fail the test. The limit is restored in
+  `finally`; meanwhile no file of the test process may grow (pytest's captured output may lose the
+  app's log lines for that request).
+
+Each runs with both senders that retry on 5xx, Telegram's webhook and a signed webhook provider, and
+with the widget, which is told to resend (an error frame with `retry`) and does so with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from sqlalchemy import event, func, text
+from sqlmodel import select
+
+from bot.config import WebhookSource
+from bot.signing import signed_headers
+from storage.db import create_engine, is_sqlite
+from storage.models import Conversation, Delivery, Event, Identity, Lead, Message
+
+from conftest import services_of
+from fake_telegram import TOKEN
+from test_fuzz_inbound import PAYLOADS
+
+SECRET = "db-loss-telegram-secret"
+WEBHOOK_SECRET = "db-loss-webhook-secret"
+CHAT = 5550001
+LOCK = 4242  # the advisory lock the trigger waits for
+STALL = [
+    f"""CREATE OR REPLACE FUNCTION kindling_test_stall() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock({LOCK}); RETURN NEW; END $$""",
+    "CREATE TRIGGER kindling_test_stall BEFORE INSERT ON message FOR EACH ROW EXECUTE FUNCTION kindling_test_stall()",
+]
+UNSTALL = ["DROP FUNCTION IF EXISTS kindling_test_stall() CASCADE"]  # and its trigger, on whichever table
+WAITING_APP = f"SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = {LOCK} AND NOT granted"
+TABLES = (Lead, Identity, Conversation, Event, Message, Delivery)
+
+Send = Callable[[], Awaitable[Any]]  # posts (or sends a frame) and returns the answer
+
+
+class Replies:
+    """The webhook provider's reply endpoint: every reply Kindling sends, by delivery key."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.keys.append(request.headers["X-Kindling-Delivery"])
+        return web.json_response({})
+
+
+@pytest.fixture
+async def replies(aiohttp_server):  # type: ignore[no-untyped-def]
+    replies = Replies()
+    app = web.Application()
+    app.router.add_post("/replies", replies.handle)
+    replies.server = await aiohttp_server(app)
+    return replies
+
+
+@pytest.fixture
+async def client(make_client, settings, fake_telegram, replies):  # type: ignore[no-untyped-def]
+    source = WebhookSource("acme", WEBHOOK_SECRET, str(replies.server.make_url("/replies")))
+    return await make_client(
+        settings.with_(
+            telegram_token=TOKEN,
+            telegram_secret=SECRET,
+            telegram_api_url=fake_telegram.url,
+            webhook_sources={"acme": source},
+        )
+    )
+
+
+def sender(client, clock, channel: str) -> Send:  # type: ignore[no-untyped-def]
+    """Posts the same inbound each time it is called, as the channel's sender would on a retry."""
+    if channel == "telegram":
+        body = json.dumps(PAYLOADS["message_text"]).encode()
+        headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
+        return lambda: client.post("/webhooks/telegram", data=body, headers=headers)
+    body = json.dumps({"id": "d-1", "conversation": "t-1", "user": {"id": "u-1"}, "text": "Hi, a free trial?"})
+    return lambda: client.post(
+        "/webhooks/inbound/acme", data=body, headers=signed_headers(WEBHOOK_SECRET, body.encode(), clock.now())
+    )
+
+
+async def counts(db) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Rows per table; messages are the inbound ones (the bot's replies join the transcript when sent)."""
+    queries = {model.__name__: select(func.count()).select_from(model) for model in TABLES}
+    queries["Message"] = queries["Message"].where(Message.direction == "in")
+    async with db() as session:
+        return {name: (await session.exec(query)).one() for name, query in queries.items()}
+
+
+# --- the faults --------------------------------------------------------------------------------
+
+
+async def connection_killed_mid_transaction(database_url: str, send: Send) -> tuple[Any, set[str]]:
+    """PostgreSQL: send while the app's INSERT into message waits in the trigger, then end its backend.
+
+    Returns the answer and the tables the app's transaction had written to when it was ended.
+    """
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            await _run(connection, STALL)
+            await connection.execute(text(f"SELECT pg_advisory_lock({LOCK})"))
+            await connection.commit()
+            request = asyncio.create_task(send())
+            pid = await _waiting_backend(connection)
+            written = await _tables_written_by(connection, pid)
+            assert (await connection.execute(text(f"SELECT pg_terminate_backend({pid})"))).scalar_one()
+            await connection.commit()
+            response = await asyncio.wait_for(request, timeout=30)
+            await connection.execute(text(f"SELECT pg_advisory_unlock({LOCK})"))
+            await _run(connection, UNSTALL)
+    finally:
+        async with engine.connect() as connection:  # the trigger must not outlive the test, whatever happened
+            await _run(connection, UNSTALL)
+        await engine.dispose()
+    return response, written
+
+
+async def _run(connection, statements: list[str]) -> None:  # type: ignore[no-untyped-def]
+    for statement in statements:
+        await connection.exec_driver_sql(statement)
+    await connection.commit()
+
+
+async def _waiting_backend(connection) -> int:  # type: ignore[no-untyped-def]
+    """The pid of the app's backend once it waits for the lock (bounded: 10 s)."""
+    for _ in range(500):
+        pid = (await connection.execute(text(WAITING_APP))).scalar()
+        await connection.commit()  # a fresh snapshot of pg_locks next time
+        if pid is not None:
+            return pid
+        await asyncio.sleep(0.02)
+    raise AssertionError("the app never reached the INSERT into message")
+
+
+async def _tables_written_by(connection, pid: int) -> set[str]:  # type: ignore[no-untyped-def]
+    query = text(
+        "SELECT relname FROM pg_locks JOIN pg_class ON pg_class.oid = relation "
+        "WHERE pid = :pid AND mode = 'RowExclusiveLock' AND relkind = 'r'"
+    )
+    names = set((await connection.execute(query, {"pid": pid})).scalars())
+    await connection.commit()
+    return names
+
+
+async def disk_full_from_the_message_insert(client, send: Send) -> Any:  # type: ignore[no-untyped-def]
+    """SQLite: send; once the app's transaction reaches its INSERT into message, no file of this process may grow."""
+    engine = services_of(client).sessions.kw["bind"].sync_engine
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def fill_the_disk(connection, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO message "):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
+
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG for the write instead of a killed process
+    event.listen(engine, "before_cursor_execute", fill_the_disk)
+    try:
+        return await send()
+    finally:
+        event.remove(engine, "before_cursor_execute", fill_the_disk)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+# --- the test ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channel", ["telegram", "webhook"])
+async def test_the_database_failing_mid_inbound_is_a_503_with_nothing_stored_and_the_retry_is_stored_once(
+    client, db, database_url, clock, fake_telegram, replies, channel
+):
+    send = sender(client, clock, channel)
+    await services_of(client).drain()
+    assert set((await counts(db)).values()) == {0}
+
+    if is_sqlite(database_url):
+        failed = await disk_full_from_the_message_insert(client, send)
+    else:
+        failed, written = await connection_killed_mid_transaction(database_url, send)
+
+    assert failed.status == 503, await failed.text()
+    assert "retry" in (await failed.json())["error"]
+    await services_of(client).drain()
+    assert set((await counts(db)).values()) == {0}, "a half-written inbound was left behind"
+    if not is_sqlite(database_url):  # the transaction had written these when its connection was ended
+        assert {"lead", "identity", "conversation", "event"} <= written, written
+    assert not fake_telegram.sent_messages() and not replies.keys
+
+    for _ in range(2):  # the database is back: the sender's retry, and a second one for good measure
+        retried = await send()
+        assert retried.status == 200, await retried.text()
+        await services_of(client).drain()
+
+    stored = await counts(db)
+    assert (stored["Lead"], stored["Conversation"], stored["Event"], stored["Message"]) == (1, 1, 1, 1)
+    answered = fake_telegram.texts(CHAT) if channel == "telegram" else replies.keys
+    assert len(answered) == stored["Delivery"] == 1, answered
+
+
+async def test_the_widget_is_told_to_resend_when_the_database_fails_mid_message_and_the_resend_is_stored_once(
+    client, db, database_url
+):
+    ws = await client.ws_connect("/chat/ws")
+    await ws.send_json({"type": "hello", "visitor": None, "token": None})
+    assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+    await services_of(client).drain()
+    before = await counts(db)
+    message = {"type": "message", "id": "3f1c2b9e-6a57-4a8e-9d1f-0c2b7e5a4d31", "text": "Is there a free trial?"}
+
+    async def send() -> dict:
+        await ws.send_json(message)
+        while (frame := await ws.receive_json(timeout=30))["type"] not in ("ack", "error"):
+            pass
+        return frame
+
+    if is_sqlite(database_url):
+        failed = await disk_full_from_the_message_insert(client, send)
+    else:
+        failed, _ = await connection_killed_mid_transaction(database_url, send)
+
+    assert (failed["type"], failed["id"], failed["retry"]) == ("error", message["id"], True)
+    await services_of(client).drain()
+    assert await counts(db) == before, "a half-written message was left behind"
+    assert (await send()) == {"type": "ack", "id": message["id"], "duplicate": False}
+    assert (await send()) == {"type": "ack", "id": message["id"], "duplicate": True}
+    await services_of(client).drain()
+    await ws.close()
+    after = await counts(db)
+    assert (after["Message"] - before["Message"], after["Event"] - before["Event"]) == (1, 1)
