@@ -105,7 +105,8 @@ async def _steps(session: AsyncSession, query: Query) -> tuple[dict, dict]:
     """
     why = case((Delivery.status == "skipped", Delivery.last_error), else_=None)
     reached = select(Enrollment.id).where(Enrollment.goal_reached_at.is_not(None))
-    answered = (Delivery.replied_at.is_not(None)) | (Delivery.button_at.is_not(None))
+    ab = Delivery.variant.is_not(None) & (Delivery.status == "sent")  # only these rows are looked up
+    answered = ab & ((Delivery.replied_at.is_not(None)) | (Delivery.button_at.is_not(None)))
     statement = (
         select(
             Delivery.flow_slug,
@@ -119,7 +120,7 @@ async def _steps(session: AsyncSession, query: Query) -> tuple[dict, dict]:
             func.count(Delivery.handed_off_at),
             func.count(Delivery.opted_out_at),
             func.count(case((answered, 1))),
-            func.count(case((Delivery.enrollment_id.in_(reached), 1))),
+            func.count(case((ab & Delivery.enrollment_id.in_(reached), 1))),
         )
         .where(Delivery.kind == "nurture", Delivery.created_at >= query.since, Delivery.created_at < query.until)
         .group_by(Delivery.flow_slug, Delivery.step, Delivery.variant, Delivery.status, why)
