@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -22,11 +24,12 @@ from flows.optout import is_opt_out, opt_out
 from flows.outgoing import Subscriptions
 from flows.reactions import advance_stage, ledger, score_event
 from storage import leads as q
-from storage.db import Sessions, transaction
+from storage.db import DatabaseUnavailable, Sessions, is_sqlite, transaction
 from storage.models import Conversation, Delivery, Event, Handoff, Lead, Message
 from storage.privacy import suppressed_kinds
 
 log = logging.getLogger(__name__)
+BATCH = 50  # inbounds stored together in one transaction at most (group commit)
 
 
 @dataclass
@@ -52,10 +55,68 @@ class Intake:
         self.engine = engine
         self.secret_key = b""  # the app's secret key, set at start-up: suppression entries are keyed with it
         self.warm = WarmSignals(settings.handoff, engine) if engine is not None else None
+        # Group commit: inbounds wait here for a writer, which stores all that are waiting in one transaction.
+        # SQLite has one writer at a time anyway; on PostgreSQL a few transactions run side by side.
+        self.writers = 1 if is_sqlite(settings.database_url) else 4
+        self._waiting: deque[tuple[Inbound, asyncio.Future[Received]]] = deque()
+        self._writing = 0  # writers running; counted down by the writer itself, in the same step it sees no more work
+        self._tasks: set[asyncio.Task] = set()
 
     async def receive(self, inbound: Inbound) -> Received:
-        """Store an inbound exactly once; raises DatabaseUnavailable if it could not be stored."""
-        return await transaction(self.sessions, lambda session: self._receive(session, inbound))
+        """Store an inbound exactly once; raises DatabaseUnavailable if it could not be stored.
+
+        Returns only after the transaction that stored it has committed. Inbounds that arrive while
+        other inbounds are being stored are stored together in the next transaction (group commit).
+        """
+        future: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
+        self._waiting.append((inbound, future))
+        if self._writing < self.writers:
+            self._writing += 1
+            task = asyncio.create_task(self._write())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _write(self) -> None:
+        """Store waiting inbounds, a batch per transaction, until none is left."""
+        try:
+            while self._waiting:
+                batch = [self._waiting.popleft() for _ in range(min(BATCH, len(self._waiting)))]
+                try:
+                    await self._store(batch)
+                finally:  # cancelled (shutting down): nobody may wait for ever
+                    for _, future in batch:
+                        _settle(future, DatabaseUnavailable("the server is shutting down"))
+        finally:
+            self._writing -= 1
+
+    async def _store(self, batch: list[tuple[Inbound, asyncio.Future[Received]]]) -> None:
+        """One transaction for the batch; if any inbound in it fails, each is stored on its own."""
+        if len(batch) > 1:
+            inbounds = [inbound for inbound, _ in batch]
+            try:
+                results = await transaction(self.sessions, lambda session: self._receive_all(session, inbounds), 1)
+            except DatabaseUnavailable as exc:
+                for _, future in batch:
+                    _settle(future, exc)
+                return
+            except Exception as exc:  # a unique-key race or one bad inbound: the others must not fail with it
+                log.debug("a batch of %d inbounds failed (%s); storing each on its own", len(batch), exc)
+            else:
+                for (_, future), result in zip(batch, results, strict=True):
+                    _settle(future, result)
+                return
+        for inbound, future in batch:
+            _settle(future, await self._receive_one(inbound))
+
+    async def _receive_one(self, inbound: Inbound) -> Received | Exception:
+        try:
+            return await transaction(self.sessions, lambda session: self._receive(session, inbound))
+        except Exception as exc:  # handed to the caller, which maps it to an answer
+            return exc
+
+    async def _receive_all(self, session: AsyncSession, inbounds: list[Inbound]) -> list[Received]:
+        return [await self._receive(session, inbound) for inbound in inbounds]
 
     async def _receive(self, session: AsyncSession, inbound: Inbound) -> Received:
         now = self.clock.now()
@@ -260,6 +321,16 @@ class Intake:
             events.append(shared)
         await session.flush()
         return events
+
+
+def _settle(future: asyncio.Future[Received], outcome: Received | Exception) -> None:
+    """Hand a result or an error to a waiting `receive` (unless its caller went away)."""
+    if future.done():
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _payload(inbound: Inbound) -> dict:
