@@ -8,13 +8,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.channels.base import Inbound
 from bot.config import Settings
 from bot.contacts import find_email, find_phone, normalize_email, normalize_phone
 from bot.messages import SystemMessages
+from bot.readahead import identity_keys, read_ahead
 from bot.replies import plan_replies, reply_deliveries
 from bot.warm import WarmSignals, visitor_notice
 from flows import history
@@ -25,6 +25,7 @@ from flows.outgoing import Subscriptions
 from flows.reactions import advance_stage, ledger, score_event
 from storage import leads as q
 from storage.db import DatabaseUnavailable, Sessions, is_sqlite, transaction
+from storage.known import keep, known
 from storage.models import Conversation, Delivery, Event, Handoff, Lead, Message
 from storage.privacy import suppressed_kinds
 
@@ -111,17 +112,20 @@ class Intake:
 
     async def _receive_one(self, inbound: Inbound) -> Received | Exception:
         try:
-            return await transaction(self.sessions, lambda session: self._receive(session, inbound))
+            [received] = await transaction(self.sessions, lambda session: self._receive_all(session, [inbound]))
         except Exception as exc:  # handed to the caller, which maps it to an answer
             return exc
+        return received
 
     async def _receive_all(self, session: AsyncSession, inbounds: list[Inbound]) -> list[Received]:
+        """Store inbounds in order in one transaction, reading ahead what they will look up."""
+        keep(session, await read_ahead(session, inbounds, self.secret_key, self.clock.now()))
         return [await self._receive(session, inbound) for inbound in inbounds]
 
     async def _receive(self, session: AsyncSession, inbound: Inbound) -> Received:
         now = self.clock.now()
         if inbound.dedup_key:
-            earlier = (await session.exec(select(Event).where(Event.dedup_key == inbound.dedup_key))).first()
+            earlier = await q.stored_event(session, inbound.dedup_key)
             if earlier is not None:
                 lead = await q.get_lead(session, earlier.lead_id)
                 return Received(
@@ -146,6 +150,8 @@ class Intake:
         )
         session.add(event)
         await session.flush()  # a concurrent duplicate fails here; the retry then finds it above
+        if inbound.dedup_key and (answers := known(session)) is not None:
+            answers.events[inbound.dedup_key] = event
         received = Received(lead_id=lead.id, event_id=event.id, conversation_id=event.conversation_id)
         score_before = lead.score
         first_message = conversation is not None and conversation.last_message_at is None
@@ -213,16 +219,19 @@ class Intake:
 
     async def _resolve_lead(self, session: AsyncSession, inbound: Inbound, now: datetime) -> tuple[Lead, bool]:
         """The inbound's lead (merging the leads it turns out to be), and whether it is new."""
-        identities = list(inbound.identities)
+        identities = identity_keys(inbound)
         email = inbound.profile.email and normalize_email(inbound.profile.email)
         phone = inbound.profile.phone and normalize_phone(inbound.profile.phone)
-        identities += [("email", email)] if email else []
-        identities += [("phone", phone)] if phone else []
         found = await q.leads_by_identities(session, identities)
         if inbound.lead_id is not None:
             named = await q.get_lead(session, inbound.lead_id)
             found = [named, *(lead for lead in found if lead.id != named.id)]
-        lead = found[0] if found else await q.create_lead(session, now)
+        if found:
+            lead = found[0]
+        else:  # with its profile, so it is stored once
+            lead = Lead(created_at=now, updated_at=now, stage_at=now)
+            self._update_profile(lead, inbound, now)
+            lead = await q.create_lead(session, now, lead)
         for other in found[1:]:
             await self._merge(session, lead, other, now)
         lead.email = lead.email or email or None
@@ -258,6 +267,8 @@ class Intake:
             )
             session.add(conversation)
             await session.flush()
+            if (answers := known(session)) is not None:
+                answers.conversations[(inbound.channel, inbound.external_id)] = conversation
         return conversation
 
     def _update_profile(self, lead: Lead, inbound: Inbound, now: datetime) -> None:

@@ -8,6 +8,7 @@ from sqlalchemy import update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.known import known
 from storage.models import Conversation, Delivery, Enrollment, Event, Identity, Lead, Message, PointsEntry
 
 LIVE = ("active", "paused")
@@ -33,30 +34,38 @@ async def leads_by_identities(session: AsyncSession, identities: list[tuple[str,
     """The distinct leads any of these identities point at, oldest first."""
     found: dict[int, Lead] = {}
     for kind, value in identities:
-        identity = (
-            await session.exec(select(Identity).where(Identity.kind == kind, Identity.value == value))
-        ).one_or_none()
-        if identity is not None:
-            lead = await get_lead(session, identity.lead_id)
+        lead_id = await _identity_lead(session, kind, value)
+        if lead_id is not None:
+            lead = await get_lead(session, lead_id)
             found[lead.id] = lead
     return [found[key] for key in sorted(found)]
+
+
+async def _identity_lead(session: AsyncSession, kind: str, value: str) -> int | None:
+    """The lead id an identity points at (maybe merged since), or None."""
+    answers = known(session)
+    if answers is not None and (kind, value) in answers.identities:
+        return answers.identities[(kind, value)]
+    query = select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value)
+    return (await session.exec(query)).first()
 
 
 async def identity_owner(session: AsyncSession, kind: str, value: str | None) -> int | None:
     """The id of the (surviving) lead an identity points at, if any."""
     if not value:
         return None
-    lead_id = (
-        await session.exec(select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value))
-    ).first()
+    lead_id = await _identity_lead(session, kind, value)
     return None if lead_id is None else (await get_lead(session, lead_id)).id
 
 
-async def create_lead(session: AsyncSession, now: datetime) -> Lead:
-    """A new lead in the first stage."""
-    lead = Lead(created_at=now, updated_at=now, stage_at=now)
+async def create_lead(session: AsyncSession, now: datetime, lead: Lead | None = None) -> Lead:
+    """A new lead in the first stage (`lead`: one made but not stored yet)."""
+    lead = lead or Lead(created_at=now, updated_at=now, stage_at=now)
     session.add(lead)
     await session.flush()
+    answers = known(session)
+    if answers is not None:  # a lead made just now has no enrollments, handoffs or messages yet
+        answers.enrollments[lead.id], answers.handoffs[lead.id], answers.creditable[lead.id] = [], None, False
     return lead
 
 
@@ -65,17 +74,23 @@ async def attach_identities(
 ) -> list[tuple[str, str]]:
     """Point identities that point nowhere yet at `lead` (callers merge the others first); returns those added."""
     added = []
+    answers = known(session)
     for kind, value in identities:
-        exists = (await session.exec(select(Identity.id).where(Identity.kind == kind, Identity.value == value))).first()
-        if exists is None:
+        if await _identity_lead(session, kind, value) is None:
             session.add(Identity(lead_id=lead.id, kind=kind, value=value, created_at=now))
             added.append((kind, value))
-    await session.flush()
+            if answers is not None:
+                answers.identities[(kind, value)] = lead.id
+    if added:
+        await session.flush()
     return added
 
 
 async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: datetime) -> None:
     """Move everything of `other` to `survivor`; `other` stays as a pointer so old ids resolve."""
+    answers = known(session)
+    if answers is not None:
+        answers.forget(survivor.id, other.id)
     # One live enrollment per flow: where both are in a flow, the survivor's continues.
     taken = select(Enrollment.flow_slug).where(Enrollment.lead_id == survivor.id, Enrollment.status.in_(LIVE))
     await session.exec(
@@ -107,11 +122,22 @@ async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: d
 
 async def find_conversation(session: AsyncSession, channel: str, external_id: str) -> Conversation | None:
     """The conversation on a channel with that channel-side id."""
+    answers = known(session)
+    if answers is not None and (channel, external_id) in answers.conversations:
+        return answers.conversations[(channel, external_id)]
     return (
         await session.exec(
             select(Conversation).where(Conversation.channel == channel, Conversation.external_id == external_id)
         )
     ).one_or_none()
+
+
+async def stored_event(session: AsyncSession, dedup_key: str) -> Event | None:
+    """The inbound event stored with this dedup key, if any."""
+    answers = known(session)
+    if answers is not None and dedup_key in answers.events:
+        return answers.events[dedup_key]
+    return (await session.exec(select(Event).where(Event.dedup_key == dedup_key))).first()
 
 
 async def event_exists(session: AsyncSession, dedup_key: str) -> bool:
