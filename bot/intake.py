@@ -42,7 +42,8 @@ class Received:
     event_id: int | None = None
     conversation_id: int | None = None
     message: Message | None = None
-    delivery_ids: list[int] = field(default_factory=list)
+    delivery_ids: list[int] = field(default_factory=list)  # set once committed
+    deliveries: list[Delivery] = field(default_factory=list, repr=False)
     handoff_id: int | None = None  # a handoff this inbound opened: operators are to be told
 
 
@@ -105,7 +106,7 @@ class Intake:
                 log.debug("a batch of %d inbounds failed (%s); storing each on its own", len(batch), exc)
             else:
                 for (_, future), result in zip(batch, results, strict=True):
-                    _settle(future, result)
+                    _settle(future, _committed(result))
                 return
         for inbound, future in batch:
             _settle(future, await self._receive_one(inbound))
@@ -115,7 +116,7 @@ class Intake:
             [received] = await transaction(self.sessions, lambda session: self._receive_all(session, [inbound]))
         except Exception as exc:  # handed to the caller, which maps it to an answer
             return exc
-        return received
+        return _committed(received)
 
     async def _receive_all(self, session: AsyncSession, inbounds: list[Inbound]) -> list[Received]:
         """Store inbounds in order in one transaction, reading ahead what they will look up."""
@@ -148,10 +149,7 @@ class Intake:
             dedup_key=inbound.dedup_key,
             at=inbound.at,
         )
-        session.add(event)
-        await session.flush()  # a concurrent duplicate fails here; the retry then finds it above
-        if inbound.dedup_key and (answers := known(session)) is not None:
-            answers.events[inbound.dedup_key] = event
+        await q.insert_event(session, event)  # a concurrent duplicate fails here; the retry then finds it above
         received = Received(lead_id=lead.id, event_id=event.id, conversation_id=event.conversation_id)
         score_before = lead.score
         first_message = conversation is not None and conversation.last_message_at is None
@@ -164,10 +162,8 @@ class Intake:
         if self.warm is not None and not stop:  # after scoring, so the handoff commits with its cause
             handoff = await self.warm.check(session, lead, conversation, event, score_before, now)
         if conversation is not None:
-            deliveries = self._replies(lead, conversation, event, captured, stop, first_message, now, handoff)
-            session.add_all(deliveries)
-            await session.flush()
-            received.delivery_ids = [delivery.id for delivery in deliveries]
+            received.deliveries = self._replies(lead, conversation, event, captured, stop, first_message, now, handoff)
+            session.add_all(received.deliveries)  # flushed with the rest: their ids are read after the commit
         received.handoff_id = handoff.id if handoff is not None else None
         session.add(lead)
         return received
@@ -298,8 +294,7 @@ class Intake:
             at=inbound.at,
         )
         conversation.last_message_at = inbound.at
-        session.add_all([message, conversation])
-        await session.flush()
+        session.add_all([message, conversation])  # flushed with the batch's other rows
         return message
 
     async def _capture_contacts(
@@ -330,8 +325,15 @@ class Intake:
             )
             session.add(shared)
             events.append(shared)
-        await session.flush()
+        if events:
+            await session.flush()
         return events
+
+
+def _committed(received: Received) -> Received:
+    """After the commit: the ids of the replies it stored (the commit's flush gave them)."""
+    received.delivery_ids = [delivery.id for delivery in received.deliveries if delivery.id is not None]
+    return received
 
 
 def _settle(future: asyncio.Future[Received], outcome: Received | Exception) -> None:

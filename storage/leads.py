@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -138,6 +138,22 @@ async def stored_event(session: AsyncSession, dedup_key: str) -> Event | None:
     if answers is not None and dedup_key in answers.events:
         return answers.events[dedup_key]
     return (await session.exec(select(Event).where(Event.dedup_key == dedup_key))).first()
+
+
+async def insert_event(session: AsyncSession, event: Event) -> None:
+    """Store an event at once and set its id, leaving the session's other changes for one flush later.
+
+    For intake's group commit: the inbound's event id is needed right away (its message and replies name
+    it), but flushing the whole session for it would write every earlier inbound's rows one by one.
+    A duplicate dedup key fails here, as a flush would.
+    """
+    table = Event.__table__
+    values = {column.name: getattr(event, column.name) for column in table.columns if column.name != "id"}
+    connection = await session.connection()  # not session.exec: that would flush everything first
+    event.id = (await connection.execute(insert(table).values(values).returning(table.c.id))).scalar_one()
+    answers = known(session)
+    if answers is not None and event.dedup_key:
+        answers.events[event.dedup_key] = event
 
 
 async def event_exists(session: AsyncSession, dedup_key: str) -> bool:
