@@ -41,6 +41,16 @@ async def test_concurrent_events_for_a_new_person_make_one_lead(client, db):
     assert len(await rows(db, Event, Event.type == "custom")) == 5
 
 
+async def test_an_inbound_that_fails_does_not_fail_those_stored_together_with_it(client, db):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    bodies = [{"id": f"ok-{n}", "type": "signup", "lead": {"email": f"p{n}@example.com"}} for n in range(4)]
+    bodies.insert(2, {"id": "bad", "type": "signup", "lead": {"id": 999_999}})  # no such lead
+    answers = await asyncio.gather(*[client.post("/api/events", json=body, headers=auth) for body in bodies])
+    assert [answer.status for answer in answers] == [201, 201, 404, 201, 201]
+    assert len(await rows(db, Event, Event.type == "custom")) == 4
+    assert len(await rows(db, Lead)) == 4
+
+
 async def test_when_the_database_is_down_senders_get_503_to_retry(make_client, settings, clock):
     down = settings.with_(database_url=UNREACHABLE, secret_key="k", webhook_sources={"acme": SOURCE})
     client = await make_client(down)
