@@ -17,7 +17,7 @@ from bot.hub import Hub, message_frame
 from flows.clock import Clock
 from flows.optout import opt_out
 from flows.safety import Policy, local_day_start, nurture_verdict
-from storage.db import Sessions, transaction
+from storage.db import DatabaseUnavailable, Sessions, transaction
 from storage.leads import get_lead
 from storage.models import Conversation, Delivery, Message
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 SEND_CONCURRENCY = 60  # leads whose messages are being sent at once, per claimed batch (most wait for their chat)
 IMMEDIATE_CONCURRENCY = 8  # immediate sends claiming at once
+SOON_BATCH = 100  # fresh replies claimed together by the one task that sends them (see `queue`)
 
 
 class Dispatcher:
@@ -45,6 +46,32 @@ class Dispatcher:
         # Immediate sends wait here before claiming, so a flood of replies never holds claimed rows
         # in a pacing queue until their lease runs out (and another instance sends them again).
         self.immediate = asyncio.Semaphore(IMMEDIATE_CONCURRENCY)
+        self._soon: list[int] = []  # fresh deliveries waiting for `send_queued`
+        self._sending_soon = False
+
+    def queue(self, delivery_ids: Iterable[int]) -> bool:
+        """Queue fresh deliveries to be sent right away; True when the caller must start `send_queued`.
+
+        Inbound replies come through here rather than one `send_now` each: under load, one task claims
+        the replies of many inbounds in one transaction instead of one claim per inbound.
+        """
+        self._soon.extend(delivery_ids)
+        if self._sending_soon or not self._soon:
+            return False
+        self._sending_soon = True
+        return True
+
+    async def send_queued(self) -> None:
+        """Send what `queue` collected, a batch at a time, until nothing is left."""
+        try:
+            while self._soon:
+                ids, self._soon = self._soon[:SOON_BATCH], self._soon[SOON_BATCH:]
+                try:
+                    await self.send_now(ids)
+                except DatabaseUnavailable as exc:  # the rows stay pending: the tick sends them later
+                    log.warning("replies left to the outbox tick: %s", exc)
+        finally:
+            self._sending_soon = False
 
     async def send_now(self, delivery_ids: Iterable[int]) -> None:
         """Send fresh deliveries right away (the tick picks up whatever this misses)."""

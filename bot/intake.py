@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.channels.base import Inbound
 from bot.config import Settings
 from bot.contacts import find_email, find_phone, normalize_email, normalize_phone
 from bot.messages import SystemMessages
+from bot.readahead import identity_keys, read_ahead
 from bot.replies import plan_replies, reply_deliveries
 from bot.warm import WarmSignals, visitor_notice
 from flows import history
@@ -22,11 +24,13 @@ from flows.optout import is_opt_out, opt_out
 from flows.outgoing import Subscriptions
 from flows.reactions import advance_stage, ledger, score_event
 from storage import leads as q
-from storage.db import Sessions, transaction
+from storage.db import DatabaseUnavailable, Sessions, is_sqlite, transaction
+from storage.known import keep, known
 from storage.models import Conversation, Delivery, Event, Handoff, Lead, Message
 from storage.privacy import suppressed_kinds
 
 log = logging.getLogger(__name__)
+BATCH = 50  # inbounds stored together in one transaction at most (group commit)
 
 
 @dataclass
@@ -38,7 +42,8 @@ class Received:
     event_id: int | None = None
     conversation_id: int | None = None
     message: Message | None = None
-    delivery_ids: list[int] = field(default_factory=list)
+    delivery_ids: list[int] = field(default_factory=list)  # set once committed
+    deliveries: list[Delivery] = field(default_factory=list, repr=False)
     handoff_id: int | None = None  # a handoff this inbound opened: operators are to be told
 
 
@@ -52,15 +57,76 @@ class Intake:
         self.engine = engine
         self.secret_key = b""  # the app's secret key, set at start-up: suppression entries are keyed with it
         self.warm = WarmSignals(settings.handoff, engine) if engine is not None else None
+        # Group commit: inbounds wait here for a writer, which stores all that are waiting in one transaction.
+        # SQLite has one writer at a time anyway; on PostgreSQL a few transactions run side by side.
+        self.writers = 1 if is_sqlite(settings.database_url) else 4
+        self._waiting: deque[tuple[Inbound, asyncio.Future[Received]]] = deque()
+        self._writing = 0  # writers running; counted down by the writer itself, in the same step it sees no more work
+        self._tasks: set[asyncio.Task] = set()
 
     async def receive(self, inbound: Inbound) -> Received:
-        """Store an inbound exactly once; raises DatabaseUnavailable if it could not be stored."""
-        return await transaction(self.sessions, lambda session: self._receive(session, inbound))
+        """Store an inbound exactly once; raises DatabaseUnavailable if it could not be stored.
+
+        Returns only after the transaction that stored it has committed. Inbounds that arrive while
+        other inbounds are being stored are stored together in the next transaction (group commit).
+        """
+        future: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
+        self._waiting.append((inbound, future))
+        if self._writing < self.writers:
+            self._writing += 1
+            task = asyncio.create_task(self._write())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _write(self) -> None:
+        """Store waiting inbounds, a batch per transaction, until none is left."""
+        try:
+            while self._waiting:
+                batch = [self._waiting.popleft() for _ in range(min(BATCH, len(self._waiting)))]
+                try:
+                    await self._store(batch)
+                finally:  # cancelled (shutting down): nobody may wait for ever
+                    for _, future in batch:
+                        _settle(future, DatabaseUnavailable("the server is shutting down"))
+        finally:
+            self._writing -= 1
+
+    async def _store(self, batch: list[tuple[Inbound, asyncio.Future[Received]]]) -> None:
+        """One transaction for the batch; if any inbound in it fails, each is stored on its own."""
+        if len(batch) > 1:
+            inbounds = [inbound for inbound, _ in batch]
+            try:
+                results = await transaction(self.sessions, lambda session: self._receive_all(session, inbounds), 1)
+            except DatabaseUnavailable as exc:
+                for _, future in batch:
+                    _settle(future, exc)
+                return
+            except Exception as exc:  # a unique-key race or one bad inbound: the others must not fail with it
+                log.debug("a batch of %d inbounds failed (%s); storing each on its own", len(batch), exc)
+            else:
+                for (_, future), result in zip(batch, results, strict=True):
+                    _settle(future, _committed(result))
+                return
+        for inbound, future in batch:
+            _settle(future, await self._receive_one(inbound))
+
+    async def _receive_one(self, inbound: Inbound) -> Received | Exception:
+        try:
+            [received] = await transaction(self.sessions, lambda session: self._receive_all(session, [inbound]))
+        except Exception as exc:  # handed to the caller, which maps it to an answer
+            return exc
+        return _committed(received)
+
+    async def _receive_all(self, session: AsyncSession, inbounds: list[Inbound]) -> list[Received]:
+        """Store inbounds in order in one transaction, reading ahead what they will look up."""
+        keep(session, await read_ahead(session, inbounds, self.secret_key, self.clock.now()))
+        return [await self._receive(session, inbound) for inbound in inbounds]
 
     async def _receive(self, session: AsyncSession, inbound: Inbound) -> Received:
         now = self.clock.now()
         if inbound.dedup_key:
-            earlier = (await session.exec(select(Event).where(Event.dedup_key == inbound.dedup_key))).first()
+            earlier = await q.stored_event(session, inbound.dedup_key)
             if earlier is not None:
                 lead = await q.get_lead(session, earlier.lead_id)
                 return Received(
@@ -83,8 +149,7 @@ class Intake:
             dedup_key=inbound.dedup_key,
             at=inbound.at,
         )
-        session.add(event)
-        await session.flush()  # a concurrent duplicate fails here; the retry then finds it above
+        await q.insert_event(session, event)  # a concurrent duplicate fails here; the retry then finds it above
         received = Received(lead_id=lead.id, event_id=event.id, conversation_id=event.conversation_id)
         score_before = lead.score
         first_message = conversation is not None and conversation.last_message_at is None
@@ -97,10 +162,8 @@ class Intake:
         if self.warm is not None and not stop:  # after scoring, so the handoff commits with its cause
             handoff = await self.warm.check(session, lead, conversation, event, score_before, now)
         if conversation is not None:
-            deliveries = self._replies(lead, conversation, event, captured, stop, first_message, now, handoff)
-            session.add_all(deliveries)
-            await session.flush()
-            received.delivery_ids = [delivery.id for delivery in deliveries]
+            received.deliveries = self._replies(lead, conversation, event, captured, stop, first_message, now, handoff)
+            session.add_all(received.deliveries)  # flushed with the rest: their ids are read after the commit
         received.handoff_id = handoff.id if handoff is not None else None
         session.add(lead)
         return received
@@ -152,16 +215,19 @@ class Intake:
 
     async def _resolve_lead(self, session: AsyncSession, inbound: Inbound, now: datetime) -> tuple[Lead, bool]:
         """The inbound's lead (merging the leads it turns out to be), and whether it is new."""
-        identities = list(inbound.identities)
+        identities = identity_keys(inbound)
         email = inbound.profile.email and normalize_email(inbound.profile.email)
         phone = inbound.profile.phone and normalize_phone(inbound.profile.phone)
-        identities += [("email", email)] if email else []
-        identities += [("phone", phone)] if phone else []
         found = await q.leads_by_identities(session, identities)
         if inbound.lead_id is not None:
             named = await q.get_lead(session, inbound.lead_id)
             found = [named, *(lead for lead in found if lead.id != named.id)]
-        lead = found[0] if found else await q.create_lead(session, now)
+        if found:
+            lead = found[0]
+        else:  # with its profile, so it is stored once
+            lead = Lead(created_at=now, updated_at=now, stage_at=now)
+            self._update_profile(lead, inbound, now)
+            lead = await q.create_lead(session, now, lead)
         for other in found[1:]:
             await self._merge(session, lead, other, now)
         lead.email = lead.email or email or None
@@ -197,6 +263,8 @@ class Intake:
             )
             session.add(conversation)
             await session.flush()
+            if (answers := known(session)) is not None:
+                answers.conversations[(inbound.channel, inbound.external_id)] = conversation
         return conversation
 
     def _update_profile(self, lead: Lead, inbound: Inbound, now: datetime) -> None:
@@ -226,8 +294,7 @@ class Intake:
             at=inbound.at,
         )
         conversation.last_message_at = inbound.at
-        session.add_all([message, conversation])
-        await session.flush()
+        session.add_all([message, conversation])  # flushed with the batch's other rows
         return message
 
     async def _capture_contacts(
@@ -258,8 +325,25 @@ class Intake:
             )
             session.add(shared)
             events.append(shared)
-        await session.flush()
+        if events:
+            await session.flush()
         return events
+
+
+def _committed(received: Received) -> Received:
+    """After the commit: the ids of the replies it stored (the commit's flush gave them)."""
+    received.delivery_ids = [delivery.id for delivery in received.deliveries if delivery.id is not None]
+    return received
+
+
+def _settle(future: asyncio.Future[Received], outcome: Received | Exception) -> None:
+    """Hand a result or an error to a waiting `receive` (unless its caller went away)."""
+    if future.done():
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _payload(inbound: Inbound) -> dict:

@@ -55,8 +55,8 @@ class Services:
             self.hub.publish(received.message.conversation_id, message_frame(received.message))
             if received.message.direction == "in":
                 self.metrics.inbound.inc()
-        if received.delivery_ids:
-            self.spawn(self.dispatcher.send_now(received.delivery_ids))
+        if self.dispatcher.queue(received.delivery_ids):
+            self.spawn(self.dispatcher.send_queued())
         if received.handoff_id is not None:
             self.spawn(self.notifier.announce(received.handoff_id))
 

@@ -21,6 +21,7 @@ from flows import history
 from flows.handoff_card import build_card
 from flows.hours import BusinessHours
 from flows.outgoing import handoff_summary, queue_webhook
+from storage.known import known
 from storage.models import Conversation, Enrollment, Event, Handoff, Lead
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ class HandoffPolicy:
 
 async def open_handoff_of(session: AsyncSession, lead_id: int) -> Handoff | None:
     """The lead's waiting or claimed handoff, if any."""
+    answers = known(session)
+    if answers is not None and lead_id in answers.handoffs:
+        return answers.handoffs[lead_id]
     query = select(Handoff).where(Handoff.lead_id == lead_id, Handoff.status.in_(OPEN))
     return (await session.exec(query)).first()
 
@@ -87,6 +91,8 @@ async def open_handoff(
     )
     session.add(handoff)
     await session.flush()  # a second open handoff breaks the unique index; the caller's transaction retries
+    if (answers := known(session)) is not None:
+        answers.handoffs[lead.id] = handoff
     await _step_aside(session, engine, lead.id, conversation, now)
     await history.credit(session, lead.id, "handed_off_at", now)
     payload = {"handoff_id": handoff.id, "trigger": trigger, "reason": reason, "sla_due_at": handoff.sla_due_at}
@@ -149,6 +155,9 @@ async def latest_conversation(session: AsyncSession, lead_id: int) -> Conversati
 
 
 async def _enrollments(session: AsyncSession, lead_id: int, statuses: Sequence[str]) -> list[Enrollment]:
+    answers = known(session)
+    if answers is not None and lead_id in answers.enrollments:  # the same objects, so their status is current
+        return [enrollment for enrollment in answers.enrollments[lead_id] if enrollment.status in statuses]
     query = select(Enrollment).where(Enrollment.lead_id == lead_id, Enrollment.status.in_(list(statuses)))
     return list((await session.exec(query.order_by(Enrollment.id))).all())
 

@@ -25,6 +25,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows.stages import Stages
+from storage.known import known
 from storage.models import Delivery, Enrollment, Handoff, Lead, StageEntry
 
 NONE = "(none)"
@@ -156,6 +157,9 @@ async def merge(session: AsyncSession, stages: Stages, survivor: Lead, other: Le
 
 async def credit(session: AsyncSession, lead_id: int, what: str, now: datetime) -> None:
     """Credit `what` (a Delivery column in CREDITS) to the last nurture message sent to the lead within 24 h."""
+    answers = known(session)
+    if answers is not None and answers.creditable.get(lead_id) is False:
+        return  # read ahead: no nurture message was sent to the lead lately
     column = getattr(Delivery, what)
     last = (
         select(Delivery.id)

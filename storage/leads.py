@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.db import Conflict
+from storage.known import known
 from storage.models import Conversation, Delivery, Enrollment, Event, Identity, Lead, Message, PointsEntry
 
 LIVE = ("active", "paused")
@@ -34,30 +35,38 @@ async def leads_by_identities(session: AsyncSession, identities: list[tuple[str,
     """The distinct leads any of these identities point at, oldest first."""
     found: dict[int, Lead] = {}
     for kind, value in identities:
-        identity = (
-            await session.exec(select(Identity).where(Identity.kind == kind, Identity.value == value))
-        ).one_or_none()
-        if identity is not None:
-            lead = await get_lead(session, identity.lead_id)
+        lead_id = await _identity_lead(session, kind, value)
+        if lead_id is not None:
+            lead = await get_lead(session, lead_id)
             found[lead.id] = lead
     return [found[key] for key in sorted(found)]
+
+
+async def _identity_lead(session: AsyncSession, kind: str, value: str) -> int | None:
+    """The lead id an identity points at (maybe merged since), or None."""
+    answers = known(session)
+    if answers is not None and (kind, value) in answers.identities:
+        return answers.identities[(kind, value)]
+    query = select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value)
+    return (await session.exec(query)).first()
 
 
 async def identity_owner(session: AsyncSession, kind: str, value: str | None) -> int | None:
     """The id of the (surviving) lead an identity points at, if any."""
     if not value:
         return None
-    lead_id = (
-        await session.exec(select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value))
-    ).first()
+    lead_id = await _identity_lead(session, kind, value)
     return None if lead_id is None else (await get_lead(session, lead_id)).id
 
 
-async def create_lead(session: AsyncSession, now: datetime) -> Lead:
-    """A new lead in the first stage."""
-    lead = Lead(created_at=now, updated_at=now, stage_at=now)
+async def create_lead(session: AsyncSession, now: datetime, lead: Lead | None = None) -> Lead:
+    """A new lead in the first stage (`lead`: one made but not stored yet)."""
+    lead = lead or Lead(created_at=now, updated_at=now, stage_at=now)
     session.add(lead)
     await session.flush()
+    answers = known(session)
+    if answers is not None:  # a lead made just now has no enrollments, handoffs or messages yet
+        answers.enrollments[lead.id], answers.handoffs[lead.id], answers.creditable[lead.id] = [], None, False
     return lead
 
 
@@ -70,19 +79,30 @@ async def attach_identities(
     looked (on PostgreSQL each statement sees the latest commits), and the caller must look again.
     """
     added = []
+    answers = known(session)
     for kind, value in identities:
-        owner = await identity_owner(session, kind, value)
+        # Straight from the database, not the read-ahead: an identity another transaction committed since
+        # must show here (on PostgreSQL each statement sees the latest commits).
+        query = select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value)
+        stored = (await session.exec(query)).first()
+        owner = None if stored is None else (await get_lead(session, stored)).id
         if owner is None:
             session.add(Identity(lead_id=lead.id, kind=kind, value=value, created_at=now))
             added.append((kind, value))
+            if answers is not None:
+                answers.identities[(kind, value)] = lead.id
         elif owner != lead.id:
             raise Conflict(f"identity {kind} was given to lead {owner} meanwhile")
-    await session.flush()
+    if added:
+        await session.flush()
     return added
 
 
 async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: datetime) -> None:
     """Move everything of `other` to `survivor`; `other` stays as a pointer so old ids resolve."""
+    answers = known(session)
+    if answers is not None:
+        answers.forget(survivor.id, other.id)
     # One live enrollment per flow: where both are in a flow, the survivor's continues.
     taken = select(Enrollment.flow_slug).where(Enrollment.lead_id == survivor.id, Enrollment.status.in_(LIVE))
     await session.exec(
@@ -114,11 +134,38 @@ async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: d
 
 async def find_conversation(session: AsyncSession, channel: str, external_id: str) -> Conversation | None:
     """The conversation on a channel with that channel-side id."""
+    answers = known(session)
+    if answers is not None and (channel, external_id) in answers.conversations:
+        return answers.conversations[(channel, external_id)]
     return (
         await session.exec(
             select(Conversation).where(Conversation.channel == channel, Conversation.external_id == external_id)
         )
     ).one_or_none()
+
+
+async def stored_event(session: AsyncSession, dedup_key: str) -> Event | None:
+    """The inbound event stored with this dedup key, if any."""
+    answers = known(session)
+    if answers is not None and dedup_key in answers.events:
+        return answers.events[dedup_key]
+    return (await session.exec(select(Event).where(Event.dedup_key == dedup_key))).first()
+
+
+async def insert_event(session: AsyncSession, event: Event) -> None:
+    """Store an event at once and set its id, leaving the session's other changes for one flush later.
+
+    For intake's group commit: the inbound's event id is needed right away (its message and replies name
+    it), but flushing the whole session for it would write every earlier inbound's rows one by one.
+    A duplicate dedup key fails here, as a flush would.
+    """
+    table = Event.__table__
+    values = {column.name: getattr(event, column.name) for column in table.columns if column.name != "id"}
+    connection = await session.connection()  # not session.exec: that would flush everything first
+    event.id = (await connection.execute(insert(table).values(values).returning(table.c.id))).scalar_one()
+    answers = known(session)
+    if answers is not None and event.dedup_key:
+        answers.events[event.dedup_key] = event
 
 
 async def event_exists(session: AsyncSession, dedup_key: str) -> bool:

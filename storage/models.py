@@ -31,7 +31,10 @@ def _time(nullable: bool = False, index: bool = False) -> Any:
 
 
 def _json(default: Any) -> Any:
-    return Field(default_factory=default, sa_column=Column(JSON, nullable=False))
+    def fresh() -> Any:  # not `default` itself: pydantic reads the factory's signature for every row made,
+        return default()  # and for a builtin such as dict that means parsing its text signature each time
+
+    return Field(default_factory=fresh, sa_column=Column(JSON, nullable=False))
 
 
 class Lead(SQLModel, table=True):

@@ -31,6 +31,7 @@ from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.db import Sessions, checkpoint, transaction
+from storage.known import known
 from storage.leads import LeadNotFound, get_lead
 from storage.models import Conversation, Erasure, Identity, Lead, Pace, Suppression
 from storage.pace import chat_key
@@ -154,6 +155,9 @@ async def suppressed_kinds(session: AsyncSession, secret: bytes, keys: Iterable[
     hashes = {suppression_hash(secret, kind, value) for kind, value in keys}
     if not hashes:
         return []
+    answers = known(session)
+    if answers is not None and hashes <= answers.suppressed.keys():
+        return sorted({kind for digest in hashes if (kind := answers.suppressed[digest]) is not None})
     found = await session.exec(select(Suppression.kind).where(Suppression.hash.in_(hashes)))
     return sorted(set(found.scalars().all()))
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+from bot.channels.base import Inbound, Profile
 from bot.config import WebhookSource
 from bot.signing import signed_headers
-from storage.models import Delivery, Event, Lead, Message
+from storage.models import Delivery, Enrollment, Event, Lead, Message
 
 from conftest import API_KEY, rows, services_of
 
@@ -39,6 +40,35 @@ async def test_concurrent_events_for_a_new_person_make_one_lead(client, db):
     assert [answer.status for answer in answers] == [201] * 5
     assert len(await rows(db, Lead)) == 1
     assert len(await rows(db, Event, Event.type == "custom")) == 5
+
+
+async def test_an_inbound_that_fails_does_not_fail_those_stored_together_with_it(client, db):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    bodies = [{"id": f"ok-{n}", "type": "signup", "lead": {"email": f"p{n}@example.com"}} for n in range(4)]
+    bodies.insert(2, {"id": "bad", "type": "signup", "lead": {"id": 999_999}})  # no such lead
+    answers = await asyncio.gather(*[client.post("/api/events", json=body, headers=auth) for body in bodies])
+    assert [answer.status for answer in answers] == [201, 201, 404, 201, 201]
+    assert len(await rows(db, Event, Event.type == "custom")) == 4
+    assert len(await rows(db, Lead)) == 4
+
+
+async def test_inbounds_stored_together_act_as_if_stored_one_after_the_other(client, db, clock):
+    """A shared phone starts flows; the reply right behind it, in the same transaction, ends them."""
+
+    def telegram(update_id: int, text: str) -> Inbound:
+        return Inbound(
+            channel="telegram", external_id="777", kind="message", dedup_key=f"telegram:update:{update_id}",
+            identities=(("telegram", "777"),), at=clock.now(), text=text, profile=Profile(first_name="Ana"),
+        )  # fmt: skip
+
+    intake = services_of(client).intake
+    shared, reply = await asyncio.gather(
+        intake.receive(telegram(1, "+14155550123")), intake.receive(telegram(2, "great, tell me more"))
+    )
+    assert shared.lead_id == reply.lead_id and not reply.duplicate
+    enrollments = {row.flow_slug: (row.status, row.exit_reason) for row in await rows(db, Enrollment)}
+    assert enrollments["speed-to-lead"] == ("exited", "reply")  # and the stage:lead flow the phone started
+    assert set(enrollments.values()) == {("exited", "reply")}
 
 
 async def test_when_the_database_is_down_senders_get_503_to_retry(make_client, settings, clock):
