@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +20,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 IDLE_PING_SECONDS = 5.0  # a pooled PostgreSQL connection unused this long is checked before it is used again
+WRITER_WAIT_SECONDS = 30.0  # SQLite: how long a transaction waits for its turn (as the busy timeout below)
+_WRITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SQLite engine -> its transactions' turn
 Sessions = async_sessionmaker[AsyncSession]
 
 
@@ -113,7 +117,7 @@ async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitab
     """
     for attempt in range(1, attempts + 1):
         try:
-            async with sessions() as session, session.begin():
+            async with _turn(sessions), sessions() as session, session.begin():
                 return await work(session)
         except (IntegrityError, Conflict):
             if attempt == attempts:
@@ -122,6 +126,31 @@ async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitab
         except (OperationalError, DBAPIError, OSError, PoolTimeout) as exc:  # PoolTimeout: every connection busy
             raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
     raise AssertionError("unreachable")
+
+
+@asynccontextmanager
+async def _turn(sessions: Sessions) -> AsyncIterator[None]:
+    """SQLite: wait for this process's previous transactions to end, first come first served.
+
+    SQLite has one writer at a time, and every transaction here takes the write lock at BEGIN. Left to
+    SQLite, waiting transactions sleep and poll in their threads (its busy handler), so a writer that starts
+    again at once, such as intake under a flood of inbounds, keeps the dispatcher out for as long as the
+    flood lasts. Queued here they take turns, and no thread sleeps. PostgreSQL needs nothing of the kind.
+    """
+    engine: AsyncEngine = sessions.kw["bind"]
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    turn = _WRITERS.setdefault(engine.sync_engine, asyncio.Lock())
+    try:
+        async with asyncio.timeout(WRITER_WAIT_SECONDS):
+            await turn.acquire()
+    except TimeoutError:
+        raise DatabaseUnavailable(f"no turn to write within {WRITER_WAIT_SECONDS:g} s") from None
+    try:
+        yield
+    finally:
+        turn.release()
 
 
 async def checkpoint(sessions: Sessions) -> bool:
