@@ -84,7 +84,8 @@ async def attach_identities(
         # Straight from the database, not the read-ahead: an identity another transaction committed since
         # must show here (on PostgreSQL each statement sees the latest commits).
         query = select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value)
-        stored = (await session.exec(query)).first()
+        with session.no_autoflush:  # the batch's pending rows can wait for the commit (what we add is flushed below)
+            stored = (await session.exec(query)).first()
         owner = None if stored is None else (await get_lead(session, stored)).id
         if owner is None:
             session.add(Identity(lead_id=lead.id, kind=kind, value=value, created_at=now))
