@@ -40,6 +40,7 @@ FLOW_RELOAD_SECONDS = 2.0
 SWEEP_SECONDS = 30.0
 HANDOFF_SECONDS = 5.0
 WEBHOOK_SECONDS = 2.0
+INBOX_SECONDS = 5.0
 STEP_BATCH = 200
 SEND_BATCH = 300  # 10 s of Telegram's overall budget: a lead waiting for its chat's 1/s rarely holds up a batch
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         for channel in channels.values():
             await channel.start()
         await services.webhooks.start()
+        await services.inbox.start()  # takes in what a previous run left
         if notifier.room is None:
             log.info("telegram operators' group is disabled: %s", _no_room_reason(settings))
         scheduler = start_ticks(_jobs(services)) if ticks else None
@@ -106,6 +108,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         for channel in channels.values():
             await channel.stop()
         await services.webhooks.stop()
+        await services.inbox.stop()
         await database.dispose()
 
     app.cleanup_ctx.append(lifecycle)
@@ -113,7 +116,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
 
 def _jobs(services: Services) -> list:
-    """What the scheduler ticks: edited flows, due steps, the outbox, stuck leads, broadcasts, handoffs, webhooks."""
+    """What the scheduler ticks: edited flows, due steps, the outbox, stuck leads, handoffs, webhooks, the inbox."""
 
     async def reload_flows() -> None:
         await asyncio.to_thread(services.library.reload)
@@ -131,6 +134,7 @@ def _jobs(services: Services) -> list:
         (services.sweeps.run, SWEEP_SECONDS),
         (services.notifier.tick, HANDOFF_SECONDS),
         (services.webhooks.send_due, WEBHOOK_SECONDS),
+        (services.inbox.sweep, INBOX_SECONDS),
     ]
 
 

@@ -15,6 +15,7 @@ from bot.dispatcher import Dispatcher
 from bot.handoff_notify import Notifier
 from bot.handoffs import Handoffs
 from bot.hub import Hub, message_frame
+from bot.inbox import Inbox
 from bot.intake import Intake, Received
 from bot.metrics import Metrics
 from bot.outgoing import WebhookSender
@@ -48,6 +49,12 @@ class Services:
     secret_key: bytes = b""
     metrics: Metrics = field(default_factory=Metrics)
     tasks: set[asyncio.Task] = field(default_factory=set)
+    inbox: Inbox = field(init=False)  # inbounds stored before their answer, taken in right after
+
+    def __post_init__(self) -> None:
+        self.inbox = Inbox(
+            self.settings.database_url, self.sessions, self.clock, self.intake, self.after_commit, self.spawn
+        )
 
     def after_commit(self, received: Received) -> None:
         """Show the message live, send the replies and announce a handoff, without holding up the HTTP answer."""

@@ -66,6 +66,20 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
+def inbox_url(url: str) -> str:
+    """Where the inbox (bot/inbox.py) lives: on SQLite a file of its own beside the database, else the database.
+
+    SQLite has one writer per file: in the database's own file, storing an update before its answer would
+    wait for intake's transactions, which are what the inbox is there not to wait for.
+    """
+    if not is_sqlite(url) or ":///" not in url or url.endswith(":memory:"):
+        return url
+    prefix, path = url.split(":///", 1)
+    database = Path(path)
+    suffix = database.suffix or ".db"
+    return f"{prefix}:///{database.with_name(f'{database.stem}-inbox{suffix}')}"
+
+
 def _ping_when_idle(engine: AsyncEngine) -> None:
     """Check a pooled connection before use when it sat unused for a while, as a restarted server leaves dead ones.
 

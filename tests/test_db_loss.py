@@ -19,6 +19,10 @@ The faults are real database faults, not exceptions raised in Kindling's code:
 
 Each runs with both senders that retry on 5xx, Telegram's webhook and a signed webhook provider, and
 with the widget, which is told to resend (an error frame with `retry`) and does so with the same id.
+Telegram's update is answered once it is stored in the inbox (bot/inbox.py), so for it the fault hits
+that INSERT (on SQLite the inbox is a file of its own, written outside SQLAlchemy: the file size limit
+is set before the request); a further test fails its intake after the answer, which must leave the
+update in the inbox, nothing half-written, for a sweep to take in once.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ from sqlalchemy import event, func, text
 from sqlmodel import select
 
 from bot.config import WebhookSource
+from bot.inbox import LEASE
 from bot.signing import signed_headers
 from storage.db import create_engine, is_sqlite
-from storage.models import Conversation, Delivery, Event, Identity, Lead, Message
+from storage.models import Conversation, Delivery, Event, Identity, InboxEntry, Lead, Message
 
 from conftest import services_of
 from fake_telegram import TOKEN
@@ -48,11 +53,11 @@ SECRET = "db-loss-telegram-secret"
 WEBHOOK_SECRET = "db-loss-webhook-secret"
 CHAT = 5550001
 LOCK = 4242  # the advisory lock the trigger waits for
-STALL = [
-    f"""CREATE OR REPLACE FUNCTION kindling_test_stall() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_advisory_xact_lock({LOCK}); RETURN NEW; END $$""",
-    "CREATE TRIGGER kindling_test_stall BEFORE INSERT ON message FOR EACH ROW EXECUTE FUNCTION kindling_test_stall()",
-]
+STALL = f"""CREATE OR REPLACE FUNCTION kindling_test_stall() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM pg_advisory_xact_lock({LOCK}); RETURN NEW; END $$"""
+STALL_ON = (
+    "CREATE TRIGGER kindling_test_stall BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION kindling_test_stall()"
+)
 UNSTALL = ["DROP FUNCTION IF EXISTS kindling_test_stall() CASCADE"]  # and its trigger, on whichever table
 WAITING_APP = f"SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = {LOCK} AND NOT granted"
 TABLES = (Lead, Identity, Conversation, Event, Message, Delivery)
@@ -116,15 +121,17 @@ async def counts(db) -> dict[str, int]:  # type: ignore[no-untyped-def]
 # --- the faults --------------------------------------------------------------------------------
 
 
-async def connection_killed_mid_transaction(database_url: str, send: Send) -> tuple[Any, set[str]]:
-    """PostgreSQL: send while the app's INSERT into message waits in the trigger, then end its backend.
+async def connection_killed_mid_transaction(
+    database_url: str, send: Send, table: str = "message"
+) -> tuple[Any, set[str]]:
+    """PostgreSQL: send while the app's INSERT into `table` waits in the trigger, then end its backend.
 
     Returns the answer and the tables the app's transaction had written to when it was ended.
     """
     engine = create_engine(database_url)
     try:
         async with engine.connect() as connection:
-            await _run(connection, STALL)
+            await _run(connection, [STALL, STALL_ON.format(table=table)])
             await connection.execute(text(f"SELECT pg_advisory_lock({LOCK})"))
             await connection.commit()
             request = asyncio.create_task(send())
@@ -156,7 +163,7 @@ async def _waiting_backend(connection) -> int:  # type: ignore[no-untyped-def]
         if pid is not None:
             return pid
         await asyncio.sleep(0.02)
-    raise AssertionError("the app never reached the INSERT into message")
+    raise AssertionError("the app never reached the stalled INSERT")
 
 
 async def _tables_written_by(connection, pid: int) -> set[str]:  # type: ignore[no-untyped-def]
@@ -169,17 +176,19 @@ async def _tables_written_by(connection, pid: int) -> set[str]:  # type: ignore[
     return names
 
 
-async def disk_full_from_the_message_insert(client, send: Send) -> Any:  # type: ignore[no-untyped-def]
-    """SQLite: send; once the app's transaction reaches its INSERT into message, no file of this process may grow."""
+async def disk_full_from_the_insert(client, send: Send, table: str = "message") -> Any:  # type: ignore[no-untyped-def]
+    """SQLite: send; once the app's transaction reaches its INSERT into `table`, no file of this process may grow."""
     engine = services_of(client).sessions.kw["bind"].sync_engine
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 
     def fill_the_disk(connection, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
-        if statement.startswith("INSERT INTO message "):
+        if statement.startswith(f"INSERT INTO {table} "):
             resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
 
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG for the write instead of a killed process
     event.listen(engine, "before_cursor_execute", fill_the_disk)
+    if table == "inbox":  # a file of its own, written without SQLAlchemy: and the request's first write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
     try:
         return await send()
     finally:
@@ -198,17 +207,21 @@ async def test_the_database_failing_mid_inbound_is_a_503_with_nothing_stored_and
     send = sender(client, clock, channel)
     await services_of(client).drain()
     assert set((await counts(db)).values()) == {0}
+    # Telegram's update is answered once it is in the inbox: that INSERT is the one to fail. The signed
+    # webhook is answered after intake: its transaction fails half-way, at the INSERT into message.
+    table = "inbox" if channel == "telegram" else "message"
 
     if is_sqlite(database_url):
-        failed = await disk_full_from_the_message_insert(client, send)
+        failed = await disk_full_from_the_insert(client, send, table)
     else:
-        failed, written = await connection_killed_mid_transaction(database_url, send)
+        failed, written = await connection_killed_mid_transaction(database_url, send, table)
 
     assert failed.status == 503, await failed.text()
     assert "retry" in (await failed.json())["error"]
     await services_of(client).drain()
     assert set((await counts(db)).values()) == {0}, "a half-written inbound was left behind"
-    if not is_sqlite(database_url):  # the transaction had written these when its connection was ended
+    assert not await inbox(client)
+    if not is_sqlite(database_url) and channel == "webhook":  # the transaction had written these when ended
         assert {"lead", "identity", "conversation", "event"} <= written, written
     assert not fake_telegram.sent_messages() and not replies.keys
 
@@ -221,6 +234,49 @@ async def test_the_database_failing_mid_inbound_is_a_503_with_nothing_stored_and
     assert (stored["Lead"], stored["Conversation"], stored["Event"], stored["Message"]) == (1, 1, 1, 1)
     answered = fake_telegram.texts(CHAT) if channel == "telegram" else replies.keys
     assert len(answered) == stored["Delivery"] == 1, answered
+
+
+async def test_a_telegram_update_whose_intake_fails_after_the_answer_waits_in_the_inbox_and_is_taken_in_once(
+    client, db, database_url, clock, fake_telegram
+):
+    """Answered 200 once stored; intake then fails half-way: nothing half-written, and a sweep takes it in."""
+    post = sender(client, clock, "telegram")
+    await services_of(client).drain()
+    answers = []
+
+    async def send_and_take_in() -> Any:
+        answers.append(await post())
+        await services_of(client).drain()  # intake runs after the answer: the fault is meant for it
+
+    if is_sqlite(database_url):
+        await disk_full_from_the_insert(client, send_and_take_in, "message")
+    else:
+        _, written = await connection_killed_mid_transaction(database_url, send_and_take_in, "message")
+        assert {"lead", "identity", "conversation", "event"} <= written, written
+
+    assert [answer.status for answer in answers] == [200]
+    assert set((await counts(db)).values()) == {0}, "a half-written inbound was left behind"
+    [entry] = await inbox(client)
+    assert entry.dedup_key == f"telegram:update:{PAYLOADS['message_text']['update_id']}"
+    assert not fake_telegram.sent_messages()
+
+    inbox_ = services_of(client).inbox
+    assert await inbox_.sweep() == 0  # the receiving process keeps it until its lease runs out
+    clock.advance(LEASE)
+    assert await inbox_.sweep() == 1
+    await services_of(client).drain()
+    assert await inbox_.sweep() == 0  # taken in: gone from the inbox, in the same transaction
+
+    stored = await counts(db)
+    assert (stored["Lead"], stored["Conversation"], stored["Event"], stored["Message"]) == (1, 1, 1, 1)
+    assert not await inbox(client)
+    assert len(fake_telegram.texts(CHAT)) == stored["Delivery"] == 1
+
+
+async def inbox(client) -> list[InboxEntry]:  # type: ignore[no-untyped-def]
+    """What waits in the app's inbox (on SQLite a file of its own)."""
+    async with services_of(client).inbox.sessions() as session:
+        return list((await session.exec(select(InboxEntry))).all())
 
 
 async def test_the_widget_is_told_to_resend_when_the_database_fails_mid_message_and_the_resend_is_stored_once(
@@ -240,7 +296,7 @@ async def test_the_widget_is_told_to_resend_when_the_database_fails_mid_message_
         return frame
 
     if is_sqlite(database_url):
-        failed = await disk_full_from_the_message_insert(client, send)
+        failed = await disk_full_from_the_insert(client, send)
     else:
         failed, _ = await connection_killed_mid_transaction(database_url, send)
 

@@ -292,6 +292,7 @@ async def test_every_field_of_a_valid_payload_retyped_is_answered_without_5xx_or
     that are stored: a reply per update, paced at one a second per chat, would make the sweep minutes long.
     """
     assert (await client.post("/webhooks/telegram", json=PAYLOADS["message_text"], headers=HEADERS)).status == 200
+    await services_of(client).drain()
     await add_operator("ann", "operator")
     async with db() as session:
         operator = (await session.exec(select(Operator.id))).one()

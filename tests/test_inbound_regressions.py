@@ -15,7 +15,7 @@ from bot.config import WebhookSource
 from bot.signing import signed_headers
 from storage.models import Event, Lead, Message
 
-from conftest import API_KEY, rows
+from conftest import API_KEY, rows, services_of
 from fake_telegram import TOKEN
 from test_fuzz_inbound import PAYLOADS, raw_post
 
@@ -147,6 +147,7 @@ async def test_a_body_that_is_not_the_compression_it_claims_is_a_400(client, db)
 
     body = gzip.compress(json.dumps(PAYLOADS["message_text"]).encode())  # real gzip still works
     assert (await client.post("/webhooks/telegram", data=body, headers=headers)).status == 200
+    await services_of(client).drain()
     assert len(await rows(db, Event)) == 1
 
 

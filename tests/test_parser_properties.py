@@ -28,6 +28,7 @@ from bot.api.events import event_inbound
 from bot.channels.base import Inbound
 from bot.channels.telegram import Ignored, Unsupported, callback_data, inbound_from, parse_deep_link
 from bot.channels.telegram_check import wrong_field
+from bot.channels.telegram_plain import plain_message
 from bot.channels.webchat import touch_from
 from bot.channels.webhook import delivery_inbound
 from bot.contacts import find_email, find_phone, locale_region, normalize_email, normalize_phone
@@ -88,6 +89,45 @@ def test_a_text_update_becomes_an_inbound_with_its_text_chat_and_sender_exactly(
     assert inbound.identities[0] == ("telegram", str(message["from"]["id"]))
     assert inbound.dedup_key == f"telegram:update:{data['update_id']}"
     assert inbound.profile.first_name == message["from"]["first_name"]
+
+
+def through_ptb(data: object) -> Inbound | str:
+    """What the webhook makes of an update through python-telegram-bot: an Inbound, or why it refuses it."""
+    try:
+        update = Update.de_json(data, None) if isinstance(data, dict) else None
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+        return "400"
+    if update is None or wrong_field(update) is not None:
+        return "400"
+    try:
+        return inbound_from(update, NOW, no_visitor)
+    except (Unsupported, Ignored) as exc:
+        return type(exc).__name__
+
+
+@settings(max_examples=600, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.one_of(
+        text_updates(),
+        text_updates().flatmap(mutated),
+        st.sampled_from(sorted(PAYLOADS)).flatmap(lambda name: mutated(PAYLOADS[name])),
+        st.sampled_from(sorted(PAYLOADS)).map(lambda name: PAYLOADS[name]),
+    )
+)
+@example({"update_id": 1, "message": {"message_id": 1, "from": {"id": 2, "is_bot": True, "first_name": ""},
+          "chat": {"id": 2, "type": "private"}, "date": 0, "text": "x"}})  # fmt: skip
+def test_the_plain_message_fast_path_makes_the_inbound_python_telegram_bot_makes_or_declines(data):
+    """Whatever the fast path accepts, python-telegram-bot's path turns into the very same Inbound."""
+    fast = plain_message(data, NOW) if isinstance(data, dict) else None
+    if fast is not None:
+        assert through_ptb(data) == fast
+
+
+def test_the_fast_path_takes_the_common_update_and_leaves_the_rest():
+    """It must take the plain text message (else it is no use) and leave commands, contacts and buttons."""
+    assert plain_message(PAYLOADS["message_text"], NOW) == through_ptb(PAYLOADS["message_text"])
+    for name in ("message_start", "message_contact", "callback_query", "group_message", "message_sticker"):
+        assert plain_message(PAYLOADS[name], NOW) is None, name
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
@@ -396,6 +436,7 @@ async def test_a_text_update_is_stored_with_its_text_exactly_and_once(telegram_c
         for _ in range(2):  # Telegram's retry changes nothing
             answer = await client.post("/webhooks/telegram", json=data, headers=HEADERS)
             assert answer.status == 200, await answer.text()
+        await services_of(client).drain()  # answered once in the inbox; taken in right after
         async with db() as session:
             query = select(Message.text).join(Event, Event.id == Message.event_id)
             stored = (await session.exec(query.where(Event.dedup_key == f"telegram:update:{data['update_id']}"))).all()

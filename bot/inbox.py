@@ -1,0 +1,335 @@
+"""The inbox: an inbound is stored as it came before it is answered, and taken in (intake) right after.
+
+Taking an inbound in (lead, conversation, event, scoring, stages, flows, handoff rules, the bot's reply)
+costs milliseconds of CPU; storing it as it came costs a fraction of one. Telegram waits for our answer
+before it sends a chat's next update and sends again whatever is not answered in time, so under a burst an
+answer that waits for intake makes Telegram queue, then deliver twice. Here the answer goes out as soon as
+the inbound is durable, and intake follows at its own pace (DESIGN.md: stored before the HTTP answer;
+reactions right after the commit; what must survive a crash is a row).
+
+- Nothing is lost. An entry is deleted once intake has committed its inbound. If the process dies first,
+  or intake fails (the database went away), the entry stays, and once its lease has run out any instance's
+  sweep takes it in (`sweep`, every few seconds; on SQLite, where one process is alone, also at start-up).
+- Nothing is doubled. The dedup key (Telegram: the update_id) is unique here and on events: a redelivery
+  still waiting here is answered 200 and not stored again, and an inbound taken in twice (a sweep racing a
+  slow process, or a process that died between intake's commit and the entry's deletion) is found by its
+  event the second time and changes nothing.
+- Where. On PostgreSQL a table of the database; on SQLite a file of its own beside the database
+  (`kindling-inbox.db` beside `kindling.db`): SQLite has one writer per file, and in the same file storing
+  an update would wait for intake's transactions.
+- Order. A process takes in what it received in the order it was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.channels.base import Inbound, inbound_from_json, inbound_to_json
+from bot.intake import Intake, Received
+from flows.clock import Clock
+from storage.db import DatabaseUnavailable, Sessions, create_engine, inbox_url, is_sqlite, sessionmaker, transaction
+from storage.models import InboxEntry
+
+log = logging.getLogger(__name__)
+LEASE = timedelta(seconds=60)  # the receiving process's time to take an entry in; then a sweep may
+BATCH = 200  # entries stored by one INSERT (group commit), and taken over by one sweep
+HELD = 10_000  # inbounds this process holds in memory for intake (about 1 KB each); beyond, they wait for a sweep
+CHUNK = 10  # inbounds handed to intake at once (it stores them in batches of its own)
+# While updates keep arriving, intake pauses after each chunk for this share of the time the chunk took
+# (1.0: intake gets at most about half of the process), so that answers stay quick under a flood; intake
+# catches up when the flood ends. With no arrivals it runs flat out.
+ANSWERS_FIRST = 1.0
+MAX_ATTEMPTS = 5  # sweeps of one entry; then it stays, with its error, for a person to look at
+
+
+class Inbox:
+    """Stores inbounds before their answer and hands them to intake; `sweep` takes over forgotten ones."""
+
+    def __init__(
+        self,
+        database_url: str,
+        sessions: Sessions,
+        clock: Clock,
+        intake: Intake,
+        taken_in: Callable[[Received], None],
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+    ) -> None:
+        self.clock, self.intake = clock, intake
+        own = inbox_url(database_url)  # SQLite: a file of its own, so storing never waits for intake
+        self.engine = create_engine(own) if own != database_url else None
+        self.sessions = sessionmaker(self.engine) if self.engine is not None else sessions
+        self.alone = is_sqlite(database_url)  # one process per SQLite database: what the inbox holds is ours
+        self.writer = _SQLiteWriter(own) if self.alone else _AutocommitWriter(self.sessions)
+        self.taken_in = taken_in  # after intake's commit: show the message, send the replies (Services.after_commit)
+        self.spawn = spawn
+        self._held: deque[Inbound] = deque()  # stored, waiting for intake
+        self._feeding = 0  # tasks handing held inbounds to intake
+        self.answered = 0  # inbounds stored (and so answered) by this process
+        self._waiting: deque[tuple[Inbound, asyncio.Future[None]]] = deque()
+        self._writing = False
+
+    async def start(self) -> None:
+        """Make the SQLite inbox's table if need be, and take in what a previous run left (SQLite: all of it)."""
+        if self.engine is not None:
+            async with self.engine.begin() as connection:
+                await connection.run_sync(InboxEntry.metadata.create_all, tables=[InboxEntry.__table__])
+        await self.sweep(leased_too=self.alone)
+
+    async def stop(self) -> None:
+        await self.writer.close()
+        if self.engine is not None:
+            await self.engine.dispose()
+
+    async def accept(self, inbound: Inbound) -> None:
+        """Store an inbound (it must have a dedup key), then take it in; raises DatabaseUnavailable.
+
+        Returns once the entry has committed: the caller may answer. Entries that arrive while others
+        are being written are written together by the next INSERT (group commit).
+        """
+        assert inbound.dedup_key, "only inbounds with a dedup key go through the inbox"
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((inbound, future))
+        if not self._writing:
+            self._writing = True
+            self.spawn(self._write())
+        await future
+
+    async def _write(self) -> None:
+        """Write waiting entries, a batch per transaction, until none is left."""
+        try:
+            while self._waiting:
+                await self._write_batch([self._waiting.popleft() for _ in range(min(BATCH, len(self._waiting)))])
+        finally:
+            self._writing = False
+
+    async def _write_batch(self, batch: list[tuple[Inbound, asyncio.Future[None]]]) -> None:
+        """Store a batch; once committed, answer its callers and hand its inbounds to intake (even if a caller left)."""
+        now = self.clock.now()
+        rows = [
+            {
+                "dedup_key": inbound.dedup_key,
+                "inbound": inbound_to_json(inbound),
+                "received_at": now,
+                "lease_until": now + LEASE,
+                "attempts": 0,
+            }
+            for inbound, _ in batch
+        ]
+        outcome: Exception | None = None
+        try:
+            await self.writer.insert(rows)
+        except DatabaseUnavailable as exc:
+            outcome = exc
+        except BaseException:  # a bug or shutting down: nobody may wait for ever
+            outcome = DatabaseUnavailable("the inbound could not be stored")
+            raise
+        finally:
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None) if outcome is None else future.set_exception(outcome)
+        if outcome is not None:
+            return
+        self.answered += len(batch)
+        for inbound, _ in batch:
+            self._take_in(inbound)
+
+    def _take_in(self, inbound: Inbound) -> bool:
+        """Hand an inbound to intake in the background; False when too many are held (a sweep takes it)."""
+        if len(self._held) >= HELD:
+            return False
+        self._held.append(inbound)
+        if self._feeding < self.intake.writers:  # as many chunks as intake stores at once: one stuck blocks no other
+            self._feeding += 1
+            self.spawn(self._feed())
+        return True
+
+    async def _feed(self) -> None:
+        """Hand held inbounds to intake, a chunk at a time (intake stores what waits together), until none is left.
+
+        The entries of those taken in are then deleted, in one transaction per chunk. Should this process
+        die in between, a sweep takes them in again, and intake finds them stored and changes nothing.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            while self._held:
+                chunk = [self._held.popleft() for _ in range(min(CHUNK, len(self._held)))]
+                started, answered = loop.time(), self.answered
+                taken = await asyncio.gather(*(self._intake(inbound) for inbound in chunk))
+                await self._forget([inbound.dedup_key for inbound, ok in zip(chunk, taken, strict=True) if ok])
+                if self.answered != answered:  # updates kept coming meanwhile: let their answers have the CPU
+                    await asyncio.sleep((loop.time() - started) * ANSWERS_FIRST)
+        finally:
+            self._feeding -= 1
+
+    async def _forget(self, keys: list[str | None]) -> None:
+        """Delete the entries of inbounds taken in."""
+        if not keys:
+            return
+        statement = delete(InboxEntry).where(col(InboxEntry.dedup_key).in_(keys))
+        try:
+            await transaction(self.sessions, lambda session: _execute(session, statement))
+        except DatabaseUnavailable as exc:  # taken in all the same; a sweep would find them stored
+            log.warning("taken-in inbox entries not deleted: %s", exc)
+
+    async def _intake(self, inbound: Inbound) -> bool:
+        """Take one inbound in; False if that failed (its entry stays, and a sweep tries again after the lease)."""
+        try:
+            received = await self.intake.receive(inbound)
+        except Exception as exc:
+            await self._failed(inbound, exc)
+            return False
+        self.taken_in(received)
+        return True
+
+    async def _failed(self, inbound: Inbound, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        log.error("inbound %s not taken in, retried after %s: %s", inbound.dedup_key, LEASE, error)
+        statement = update(InboxEntry).where(col(InboxEntry.dedup_key) == inbound.dedup_key).values(error=error)
+        with contextlib.suppress(DatabaseUnavailable):  # the entry is there all the same
+            await transaction(self.sessions, lambda session: _execute(session, statement))
+
+    async def sweep(self, leased_too: bool = False) -> int:
+        """Take in entries whose lease ran out (their process died or held too many, or intake failed).
+
+        `leased_too`: also those still leased, which only a process that knows it is alone may take
+        (SQLite at start-up: whatever the inbox holds was left by this server's previous run).
+        """
+        room = min(BATCH, HELD - len(self._held))
+        if room <= 0:
+            return 0
+        until = self.clock.now() + (LEASE if leased_too else timedelta(0))
+        try:
+            entries = await transaction(self.sessions, lambda session: self._claim(session, until, room))
+        except DatabaseUnavailable as exc:  # the next sweep tries again
+            log.warning("inbox sweep: %s", exc)
+            return 0
+        for dedup_key, attempts, data in entries:
+            log.warning("taking over inbound %s (attempt %d)", dedup_key, attempts)
+            self._take_in(inbound_from_json(data))
+        return len(entries)
+
+    async def _claim(self, session: AsyncSession, until: datetime, limit: int) -> list[tuple[str, int, dict]]:
+        now = self.clock.now()
+        due = (
+            select(InboxEntry.id)
+            .where(col(InboxEntry.lease_until) <= until, col(InboxEntry.attempts) < MAX_ATTEMPTS)
+            .order_by(col(InboxEntry.id))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        claim = (
+            update(InboxEntry)
+            .where(col(InboxEntry.id).in_(due.scalar_subquery()))
+            .values(lease_until=now + LEASE, attempts=col(InboxEntry.attempts) + 1)
+            .returning(col(InboxEntry.id), col(InboxEntry.dedup_key), col(InboxEntry.attempts), col(InboxEntry.inbound))
+        )
+        rows = sorted((await (await session.connection()).execute(claim)).all())
+        for _, dedup_key, attempts, _ in rows:
+            if attempts == MAX_ATTEMPTS:
+                log.error("inbound %s: last attempt; if it fails it stays in the inbox table", dedup_key)
+        return [(dedup_key, attempts, data) for _, dedup_key, attempts, data in rows]
+
+
+class _AutocommitWriter:
+    """PostgreSQL: a batch of entries is one INSERT in autocommit: atomic, and no BEGIN and COMMIT round trips."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self.engine = sessions.kw["bind"].execution_options(isolation_level="AUTOCOMMIT")
+        self.statement = postgresql.insert(InboxEntry.__table__).on_conflict_do_nothing(index_elements=["dedup_key"])
+
+    async def insert(self, rows: list[dict]) -> None:
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(self.statement, rows)
+        except (OperationalError, DBAPIError, OSError, PoolTimeout) as exc:
+            raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+
+    async def close(self) -> None:
+        pass
+
+
+class _SQLiteWriter:
+    """SQLite: a batch of entries is written by one call into a thread of its own (BEGIN, INSERT, COMMIT).
+
+    Through SQLAlchemy and aiosqlite the same batch took eight round trips between the event loop and
+    the driver's thread, and under load each waited for whatever the loop was running (intake): the
+    answers to Telegram waited for intake after all. Values are converted by the columns' own types, so
+    SQLAlchemy reads the rows back as if it had written them.
+    """
+
+    SQL = (
+        "INSERT INTO inbox (dedup_key, inbound, received_at, lease_until, attempts) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (dedup_key) DO NOTHING"
+    )
+    COLUMNS = ("dedup_key", "inbound", "received_at", "lease_until", "attempts")
+
+    def __init__(self, url: str) -> None:
+        self.path = url.split(":///", 1)[1]
+        dialect = sqlite.dialect()
+        table = InboxEntry.__table__
+        self.convert = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self.COLUMNS]
+        self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inbox")
+        self.connection: sqlite3.Connection | None = None  # opened in the thread, used only there
+
+    async def insert(self, rows: list[dict]) -> None:
+        values = [
+            tuple(
+                row[name] if convert is None else convert(row[name])
+                for name, convert in zip(self.COLUMNS, self.convert, strict=True)
+            )
+            for row in rows
+        ]
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.thread, self._write, values)
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
+
+    def _write(self, values: list[tuple]) -> None:
+        connection = self.connection or self._connect()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.executemany(self.SQL, values)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # we say BEGIN
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            connection.close()
+            raise
+        self.connection = connection
+        return connection
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self.connection is not None:
+                self.connection.close()
+
+        await asyncio.get_running_loop().run_in_executor(self.thread, close)
+        self.thread.shutdown()
+
+
+async def _execute(session: AsyncSession, statement: Any) -> None:
+    await (await session.connection()).execute(statement)
