@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import json
 import random
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,8 @@ from harness import (  # noqa: E402
     start_kindling,
     table,
 )
+
+from storage.db import inbox_url  # noqa: E402
 
 CONNECTIONS = 40
 WARM_UP = 200
@@ -263,24 +266,67 @@ async def start_echo() -> tuple[Child, str]:
 # --- one target ----------------------------------------------------------------------------------
 
 
-async def drive(name: str, server: Child, url: str, args: argparse.Namespace, updates: Updates) -> dict:
-    """Warm-up, closed loop, open loop against one running target; CPU and memory of its process."""
+async def drive(
+    name: str, server: Child, url: str, args: argparse.Namespace, updates: Updates, database: str | None = None
+) -> dict:
+    """Warm-up, closed loop, open loop against one running target; CPU and memory of its process.
+
+    With `database` (Kindling), each phase also waits until intake has taken in everything the phase left
+    in the inbox, and counts that time and the server's CPU until then.
+    """
     async with Load(url, updates) as load:
         log(f"{name}: warm-up, {WARM_UP} updates")
         await load.closed(WARM_UP)
-        cpu0 = server.cpu_seconds()
-        log(f"{name}: closed loop, {args.updates:,} updates over {CONNECTIONS} connections")
-        closed = await load.closed(args.updates)
-        cpu1 = server.cpu_seconds()
-        phase_line(f"{name} closed", closed)
-        log(f"{name}: open loop, {args.rate:g} updates/s for {args.seconds:g} s")
-        opened = await load.open(args.rate, args.seconds)
-        cpu2 = server.cpu_seconds()
-        phase_line(f"{name} open", opened)
+        await taken_in(database, time.perf_counter())
+        phases = {}
+        for phase in ("closed", "open"):
+            cpu0, started = server.cpu_seconds(), time.perf_counter()
+            if phase == "closed":
+                log(f"{name}: closed loop, {args.updates:,} updates over {CONNECTIONS} connections")
+                result = await load.closed(args.updates)
+            else:
+                log(f"{name}: open loop, {args.rate:g} updates/s for {args.seconds:g} s")
+                result = await load.open(args.rate, args.seconds)
+            cpu1 = server.cpu_seconds()
+            result["taken_in_s"] = await taken_in(database, started)
+            cpu2 = server.cpu_seconds()
+            result["server_cpu_s"] = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
+            result["server_cpu_taken_in_s"] = (cpu2 - cpu0) if cpu0 is not None and cpu2 is not None else None
+            phase_line(f"{name} {phase}", result)
+            phases[phase] = result
         ok = load.ok
-    closed["server_cpu_s"] = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
-    opened["server_cpu_s"] = (cpu2 - cpu1) if cpu1 is not None and cpu2 is not None else None
-    return {"target": name, "closed": closed, "open": opened, "rss_mb": server.rss_mb(), "ok_ids": ok}
+    return {"target": name, **phases, "rss_mb": server.rss_mb(), "ok_ids": ok}
+
+
+async def taken_in(database: str | None, since: float) -> float | None:
+    """Wait until the inbox is empty (intake took in every answered update); seconds since `since`.
+
+    None without a database (the echo server). Reads without taking SQLite's write lock, as the server's
+    own engine would (BEGIN IMMEDIATE) at every poll.
+    """
+    if database is None:
+        return None
+    while await inbox_size(database):
+        await asyncio.sleep(0.1)
+    return time.perf_counter() - since
+
+
+async def inbox_size(database: str) -> int:
+    if database.startswith("sqlite"):
+        path = inbox_url(database).split(":///", 1)[1]  # a file of its own beside the database
+
+        def count() -> int:
+            try:
+                with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+                    return connection.execute("SELECT count(*) FROM inbox").fetchone()[0]
+            except sqlite3.OperationalError:  # code from before the inbox: answered means taken in
+                return 0
+
+        return await asyncio.to_thread(count)
+    try:
+        return int(await scalar(database, "SELECT count(*) FROM inbox") or 0)
+    except Exception:  # no inbox table: code from before the inbox
+        return 0
 
 
 async def run_echo(args: argparse.Namespace) -> dict:
@@ -303,7 +349,7 @@ async def run_kindling(url: str, args: argparse.Namespace) -> dict:
     updates = Updates(args.users)
     try:
         server, base = await start_kindling(server_env(url, folder, fake_url))
-        result = await drive(name, server, base, args, updates)
+        result = await drive(name, server, base, args, updates, url)
     finally:
         if server is not None:
             await server.stop()
@@ -348,13 +394,18 @@ def report(results: list[dict], args: argparse.Namespace) -> bool:
         ratio_row,
         ("closed loop: p50 latency", *(ms(r["closed"]["p50_s"]) for r in results)),
         ("closed loop: p99 latency", *(ms(r["closed"]["p99_s"]) for r in results)),
-        ("closed loop: server CPU per update", *(cpu_per(r["closed"]) for r in results)),
+        ("closed loop: server CPU per update answered", *(cpu_per(r["closed"]) for r in results)),
+        ("closed loop: all taken in after", *(seconds(r["closed"]["taken_in_s"]) for r in results)),
+        ("closed loop: taken in / s", *(per_second(r["closed"]) for r in results)),
+        ("closed loop: server CPU per update taken in", *(cpu_per(r["closed"], "taken_in") for r in results)),
         (f"open loop {args.rate:g}/s: answered", *(f"{r['open']['ok']:,}" for r in results)),
         (f"open loop {args.rate:g}/s: achieved / s", *(f"{r['open']['rate']:,.0f}" for r in results)),
         (f"open loop {args.rate:g}/s: p50 latency", *(ms(r["open"]["p50_s"]) for r in results)),
         (f"open loop {args.rate:g}/s: p90 latency", *(ms(r["open"]["p90_s"]) for r in results)),
         (f"open loop {args.rate:g}/s: p99 latency", *(ms(r["open"]["p99_s"]) for r in results)),
         (f"open loop {args.rate:g}/s: max latency", *(ms(r["open"]["max_s"]) for r in results)),
+        (f"open loop {args.rate:g}/s: all taken in after", *(seconds(r["open"]["taken_in_s"]) for r in results)),
+        (f"open loop {args.rate:g}/s: taken in / s", *(per_second(r["open"]) for r in results)),
         ("server RSS at the end", *(f"{r['rss_mb']:,.0f} MB" if r["rss_mb"] else "-" for r in results)),
     ]
     print(table(header, body))
@@ -418,9 +469,18 @@ def main() -> None:
     sys.exit(0 if ok else 1)
 
 
-def cpu_per(phase: dict) -> str:
-    cpu = phase.get("server_cpu_s")
+def cpu_per(phase: dict, until: str = "") -> str:
+    cpu = phase.get(f"server_cpu_{until}_s" if until else "server_cpu_s")
     return "-" if cpu is None or not phase["ok"] else f"{cpu / phase['ok'] * 1000:.2f} ms"
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def per_second(phase: dict) -> str:
+    """Updates taken in per second: from the phase's start until the inbox was empty."""
+    return "-" if not phase.get("taken_in_s") else f"{phase['ok'] / phase['taken_in_s']:,.0f}"
 
 
 if __name__ == "__main__":
