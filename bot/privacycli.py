@@ -14,6 +14,11 @@ from flows.clock import SystemClock
 from storage.db import Sessions, create_engine, is_sqlite, sessionmaker, transaction
 from storage.privacy import Erased, erase_everywhere, export_person, find_person
 
+SQLITE_NOTE = (
+    "note: a `kindling serve` running on this SQLite database is not told: a chat the person has open there "
+    "stays open until it reconnects (DELETE /api/leads/ID closes it at once)"
+)
+
 
 async def export(settings: Settings, lead_id: int, output: Path | None) -> int:
     """Print (or write to `output`) everything stored about the lead as JSON; LeadNotFound if none."""
@@ -61,10 +66,11 @@ async def erase(settings: Settings, lead_id: int, yes: bool) -> int:
 async def _tell_running_instances(settings: Settings, sessions: Sessions, erased: Erased) -> None:
     """On PostgreSQL, running instances hear of the erasure (NOTIFY) and close the person's open sockets.
 
-    A SQLite server is another process this command cannot reach: its open sockets are not told (the README
-    says so; erase through the API while it runs).
+    A SQLite server is another process this command cannot reach: its open sockets are not told, and the
+    command says so (as the README does).
     """
     if is_sqlite(settings.database_url):
+        print(SQLITE_NOTE, file=sys.stderr)
         return
     hub = PostgresHub(settings.database_url, sessions)
     await hub.start()
