@@ -76,6 +76,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         notifier=notifier,
         webhooks=WebhookSender(sessions, clock, settings.webhook_endpoints),
     )
+    services.webhooks.spawn = services.spawn  # the sends a commit kicks off are background work too
     app[SERVICES] = services
     for name, adapter in CHANNELS.items():
         reason = adapter.enabled(services)

@@ -1,7 +1,8 @@
 """Live updates: whoever watches a topic gets what is published on it, on every instance.
 
 Topics: a conversation id (int) carries its new transcript messages as frames (`message_frame`: the
-visitor's, the bot's and operators'); `QUEUE` carries handoff changes as dicts (see `bot/handoffs.py`).
+visitor's, the bot's and operators'), and `{"type": "erased"}` when its person is erased (see
+`publish_erasure`); `QUEUE` carries handoff changes as dicts (see `bot/handoffs.py`).
 Frames are plain JSON-able dicts, so they can cross processes.
 
 `Hub` delivers inside one process (SQLite runs one instance). `PostgresHub` sends every publish
@@ -26,6 +27,7 @@ from sqlalchemy.engine import make_url
 
 from storage.db import Sessions
 from storage.models import Message
+from storage.privacy import Erased
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ QUEUE = "queue"
 CHANNEL = "kindling_hub"
 NOTIFY_LIMIT = 7900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
 RECONNECT_SECONDS = 2.0
+ERASED = 4410  # WebSocket close code for a socket whose conversation was erased (like HTTP 410 Gone)
 
 
 class Hub:
@@ -191,6 +194,18 @@ class PostgresHub(Hub):
             message = await session.get(Message, message_id) if isinstance(message_id, int) else None
         if message is not None:
             self.deliver(topic, message_frame(message))
+
+
+def publish_erasure(hub: Hub, erased: Erased) -> None:
+    """Tell live sockets a person was erased: their widget sockets close, the console drops their handoffs.
+
+    Sockets must not outlive the data: on SQLite a new conversation can even get the erased one's id.
+    """
+    for conversation_id in erased.conversation_ids:
+        hub.publish(conversation_id, {"type": "erased"})
+    for handoff_id in erased.open_handoff_ids:
+        handoff = {"id": handoff_id, "lead_id": erased.lead_id, "status": "erased"}
+        hub.publish(QUEUE, {"type": "handoff", "change": "erased", "handoff": handoff})
 
 
 def message_frame(message: Message) -> dict:

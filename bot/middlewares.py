@@ -6,10 +6,9 @@ import json
 import logging
 
 from aiohttp import web
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from bot.jsonbody import BadJson
-from storage.db import DatabaseUnavailable
+from storage.db import UNAVAILABLE
 from storage.leads import LeadNotFound
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         return json_error(400, "the body is not valid JSON")
     except UnicodeDecodeError:
         return json_error(400, "the body is not valid UTF-8")
-    except (DatabaseUnavailable, PoolTimeout) as exc:  # PoolTimeout: every connection is busy; retry later
+    except UNAVAILABLE as exc:  # unreachable, or every pooled connection busy for longer than the pool timeout
         log.error("database unavailable on %s %s: %s", request.method, request.path, exc)
         return json_error(503, "the database is unavailable; retry later")
     except Exception:

@@ -5,6 +5,10 @@ SQLite), so no two instances POST it at the same time; but a crash after the rec
 the answer was recorded sends it again once the lease runs out. Receivers dedupe on `X-Kindling-Delivery`.
 Order: one lead's rows for one endpoint go one at a time, oldest first, so a CRM never sees `mql -> sql`
 before `lead -> mql`; a row waiting for its retry holds back that lead's later rows (a dead one does not).
+
+When: right after the commit that added rows (any transaction of this process: intake, the API, the
+console, the flow runner), so a CRM hears of a warm lead at once; the tick sends retries and whatever
+another process (or a crash) left behind.
 """
 
 from __future__ import annotations
@@ -13,21 +17,23 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import aiohttp
-from sqlalchemy import and_, exists, or_, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import and_, event, exists, or_, update
+from sqlalchemy.orm import Session, aliased
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.config import WebhookEndpoint
 from bot.signing import signed_headers
 from flows.clock import Clock
-from storage.db import Sessions, transaction
+from flows.outgoing import QUEUED
+from storage.db import DatabaseUnavailable, Sessions, transaction
 from storage.models import WebhookDelivery
 from storage.webhooks import WAITING
 
@@ -57,16 +63,52 @@ class Outcome:
 class WebhookSender:
     """POSTs outgoing webhook rows to their endpoints; `send_due` is the scheduler's tick."""
 
-    def __init__(self, sessions: Sessions, clock: Clock, endpoints: Mapping[str, WebhookEndpoint]) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        clock: Clock,
+        endpoints: Mapping[str, WebhookEndpoint],
+        spawn: Callable[[Coroutine[Any, Any, Any]], None] | None = None,
+    ) -> None:
         self.sessions, self.clock, self.endpoints = sessions, clock, endpoints
+        self.spawn = spawn  # runs the sends a commit kicks off in the background (`Services.spawn`)
         self.http: aiohttp.ClientSession | None = None
+        self._kicked = False  # a kicked send is running
+        self._again = False  # ... and another commit added rows since it started
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession(timeout=TIMEOUT)
+        if self.endpoints and self.spawn is not None:
+            event.listen(Session, "after_commit", self._committed)
 
     async def stop(self) -> None:
+        if event.contains(Session, "after_commit", self._committed):
+            event.remove(Session, "after_commit", self._committed)
         if self.http is not None:
             await self.http.close()
+
+    def _committed(self, session: Session) -> None:
+        """After any commit of this app's database: send now if the transaction added webhook rows."""
+        if session.bind is self.sessions.kw["bind"].sync_engine and session.info.pop(QUEUED, False):
+            self.kick()
+
+    def kick(self) -> None:
+        """Send what is due in the background; one send at a time, which runs again if kicked meanwhile."""
+        self._again = True
+        if not self._kicked and self.spawn is not None:
+            self._kicked = True
+            self.spawn(self._send_kicked())
+
+    async def _send_kicked(self) -> None:
+        try:
+            while self._again:
+                self._again = False
+                while await self.send_due():  # a lead's next row is due once its previous one is delivered
+                    pass
+        except DatabaseUnavailable as exc:  # the rows stay pending: the tick sends them
+            log.warning("webhooks left to the tick: %s", exc)
+        finally:
+            self._kicked = False
 
     async def send_due(self, limit: int = BATCH) -> int:
         """Claim due rows (and rows whose sender died mid-lease), POST them, record how it went; returns how many."""

@@ -9,9 +9,15 @@ from pathlib import Path
 
 from bot.app import shared_secret_key
 from bot.config import Settings
+from bot.hub import PostgresHub, publish_erasure
 from flows.clock import SystemClock
-from storage.db import create_engine, sessionmaker, transaction
-from storage.privacy import erase_everywhere, export_person, find_person
+from storage.db import Sessions, create_engine, is_sqlite, sessionmaker, transaction
+from storage.privacy import Erased, erase_everywhere, export_person, find_person
+
+SQLITE_NOTE = (
+    "note: a `kindling serve` running on this SQLite database is not told: a chat the person has open there "
+    "stays open until it reconnects (DELETE /api/leads/ID closes it at once)"
+)
 
 
 async def export(settings: Settings, lead_id: int, output: Path | None) -> int:
@@ -49,11 +55,32 @@ async def erase(settings: Settings, lead_id: int, yes: bool) -> int:
                 return 1
         secret, by, now = await shared_secret_key(settings, sessions), f"cli:{_user()}", SystemClock().now()
         erased = await erase_everywhere(sessions, lead_id, secret, by, now)
+        await _tell_running_instances(settings, sessions, erased)
     finally:
         await engine.dispose()
     removed = ", ".join(f"{table} {count}" for table, count in erased.removed.items())
     print(f"lead {erased.lead_id} erased; rows removed: {removed}")
     return 0
+
+
+async def _tell_running_instances(settings: Settings, sessions: Sessions, erased: Erased) -> None:
+    """On PostgreSQL, running instances hear of the erasure (NOTIFY) and close the person's open sockets.
+
+    A SQLite server is another process this command cannot reach: its open sockets are not told, and the
+    command says so (as the README does).
+    """
+    if is_sqlite(settings.database_url):
+        print(SQLITE_NOTE, file=sys.stderr)
+        return
+    hub = PostgresHub(settings.database_url, sessions)
+    await hub.start()
+    try:
+        publish_erasure(hub, erased)
+        await hub.flush()
+    except TimeoutError:  # the erasure itself is done: say what was not, rather than fail
+        print("note: running instances did not hear of the erasure (no answer from NOTIFY)", file=sys.stderr)
+    finally:
+        await hub.stop()
 
 
 def _confirmed(question: str) -> bool:

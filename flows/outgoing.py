@@ -3,6 +3,7 @@
 `lead.warm` (a handoff opened), `lead.stage_changed` and `handoff.closed` each write one `WebhookDelivery`
 row per subscribed endpoint, inside the transaction of whatever caused them: a crash loses both or neither,
 and a rolled-back change never reaches the CRM. Each body is a snapshot of the lead at that moment.
+The transaction's session is marked (`QUEUED` in `session.info`) so the sender can go right after the commit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage.models import Handoff, Lead, WebhookDelivery
 
 WEBHOOK_EVENTS = ("lead.warm", "lead.stage_changed", "handoff.closed")
+QUEUED = "webhooks_queued"  # session.info key: this transaction added outgoing webhook rows
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ async def queue_webhook(
                 body=body, next_attempt_at=now, created_at=now,
             )
         )  # fmt: skip
+    session.info[QUEUED] = True
     await session.flush()
 
 

@@ -19,6 +19,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Pooled connections per engine: kept open, extra under load, and how long a request waits for a free one
+# before it is refused with 503 (DatabaseUnavailable); SQLite's are SQLAlchemy's defaults (writers take turns).
+POOL_SIZE = {"postgresql": 10, "sqlite": 5}
+POOL_OVERFLOW = {"postgresql": 10, "sqlite": 10}
+POOL_TIMEOUT = 30.0
 IDLE_PING_SECONDS = 5.0  # a pooled PostgreSQL connection unused this long is checked before it is used again
 WRITER_WAIT_SECONDS = 30.0  # SQLite: how long a transaction waits for its turn (as the busy timeout below)
 _WRITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SQLite engine -> its transactions' turn
@@ -27,6 +32,11 @@ Sessions = async_sessionmaker[AsyncSession]
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached or refused the write; the caller should answer 503."""
+
+
+# What a request can meet when the database cannot serve it, to be answered with 503: the pool's
+# TimeoutError comes straight from reads outside `transaction` when every connection stays busy.
+UNAVAILABLE = (DatabaseUnavailable, PoolTimeout)
 
 
 class Conflict(Exception):
@@ -41,11 +51,12 @@ def is_sqlite(url: str) -> bool:
 def create_engine(url: str) -> AsyncEngine:
     """Create an async engine; on SQLite every transaction takes the write lock at BEGIN."""
     if not is_sqlite(url):
-        engine = create_async_engine(url, pool_size=10, max_overflow=10)
+        engine = create_async_engine(url, **_pool("postgresql"))
         _ping_when_idle(engine)
         return engine
     _make_sqlite_folder(url)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    in_memory = url.endswith(":memory:") or url.endswith(":///")  # one connection (StaticPool): no pool to size
+    engine = create_async_engine(url, connect_args={"timeout": 30}, **({} if in_memory else _pool("sqlite")))
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -78,6 +89,10 @@ def inbox_url(url: str) -> str:
     database = Path(path)
     suffix = database.suffix or ".db"
     return f"{prefix}:///{database.with_name(f'{database.stem}-inbox{suffix}')}"
+
+
+def _pool(kind: str) -> dict[str, float]:
+    return {"pool_size": POOL_SIZE[kind], "max_overflow": POOL_OVERFLOW[kind], "pool_timeout": POOL_TIMEOUT}
 
 
 def _ping_when_idle(engine: AsyncEngine) -> None:

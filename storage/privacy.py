@@ -33,12 +33,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage.db import Sessions, checkpoint, transaction
 from storage.known import known
 from storage.leads import LeadNotFound, get_lead
-from storage.models import Conversation, Erasure, Identity, Lead, Pace, Suppression
+from storage.models import Conversation, Erasure, Handoff, Identity, Lead, Pace, Suppression
 from storage.pace import chat_key
 
 log = logging.getLogger(__name__)
 LEAD: Table = Lead.__table__  # type: ignore[attr-defined]
 IDENTITY: Table = Identity.__table__  # type: ignore[attr-defined]
+CONVERSATION: Table = Conversation.__table__  # type: ignore[attr-defined]
+HANDOFF: Table = Handoff.__table__  # type: ignore[attr-defined]
+OPEN_HANDOFF = ("waiting", "claimed")  # flows.handoff.OPEN: the handoffs the console's queue shows
 CHUNK = 500  # values per IN (...), well under every driver's parameter limit
 
 Key = tuple[Any, ...]  # a row's primary key values
@@ -90,10 +93,16 @@ async def export_person(session: AsyncSession, lead_id: int, now: datetime) -> d
 
 @dataclass(frozen=True)
 class Erased:
-    """What an erasure did: the person's lead id (a merged-away id leads to it) and rows removed per table."""
+    """What an erasure did: the person's lead id (a merged-away id leads to it) and rows removed per table.
+
+    `conversation_ids` and `open_handoff_ids` name what live sockets were showing (ids, no personal data):
+    the app closes the person's widget sockets and drops their handoffs from the console's queue.
+    """
 
     lead_id: int
     removed: dict[str, int]
+    conversation_ids: tuple[int, ...] = ()
+    open_handoff_ids: tuple[int, ...] = ()
 
 
 async def erase_person(session: AsyncSession, lead_id: int, secret: bytes, by: str, now: datetime) -> Erased:
@@ -118,7 +127,9 @@ async def erase_person(session: AsyncSession, lead_id: int, secret: bytes, by: s
     session.add(Erasure(lead_id=person.lead_id, erased_at=now, erased_by=by, removed=removed))
     await session.flush()
     log.info("lead %s erased by %s: %d rows in %d tables", person.lead_id, by, sum(removed.values()), len(removed))
-    return Erased(person.lead_id, removed)
+    conversations = sorted(person.rows.get(CONVERSATION, {}))
+    handoffs = sorted(key for key, row in person.rows.get(HANDOFF, {}).items() if row["status"] in OPEN_HANDOFF)
+    return Erased(person.lead_id, removed, tuple(key[0] for key in conversations), tuple(key[0] for key in handoffs))
 
 
 async def erase_everywhere(sessions: Sessions, lead_id: int, secret: bytes, by: str, now: datetime) -> Erased:
@@ -131,7 +142,7 @@ async def erase_everywhere(sessions: Sessions, lead_id: int, secret: bytes, by: 
 
 async def _forget_paces(session: AsyncSession, person: Person) -> None:
     """The person's Telegram chats' send budgets: their keys hold the chat id."""
-    conversations = person.rows.get(Conversation.__table__, {}).values()  # type: ignore[attr-defined]
+    conversations = person.rows.get(CONVERSATION, {}).values()
     chats = [row["external_id"] for row in conversations if row["channel"] == "telegram"]
     if chats:
         await session.exec(delete(Pace).where(Pace.key.in_([chat_key(chat) for chat in chats])))

@@ -23,18 +23,20 @@ from sqlmodel import SQLModel, select
 
 from bot.app import create_app
 from bot.cli import main as kindling
-from bot.config import Settings, load_settings
+from bot.config import Settings, WebhookSource, load_settings
 from bot.services import SERVICES, Services
 from flows.clock import FrozenClock
 from storage import models  # noqa: F401
 from storage.db import create_engine, is_sqlite, sessionmaker
 from storage.migrate import recreate
 
-from fake_telegram import fake_telegram  # noqa: F401  (the fake Bot API fixture)
+from fake_telegram import TOKEN, FakeTelegram, fake_telegram  # noqa: F401  (the fake Bot API fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-api-key"
 PASSWORD = "correct horse battery"  # of the operators `add_operator` makes
+TELEGRAM_SECRET = "test-telegram-secret"  # what `telegram_client`'s Telegram webhook expects
+ACME = WebhookSource("acme", "test-webhook-secret", None)  # `telegram_client`'s webhook source (no reply URL)
 
 
 # --- no real network -------------------------------------------------------------------------
@@ -143,6 +145,19 @@ def make_client(aiohttp_client, clock: FrozenClock) -> Callable:  # type: ignore
 async def client(make_client, settings: Settings):  # type: ignore[no-untyped-def]
     """A client of the real app on the test database, Telegram and webhooks off."""
     return await make_client(settings)
+
+
+@pytest.fixture
+async def telegram_client(make_client, settings: Settings, fake_telegram: FakeTelegram):  # noqa: F811
+    """A client of the real app with every inbound channel on: Telegram (on the fake Bot API) and `acme` webhooks."""
+    return await make_client(
+        settings.with_(
+            telegram_token=TOKEN,
+            telegram_secret=TELEGRAM_SECRET,
+            telegram_api_url=fake_telegram.url,
+            webhook_sources={"acme": ACME},
+        )
+    )
 
 
 def templates_with(folder: Path, flows: dict[str, str]) -> Path:

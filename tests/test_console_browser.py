@@ -11,10 +11,10 @@ import re
 import pytest
 from playwright.async_api import Page, expect
 
-from storage.models import Message
+from storage.models import Lead, Message
 
-from conftest import PASSWORD, rows, services_of, templates_with
-from test_browser import GREETING, browser, new_page, open_chat, say  # noqa: F401  (fixtures)
+from conftest import API_KEY, PASSWORD, rows, services_of, templates_with
+from test_browser import GREETING, browser, new_page, open_chat, say, stored  # noqa: F401  (fixtures)
 from test_console_queue import warm
 from test_handoff import COMING, DRIP
 from test_webchat import say as visitor_says
@@ -91,6 +91,29 @@ async def test_an_operator_takes_a_warm_lead_live_replies_and_hands_it_back(app,
     await expect(bot_said).to_have_text([GREETING, NOTICE, re.compile("^Got it"), re.compile("email or phone")])
     await console.get_by_role("link", name="Back to the queue").click()
     await expect(console.get_by_text("Nobody is waiting.")).to_be_visible()
+
+
+async def test_an_erased_lead_leaves_the_queue_and_the_visitors_browser_at_once(app, db, add_operator, new_page):  # noqa: F811
+    await add_operator("ann", "operator")
+    console, site = await new_page(), await new_page()
+    await log_in(console, str(app.make_url("/console")), "ann", PASSWORD)
+    await site.goto(str(app.make_url("/")))
+    chat = await open_chat(site)
+    await say(chat, "Can I talk to a human?")
+    await expect(chat.locator(".kindling-bubble").last).to_have_text(NOTICE)
+    await expect(console.locator("table.queue tbody tr")).to_have_count(1)
+    [lead] = await rows(db, Lead)
+    await console.evaluate("() => { window.__sameDocument = true; }")
+
+    erased = await app.delete(f"/api/leads/{lead.id}", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert erased.status == 200
+
+    await expect(console.locator("table.queue tbody tr")).to_have_count(0)  # no reload needed
+    await expect(console.get_by_text("Nobody is waiting.")).to_be_visible()
+    assert await console.evaluate("() => window.__sameDocument") is True
+    await expect(chat.get_by_text("This chat has ended.")).to_be_visible()
+    await expect(chat.locator(".kindling-bubble")).to_have_count(0)
+    assert [await stored(site, key) for key in ("visitor", "token", "transcript")] == [None, None, []]
 
 
 async def test_a_lead_named_like_markup_arrives_live_as_text(app, db, add_operator, new_page):  # noqa: F811

@@ -23,6 +23,9 @@ Telegram's update is answered once it is stored in the inbox (bot/inbox.py), so 
 that INSERT (on SQLite the inbox is a file of its own, written outside SQLAlchemy: the file size limit
 is set before the request); a further test fails its intake after the answer, which must leave the
 update in the inbox, nothing half-written, for a sweep to take in once.
+
+The last test exhausts the connection pool instead: the test holds every connection of a small pool
+(the sizes and timeout monkeypatched, as a busy server would leave it) on both databases.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import asyncio
 import json
 import resource
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -45,8 +49,9 @@ from bot.signing import signed_headers
 from storage.db import create_engine, is_sqlite
 from storage.models import Conversation, Delivery, Event, Identity, InboxEntry, Lead, Message
 
-from conftest import services_of
+from conftest import API_KEY, services_of
 from fake_telegram import TOKEN
+from test_console_queue import operator
 from test_fuzz_inbound import PAYLOADS
 
 SECRET = "db-loss-telegram-secret"
@@ -309,3 +314,65 @@ async def test_the_widget_is_told_to_resend_when_the_database_fails_mid_message_
     await ws.close()
     after = await counts(db)
     assert (after["Message"] - before["Message"], after["Event"] - before["Event"]) == (1, 1)
+
+
+# --- every pooled connection busy ----------------------------------------------------------------
+
+POOL = 2
+
+
+@pytest.fixture
+def small_pool(monkeypatch):  # type: ignore[no-untyped-def]
+    """The app's engine gets a pool of POOL connections, no overflow, and waits 0.2 s for one (not 30 s)."""
+    monkeypatch.setattr("storage.db.POOL_SIZE", {"postgresql": POOL, "sqlite": POOL})
+    monkeypatch.setattr("storage.db.POOL_OVERFLOW", {"postgresql": 0, "sqlite": 0})
+    monkeypatch.setattr("storage.db.POOL_TIMEOUT", 0.2)
+
+
+@asynccontextmanager
+async def every_connection_busy(client) -> AsyncIterator[None]:  # type: ignore[no-untyped-def]
+    """Check out every connection of the app's pool and keep them, as long-running requests would."""
+    engine = services_of(client).sessions.kw["bind"]
+    async with AsyncExitStack() as held:
+        for _ in range(POOL):
+            await held.enter_async_context(engine.connect())
+        yield
+
+
+async def test_every_pooled_connection_busy_is_a_503_for_senders_and_a_page_for_people_and_retries_are_stored(
+    small_pool, client, db, clock, add_operator, fake_telegram, replies, database_url
+):
+    await operator(client, add_operator, "ann")
+    api = {"Authorization": f"Bearer {API_KEY}"}
+    event = json.dumps({"type": "signup", "lead": {"email": "ann@example.com"}})
+    senders = {
+        "telegram": sender(client, clock, "telegram"),
+        "webhook": sender(client, clock, "webhook"),
+        "events": lambda: client.post("/api/events", data=event, headers={**api, "Content-Type": "application/json"}),
+        "leads": lambda: client.get("/api/leads", headers=api),
+    }
+    await services_of(client).drain()
+
+    async with every_connection_busy(client):
+        busy = {name: await send() for name, send in senders.items()}
+        page = await client.get("/console/queue")
+        health = await client.get("/healthz")
+
+        if is_sqlite(database_url):  # the inbox is a file of its own there, outside the pool: stored, answered
+            assert busy.pop("telegram").status == 200
+        for name, answer in busy.items():
+            assert answer.status == 503, (name, await answer.text())
+            assert await answer.json() == {"error": "the database is unavailable; retry later"}, name
+        assert page.status == 503 and "The database is unavailable; try again in a moment." in await page.text()
+        assert health.status == 503
+
+    retried = {name: await send() for name, send in senders.items()}
+    assert {name: answer.status for name, answer in retried.items()} == {
+        "telegram": 200,
+        "webhook": 200,
+        "events": 201,
+        "leads": 200,
+    }
+    await services_of(client).drain()
+    stored = await counts(db)
+    assert (stored["Lead"], stored["Message"]) == (3, 2)  # Telegram's, the provider's and the signup's, once each

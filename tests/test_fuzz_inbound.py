@@ -25,7 +25,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import WSCloseCode, WSMsgType
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -33,21 +32,17 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from bot.channels.webchat import MAX_FRAME
-from bot.config import WebhookSource
 from bot.signing import signed_headers
 from storage.models import Conversation, Delivery, Event, Handoff, Identity, Lead, Message, Operator
 
-from conftest import services_of
-from fake_telegram import TOKEN
+from conftest import ACME, TELEGRAM_SECRET, services_of
 from fuzzing import CONTENT_TYPES, bodies, dumps, gzip_bomb, mutated, nasty_text, nested, paths
 
 PAYLOADS = {
     path.stem: json.loads(path.read_text(encoding="utf-8"))
     for path in (Path(__file__).parent / "payloads" / "telegram").glob("*.json")
 }
-SECRET = "fuzz-telegram-secret"
-HEADERS = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
-SOURCE = WebhookSource("acme", "fuzz-webhook-secret", None)
+HEADERS = {"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET}
 PERSON = 5550001  # the sender's id in the captured payloads
 EXAMPLES = 300
 
@@ -59,18 +54,6 @@ def fuzz_settings(examples: int = EXAMPLES) -> settings:
         database=None,
         derandomize=True,
         suppress_health_check=list(HealthCheck),
-    )
-
-
-@pytest.fixture
-async def client(make_client, settings, fake_telegram):  # type: ignore[no-untyped-def]
-    return await make_client(
-        settings.with_(
-            telegram_token=TOKEN,
-            telegram_secret=SECRET,
-            telegram_api_url=fake_telegram.url,
-            webhook_sources={"acme": SOURCE},
-        )
     )
 
 
@@ -143,7 +126,7 @@ def telegram_updates(draw: st.DrawFn) -> dict:
 telegram_cases = st.tuples(
     bodies(telegram_updates(), limit=256 * 1024),
     st.sampled_from(CONTENT_TYPES),
-    st.sampled_from([SECRET] * 4 + ["wrong", None]),
+    st.sampled_from([TELEGRAM_SECRET] * 4 + ["wrong", None]),
 )
 
 
@@ -158,7 +141,7 @@ async def post_update(client, db, kind: str, body: bytes, content_type: str | No
     status, answer = await answer_of(response)
     await services_of(client).drain()
     after = await counts(db)
-    if secret != SECRET:
+    if secret != TELEGRAM_SECRET:
         assert status in (403, 413), (kind, status)  # an oversized body is refused before it is read
     if status >= 400 or "ignored" in answer:
         assert after == before, (kind, status, answer)
@@ -170,22 +153,22 @@ async def post_update(client, db, kind: str, body: bytes, content_type: str | No
     return f"{kind}: stored"
 
 
-async def test_the_telegram_webhook_answers_any_body_without_5xx_or_half_written_rows(client, db):
+async def test_the_telegram_webhook_answers_any_body_without_5xx_or_half_written_rows(telegram_client, db):
     async def check(case: tuple) -> str:
         (kind, body), content_type, secret = case
-        return await post_update(client, db, kind, body, content_type, secret)
+        return await post_update(telegram_client, db, kind, body, content_type, secret)
 
     await run_in_thread(check, telegram_cases, EXAMPLES)
 
 
-async def test_a_gzip_bomb_or_broken_compression_is_refused_with_4xx(client, db):
+async def test_a_gzip_bomb_or_broken_compression_is_refused_with_4xx(telegram_client, db):
     limit = 256 * 1024
-    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
-    bomb = await client.post(
+    headers = {"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET, "Content-Type": "application/json"}
+    bomb = await telegram_client.post(
         "/webhooks/telegram", data=gzip_bomb(limit), headers={**headers, "Content-Encoding": "gzip"}
     )
     assert (await answer_of(bomb))[0] == 413
-    broken = await client.post(
+    broken = await telegram_client.post(
         "/webhooks/telegram", data=b"\x1f\x8b not gzip", headers={**headers, "Content-Encoding": "gzip"}
     )
     assert (await answer_of(broken))[0] == 400
@@ -224,7 +207,7 @@ async def post_delivery(client, db, clock, kind: str, body: bytes, content_type:
     before = await counts(db)
     headers = {"Content-Type": content_type} if content_type else {}
     if signing != "unsigned":
-        secret = "not-the-secret" if signing == "bad signature" else SOURCE.secret
+        secret = "not-the-secret" if signing == "bad signature" else ACME.secret
         at = clock.now() - timedelta(minutes=10 if signing == "stale" else 0)
         headers.update(signed_headers(secret, body, at))
     response = await client.post(
@@ -244,10 +227,10 @@ async def post_delivery(client, db, clock, kind: str, body: bytes, content_type:
     return f"{kind}: stored"
 
 
-async def test_the_webhook_channel_answers_any_signed_body_without_5xx_or_half_written_rows(client, db, clock):
+async def test_the_webhook_channel_answers_any_signed_body_without_5xx_or_half_written_rows(telegram_client, db, clock):
     async def check(case: tuple) -> str:
         (kind, body), content_type, signing = case
-        return await post_delivery(client, db, clock, kind, body, content_type, signing)
+        return await post_delivery(telegram_client, db, clock, kind, body, content_type, signing)
 
     await run_in_thread(check, webhook_cases, EXAMPLES)
 
@@ -282,7 +265,7 @@ def retyped(payload: dict) -> list[tuple[str, bytes]]:
 
 
 async def test_every_field_of_a_valid_payload_retyped_is_answered_without_5xx_or_half_written_rows(
-    client, db, clock, add_operator
+    telegram_client, db, clock, add_operator
 ):
     """An exhaustive sweep, not a random draw: each field of the captured Telegram updates and of a
     provider delivery, in turn, is null, a bool, a number (also past 64 bits), a string, a list or an
@@ -291,19 +274,21 @@ async def test_every_field_of_a_valid_payload_retyped_is_answered_without_5xx_or
     The captured updates' sender is first handed to an operator, so the bot does not answer the ones
     that are stored: a reply per update, paced at one a second per chat, would make the sweep minutes long.
     """
-    assert (await client.post("/webhooks/telegram", json=PAYLOADS["message_text"], headers=HEADERS)).status == 200
-    await services_of(client).drain()
+    assert (
+        await telegram_client.post("/webhooks/telegram", json=PAYLOADS["message_text"], headers=HEADERS)
+    ).status == 200
+    await services_of(telegram_client).drain()
     await add_operator("ann", "operator")
     async with db() as session:
         operator = (await session.exec(select(Operator.id))).one()
         lead = (await session.exec(select(Lead.id))).one()
-    assert (await services_of(client).handoffs.open_for_lead(lead, operator)).ok
+    assert (await services_of(telegram_client).handoffs.open_for_lead(lead, operator)).ok
     for name in ("message_text", "message_start", "message_contact", "callback_query"):
         for index, (what, body) in enumerate(retyped(PAYLOADS[name])):
             body = body.replace(b'"update_id": 7301180', f'"update_id": 9{index:04d}'.encode(), 1)  # fresh ids
-            await post_update(client, db, f"{name} {what}", body, "application/json", SECRET)
+            await post_update(telegram_client, db, f"{name} {what}", body, "application/json", TELEGRAM_SECRET)
     for what, body in retyped(DELIVERY):
-        await post_delivery(client, db, clock, what, body, "application/json", "signed")
+        await post_delivery(telegram_client, db, clock, what, body, "application/json", "signed")
 
 
 # --- header bytes ------------------------------------------------------------------------------------
@@ -333,7 +318,7 @@ FIELD_BYTES = [*range(0x21, 0x7F), *range(0x80, 0x100)]
 header_bytes = st.lists(st.sampled_from(FIELD_BYTES), min_size=1, max_size=40).map(bytes)
 
 
-async def test_secrets_and_signatures_with_any_bytes_are_refused_with_4xx(client, db, clock):
+async def test_secrets_and_signatures_with_any_bytes_are_refused_with_4xx(telegram_client, db, clock):
     """Secret, signature, timestamp and API key headers holding any bytes (not UTF-8, "²"): 401/403, not 500."""
     body = dumps(PAYLOADS["message_text"])
 
@@ -341,14 +326,16 @@ async def test_secrets_and_signatures_with_any_bytes_are_refused_with_4xx(client
         value, where = case
         if where == "telegram secret":
             status, kind, answer = await raw_post(
-                client, "/webhooks/telegram", {b"X-Telegram-Bot-Api-Secret-Token": value}, body
+                telegram_client, "/webhooks/telegram", {b"X-Telegram-Bot-Api-Secret-Token": value}, body
             )
         elif where == "api key":
-            status, kind, answer = await raw_post(client, "/api/events", {b"Authorization": b"Bearer " + value}, b"{}")
+            status, kind, answer = await raw_post(
+                telegram_client, "/api/events", {b"Authorization": b"Bearer " + value}, b"{}"
+            )
         else:
-            signed = {k.encode(): v.encode() for k, v in signed_headers(SOURCE.secret, body, clock.now()).items()}
+            signed = {k.encode(): v.encode() for k, v in signed_headers(ACME.secret, body, clock.now()).items()}
             signed[b"X-Kindling-Signature" if where == "signature" else b"X-Kindling-Timestamp"] = value
-            status, kind, answer = await raw_post(client, "/webhooks/inbound/acme", signed, body)
+            status, kind, answer = await raw_post(telegram_client, "/webhooks/inbound/acme", signed, body)
         assert status in (400, 401, 403), (where, value, status, answer)
         assert kind.startswith(b"application/json") and json.loads(answer)["error"], answer
         return f"{where}: {status}"
@@ -396,19 +383,19 @@ def is_utf8(raw: bytes) -> bool:
     return True
 
 
-async def test_the_widget_answers_any_frame_without_half_written_rows(client, db):
+async def test_the_widget_answers_any_frame_without_half_written_rows(telegram_client, db):
     """Each frame on a fresh socket of one visitor: an error or an ack; a close (1009, 1007) if too big or not UTF-8."""
-    ws = await client.ws_connect("/chat/ws")
+    ws = await telegram_client.ws_connect("/chat/ws")
     await ws.send_json({"type": "hello", "visitor": None, "token": None})
     welcome = await ws.receive_json(timeout=10)
     await ws.close()
     hello = {"type": "hello", "visitor": welcome["visitor"], "token": welcome["token"], "since": 2**31}
 
     async def check(frame: str) -> str:
-        ws = await client.ws_connect("/chat/ws")
+        ws = await telegram_client.ws_connect("/chat/ws")
         await ws.send_json(hello)
         assert (await ws.receive_json(timeout=10))["type"] == "welcome"
-        await services_of(client).drain()  # replies and handoff announcements write rows too
+        await services_of(telegram_client).drain()  # replies and handoff announcements write rows too
         before = await counts(db)
         raw = frame.encode("utf-8", "surrogatepass")  # a lone surrogate makes it invalid UTF-8
         await ws.send_frame(raw, WSMsgType.TEXT)
@@ -421,7 +408,7 @@ async def test_the_widget_answers_any_frame_without_half_written_rows(client, db
             if answer["type"] in ("ack", "error"):
                 answers.append(answer)
         await ws.close()
-        await services_of(client).drain()
+        await services_of(telegram_client).drain()
         after = await counts(db)
         if len(raw) > MAX_FRAME:
             assert ws.close_code == WSCloseCode.MESSAGE_TOO_BIG and after == before
@@ -442,13 +429,13 @@ async def test_the_widget_answers_any_frame_without_half_written_rows(client, db
     await run_in_thread(check, widget_frames(VALID_FRAMES), EXAMPLES)
 
 
-async def test_the_widget_answers_any_hello_with_a_welcome_or_an_error(client, db):
+async def test_the_widget_answers_any_hello_with_a_welcome_or_an_error(telegram_client, db):
     """The first frame fuzzed: the server welcomes (a hello it can read) or says what is wrong, never dies."""
     token = {"type": "hello", "visitor": "0123456789abcdef", "token": "0" * 32}
     hellos = [{"type": "hello", "visitor": None, "token": None, "since": 0, "view": VALID_FRAMES[2]["view"]}, token]
 
     async def check(frame: str) -> str:
-        ws = await client.ws_connect("/chat/ws")
+        ws = await telegram_client.ws_connect("/chat/ws")
         raw = frame.encode("utf-8", "surrogatepass")
         await ws.send_frame(raw, WSMsgType.TEXT)
         answer = await ws.receive(timeout=30)

@@ -1,7 +1,8 @@
 """Outgoing webhooks to a CRM: lead.warm, lead.stage_changed, handoff.closed; signed, retried, visible when failing.
 
 A real CRM receiver runs on localhost: it checks every signature with the shared secret, as a CRM would,
-and answers what each test scripts. The app's sender tick is run by hand with the clock moved; no sleeps.
+and answers what each test scripts. Webhooks go right after the commit that made them (`sent` waits for
+that); the sender's tick, for retries, is run by hand with the clock moved; no sleeps.
 """
 
 from __future__ import annotations
@@ -92,20 +93,19 @@ async def app(make_client, configured, crm):  # type: ignore[no-untyped-def]
     return await make_client(configured(str(crm.server.make_url("/hooks/kindling"))))
 
 
+async def sent(app) -> None:  # type: ignore[no-untyped-def]
+    """Wait for what the app does after its commits, the webhooks they queued included (no tick runs)."""
+    await services_of(app).drain()
+
+
 async def tick(app) -> int:  # type: ignore[no-untyped-def]
     return await services_of(app).webhooks.send_due()
 
 
-async def tick_until_idle(app) -> None:  # type: ignore[no-untyped-def]
-    """Run the sender until nothing is due (a lead's rows go one per tick, in order)."""
-    while await tick(app):
-        pass
-
-
-async def test_a_warm_lead_is_posted_once_signed_with_what_a_crm_needs(app, crm, db, clock):
-    await warm(app)
-    assert await tick(app) == 1
-    assert await tick(app) == 0
+async def test_a_warm_lead_is_posted_at_once_signed_with_what_a_crm_needs(app, crm, db, clock):
+    await warm(app)  # the clock stands still and no tick runs: it goes right after the commit
+    await sent(app)
+    assert await tick(app) == 0  # once
 
     [body] = crm.accepted
     [headers] = crm.attempts
@@ -131,13 +131,15 @@ async def test_a_warm_lead_is_posted_once_signed_with_what_a_crm_needs(app, crm,
 
 async def test_stage_changes_are_posted_in_the_order_they_happened(make_client, configured, crm, db):
     app = await make_client(configured(str(crm.server.make_url("/hooks/kindling")), ["lead.stage_changed"]))
+    crm.gate = asyncio.Event()  # the signup's change is still being posted when the purchase's is committed
     signup = {"type": "signup", "lead": {"email": "ann@example.com", "first_name": "Ann"}}
     purchase = {"type": "purchase", "lead": {"email": "ann@example.com"}, "properties": {"total": 99}}
-    for event in (signup, purchase):
-        assert (await app.post("/api/events", json=event, headers=API)).status == 201
+    assert (await app.post("/api/events", json=signup, headers=API)).status == 201
+    await asyncio.wait_for(crm.arrived.wait(), timeout=10)
+    assert (await app.post("/api/events", json=purchase, headers=API)).status == 201
+    crm.gate.set()
+    await sent(app)  # the purchase's change went once the signup's was delivered, without a tick
 
-    assert await tick(app) == 1  # the purchase's change waits for the signup's to be delivered
-    assert await tick(app) == 1
     assert await tick(app) == 0
     assert crm.types() == ["lead.stage_changed", "lead.stage_changed"]
     changes = [(body["stage"]["from"], body["stage"]["to"], body["lead"]["stage"]) for body in crm.accepted]
@@ -154,7 +156,7 @@ async def test_a_handoff_closed_by_an_operator_is_posted_with_its_outcome(app, c
     answer = await post(app, f"/console/handoffs/{handoff_id}/hand-back", csrf, outcome="won", flow="", reason="")
     assert answer.status == 303
 
-    await tick_until_idle(app)
+    await sent(app)
     assert crm.types() == ["lead.warm", "lead.stage_changed", "handoff.closed"]
     closed = crm.accepted[-1]
     assert closed["handoff"]["id"] == handoff_id
@@ -169,7 +171,7 @@ async def test_a_handoff_closed_by_an_operator_is_posted_with_its_outcome(app, c
 async def test_a_server_error_is_retried_after_a_backoff_and_delivered_once(app, crm, db, clock):
     crm.answers = [(500, {}, "database is down")]
     await warm(app)
-    assert await tick(app) == 1
+    await sent(app)
     [row] = await rows(db, WebhookDelivery)
     assert (row.status, row.attempts, row.last_status) == ("pending", 1, 500)
     assert row.last_error == "answered 500 Internal Server Error: database is down"
@@ -253,9 +255,10 @@ async def test_an_unreachable_receiver_is_retried_with_growing_waits(make_client
 async def test_a_receiver_that_is_down_for_a_day_gets_the_webhook_marked_dead(make_client, configured, db, clock):
     app = await make_client(configured(f"http://127.0.0.1:{closed_port()}/hooks"))
     await warm(app)
-    for _ in range(10):
-        assert await tick(app) == 1
+    await sent(app)  # the first attempt
+    for _ in range(9):
         clock.advance(timedelta(hours=10))
+        assert await tick(app) == 1
     [row] = await rows(db, WebhookDelivery)
     assert (row.status, row.attempts) == ("dead", 10)
     assert await tick(app) == 0
@@ -264,14 +267,14 @@ async def test_a_receiver_that_is_down_for_a_day_gets_the_webhook_marked_dead(ma
 async def test_two_instances_never_post_the_same_row_at_once(make_client, configured, crm, db):
     settings = configured(str(crm.server.make_url("/hooks/kindling")))
     first, second = await make_client(settings), await make_client(settings)
-    await warm(first)
     crm.gate = asyncio.Event()
 
-    sending = asyncio.create_task(tick(first))
-    await asyncio.wait_for(crm.arrived.wait(), timeout=10)  # the first instance is mid-POST
+    warming = asyncio.create_task(warm(first))
+    await asyncio.wait_for(crm.arrived.wait(), timeout=10)  # the first instance is mid-POST, after its commit
     assert await tick(second) == 0
     crm.gate.set()
-    assert await sending == 1
+    await warming
+    await sent(first)
     assert len(crm.attempts) == 1 and crm.types() == ["lead.warm"]
     [row] = await rows(db, WebhookDelivery)
     assert row.status == "delivered"
@@ -282,9 +285,8 @@ async def test_a_sender_that_outlives_its_lease_does_not_overwrite_the_next_one(
 ):
     settings = configured(str(crm.server.make_url("/hooks/kindling")))
     first, second = await make_client(settings), await make_client(settings)
-    await warm(first)
     crm.gate, crm.answers = asyncio.Event(), [(503, {}, "")]
-    stuck = asyncio.create_task(tick(first))
+    stuck = asyncio.create_task(warm(first))  # its POST, right after the commit, hangs
     await asyncio.wait_for(crm.arrived.wait(), timeout=10)
 
     clock.advance(timedelta(seconds=61))  # the first sender's lease ran out: the row is claimable again
@@ -293,6 +295,7 @@ async def test_a_sender_that_outlives_its_lease_does_not_overwrite_the_next_one(
     await asyncio.wait_for(crm.arrived.wait(), timeout=10)
     crm.gate.set()
     await asyncio.gather(stuck, taking_over)
+    await sent(first)
 
     [row] = await rows(db, WebhookDelivery)
     assert len(crm.attempts) == 2 and row.attempts == 2  # at least once: receivers dedupe on the delivery id
@@ -358,7 +361,7 @@ async def test_the_deliveries_api_needs_a_key_and_pages_back(app, crm, db):
     await warm(app)
     page = await (await app.get("/api/webhooks/deliveries", params={"limit": "1"}, headers=API)).json()
     [newest] = page["items"]
-    assert newest["event_type"] == "lead.warm" and newest["status"] == "pending"
+    assert newest["event_type"] == "lead.warm" and newest["status"] == "delivered"
     rest = await (await app.get("/api/webhooks/deliveries", params={"cursor": page["next_cursor"]}, headers=API)).json()
     assert [d["event_type"] for d in rest["items"]] == ["lead.stage_changed"] and rest["next_cursor"] is None
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from sqlalchemy import Column, ForeignKey, Integer, String, Table, inspect, text
 from sqlmodel import SQLModel
 
@@ -21,6 +21,7 @@ from storage.models import Delivery, Enrollment, Erasure, Event, Handoff, Lead, 
 
 from conftest import API_KEY, rows, services_of, templates_with
 from fake_telegram import TOKEN
+from test_console_queue import operator, warm
 from test_handoff import add_operator
 from test_webchat import hello, next_from, say
 
@@ -206,6 +207,49 @@ async def test_erasing_a_lead_leaves_nothing_about_them_anywhere_and_the_other_l
         again = await app.delete(f"/api/leads/{lead_id}", headers=AUTH)
         assert again.status == 404 and await again.json() == {"error": f"no lead {lead_id}"}
         assert (await app.get(f"/api/leads/{lead_id}/export", headers=AUTH)).status == 404
+
+
+async def closing(ws) -> tuple[int, str]:
+    """Read past the frames still on their way to the socket; the close code and reason it got."""
+    while (frame := await ws.receive(timeout=5)).type == WSMsgType.TEXT:
+        pass
+    assert frame.type == WSMsgType.CLOSE, frame
+    return frame.data, frame.extra
+
+
+async def test_erasing_a_lead_closes_their_open_sockets_and_drops_them_from_the_live_queue(app, add_operator):
+    await operator(app, add_operator, "ann")
+    queue = await app.ws_connect("/console/ws?queue=1")
+    assert (await queue.receive_json(timeout=5))["handoffs"] == []
+    widget = await warm(app, name="Fay")  # the visitor's widget stays open
+    opened = await queue.receive_json(timeout=5)
+    handoff_id, lead_id = opened["handoff"]["id"], opened["handoff"]["lead_id"]
+    transcript = await app.ws_connect(f"/console/ws?handoff={handoff_id}")  # an operator reads the conversation
+
+    assert (await app.delete(f"/api/leads/{lead_id}", headers=AUTH)).status == 200
+
+    assert await closing(widget) == (4410, "erased")
+    assert await closing(transcript) == (4410, "erased")
+    erased = {"id": handoff_id, "lead_id": lead_id, "status": "erased"}
+    assert await queue.receive_json(timeout=5) == {"type": "handoff", "change": "erased", "handoff": erased}
+    assert not queue.closed  # the queue itself stays live
+
+
+async def test_an_erasure_from_the_cli_closes_the_widget_open_on_a_postgresql_server_and_says_when_it_cannot(
+    app, run_kindling, database_url
+):
+    widget = await warm(app, name="Fay")
+    [lead_id] = [lead.id for lead in await rows(services_of(app).sessions, Lead)]
+
+    status, out, err = await run_kindling("lead", "erase", str(lead_id), "--yes")
+
+    assert status == 0, err
+    if is_sqlite(database_url):  # the server is another process the command cannot reach
+        assert "a `kindling serve` running on this SQLite database is not told" in err
+        assert not widget.closed
+    else:
+        assert err == ""
+        assert await closing(widget) == (4410, "erased")
 
 
 async def test_on_sqlite_the_erased_person_is_gone_from_the_files_on_disk_too(app, db, clock, database_url):

@@ -7,6 +7,7 @@ from aiohttp import web
 from bot.api.auth import API_KEY, scope
 from bot.api.params import path_id
 from bot.api.spec import BAD_REQUEST, NOT_FOUND, PATH_ID, ok, operation
+from bot.hub import publish_erasure
 from bot.services import SERVICES
 from storage.db import transaction
 from storage.privacy import erase_everywhere, export_person
@@ -24,10 +25,11 @@ async def export_lead(request: web.Request) -> web.Response:
 
 @scope("leads:erase")
 async def erase_lead(request: web.Request) -> web.Response:
-    """Erase the lead everywhere; answers the rows removed per table (no personal data)."""
+    """Erase the lead everywhere (their open widget and console sockets too); answers the rows removed per table."""
     lead_id, services = path_id(request), request.app[SERVICES]
     by, now = f"api:{request[API_KEY].name}", services.clock.now()
     erased = await erase_everywhere(services.sessions, lead_id, services.secret_key, by, now)
+    publish_erasure(services.hub, erased)
     return web.json_response({"lead_id": erased.lead_id, "removed": erased.removed})
 
 

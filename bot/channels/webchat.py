@@ -6,7 +6,8 @@ and gets `{"type": "welcome", "visitor", "token", "conversation"}`, then every m
 Then: `{"type": "message", "id": uuid, "text"}` (answered by `ack`, stored once per uuid),
 `{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`.
 The server pushes `{"type": "message", "id", "conversation", "from", "text", "buttons", "client_id", "at"}`
-(`bot.hub.message_frame`).
+(`bot.hub.message_frame`). When the visitor's lead is erased, the server closes the socket with code
+4410 (`bot.hub.ERASED`), reason "erased": the widget forgets the visitor and does not reconnect.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from zoneinfo import available_timezones
 from aiohttp import WSMsgType, web
 
 from bot.channels.base import Inbound, Profile, SendResult, Touch
-from bot.hub import message_frame
+from bot.hub import ERASED, message_frame
 from bot.intake import Received
 from bot.jsonbody import parse_json
 from bot.services import Services
@@ -117,6 +118,7 @@ class _Session:
         self.timezone: str | None = None
         self.send_lock = asyncio.Lock()
         self.forwarder: asyncio.Task | None = None
+        self.erased = False
 
     async def run(self) -> None:
         hello = await self._first_frame()
@@ -134,7 +136,10 @@ class _Session:
 
     async def close(self) -> None:
         if self.forwarder is not None:
-            self.forwarder.cancel()
+            if self.erased:  # it is closing the socket: let it finish the closing handshake
+                await self.forwarder
+            else:
+                self.forwarder.cancel()
         await self.ws.close()
 
     async def _first_frame(self) -> dict | None:
@@ -255,8 +260,12 @@ class _Session:
             await self._send(message_frame(message))
 
     async def _forward(self, queue: asyncio.Queue) -> None:
-        while True:
-            await self._send(await queue.get())
+        """Push what is published on the conversation; close the socket once its person is erased."""
+        while (frame := await queue.get()).get("type") != "erased":
+            await self._send(frame)
+        self.erased = True
+        async with self.send_lock:  # not in the middle of a frame
+            await self.ws.close(code=ERASED, message=b"erased")
 
     async def _send(self, frame: dict) -> None:
         if self.ws.closed:

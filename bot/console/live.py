@@ -1,12 +1,14 @@
 """Live console pages: one WebSocket per page, `/console/ws?queue=1&handoff=ID&since=N`.
 
 The server sends JSON frames and the page sends nothing (the server pings every 30 s). A socket whose
-login ended (logout, expiry, `kindling operator remove`) is closed with code 4401 within `SESSION_CHECK`.
+login ended (logout, expiry, `kindling operator remove`) is closed with code 4401 within `SESSION_CHECK`;
+one watching a conversation whose lead is erased is closed at once with code 4410 (`bot.hub.ERASED`).
 
 - `{"type": "queue", "handoffs": [summary, ...]}`: with `queue=1`, the whole queue once on connecting
   (and reconnecting), most urgent first; then every change as
   `{"type": "handoff", "change": "opened"|"notified"|"claimed"|"breached"|"closed", "handoff": summary}`
-  (a summary as `bot.handoff_notify.summary` makes it);
+  (a summary as `bot.handoff_notify.summary` makes it), or `"change": "erased"` with only the handoff's
+  `id`, `lead_id` and `status` when its lead was erased (the page drops the row);
 - `{"type": "message", "id", "conversation", "from", "text", "buttons", "client_id", "at"}`: with
   `handoff=ID`, the messages of that handoff's conversation after message id `since`, then each new one.
 
@@ -27,7 +29,7 @@ from bot.console.conversation import TRANSCRIPT_LIMIT
 from bot.console.pages import refuse
 from bot.console.queue import urgent_first
 from bot.console.roles import allowed
-from bot.hub import QUEUE, message_frame
+from bot.hub import ERASED, QUEUE, message_frame
 from bot.services import SERVICES, Services
 from storage.leadsearch import conversation_messages
 from storage.models import Handoff
@@ -71,6 +73,7 @@ class _Stream:
     def __init__(self, services: Services, ws: web.WebSocketResponse, token_hash: str) -> None:
         self.services, self.ws, self.token_hash = services, ws, token_hash
         self.lock = asyncio.Lock()
+        self.closing: asyncio.Task | None = None  # the forwarder closing the socket, if any
 
     async def run(self, queue: bool, conversation_id: int | None, since: int) -> None:
         """Subscribe, catch up, forward until the page goes away."""
@@ -86,7 +89,10 @@ class _Stream:
                 await self._until_closed()
             finally:
                 for task in forwarders:
-                    task.cancel()
+                    if task is not self.closing:  # that one finishes the closing handshake
+                        task.cancel()
+                if self.closing is not None:
+                    await self.closing
 
     async def _until_closed(self) -> None:
         """Wait for the page to go (it sends nothing we need), closing the socket if its login ends."""
@@ -111,8 +117,12 @@ class _Stream:
             await self.send(message_frame(message))
 
     async def _forward(self, feed: asyncio.Queue) -> None:
-        while True:
-            await self.send(await feed.get())
+        """Pass frames on; close the socket when the conversation it watches is erased."""
+        while (frame := await feed.get()).get("type") != "erased":
+            await self.send(frame)
+        self.closing = asyncio.current_task()
+        async with self.lock:
+            await self.ws.close(code=ERASED, message=b"erased")
 
     async def send(self, frame: dict) -> None:
         """One frame to the page; a page that went away misses nothing it cannot get on reload."""

@@ -16,7 +16,7 @@ from bot.handoffs import HandoffNotFound
 from bot.middlewares import json_error
 from bot.reports.output import duration, percent
 from bot.services import SERVICES
-from storage.db import DatabaseUnavailable
+from storage.db import UNAVAILABLE
 from storage.leads import LeadNotFound
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -105,5 +105,5 @@ async def page_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return refuse(request, 404, f"There is {exc.args[0]}.")
     except web.HTTPNotFound:
         return refuse(request, 404, "There is no such page.")
-    except DatabaseUnavailable:
+    except UNAVAILABLE:  # unreachable, or every pooled connection busy
         return refuse(request, 503, "The database is unavailable; try again in a moment.")

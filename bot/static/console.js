@@ -93,7 +93,7 @@
     arrange();
   }
   function onHandoff(frame) {
-    if (frame.change === "closed") remove(frame.handoff.id); else upsert(frame.handoff);
+    if (frame.change === "closed" || frame.change === "erased") remove(frame.handoff.id); else upsert(frame.handoff);
     arrange();
   }
 
@@ -103,6 +103,7 @@
     var was = status.getAttribute("data-status"), now = h.status;
     if (now === was) return;
     var note = document.querySelector("[data-changed]");
+    if (now === "erased") { note.textContent = "This lead was erased."; note.hidden = false; return; }
     note.textContent = now === "claimed" ? "Taken by " + h.claimed_by + ". " : "Handed back. ";
     var reload = document.createElement("a");
     reload.href = location.pathname;
@@ -168,6 +169,7 @@
     ws.onclose = function (event) {
       document.body.setAttribute("data-live", "off");
       if (event.code === 4401) return say("You were logged out: reload the page to log in again.");
+      if (event.code === 4410) return say("This lead was erased: nothing more of theirs is shown live.");
       var wait = Math.min(30000, 1000 * Math.pow(2, attempt++)) * (0.5 + Math.random() / 2);
       say("Live updates paused; reconnecting…");
       setTimeout(connect, wait);

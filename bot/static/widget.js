@@ -69,11 +69,12 @@
 
   // --- The connection ---------------------------------------------------------------------------
   var socket = null, online = false, everOnline = false, attempt = 0, retryTimer = null, resendTimer = null;
+  var erased = false; // the server closed with 4410: this visitor was erased
 
   function connect() {
     clearTimeout(retryTimer);
     retryTimer = null;
-    if (socket) return;
+    if (socket || erased) return;
     var ws;
     try { ws = new WebSocket(SOCKET_URL); } catch (e) { return scheduleReconnect(); }
     socket = ws;
@@ -88,11 +89,12 @@
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       if (frame && socket === ws) handle(frame);
     };
-    ws.onclose = function () {
+    ws.onclose = function (event) {
       if (socket !== ws) return;
       socket = null;
-      scheduleReconnect();
       setOnline(false);
+      if (event.code === 4410) return forgetVisitor(); // erased on request: keep nothing, do not come back
+      scheduleReconnect();
     };
   }
 
@@ -181,6 +183,18 @@
     el.classList.remove("kindling-pending");
     if (error) el.classList.add("kindling-failed");
     setStatus(el, error ? "Not sent: " + error : "");
+  }
+
+  // The visitor's lead was erased (they asked to be forgotten): nothing of theirs stays in this browser,
+  // and the widget stays offline until the next page load, which starts as a new visitor.
+  function forgetVisitor() {
+    erased = true;
+    forgetTranscript();
+    visitor = token = link = conversation = null; outbox = [];
+    ["visitor", "token", "link", "conversation", "outbox"].forEach(function (key) {
+      try { localStorage.removeItem("kindling." + key); } catch (e) { /* storage disabled */ }
+    });
+    if (ui) { ui.state.textContent = "This chat has ended."; ui.input.disabled = true; }
   }
 
   function forgetTranscript() {
