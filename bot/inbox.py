@@ -78,6 +78,7 @@ class Inbox:
         self.taken_in = taken_in  # after intake's commit: show the message, send the replies (Services.after_commit)
         self.spawn = spawn
         self._held: deque[Inbound] = deque()  # stored, waiting for intake
+        self._holding: set[str | None] = set()  # their dedup keys, and those in intake now: leases to renew
         self._feeding = 0  # tasks handing held inbounds to intake
         self.answered = 0  # inbounds stored (and so answered) by this process
         self._waiting: deque[tuple[Inbound, asyncio.Future[None]]] = deque()
@@ -153,6 +154,7 @@ class Inbox:
         if len(self._held) >= HELD:
             return False
         self._held.append(inbound)
+        self._holding.add(inbound.dedup_key)
         if self._feeding < self.intake.writers:  # as many chunks as intake stores at once: one stuck blocks no other
             self._feeding += 1
             self.spawn(self._feed())
@@ -171,6 +173,7 @@ class Inbox:
                 started, answered = loop.time(), self.answered
                 taken = await asyncio.gather(*(self._intake(inbound) for inbound in chunk))
                 await self._forget([inbound.dedup_key for inbound, ok in zip(chunk, taken, strict=True) if ok])
+                self._holding.difference_update(inbound.dedup_key for inbound in chunk)
                 if self.answered != answered:  # updates kept coming meanwhile: let their answers have the CPU
                     await asyncio.sleep((loop.time() - started) * ANSWERS_FIRST)
         finally:
@@ -214,14 +217,31 @@ class Inbox:
             return 0
         until = self.clock.now() + (LEASE if leased_too else timedelta(0))
         try:
+            await self._renew()
             entries = await transaction(self.sessions, lambda session: self._claim(session, until, room))
         except DatabaseUnavailable as exc:  # the next sweep tries again
             log.warning("inbox sweep: %s", exc)
             return 0
+        entries = [entry for entry in entries if entry[0] not in self._holding]  # ours already (a renewal lost)
         for dedup_key, attempts, data in entries:
             log.warning("taking over inbound %s (attempt %d)", dedup_key, attempts)
             self._take_in(inbound_from_json(data))
         return len(entries)
+
+    async def _renew(self) -> None:
+        """Renew the leases of what this process holds for intake, so that no sweep takes it over meanwhile.
+
+        Under a long backlog intake may reach an entry only minutes after it was stored.
+        """
+        keys, now = list(self._holding), self.clock.now()
+        for start in range(0, len(keys), 1_000):
+            statement = (
+                update(InboxEntry)
+                .where(col(InboxEntry.dedup_key).in_(keys[start : start + 1_000]))
+                .where(col(InboxEntry.lease_until) < now + LEASE / 2)
+                .values(lease_until=now + LEASE)
+            )
+            await transaction(self.sessions, lambda session: _execute(session, statement))  # noqa: B023 (awaited here)
 
     async def _claim(self, session: AsyncSession, until: datetime, limit: int) -> list[tuple[str, int, dict]]:
         now = self.clock.now()
