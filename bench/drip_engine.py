@@ -383,9 +383,9 @@ NAIVE_TEMPLATE = None
 NAIVE_TABLES = None
 
 
-def naive_engine(path: str):  # type: ignore[no-untyped-def]
+def naive_engine(path: str, foreign_keys: bool = False):  # type: ignore[no-untyped-def]
     """Sync SQLAlchemy: on PostgreSQL (psycopg) when given a URL, else on the SQLite file with the pragmas
-    Kindling uses (WAL, synchronous=NORMAL)."""
+    Kindling uses (WAL, synchronous=NORMAL; foreign keys for the same-work baseline on Kindling's schema)."""
     from sqlalchemy import create_engine, event
 
     if path.startswith("postgresql"):
@@ -398,6 +398,8 @@ def naive_engine(path: str):  # type: ignore[no-untyped-def]
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
+        if foreign_keys:
+            cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     return engine
@@ -445,6 +447,72 @@ def naive_step(lead_id: int, step: str) -> None:
         )  # fmt: skip
 
 
+NAIVE_SAME = None  # the same-work job's flow, stages and Kindling tables, set in the run phase
+
+
+def naive_same_setup(templates: str) -> None:
+    global NAIVE_SAME
+    from flows.library import FlowLibrary
+    from flows.stages import Stages
+    from storage.models import Conversation, Delivery, Enrollment, Lead
+
+    stages = Stages()
+    library = FlowLibrary(Path(templates), stages.order)
+    if library.load() or SLUG not in library.flows:
+        raise SystemExit("the benchmark flow did not load")
+    NAIVE_SAME = (library.flows[SLUG], stages, Lead.__table__, Conversation.__table__, Delivery.__table__,
+                  Enrollment.__table__)  # fmt: skip
+
+
+def naive_same_step(enrollment_id: int) -> None:
+    """The same-work job: what Kindling does for one due step, in the job's own transaction.
+
+    Reads the enrollment (skipped unless still active), the lead (opt-out, exit conditions) and its
+    conversations; renders the step with Kindling's renderer and context; records the outbox row in
+    Kindling's delivery table (its indexes, the unique idempotency key); advances the enrollment. It uses
+    Kindling's own functions for the checks and the render, so only the design differs: one scheduler job
+    and one transaction per lead-step, ten worker threads.
+    """
+    from sqlalchemy import select
+
+    from flows.engine import condition_exit, context
+    from flows.render import RenderError, render_step
+    from flows.runner import LEAD_COLUMNS, NURTURE_PRIORITY, REACH_COLUMNS, _best
+
+    spec, stages, lead, conversation, delivery, enrollment = NAIVE_SAME
+    now = datetime.now(UTC)
+    with NAIVE_ENGINE.begin() as connection:
+        row = connection.execute(select(enrollment).where(enrollment.c.id == enrollment_id)).one()
+        if row.status != "active":
+            return
+        who = connection.execute(select(*LEAD_COLUMNS).where(lead.c.id == row.lead_id)).one()
+        done = {"step_index": row.step_index + 1, "lease_until": None, "updated_at": now, "status": "done"}
+        reason = "opt_out" if who.opted_out_at is not None else condition_exit(spec, stages, who, None, now)
+        if reason:
+            done.update(status="exited", exit_reason=reason)
+        else:
+            step = spec.step_for(spec.step_names[row.step_index], who.id)
+            reach = connection.execute(select(*REACH_COLUMNS).where(conversation.c.lead_id == who.id)).all()
+            where = _best([c for c in reach if c.channel == "telegram"], step.channel)
+            ctx = {**context(who, None, now), "flow": {"slug": spec.slug, "name": spec.name}}
+            try:
+                rendered = render_step(spec, step.name, step.variant, ctx)
+            except RenderError:
+                rendered = None
+            if rendered is not None and where is not None:
+                connection.execute(
+                    delivery.insert().values(
+                        lead_id=who.id, conversation_id=where.id, channel=where.channel, address=where.external_id,
+                        kind="nurture", priority=NURTURE_PRIORITY, text=rendered.text,
+                        buttons=[{"type": "reply", "text": label} for label in rendered.buttons],
+                        idempotency_key=f"flow:{row.id}:{spec.version}:{step.name}", enrollment_id=row.id,
+                        flow_slug=spec.slug, step=step.name, variant=step.variant, status="pending", attempts=0,
+                        not_before=now, created_at=now,
+                    )
+                )  # fmt: skip
+        connection.execute(enrollment.update().where(enrollment.c.id == row.id).values(**done))
+
+
 def naive_scheduler(engine):  # type: ignore[no-untyped-def]
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -460,20 +528,35 @@ def naive_scheduler(engine):  # type: ignore[no-untyped-def]
     return scheduler, store
 
 
+def async_url(db: str) -> str:
+    """The same-work baseline's database as Kindling's loader reaches it (async drivers)."""
+    if db.startswith("postgresql"):
+        return "postgresql+asyncpg://" + db.split("://", 1)[1]
+    return f"sqlite+aiosqlite:///{db}"
+
+
 def naive_add(args: argparse.Namespace) -> dict:
-    """Leads (bulk, setup) then one add_job per lead-step (timed)."""
+    """Leads (bulk, setup) then one add_job per lead-step (timed).
+
+    The same-work baseline (`--naive-work same`) gets Kindling's schema and exactly Kindling's data (the
+    same loader), and one job per enrollment.
+    """
     import logging
 
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     now = datetime.fromisoformat(args.now)
-    engine = naive_engine(args.db)
+    same = args.naive_work == "same"
+    engine = naive_engine(args.db, foreign_keys=same)
     metadata, lead, _ = naive_tables()
     if args.db.startswith("postgresql"):  # a fresh start, as the SQLite baseline gets a new file
         with engine.begin() as connection:
             connection.exec_driver_sql("DROP TABLE IF EXISTS naive_lead, naive_delivery, apscheduler_jobs")
-    metadata.create_all(engine)
+    if same:
+        asyncio.run(load_kindling(async_url(args.db), args.enrollments, args.due, now))
+    else:
+        metadata.create_all(engine)
     with engine.begin() as connection:
-        for start in range(0, args.enrollments, CHUNK):
+        for start in range(0, args.enrollments if not same else 0, CHUNK):
             stop = min(args.enrollments, start + CHUNK)
             connection.execute(
                 lead.insert(),
@@ -489,9 +572,10 @@ def naive_add(args: argparse.Namespace) -> dict:
     scheduler.start(paused=True)  # add_job writes straight to the job store; nothing runs yet
     started = last_note = time.perf_counter()
     for index, run_date in enumerate(times):
-        scheduler.add_job(
-            "__main__:naive_step", "date", run_date=run_date, args=[index + 1, STEP], id=f"{index + 1}:{STEP}"
-        )
+        job, job_args = ("__main__:naive_step", [index + 1, STEP])
+        if same:
+            job, job_args = "__main__:naive_same_step", [index + 1]
+        scheduler.add_job(job, "date", run_date=run_date, args=job_args, id=f"{index + 1}:{STEP}")
         if index % 1000 == 0 and time.perf_counter() - last_note > 15:
             last_note = time.perf_counter()
             log(f"  naive: {index:,} jobs added in {last_note - started:.0f} s")
@@ -513,14 +597,21 @@ def naive_run(args: argparse.Namespace) -> dict:
 
     global NAIVE_ENGINE, NAIVE_TEMPLATE, NAIVE_TABLES
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    same = args.naive_work == "same"
+    if same:  # imports are not start-up, as for Kindling
+        import flows.library  # noqa: F401
+        import flows.render  # noqa: F401
+        import flows.runner  # noqa: F401
     imports_s = time.perf_counter() - T_START
     rss0 = rss()
     reset_peak()
 
     started = time.perf_counter()
-    NAIVE_ENGINE = naive_engine(args.db)
+    NAIVE_ENGINE = naive_engine(args.db, foreign_keys=same)
     NAIVE_TABLES = naive_tables()
     NAIVE_TEMPLATE = naive_template(args.templates)
+    if same:
+        naive_same_setup(args.templates)
     scheduler, store = naive_scheduler(NAIVE_ENGINE)
     scheduler.start(paused=True)
     start_only_s = time.perf_counter() - started
@@ -562,9 +653,10 @@ def naive_run(args: argparse.Namespace) -> dict:
     run_peak = peak_rss() - rss0
     scheduler.shutdown(wait=True)
     with NAIVE_ENGINE.connect() as connection:
-        deliveries = connection.execute(select(func.count()).select_from(NAIVE_TABLES[2])).scalar_one()
+        outbox = NAIVE_SAME[4] if same else NAIVE_TABLES[2]
+        deliveries = connection.execute(select(func.count()).select_from(outbox)).scalar_one()
         jobs_left = connection.execute(text("SELECT count(*) FROM apscheduler_jobs")).scalar_one()
-        sample = connection.execute(select(NAIVE_TABLES[2].c.text).limit(1)).scalar()
+        sample = connection.execute(select(outbox.c.text).limit(1)).scalar()
     NAIVE_ENGINE.dispose()
     return {
         "imports_s": imports_s,
@@ -643,6 +735,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200, help="run_due(limit=...) per call (the app's default)")
     parser.add_argument("--baseline-enrollments", type=int, default=None, help="N for the baseline (default: N)")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--naive-work",
+        default="minimal",
+        choices=("minimal", "same", "both"),
+        help="the baseline's job: minimal (read the lead, render, insert a row; the default), same (Kindling's "
+        "work per step on Kindling's schema), or both, one after the other",
+    )
     parser.add_argument("--profile", type=int, default=0, help="cProfile the first K run_due calls")
     parser.add_argument("--json", default="", help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
@@ -716,14 +815,19 @@ def main() -> None:
             db = args.naive_database_url or str(folder / "naive.db")
             if args.naive_database_url:
                 ensure_pg_database(args.naive_database_url)
-            common = ["--db", db, "--templates", str(templates), "--now", now.isoformat(), "--due", str(bdue)]
             where = "PostgreSQL" if args.naive_database_url else "SQLite"
-            log(f"naive: adding {bn:,} jobs ({bdue:,} due) to the SQLAlchemyJobStore on {where}")
-            results["naive_add"] = child("naive-add", "--enrollments", str(bn), *common)
-            log(f"naive: added in {results['naive_add']['add_s']:.1f} s; running due jobs")
-            results["naive"] = child("naive-run", "--timeout", str(args.timeout), *common)
-            b = results["naive"]
-            log(f"naive: {b['steps']:,} jobs in {b['run_s']:.1f} s = {b['rate']:,.0f}/s ({b['cpu_s']:.1f} s CPU)")
+            for work in ("minimal", "same") if args.naive_work == "both" else (args.naive_work,):
+                key = "naive" if work == "minimal" else "naive_same"
+                if not args.naive_database_url:
+                    db = str(folder / ("naive.db" if work == "minimal" else "naive-same.db"))
+                common = ["--db", db, "--templates", str(templates), "--now", now.isoformat(), "--due", str(bdue)]
+                common += ["--naive-work", work]
+                log(f"{key}: adding {bn:,} jobs ({bdue:,} due) to the SQLAlchemyJobStore on {where}")
+                results[f"{key}_add"] = child("naive-add", "--enrollments", str(bn), *common)
+                log(f"{key}: added in {results[f'{key}_add']['add_s']:.1f} s; running due jobs")
+                results[key] = child("naive-run", "--timeout", str(args.timeout), *common)
+                b = results[key]
+                log(f"{key}: {b['steps']:,} jobs in {b['run_s']:.1f} s = {b['rate']:,.0f}/s ({b['cpu_s']:.1f} s CPU)")
     finally:
         if args.keep:
             log(f"kept {folder}")
@@ -736,10 +840,19 @@ def main() -> None:
 
 
 def report(results: dict) -> None:
+    """One table per baseline that ran (or Kindling alone)."""
+    ran = [key for key in ("naive", "naive_same") if key in results] or ["naive"]
+    for key in ran:
+        report_one(results, key)
+
+
+def report_one(results: dict, key: str) -> None:
     n, k = results["n"], results["kindling"]
-    b, badd = results.get("naive"), results.get("naive_add")
+    b, badd = results.get(key), results.get(f"{key}_add")
     bn = results.get("naive_n", n)
     print()
+    if key == "naive_same":
+        print("baseline: the same work per step as Kindling (--naive-work same)")
     print(f"machine: {results['machine']['nproc']} CPUs, Python {results['machine']['python']}")
     where = results["kindling_database"]
     print(f"Kindling on {where}, N = {n:,}, due = {results['due']:,}, run_due(limit={results['limit']})")

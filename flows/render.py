@@ -55,22 +55,33 @@ class StepExtension(Extension):
             parser.stream.expect("assign")
             options.append(nodes.Keyword(key.value, parser.parse_expression(), lineno=key.lineno))
         body = parser.parse_statements(("name:endstep",), drop_needle=True)
+        call = self.call_method("_selected", [nodes.ContextReference(), name], options, lineno=lineno)
         # An If (not a CallBlock) streams the body, so the output size limit applies inside its loops too.
-        test = self.call_method("_selected", [nodes.ContextReference(), name], options, lineno=lineno)
-        return nodes.If(test, body, [], [], lineno=lineno)
+        node = nodes.If(_selected_test(name, options) or call, body, [], [], lineno=lineno)
+        node.kindling_step_call = call  # what lint and `find_steps` read the name and options from
+        return node
 
     def _selected(self, context: Any, name: Any, **options: Any) -> bool:
         return context.get(STEP_KEY) == (name, options.get("variant"))
 
 
+def _selected_test(name: nodes.Expr, options: list[nodes.Keyword]) -> nodes.Expr | None:
+    """`kindling_step == ("name", "variant")` when both are constants (lint requires it), else None.
+
+    A plain comparison, not a call to `_selected`: every call from a template goes through the sandbox's
+    checks, and each render tests every step block of the flow, so the call cost more than a short step's
+    own text.
+    """
+    variant = next((option.value for option in options if option.key == "variant"), nodes.Const(None))
+    if not isinstance(name, nodes.Const) or not isinstance(variant, nodes.Const):
+        return None
+    wanted = nodes.Const((name.value, variant.value), lineno=name.lineno)
+    return nodes.Compare(nodes.Name(STEP_KEY, "load"), [nodes.Operand("eq", wanted)], lineno=name.lineno)
+
+
 def step_call(node: nodes.Node) -> nodes.Call | None:
     """If `node` is a parsed `{% step %}` block, the call that holds its name and options."""
-    if not isinstance(node, nodes.If) or not isinstance(node.test, nodes.Call):
-        return None
-    target = node.test.node
-    if isinstance(target, nodes.ExtensionAttribute) and target.identifier == StepExtension.identifier:
-        return node.test
-    return None
+    return getattr(node, "kindling_step_call", None) if isinstance(node, nodes.If) else None
 
 
 class FlowSandbox(ImmutableSandboxedEnvironment):

@@ -102,7 +102,7 @@ class Runner:
 
     async def _run(self, session: AsyncSession, claim: Select) -> int:
         now = self.clock.now()
-        claimed = [Claimed(row) for row in (await session.exec(claim)).all()]
+        claimed = [Claimed(row) for row in await _rows(session, claim)]
         if not claimed:
             return 0
         leads, orm_leads = await self._leads_of(session, claimed)
@@ -118,7 +118,8 @@ class Runner:
             else:
                 await self._advance(session, enrollment, lead, reach[lead.id], outbox, now)
         if outbox:
-            await session.exec(_insert_once(session), params=outbox)
+            await session.flush()  # what the ORM path changed goes first, as an ORM statement would flush it
+            await (await session.connection()).execute(_insert_once(session), outbox)
         await _write_back(session, [enrollment for enrollment in claimed if enrollment.id not in orm])
         return len(claimed)
 
@@ -246,7 +247,7 @@ def _stop_reason(engine: Engine, spec: FlowSpec | None, lead: Lead | Row[Any], n
 async def _leads(session: AsyncSession, ids: Collection[int]) -> dict[int, Row[Any]]:
     """The batch's leads by id as plain rows, in one query; a merged-away lead is left to `get_lead`."""
     query = select(*LEAD_COLUMNS).where(Lead.id.in_(list(ids)), Lead.merged_into_id.is_(None))
-    return {lead.id: lead for lead in await session.exec(query)}
+    return {lead.id: lead for lead in await _rows(session, query)}
 
 
 async def _conversations(
@@ -258,10 +259,19 @@ async def _conversations(
         # By lead only: with the channel in the query SQLite picks the (channel, external_id) index and
         # walks every conversation on that channel, which grows with the number of leads.
         query = select(*REACH_COLUMNS).where(Conversation.lead_id.in_(list(lead_ids)))
-        for conversation in await session.exec(query):
+        for conversation in await _rows(session, query):
             if conversation.channel in channels:
                 reach[conversation.lead_id].append(conversation)
     return reach
+
+
+async def _rows(session: AsyncSession, query: Select) -> Sequence[Row[Any]]:
+    """A plain-column query run on the session's connection: Core rows, without the ORM's result machinery.
+
+    The session is flushed first, as `session.exec` would, so the query sees what the ORM path changed.
+    """
+    await session.flush()
+    return (await (await session.connection()).execute(query)).all()
 
 
 async def _orm_enrollments(session: AsyncSession, ids: Sequence[int]) -> dict[int, Enrollment]:

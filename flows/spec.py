@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +135,18 @@ class FlowSpec:
     audience: Expression | None = None
     goal: str | None = None
 
-    @property
+    @cached_property
     def step_names(self) -> tuple[str, ...]:
-        """Step names in order, each once (variants share a name)."""
+        """Step names in order, each once (variants share a name); computed once, as a spec never changes."""
         return tuple(dict.fromkeys(step.name for step in self.steps))
+
+    @cached_property
+    def _blocks(self) -> dict[str, tuple[StepSpec, ...]]:
+        return {name: tuple(step for step in self.steps if step.name == name) for name in self.step_names}
 
     def variants(self, step_name: str) -> tuple[StepSpec, ...]:
         """Every block of a step: one, or several A/B variants."""
-        return tuple(step for step in self.steps if step.name == step_name)
+        return self._blocks.get(step_name, ())
 
     def step_for(self, step_name: str, lead_id: int | str) -> StepSpec:
         """The variant of a step this lead gets; KeyError if the flow has no such step."""

@@ -355,6 +355,27 @@ def test_variants_split_leads_deterministically_and_evenly(templates):
     )
 
 
+def test_each_step_and_each_variant_renders_only_its_own_block(templates):
+    """The step blocks are selected by a plain comparison, not a sandboxed call: a lead still gets exactly one."""
+    path = write_flow(
+        templates,
+        """\
+        {% step "hello", after="1m" %}Hello.{% endstep %}
+        {% step "offer", after="1d", variant="A" %}Want a demo?{% endstep %}
+        {% step "offer", after="1d", variant="B" %}Want a free trial?{% endstep %}
+        {% step "it's me", after="2d" %}Still there?{% endstep %}
+        """,
+    )
+    spec = parse_flow(path, templates)
+    assert spec.step_names == ("hello", "offer", "it's me")
+    assert render_step(spec, "hello", None, context()).text == "Hello."
+    assert render_step(spec, "offer", "A", context()).text == "Want a demo?"
+    assert render_step(spec, "offer", "B", context()).text == "Want a free trial?"
+    assert render_step(spec, "it's me", None, context()).text == "Still there?"
+    with pytest.raises(RenderError, match="has no step 'offer' variant 'C'"):
+        render_step(spec, "offer", "C", context())
+
+
 def test_variants_must_have_distinct_labels_and_the_same_timing(templates):
     path = write_flow(
         templates,
