@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)  # the receiving process's time to take an entry in; then a sweep may
 BATCH = 200  # entries stored by one INSERT (group commit), and taken over by one sweep
 HELD = 10_000  # inbounds this process holds in memory for intake (about 1 KB each); beyond, they wait for a sweep
-CHUNK = 10  # inbounds handed to intake at once (it stores them in batches of its own)
+CHUNK = 50  # inbounds handed to intake at once (its batch: 10 took 14.6 ms of CPU per update, 50 took 9.9)
 # While updates keep arriving, intake pauses after each chunk for this share of the time the chunk took
 # (1.0: intake gets at most about half of the process), so that answers stay quick under a flood; intake
 # catches up when the flood ends. With no arrivals it runs flat out.
