@@ -74,7 +74,7 @@ class Inbox:
         self.engine = create_engine(own) if own != database_url else None
         self.sessions = sessionmaker(self.engine) if self.engine is not None else sessions
         self.alone = is_sqlite(database_url)  # one process per SQLite database: what the inbox holds is ours
-        self.writer = _SQLiteWriter(own) if self.alone else _AutocommitWriter(self.sessions)
+        self.writer = _SQLiteWriter(own) if self.engine is not None else _AutocommitWriter(self.sessions)
         self.taken_in = taken_in  # after intake's commit: show the message, send the replies (Services.after_commit)
         self.spawn = spawn
         self._held: deque[Inbound] = deque()  # stored, waiting for intake
@@ -86,8 +86,8 @@ class Inbox:
 
     async def start(self) -> None:
         """Make the SQLite inbox's table if need be, and take in what a previous run left (SQLite: all of it)."""
-        if self.engine is not None:
-            async with self.engine.begin() as connection:
+        if self.alone:  # SQLite's inbox is no migration's: its own file (or, in memory, the database itself)
+            async with (self.engine or self.sessions.kw["bind"]).begin() as connection:
                 await connection.run_sync(InboxEntry.metadata.create_all, tables=[InboxEntry.__table__])
         await self.sweep(leased_too=self.alone)
 
@@ -269,8 +269,10 @@ class _AutocommitWriter:
     """PostgreSQL: a batch of entries is one INSERT in autocommit: atomic, and no BEGIN and COMMIT round trips."""
 
     def __init__(self, sessions: Sessions) -> None:
-        self.engine = sessions.kw["bind"].execution_options(isolation_level="AUTOCOMMIT")
-        self.statement = postgresql.insert(InboxEntry.__table__).on_conflict_do_nothing(index_elements=["dedup_key"])
+        engine = sessions.kw["bind"]
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite  # SQLite: an in-memory database
+        self.statement = dialect.insert(InboxEntry.__table__).on_conflict_do_nothing(index_elements=["dedup_key"])
 
     async def insert(self, rows: list[dict]) -> None:
         try:
