@@ -149,16 +149,15 @@ class Inbox:
         for inbound, _ in batch:
             self._take_in(inbound)
 
-    def _take_in(self, inbound: Inbound) -> bool:
-        """Hand an inbound to intake in the background; False when too many are held (a sweep takes it)."""
+    def _take_in(self, inbound: Inbound) -> None:
+        """Hand an inbound to intake in the background; when too many are held, leave it to a sweep."""
         if len(self._held) >= HELD:
-            return False
+            return
         self._held.append(inbound)
         self._holding.add(inbound.dedup_key)
         if self._feeding < self.intake.writers:  # as many chunks as intake stores at once: one stuck blocks no other
             self._feeding += 1
             self.spawn(self._feed())
-        return True
 
     async def _feed(self) -> None:
         """Hand held inbounds to intake, a chunk at a time (intake stores what waits together), until none is left.
