@@ -42,7 +42,8 @@ HANDOFF_SECONDS = 5.0
 WEBHOOK_SECONDS = 2.0
 INBOX_SECONDS = 5.0
 STEP_BATCH = 200
-SEND_BATCH = 300  # 10 s of Telegram's overall budget: a lead waiting for its chat's 1/s rarely holds up a batch
+SEND_BATCH = 300  # 10 s of Telegram's overall budget, one message per lead (see Dispatcher.dispatch_due)
+SENDING_SECONDS = 30.0  # the outbox job claims again as soon as a batch is sent, for up to this long
 
 
 def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = True) -> web.Application:
@@ -126,7 +127,7 @@ def _jobs(services: Services) -> list:
         await _while_full(lambda: services.runner.run_due(STEP_BATCH), STEP_BATCH)
 
     async def dispatch() -> None:
-        await _while_full(lambda: services.dispatcher.dispatch_due(SEND_BATCH), SEND_BATCH)
+        await _while_any(lambda: services.dispatcher.dispatch_due(SEND_BATCH), SENDING_SECONDS)
 
     return [
         (reload_flows, FLOW_RELOAD_SECONDS),
@@ -145,6 +146,17 @@ async def _while_full(batch: Callable[[], Awaitable[int]], size: int) -> None:
     while await batch() == size:
         if asyncio.get_running_loop().time() > deadline:
             break
+
+
+async def _while_any(batch: Callable[[], Awaitable[int]], seconds: float) -> None:
+    """Run batches back to back while they find anything, for up to `seconds` (then the next tick goes on).
+
+    A lead's next message is claimed only after its last was sent, so waiting for the next tick between
+    batches would leave its chat idle for up to a tick, every batch.
+    """
+    deadline = asyncio.get_running_loop().time() + seconds
+    while await batch() and asyncio.get_running_loop().time() < deadline:
+        pass
 
 
 def _no_room_reason(settings: Settings) -> str:

@@ -6,9 +6,10 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, tuple_, update
+from sqlalchemy.orm import aliased
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -26,6 +27,25 @@ MAX_ATTEMPTS = 8
 SEND_CONCURRENCY = 60  # leads whose messages are being sent at once, per claimed batch (most wait for their chat)
 IMMEDIATE_CONCURRENCY = 8  # immediate sends claiming at once
 SOON_BATCH = 100  # fresh replies claimed together by the one task that sends them (see `queue`)
+
+
+def due(row: type[Delivery], now: datetime) -> ColumnElement[bool]:
+    """Pending and due, or claimed by a sender whose lease ran out (it died mid-send)."""
+    return or_(
+        and_(row.status == "pending", row.not_before <= now),
+        and_(row.status == "sending", row.lease_until < now),
+    )
+
+
+def first_of_its_lead(now: datetime) -> ColumnElement[bool]:
+    """Due, with none of the lead's messages in flight and none due ahead of it (by priority, then time)."""
+    other = aliased(Delivery)
+    order = (Delivery.priority, Delivery.not_before, Delivery.id)
+    ahead = or_(
+        and_(other.status == "sending", other.lease_until >= now),
+        and_(due(other, now), tuple_(other.priority, other.not_before, other.id) < tuple_(*order)),
+    )
+    return and_(due(Delivery, now), ~exists().where(other.lead_id == Delivery.lead_id, other.id != Delivery.id, ahead))
 
 
 class Dispatcher:
@@ -83,13 +103,14 @@ class Dispatcher:
                 await self._claim_and_send(fresh, len(ids))
 
     async def dispatch_due(self, limit: int = 100) -> int:
-        """Claim and send due deliveries, and those whose sender died mid-lease; returns how many."""
-        now = self.clock.now()
-        due = or_(
-            and_(Delivery.status == "pending", Delivery.not_before <= now),
-            and_(Delivery.status == "sending", Delivery.lease_until < now),
-        )
-        return await self._claim_and_send(due, limit)
+        """Claim and send due deliveries, at most one per lead; returns how many (0: nothing is due).
+
+        Also takes over rows whose sender died mid-lease. One per lead, because a lead's messages go out one
+        at a time anyway (its chat takes one a second): a batch holding several of one lead's messages ended
+        with that lead, its chat's seconds, while every other chat sat idle. The caller claims again as soon
+        as a batch is sent (`bot.app`), and that claim finds the lead's next message.
+        """
+        return await self._claim_and_send(first_of_its_lead(self.clock.now()), limit)
 
     async def _claim_and_send(self, condition: ColumnElement[bool], limit: int) -> int:
         claimed = await transaction(self.sessions, lambda session: self._claim(session, condition, limit))
