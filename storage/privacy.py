@@ -22,18 +22,21 @@ import hmac
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Table, delete, insert, select, tuple_, update
+from pathlib import Path
+
+from sqlalchemy import Column, ColumnElement, Table, delete, insert, inspect, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.db import Sessions, checkpoint, transaction
+from storage.db import Sessions, checkpoint, create_engine, inbox_url, sessionmaker, transaction
 from storage.known import known
 from storage.leads import LeadNotFound, get_lead
-from storage.models import Conversation, Erasure, Handoff, Identity, Lead, Pace, Suppression
+from storage.models import Conversation, Erasure, Handoff, Identity, InboxEntry, Lead, Pace, Suppression
 from storage.pace import chat_key
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ class Erased:
     removed: dict[str, int]
     conversation_ids: tuple[int, ...] = ()
     open_handoff_ids: tuple[int, ...] = ()
+    addresses: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (channel, external id): for the inbox
 
 
 async def erase_person(session: AsyncSession, lead_id: int, secret: bytes, by: str, now: datetime) -> Erased:
@@ -129,15 +133,57 @@ async def erase_person(session: AsyncSession, lead_id: int, secret: bytes, by: s
     log.info("lead %s erased by %s: %d rows in %d tables", person.lead_id, by, sum(removed.values()), len(removed))
     conversations = sorted(person.rows.get(CONVERSATION, {}))
     handoffs = sorted(key for key, row in person.rows.get(HANDOFF, {}).items() if row["status"] in OPEN_HANDOFF)
-    return Erased(person.lead_id, removed, tuple(key[0] for key in conversations), tuple(key[0] for key in handoffs))
+    addresses = tuple((row["channel"], row["external_id"]) for row in person.rows.get(CONVERSATION, {}).values())
+    return Erased(
+        person.lead_id, removed, tuple(key[0] for key in conversations), tuple(key[0] for key in handoffs), addresses
+    )
 
 
 async def erase_everywhere(sessions: Sessions, lead_id: int, secret: bytes, by: str, now: datetime) -> Erased:
     """`erase_person` in its own transaction, then the deleted rows are flushed out of SQLite's log too."""
     erased = await transaction(sessions, lambda session: erase_person(session, lead_id, secret, by, now))
+    waiting = await _forget_inbox(sessions.kw["bind"], erased.addresses)
+    if waiting:
+        erased = replace(erased, removed={**erased.removed, "inbox": waiting})
     if not await checkpoint(sessions):
         log.warning("lead %s: erased rows stay in the write-ahead log until the next checkpoint", erased.lead_id)
     return erased
+
+
+async def _forget_inbox(engine: AsyncEngine, addresses: tuple[tuple[str, str], ...]) -> int:
+    """Delete the person's inbounds still in the inbox (bot/inbox.py); returns how many.
+
+    One whose intake kept failing stays there with its error, message and all, until someone deletes it;
+    one not taken in yet would otherwise be taken in after the erasure (as a suppressed newcomer). After the
+    erasure's commit, because on SQLite the inbox is a file of its own, so it cannot share the transaction.
+    """
+    url = engine.url.render_as_string(hide_password=False)
+    own = inbox_url(url)
+    if own == url:
+        return await _delete_inbounds(engine, addresses)
+    if not addresses or not Path(own.split(":///", 1)[1]).exists():
+        return 0
+    inbox = create_engine(own)
+    try:
+        removed = await _delete_inbounds(inbox, addresses)
+        if removed and not await checkpoint(sessionmaker(inbox)):
+            log.warning("erased inbounds stay in the inbox's write-ahead log until its next checkpoint")
+        return removed
+    finally:
+        await inbox.dispose()
+
+
+async def _delete_inbounds(engine: AsyncEngine, addresses: tuple[tuple[str, str], ...]) -> int:
+    table: Table = InboxEntry.__table__  # type: ignore[attr-defined]
+    inbound = table.c.inbound
+    address = tuple_(inbound["channel"].as_string(), inbound["external_id"].as_string())
+    removed = 0
+    async with engine.begin() as connection:
+        if not addresses or not await connection.run_sync(lambda sync: inspect(sync).has_table(table.name)):
+            return 0  # an in-memory SQLite database whose app never started: no inbox yet
+        for chunk in _chunks(sorted(addresses)):
+            removed += (await connection.execute(delete(table).where(address.in_(chunk)))).rowcount
+    return removed
 
 
 async def _forget_paces(session: AsyncSession, person: Person) -> None:

@@ -17,7 +17,7 @@ from bot.inbox import LEASE, MAX_ATTEMPTS
 from storage.db import create_engine, inbox_url, is_sqlite, sessionmaker
 from storage.models import Event, InboxEntry, Lead, Message
 
-from conftest import rows, services_of
+from conftest import API_KEY, rows, services_of
 from fake_telegram import TOKEN
 from test_telegram import CHAT, HEADERS, SECRET, payload
 
@@ -113,3 +113,32 @@ async def test_an_update_whose_intake_keeps_failing_is_tried_a_few_times_then_ke
         assert not fake_telegram.sent_messages()
     finally:
         await run(db, MENDED[dialect(database_url)])
+
+
+async def test_erasing_a_person_deletes_their_inbounds_kept_in_the_inbox_and_no_one_elses(
+    make_client, telegram_settings, db, clock, database_url
+):
+    client = await make_client(telegram_settings)
+    inbox = services_of(client).inbox
+    assert (await client.post("/webhooks/telegram", json=payload("message_text"), headers=HEADERS)).status == 200
+    await services_of(client).drain()
+    [lead] = await rows(db, Lead)
+    other = payload("message_text", update_id=730118002, text="Call me on +1 415 555 0100")
+    other["message"]["from"]["id"] = other["message"]["chat"]["id"] = CHAT + 1
+    await run(db, BROKEN[dialect(database_url)])
+    try:  # both kept, with their error: the person's second message and someone else's first
+        for update in (payload("message_text", update_id=730118011, text="My card is 4111 1111 1111 1111"), other):
+            assert (await client.post("/webhooks/telegram", json=update, headers=HEADERS)).status == 200
+        await services_of(client).drain()
+        assert len(await rows(inbox.sessions, InboxEntry)) == 2
+    finally:
+        await run(db, MENDED[dialect(database_url)])
+
+    response = await client.delete(f"/api/leads/{lead.id}", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status == 200 and (await response.json())["removed"]["inbox"] == 1
+    [kept] = await rows(inbox.sessions, InboxEntry)
+    assert kept.inbound["text"] == "Call me on +1 415 555 0100"
+    clock.advance(LEASE)  # and what is left is still taken in once the database is mended
+    assert await inbox.sweep() == 1
+    await services_of(client).drain()
+    assert [lead.id for lead in await rows(db, Lead)] != [] and not await rows(inbox.sessions, InboxEntry)
