@@ -24,9 +24,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Table, delete, insert, inspect, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
