@@ -7,6 +7,9 @@ tried a few times and then kept with its error, not retried for ever and not dro
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+
 import pytest
 from sqlalchemy import text
 from telegram import Update
@@ -142,3 +145,39 @@ async def test_erasing_a_person_deletes_their_inbounds_kept_in_the_inbox_and_no_
     assert await inbox.sweep() == 1
     await services_of(client).drain()
     assert [lead.id for lead in await rows(db, Lead)] != [] and not await rows(inbox.sessions, InboxEntry)
+
+
+async def test_an_update_held_longer_than_its_lease_by_a_busy_intake_is_not_taken_over(
+    make_client, telegram_settings, db, clock, database_url, fake_telegram
+):
+    client = await make_client(telegram_settings)
+    inbox = services_of(client).inbox
+    async with held_writes(db, database_url):  # intake waits for the database, as under a long backlog
+        assert (await client.post("/webhooks/telegram", json=payload("message_text"), headers=HEADERS)).status == 200
+        for _ in range(4):  # two minutes pass, with the sweeps every instance runs
+            clock.advance(LEASE / 3)
+            assert await inbox.sweep() == 0
+        [entry] = await rows(inbox.sessions, InboxEntry)
+        assert entry.attempts == 0 and entry.lease_until > clock.now()  # still ours: no sweep may take it over
+    await services_of(client).drain()
+
+    assert len(await rows(db, Message, Message.direction == "in")) == 1
+    assert len(fake_telegram.texts(CHAT)) == 1 and not await rows(inbox.sessions, InboxEntry)
+
+
+@contextlib.asynccontextmanager
+async def held_writes(db, database_url: str):  # type: ignore[no-untyped-def]
+    """Another connection holds the database's write lock (SQLite) or the event table's (PostgreSQL)."""
+    if is_sqlite(database_url):
+        connection = sqlite3.connect(database_url.split(":///", 1)[1], isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+            connection.close()
+        return
+    async with db() as session:
+        await session.exec(text("LOCK TABLE event IN EXCLUSIVE MODE"))  # type: ignore[call-overload]
+        yield
+        await session.rollback()
