@@ -1,5 +1,7 @@
 """Several instances on PostgreSQL share one Telegram budget (30 messages/s overall, about 1/s per chat).
 
+And on either database the budget puts the drip backlog behind everything else.
+
 Each instance reserves a slot per send in the database; these tests read the slots granted, which are
 exact, instead of timing the sends. On SQLite Kindling runs as one instance and paces in-process.
 """
@@ -12,6 +14,7 @@ from datetime import timedelta
 
 import pytest
 
+from bot.channels.telegram import NURTURE_QUEUED, TelegramPacing
 from storage.db import create_engine, is_sqlite, sessionmaker
 from storage.models import Pace
 from storage.pace import SharedPace
@@ -89,3 +92,28 @@ async def test_on_postgresql_the_bot_takes_its_slots_from_the_shared_budget(make
 
     assert fake_telegram.texts(CHAT) == ["Hi Ann! Thanks for reaching out. How can we help you today?"]
     assert sorted(row.key for row in await rows(db, Pace)) == ["telegram", f"telegram:{CHAT}"]
+
+
+async def test_an_operator_card_is_not_queued_behind_a_drip_backlog(database_url, db):
+    """The overall budget serves first come, first served; a backlog's nurture may hold only a few places."""
+    pacing = TelegramPacing(None if is_sqlite(database_url) else SharedPace(db))
+    sent: list[str] = []
+    going = asyncio.Event()
+
+    async def call(label: str) -> bool:  # the Bot API call the budget lets go
+        sent.append(label)
+        if len(sent) == 5:
+            going.set()
+        return True
+
+    def request(label: str, chat: int, nurture: bool):  # type: ignore[no-untyped-def]
+        data = {"chat_id": chat, "text": label}
+        return pacing.process_request(call, (label,), {}, "sendMessage", data, {"nurture": nurture})
+
+    backlog = [asyncio.create_task(request(f"nurture {i}", CHAT + i, True)) for i in range(40)]
+    await going.wait()  # the backlog is being sent, 30 a second
+    await request("card", -1001234567890, False)
+    await asyncio.gather(*backlog)
+
+    assert len(sent) == 41
+    assert sent.index("card") <= 5 + NURTURE_QUEUED + 1  # not 41st: behind only those already queued

@@ -73,6 +73,10 @@ LATE = 0.01  # seconds: a send this much later than its chat slot moves the chat
 # event loop, which a busy moment delays by some milliseconds: they leave 3% spare so that jitter does not
 # put two slots closer than Telegram allows.
 SHARED_SPARE = 1.03
+# Nurture messages of this process waiting for the overall budget at once. The overall queue is first come,
+# first served: with a drip backlog, the dispatcher's dozens of nurture sends would stand in it ahead of an
+# operator card or a reply, two seconds deep. A few keep the budget busy (the next one is always ready).
+NURTURE_QUEUED = 3
 
 
 class TelegramPacing(AIORateLimiter):
@@ -91,26 +95,37 @@ class TelegramPacing(AIORateLimiter):
         super().__init__(overall_max_rate=1, overall_time_period=OVERALL_INTERVAL, max_retries=0)
         self.chats: dict[int, _ChatPace] = {}
         self.shared = shared
+        self.nurture = asyncio.Semaphore(NURTURE_QUEUED)
 
     async def process_request(self, callback, args, kwargs, endpoint, data, rate_limit_args):  # type: ignore[no-untyped-def]
-        chat_id = data.get("chat_id")
-        if self.shared is not None and chat_id is not None:
-            return await self._shared(chat_id, callback, args, kwargs, endpoint, data, rate_limit_args)
-        if not (isinstance(chat_id, int) and chat_id > 0):
-            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
-        chat = self._chat(chat_id)
-        loop = asyncio.get_running_loop()
+        """Pace one Bot API call; `rate_limit_args={"nurture": True}` lets other calls go ahead of it."""
+        async with _Turn(self.nurture if (rate_limit_args or {}).get("nurture") else None) as turn:
+            return await self._paced(turn, callback, args, kwargs, endpoint, data, rate_limit_args)
 
-        async def stamped(*args: Any, **kwargs: Any) -> Any:  # called once the overall budget let it go
-            chat.next_at = loop.time() + CHAT_INTERVAL
+    async def _paced(self, turn: _Turn, callback, args, kwargs, endpoint, data, rate_limit_args):  # type: ignore[no-untyped-def]
+        chat_id = data.get("chat_id")
+        request = (args, kwargs, endpoint, data, None)  # PTB's limiter reads its rate_limit_args as max retries
+        if self.shared is not None and chat_id is not None:
+            return await self._shared(turn, chat_id, callback, *request)
+        loop = asyncio.get_running_loop()
+        chat = self._chat(chat_id) if isinstance(chat_id, int) and chat_id > 0 else None
+
+        async def granted(*args: Any, **kwargs: Any) -> Any:  # called once the overall budget let it go
+            turn.leave()
+            if chat is not None:
+                chat.next_at = loop.time() + CHAT_INTERVAL
             return await callback(*args, **kwargs)
 
+        if chat is None:  # a group (PTB's own 20/min) or no chat at all
+            await turn.queue()
+            return await super().process_request(granted, *request)
         async with chat.turn:  # one message to a chat at a time, in order
             if (delay := chat.next_at - loop.time()) > 0:
                 await asyncio.sleep(delay)
-            return await super().process_request(stamped, args, kwargs, endpoint, data, rate_limit_args)
+            await turn.queue()
+            return await super().process_request(granted, *request)
 
-    async def _shared(self, chat_id: int | str, callback, *request):  # type: ignore[no-untyped-def]
+    async def _shared(self, turn: _Turn, chat_id: int | str, callback, *request):  # type: ignore[no-untyped-def]
         """The chat's shared slot (it may be a second away), the overall one (milliseconds), then this
         process' own overall pace, so that a late wake-up does not send two slots at once."""
         assert self.shared is not None
@@ -120,9 +135,11 @@ class TelegramPacing(AIORateLimiter):
         await asyncio.sleep(chat.wait)
         loop = asyncio.get_running_loop()
         slot_time = loop.time()  # the chat slot's start, on this loop's clock
+        await turn.queue()
         await self.shared.wait("telegram", OVERALL_INTERVAL * SHARED_SPARE)
 
         async def stamped(*args: Any, **kwargs: Any) -> Any:
+            turn.leave()
             late = loop.time() - slot_time
             if late > LATE:  # it goes out later than its chat slot: so does the chat's next one
                 await self.shared.push(key, chat.start + timedelta(seconds=late + interval))
@@ -135,6 +152,33 @@ class TelegramPacing(AIORateLimiter):
             now = asyncio.get_running_loop().time()
             self.chats = {key: chat for key, chat in self.chats.items() if chat.next_at > now or chat.turn.locked()}
         return self.chats.setdefault(chat_id, _ChatPace())
+
+
+class _Turn:
+    """A nurture call's place among the few allowed to queue for the overall budget (other calls need none).
+
+    Taken after its chat's wait (a chat a second away holds no place) and left once the overall budget
+    lets the call go, or when the call ends, whichever comes first.
+    """
+
+    def __init__(self, places: asyncio.Semaphore | None) -> None:
+        self.places, self.held = places, False
+
+    async def queue(self) -> None:
+        if self.places is not None:
+            await self.places.acquire()
+            self.held = True
+
+    def leave(self) -> None:
+        if self.held:
+            self.held = False
+            self.places.release()  # type: ignore[union-attr]
+
+    async def __aenter__(self) -> _Turn:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.leave()
 
 
 class _ChatPace:
@@ -290,7 +334,10 @@ class TelegramChannel:
         text, markup = keyboard(delivery.text, delivery.buttons)
         try:
             sent = await self.application.bot.send_message(
-                chat_id=int(delivery.address), text=text, reply_markup=markup
+                chat_id=int(delivery.address),
+                text=text,
+                reply_markup=markup,
+                rate_limit_args={"nurture": delivery.kind == "nurture"},
             )
         except RetryAfter as exc:
             return SendResult.retry(f"Telegram flood control: {exc.message}", after=self.retry_seconds(exc))
