@@ -340,3 +340,38 @@ async def test_steps_act_on_the_lead_and_a_later_step_in_the_same_batch_sees_it(
     ]
     [acts] = await rows(db, Enrollment, Enrollment.flow_slug == "acts")
     assert (acts.status, acts.exit_reason, acts.step_index) == ("exited", "step stop ends the flow", 3)
+
+
+async def test_a_leads_messages_go_out_one_at_a_time_in_order_whichever_sender_claims_them(app, clock, db):
+    ws = await visitor_on_pricing(app)
+    [conversation] = await rows(db, Conversation)
+    async with db() as session:  # three notices due at once for this lead, oldest first
+        session.add_all(
+            Delivery(
+                lead_id=conversation.lead_id,
+                conversation_id=conversation.id,
+                channel="webchat",
+                address=conversation.external_id,
+                kind="system",
+                text=f"Notice {n}",
+                idempotency_key=f"notice:{n}",
+                not_before=clock.now(),
+                created_at=clock.now(),
+            )
+            for n in (1, 2, 3)
+        )
+        await session.commit()
+    services = services_of(app)
+    stuck = Dispatcher(services.sessions, {"webchat": HangingChannel()}, Hub(), clock, services.settings.policy)
+    dying = asyncio.create_task(stuck.dispatch_due())  # another instance claims the first, then hangs
+    for _ in range(1000):
+        if any(d.status == "sending" for d in await rows(db, Delivery)):
+            break
+        await asyncio.sleep(0)
+
+    assert await services.dispatcher.dispatch_due() == 0  # not the second while the first is in flight
+    assert [d.status for d in await rows(db, Delivery)] == ["sending", "pending", "pending"]
+    dying.cancel()
+    clock.advance(timedelta(seconds=61))  # the other instance died: its lease runs out
+    assert [await services.dispatcher.dispatch_due() for _ in range(4)] == [1, 1, 1, 0]
+    assert [(await next_from(ws, "bot"))["text"] for _ in range(3)] == ["Notice 1", "Notice 2", "Notice 3"]
