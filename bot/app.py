@@ -43,7 +43,6 @@ WEBHOOK_SECONDS = 2.0
 INBOX_SECONDS = 5.0
 STEP_BATCH = 200
 SEND_BATCH = 300  # 10 s of Telegram's overall budget, one message per lead (see Dispatcher.dispatch_due)
-SENDING_SECONDS = 30.0  # the outbox job claims again as soon as a batch is sent, for up to this long
 
 
 def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = True) -> web.Application:
@@ -103,6 +102,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
             log.info("telegram operators' group is disabled: %s", _no_room_reason(settings))
         scheduler = start_ticks(_jobs(services)) if ticks else None
         yield
+        services.running = False  # jobs still going stop at their next batch
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         await services.drain()
@@ -127,7 +127,11 @@ def _jobs(services: Services) -> list:
         await _while_full(lambda: services.runner.run_due(STEP_BATCH), STEP_BATCH)
 
     async def dispatch() -> None:
-        await _while_any(lambda: services.dispatcher.dispatch_due(SEND_BATCH), SENDING_SECONDS)
+        # A lead's next message is claimed only after its last one went out: waiting for the next tick
+        # between batches would leave its chat idle for up to a tick, every batch. So claim again at once,
+        # for as long as anything is due (and the app is not shutting down).
+        while services.running and await services.dispatcher.dispatch_due(SEND_BATCH):
+            pass
 
     return [
         (reload_flows, FLOW_RELOAD_SECONDS),
@@ -146,17 +150,6 @@ async def _while_full(batch: Callable[[], Awaitable[int]], size: int) -> None:
     while await batch() == size:
         if asyncio.get_running_loop().time() > deadline:
             break
-
-
-async def _while_any(batch: Callable[[], Awaitable[int]], seconds: float) -> None:
-    """Run batches back to back while they find anything, for up to `seconds` (then the next tick goes on).
-
-    A lead's next message is claimed only after its last was sent, so waiting for the next tick between
-    batches would leave its chat idle for up to a tick, every batch.
-    """
-    deadline = asyncio.get_running_loop().time() + seconds
-    while await batch() and asyncio.get_running_loop().time() < deadline:
-        pass
 
 
 def _no_room_reason(settings: Settings) -> str:

@@ -141,11 +141,21 @@ class TelegramPacing(AIORateLimiter):
         async def stamped(*args: Any, **kwargs: Any) -> Any:
             turn.leave()
             late = loop.time() - slot_time
-            if late > LATE:  # it goes out later than its chat slot: so does the chat's next one
-                await self.shared.push(key, chat.start + timedelta(seconds=late + interval))
-            return await callback(*args, **kwargs)
+            try:
+                return await callback(*args, **kwargs)
+            finally:  # after the call: a round trip before it would bunch this send with the next one
+                if late > LATE:  # it went out later than its chat slot: so does the chat's next one
+                    await self._push(key, chat.start + timedelta(seconds=late + interval))
 
         return await super().process_request(stamped, *request)
+
+    async def _push(self, key: str, tat: datetime) -> None:
+        """Move a chat's next shared slot; a failure is logged, never raised (the message itself went out)."""
+        assert self.shared is not None
+        try:
+            await self.shared.push(key, tat)
+        except Exception as exc:  # the database went away: the chat's next slot may come a little early
+            log.warning("telegram: could not move the next slot of %s: %s", key, exc)
 
     def _chat(self, chat_id: int) -> _ChatPace:
         if len(self.chats) > 10_000:  # forget idle chats so the table does not grow forever
