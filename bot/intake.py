@@ -24,10 +24,11 @@ from flows.optout import is_opt_out, opt_out
 from flows.outgoing import Subscriptions
 from flows.reactions import advance_stage, ledger, score_event
 from storage import leads as q
-from storage.db import DatabaseUnavailable, Sessions, is_sqlite, transaction
+from storage.db import DatabaseUnavailable, Deadlocked, Sessions, is_sqlite, transaction
 from storage.known import keep, known
 from storage.models import Conversation, Delivery, Event, Handoff, Lead, Message
 from storage.privacy import suppressed_kinds
+from storage.rowids import number_rows
 
 log = logging.getLogger(__name__)
 BATCH = 50  # inbounds stored together in one transaction at most (group commit)
@@ -62,6 +63,7 @@ class Intake:
         self.writers = 1 if is_sqlite(settings.database_url) else 4
         self._waiting: deque[tuple[Inbound, asyncio.Future[Received]]] = deque()
         self._writing = 0  # writers running; counted down by the writer itself, in the same step it sees no more work
+        self._busy: dict[tuple, int] = {}  # the people (conversations, identities, leads) of the batches being stored
         self._tasks: set[asyncio.Task] = set()
 
     async def receive(self, inbound: Inbound) -> Received:
@@ -83,14 +85,45 @@ class Intake:
         """Store waiting inbounds, a batch per transaction, until none is left."""
         try:
             while self._waiting:
-                batch = [self._waiting.popleft() for _ in range(min(BATCH, len(self._waiting)))]
+                batch = self._next_batch()
+                people = [key for inbound, _ in batch for key in _people(inbound)]
+                for key in people:
+                    self._busy[key] = self._busy.get(key, 0) + 1
                 try:
                     await self._store(batch)
                 finally:  # cancelled (shutting down): nobody may wait for ever
                     for _, future in batch:
                         _settle(future, DatabaseUnavailable("the server is shutting down"))
+                    for key in people:
+                        if (left := self._busy.pop(key) - 1) > 0:
+                            self._busy[key] = left
         finally:
             self._writing -= 1
+
+    def _next_batch(self) -> list[tuple[Inbound, asyncio.Future[Received]]]:
+        """The next inbounds to store together, leaving those whose person a running batch has for later.
+
+        On PostgreSQL batches run side by side: two with the same person would both write their lead and
+        conversation rows (the second waits for the first's commit), both insert a new person's identity
+        (the second fails, and its whole batch is stored again one inbound at a time), or lock two such
+        rows in opposite orders (a deadlock). Left waiting, such an inbound goes in a later batch, in
+        order with the person's others; unless nothing else waits, so that no writer idles meanwhile.
+        """
+        batch: list[tuple[Inbound, asyncio.Future[Received]]] = []
+        later: list[tuple[Inbound, asyncio.Future[Received]]] = []
+        held = set(self._busy)  # people of running batches, then also of the inbounds left for later
+        while self._waiting and len(batch) < BATCH:
+            item = self._waiting.popleft()
+            people = _people(item[0])
+            if held.isdisjoint(people):
+                batch.append(item)
+            else:
+                later.append(item)
+                held.update(people)
+        if not batch:  # everything waiting is about someone a running batch has
+            batch, later = later[:BATCH], later[BATCH:]
+        self._waiting.extendleft(reversed(later))  # back at the front, in their order
+        return batch
 
     async def _store(self, batch: list[tuple[Inbound, asyncio.Future[Received]]]) -> None:
         """One transaction for the batch; if any inbound in it fails, each is stored on its own."""
@@ -99,9 +132,11 @@ class Intake:
             try:
                 results = await transaction(self.sessions, lambda session: self._receive_all(session, inbounds), 1)
             except DatabaseUnavailable as exc:
-                for _, future in batch:
-                    _settle(future, exc)
-                return
+                if not isinstance(exc, Deadlocked):
+                    for _, future in batch:
+                        _settle(future, exc)
+                    return
+                log.debug("a batch of %d inbounds deadlocked; storing each on its own", len(batch))
             except Exception as exc:  # a unique-key race or one bad inbound: the others must not fail with it
                 log.debug("a batch of %d inbounds failed (%s); storing each on its own", len(batch), exc)
             else:
@@ -120,6 +155,7 @@ class Intake:
 
     async def _receive_all(self, session: AsyncSession, inbounds: list[Inbound]) -> list[Received]:
         """Store inbounds in order in one transaction, reading ahead what they will look up."""
+        number_rows(session)
         keep(session, await read_ahead(session, inbounds, self.secret_key, self.clock.now()))
         return [await self._receive(session, inbound) for inbound in inbounds]
 
@@ -261,8 +297,7 @@ class Intake:
             conversation = Conversation(
                 lead_id=lead.id, channel=inbound.channel, external_id=inbound.external_id, created_at=now
             )
-            session.add(conversation)
-            await session.flush()
+            await q.insert_now(session, conversation)
             if (answers := known(session)) is not None:
                 answers.conversations[(inbound.channel, inbound.external_id)] = conversation
         return conversation
@@ -334,6 +369,16 @@ def _committed(received: Received) -> Received:
     """After the commit: the ids of the replies it stored (the commit's flush gave them)."""
     received.delivery_ids = [delivery.id for delivery in received.deliveries if delivery.id is not None]
     return received
+
+
+def _people(inbound: Inbound) -> list[tuple]:
+    """Who an inbound is about, as far as one can tell before storing it: its conversation and identities."""
+    people: list[tuple] = [("identity", *key) for key in identity_keys(inbound)]
+    if inbound.external_id:
+        people.append(("conversation", inbound.channel, inbound.external_id))
+    if inbound.lead_id is not None:
+        people.append(("lead", inbound.lead_id))
+    return people
 
 
 def _settle(future: asyncio.Future[Received], outcome: Received | Exception) -> None:

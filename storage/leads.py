@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import insert, update
-from sqlmodel import select
+from sqlalchemy.orm import make_transient_to_detached
+from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.db import Conflict
@@ -62,12 +63,30 @@ async def identity_owner(session: AsyncSession, kind: str, value: str | None) ->
 async def create_lead(session: AsyncSession, now: datetime, lead: Lead | None = None) -> Lead:
     """A new lead in the first stage (`lead`: one made but not stored yet)."""
     lead = lead or Lead(created_at=now, updated_at=now, stage_at=now)
-    session.add(lead)
-    await session.flush()
+    await insert_now(session, lead)
     answers = known(session)
     if answers is not None:  # a lead made just now has no enrollments, handoffs or messages yet
+        answers.leads[lead.id] = lead
         answers.enrollments[lead.id], answers.handoffs[lead.id], answers.creditable[lead.id] = [], None, False
     return lead
+
+
+async def insert_now(session: AsyncSession, row: SQLModel, attach: bool = True) -> None:
+    """Insert one row at once and set its id; `attach`: the session then holds it as stored (later changes to
+    it are written as updates), else it is left out of the session (a row nothing changes afterwards).
+
+    For intake's group commit: a new lead's, conversation's or event's id is needed at once (the rows after
+    it name it), but `session.flush()` would also write every earlier inbound's pending rows, a statement
+    each, instead of one statement per table at the commit. A unique key taken already fails here, as a
+    flush would.
+    """
+    table = row.__table__
+    values = {column.name: getattr(row, column.name) for column in table.columns if column.name != "id"}
+    connection = await session.connection()  # not session.exec: that would flush everything first
+    row.id = (await connection.execute(insert(table).values(values).returning(table.c.id))).scalar_one()
+    if attach:
+        make_transient_to_detached(row)
+        session.add(row)
 
 
 async def attach_identities(
@@ -81,11 +100,7 @@ async def attach_identities(
     added = []
     answers = known(session)
     for kind, value in identities:
-        # Straight from the database, not the read-ahead: an identity another transaction committed since
-        # must show here (on PostgreSQL each statement sees the latest commits).
-        query = select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value)
-        with session.no_autoflush:  # the batch's pending rows can wait for the commit (what we add is flushed below)
-            stored = (await session.exec(query)).first()
+        stored = await _stored_identity(session, kind, value)
         owner = None if stored is None else (await get_lead(session, stored)).id
         if owner is None:
             session.add(Identity(lead_id=lead.id, kind=kind, value=value, created_at=now))
@@ -94,9 +109,25 @@ async def attach_identities(
                 answers.identities[(kind, value)] = lead.id
         elif owner != lead.id:
             raise Conflict(f"identity {kind} was given to lead {owner} meanwhile")
-    if added:
+    if added and answers is None:
         await session.flush()
     return added
+
+
+async def _stored_identity(session: AsyncSession, kind: str, value: str) -> int | None:
+    """The lead id an identity points at, for attaching it: from the read-ahead if it has the identity.
+
+    The read-ahead is exact on SQLite (the transaction holds the write lock from its start). On PostgreSQL
+    another transaction may commit the identity after it was read; the identity added here then fails its
+    unique key at the commit, and the transaction runs again (as intake's batches do on any unique key),
+    seeing the other's lead. Not read ahead: asked straight from the database.
+    """
+    answers = known(session)
+    if answers is not None and (kind, value) in answers.identities:
+        return answers.identities[(kind, value)]
+    query = select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value)
+    with session.no_autoflush:  # the batch's pending rows can wait for the commit
+        return (await session.exec(query)).first()
 
 
 async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: datetime) -> None:
@@ -154,16 +185,8 @@ async def stored_event(session: AsyncSession, dedup_key: str) -> Event | None:
 
 
 async def insert_event(session: AsyncSession, event: Event) -> None:
-    """Store an event at once and set its id, leaving the session's other changes for one flush later.
-
-    For intake's group commit: the inbound's event id is needed right away (its message and replies name
-    it), but flushing the whole session for it would write every earlier inbound's rows one by one.
-    A duplicate dedup key fails here, as a flush would.
-    """
-    table = Event.__table__
-    values = {column.name: getattr(event, column.name) for column in table.columns if column.name != "id"}
-    connection = await session.connection()  # not session.exec: that would flush everything first
-    event.id = (await connection.execute(insert(table).values(values).returning(table.c.id))).scalar_one()
+    """Store an inbound's event at once and set its id (see `insert_now`); a duplicate dedup key fails here."""
+    await insert_now(session, event, attach=False)
     answers = known(session)
     if answers is not None and event.dedup_key:
         answers.events[event.dedup_key] = event
