@@ -126,11 +126,15 @@ class Intake:
         return batch
 
     async def _store(self, batch: list[tuple[Inbound, asyncio.Future[Received]]]) -> None:
-        """One transaction for the batch; if any inbound in it fails, each is stored on its own."""
+        """One transaction for the batch; if any inbound in it fails, each is stored on its own.
+
+        A batch that lost a unique-key race (PostgreSQL: another batch or instance stored the same new
+        person first) is run once more as a whole: it then finds what the other stored.
+        """
         if len(batch) > 1:
             inbounds = [inbound for inbound, _ in batch]
             try:
-                results = await transaction(self.sessions, lambda session: self._receive_all(session, inbounds), 1)
+                results = await transaction(self.sessions, lambda session: self._receive_all(session, inbounds), 2)
             except DatabaseUnavailable as exc:
                 if not isinstance(exc, Deadlocked):
                     for _, future in batch:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
-from sqlalchemy import insert, update
+from sqlalchemy import Insert, Table, insert, update
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -83,7 +84,7 @@ async def insert_now(session: AsyncSession, row: SQLModel, attach: bool = True) 
     table = row.__table__
     values = {column.name: getattr(row, column.name) for column in table.columns if column.name != "id"}
     connection = await session.connection()  # not session.exec: that would flush everything first
-    row.id = (await connection.execute(insert(table).values(values).returning(table.c.id))).scalar_one()
+    row.id = (await connection.execute(_insert(table), values)).scalar_one()
     if attach:
         make_transient_to_detached(row)
         session.add(row)
@@ -182,6 +183,12 @@ async def stored_event(session: AsyncSession, dedup_key: str) -> Event | None:
     if answers is not None and dedup_key in answers.events:
         return answers.events[dedup_key]
     return (await session.exec(select(Event).where(Event.dedup_key == dedup_key))).first()
+
+
+@functools.cache
+def _insert(table: Table) -> Insert:
+    """INSERT ... RETURNING id, built once per table (building it per row cost more than running it)."""
+    return insert(table).returning(table.c.id)
 
 
 async def insert_event(session: AsyncSession, event: Event) -> None:
