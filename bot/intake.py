@@ -32,6 +32,7 @@ from storage.rowids import number_rows
 
 log = logging.getLogger(__name__)
 BATCH = 50  # inbounds stored together in one transaction at most (group commit)
+STUCK_SECONDS = 2.0  # a batch running this long no longer holds back other writers' inbounds of its people
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Intake:
         self._waiting: deque[tuple[Inbound, asyncio.Future[Received]]] = deque()
         self._writing = 0  # writers running; counted down by the writer itself, in the same step it sees no more work
         self._busy: dict[tuple, int] = {}  # the people (conversations, identities, leads) of the batches being stored
+        self._stored = asyncio.Event()  # set (and replaced) each time a batch ends
         self._tasks: set[asyncio.Task] = set()
 
     async def receive(self, inbound: Inbound) -> Received:
@@ -85,7 +87,7 @@ class Intake:
         """Store waiting inbounds, a batch per transaction, until none is left."""
         try:
             while self._waiting:
-                batch = self._next_batch()
+                batch = await self._next_batch()
                 people = [key for inbound, _ in batch for key in _people(inbound)]
                 for key in people:
                     self._busy[key] = self._busy.get(key, 0) + 1
@@ -97,21 +99,35 @@ class Intake:
                     for key in people:
                         if (left := self._busy.pop(key) - 1) > 0:
                             self._busy[key] = left
+                    self._stored.set()
+                    self._stored = asyncio.Event()
         finally:
             self._writing -= 1
 
-    def _next_batch(self) -> list[tuple[Inbound, asyncio.Future[Received]]]:
-        """The next inbounds to store together, leaving those whose person a running batch has for later.
+    async def _next_batch(self) -> list[tuple[Inbound, asyncio.Future[Received]]]:
+        """The next inbounds to store together, none about a person whose inbounds a running batch stores.
 
         On PostgreSQL batches run side by side: two with the same person would both write their lead and
         conversation rows (the second waits for the first's commit), both insert a new person's identity
-        (the second fails, and its whole batch is stored again one inbound at a time), or lock two such
-        rows in opposite orders (a deadlock). Left waiting, such an inbound goes in a later batch, in
-        order with the person's others; unless nothing else waits, so that no writer idles meanwhile.
+        (the second fails and runs again), or lock two such rows in opposite orders (a deadlock). Such an
+        inbound waits for a later batch, in order with the person's others. When every inbound waiting is
+        such a one, this writer waits for a running batch to end; should none end within STUCK_SECONDS
+        (a batch held up by another instance's locks), it takes them all the same.
         """
+        batch = self._take(apart=True)
+        if batch or not self._waiting:
+            return batch
+        try:
+            await asyncio.wait_for(self._stored.wait(), STUCK_SECONDS)
+        except TimeoutError:
+            return self._take(apart=False)
+        return self._take(apart=True)  # maybe nothing: another writer took them, or took more of their people
+
+    def _take(self, apart: bool) -> list[tuple[Inbound, asyncio.Future[Received]]]:
+        """Up to BATCH waiting inbounds, in order; `apart`: leaving those about people a running batch has."""
         batch: list[tuple[Inbound, asyncio.Future[Received]]] = []
         later: list[tuple[Inbound, asyncio.Future[Received]]] = []
-        held = set(self._busy)  # people of running batches, then also of the inbounds left for later
+        held = set(self._busy) if apart else set()  # and the people of the inbounds left for later
         while self._waiting and len(batch) < BATCH:
             item = self._waiting.popleft()
             people = _people(item[0])
@@ -120,8 +136,6 @@ class Intake:
             else:
                 later.append(item)
                 held.update(people)
-        if not batch:  # everything waiting is about someone a running batch has
-            batch, later = later[:BATCH], later[BATCH:]
         self._waiting.extendleft(reversed(later))  # back at the front, in their order
         return batch
 
