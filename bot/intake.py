@@ -173,7 +173,7 @@ class Intake:
 
     async def _receive_all(self, session: AsyncSession, inbounds: list[Inbound]) -> list[Received]:
         """Store inbounds in order in one transaction, reading ahead what they will look up."""
-        number_rows(session)
+        await number_rows(session)
         keep(session, await read_ahead(session, inbounds, self.secret_key, self.clock.now()))
         return [await self._receive(session, inbound) for inbound in inbounds]
 

@@ -13,6 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage.db import Conflict
 from storage.known import known
 from storage.models import Conversation, Delivery, Enrollment, Event, Identity, Lead, Message, PointsEntry
+from storage.rowids import numbering
 
 LIVE = ("active", "paused")
 
@@ -25,12 +26,20 @@ async def get_lead(session: AsyncSession, lead_id: int) -> Lead:
     """The lead with that id, following merges to the surviving lead."""
     if not 0 < lead_id < 2**31:
         raise LeadNotFound(lead_id)
-    lead = await session.get(Lead, lead_id)
+    lead = await _lead(session, lead_id)
     while lead is not None and lead.merged_into_id is not None:
-        lead = await session.get(Lead, lead.merged_into_id)
+        lead = await _lead(session, lead.merged_into_id)
     if lead is None:
         raise LeadNotFound(lead_id)
     return lead
+
+
+async def _lead(session: AsyncSession, lead_id: int) -> Lead | None:
+    """A lead by id: one read ahead or made in this transaction (maybe not written yet), else the session's."""
+    answers = known(session)
+    if answers is not None and lead_id in answers.leads:
+        return answers.leads[lead_id]
+    return await session.get(Lead, lead_id)
 
 
 async def leads_by_identities(session: AsyncSession, identities: list[tuple[str, str]]) -> list[Lead]:
@@ -73,14 +82,18 @@ async def create_lead(session: AsyncSession, now: datetime, lead: Lead | None = 
 
 
 async def insert_now(session: AsyncSession, row: SQLModel, attach: bool = True) -> None:
-    """Insert one row at once and set its id; `attach`: the session then holds it as stored (later changes to
-    it are written as updates), else it is left out of the session (a row nothing changes afterwards).
+    """Give a new row its id at once; `attach`: the session then holds it (later changes to it are written
+    too), else it is left out of the session (a row nothing changes afterwards).
 
     For intake's group commit: a new lead's, conversation's or event's id is needed at once (the rows after
     it name it), but `session.flush()` would also write every earlier inbound's pending rows, a statement
-    each, instead of one statement per table at the commit. A unique key taken already fails here, as a
-    flush would.
+    each, instead of one statement per table at the commit. On SQLite intake numbers the row itself and it
+    is written at the commit with the others of its table (storage/rowids.py); elsewhere it is inserted
+    alone, now, and a unique key taken already fails here, as a flush would.
     """
+    if numbering(session):
+        session.add(row)  # numbered as it is added
+        return
     table = row.__table__
     values = {column.name: getattr(row, column.name) for column in table.columns if column.name != "id"}
     connection = await session.connection()  # not session.exec: that would flush everything first
