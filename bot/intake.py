@@ -24,13 +24,15 @@ from flows.optout import is_opt_out, opt_out
 from flows.outgoing import Subscriptions
 from flows.reactions import advance_stage, ledger, score_event
 from storage import leads as q
-from storage.db import DatabaseUnavailable, Sessions, is_sqlite, transaction
+from storage.db import DatabaseUnavailable, Deadlocked, Sessions, is_sqlite, transaction
 from storage.known import keep, known
 from storage.models import Conversation, Delivery, Event, Handoff, Lead, Message
 from storage.privacy import suppressed_kinds
+from storage.rowids import number_rows
 
 log = logging.getLogger(__name__)
 BATCH = 50  # inbounds stored together in one transaction at most (group commit)
+STUCK_SECONDS = 2.0  # a batch running this long no longer holds back other writers' inbounds of its people
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Intake:
         self.writers = 1 if is_sqlite(settings.database_url) else 4
         self._waiting: deque[tuple[Inbound, asyncio.Future[Received]]] = deque()
         self._writing = 0  # writers running; counted down by the writer itself, in the same step it sees no more work
+        self._busy: dict[tuple, int] = {}  # the people (conversations, identities, leads) of the batches being stored
+        self._stored = asyncio.Event()  # set (and replaced) each time a batch ends
         self._tasks: set[asyncio.Task] = set()
 
     async def receive(self, inbound: Inbound) -> Received:
@@ -83,25 +87,74 @@ class Intake:
         """Store waiting inbounds, a batch per transaction, until none is left."""
         try:
             while self._waiting:
-                batch = [self._waiting.popleft() for _ in range(min(BATCH, len(self._waiting)))]
+                batch = await self._next_batch()
+                people = [key for inbound, _ in batch for key in _people(inbound)]
+                for key in people:
+                    self._busy[key] = self._busy.get(key, 0) + 1
                 try:
                     await self._store(batch)
                 finally:  # cancelled (shutting down): nobody may wait for ever
                     for _, future in batch:
                         _settle(future, DatabaseUnavailable("the server is shutting down"))
+                    for key in people:
+                        if (left := self._busy.pop(key) - 1) > 0:
+                            self._busy[key] = left
+                    self._stored.set()
+                    self._stored = asyncio.Event()
         finally:
             self._writing -= 1
 
+    async def _next_batch(self) -> list[tuple[Inbound, asyncio.Future[Received]]]:
+        """The next inbounds to store together, none about a person whose inbounds a running batch stores.
+
+        On PostgreSQL batches run side by side: two with the same person would both write their lead and
+        conversation rows (the second waits for the first's commit), both insert a new person's identity
+        (the second fails and runs again), or lock two such rows in opposite orders (a deadlock). Such an
+        inbound waits for a later batch, in order with the person's others. When every inbound waiting is
+        such a one, this writer waits for a running batch to end; should none end within STUCK_SECONDS
+        (a batch held up by another instance's locks), it takes them all the same.
+        """
+        batch = self._take(apart=True)
+        if batch or not self._waiting:
+            return batch
+        try:
+            await asyncio.wait_for(self._stored.wait(), STUCK_SECONDS)
+        except TimeoutError:
+            return self._take(apart=False)
+        return self._take(apart=True)  # maybe nothing: another writer took them, or took more of their people
+
+    def _take(self, apart: bool) -> list[tuple[Inbound, asyncio.Future[Received]]]:
+        """Up to BATCH waiting inbounds, in order; `apart`: leaving those about people a running batch has."""
+        batch: list[tuple[Inbound, asyncio.Future[Received]]] = []
+        later: list[tuple[Inbound, asyncio.Future[Received]]] = []
+        held = set(self._busy) if apart else set()  # and the people of the inbounds left for later
+        while self._waiting and len(batch) < BATCH:
+            item = self._waiting.popleft()
+            people = _people(item[0])
+            if held.isdisjoint(people):
+                batch.append(item)
+            else:
+                later.append(item)
+                held.update(people)
+        self._waiting.extendleft(reversed(later))  # back at the front, in their order
+        return batch
+
     async def _store(self, batch: list[tuple[Inbound, asyncio.Future[Received]]]) -> None:
-        """One transaction for the batch; if any inbound in it fails, each is stored on its own."""
+        """One transaction for the batch; if any inbound in it fails, each is stored on its own.
+
+        A batch that lost a unique-key race (PostgreSQL: another batch or instance stored the same new
+        person first) is run once more as a whole: it then finds what the other stored.
+        """
         if len(batch) > 1:
             inbounds = [inbound for inbound, _ in batch]
             try:
-                results = await transaction(self.sessions, lambda session: self._receive_all(session, inbounds), 1)
+                results = await transaction(self.sessions, lambda session: self._receive_all(session, inbounds), 2)
             except DatabaseUnavailable as exc:
-                for _, future in batch:
-                    _settle(future, exc)
-                return
+                if not isinstance(exc, Deadlocked):
+                    for _, future in batch:
+                        _settle(future, exc)
+                    return
+                log.debug("a batch of %d inbounds deadlocked; storing each on its own", len(batch))
             except Exception as exc:  # a unique-key race or one bad inbound: the others must not fail with it
                 log.debug("a batch of %d inbounds failed (%s); storing each on its own", len(batch), exc)
             else:
@@ -120,6 +173,7 @@ class Intake:
 
     async def _receive_all(self, session: AsyncSession, inbounds: list[Inbound]) -> list[Received]:
         """Store inbounds in order in one transaction, reading ahead what they will look up."""
+        await number_rows(session)
         keep(session, await read_ahead(session, inbounds, self.secret_key, self.clock.now()))
         return [await self._receive(session, inbound) for inbound in inbounds]
 
@@ -261,8 +315,7 @@ class Intake:
             conversation = Conversation(
                 lead_id=lead.id, channel=inbound.channel, external_id=inbound.external_id, created_at=now
             )
-            session.add(conversation)
-            await session.flush()
+            await q.insert_now(session, conversation)
             if (answers := known(session)) is not None:
                 answers.conversations[(inbound.channel, inbound.external_id)] = conversation
         return conversation
@@ -334,6 +387,16 @@ def _committed(received: Received) -> Received:
     """After the commit: the ids of the replies it stored (the commit's flush gave them)."""
     received.delivery_ids = [delivery.id for delivery in received.deliveries if delivery.id is not None]
     return received
+
+
+def _people(inbound: Inbound) -> list[tuple]:
+    """Who an inbound is about, as far as one can tell before storing it: its conversation and identities."""
+    people: list[tuple] = [("identity", *key) for key in identity_keys(inbound)]
+    if inbound.external_id:
+        people.append(("conversation", inbound.channel, inbound.external_id))
+    if inbound.lead_id is not None:
+        people.append(("lead", inbound.lead_id))
+    return people
 
 
 def _settle(future: asyncio.Future[Received], outcome: Received | Exception) -> None:

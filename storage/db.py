@@ -39,6 +39,10 @@ class DatabaseUnavailable(Exception):
 UNAVAILABLE = (DatabaseUnavailable, PoolTimeout)
 
 
+class Deadlocked(DatabaseUnavailable):
+    """Each attempt lost a deadlock with concurrent transactions (PostgreSQL); running it again may succeed."""
+
+
 class Conflict(Exception):
     """A concurrent transaction committed what this one was deciding on (PostgreSQL, READ COMMITTED): run it again."""
 
@@ -153,8 +157,17 @@ async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitab
                 raise
             log.debug("unique key race, retrying (attempt %d)", attempt)
         except (OperationalError, DBAPIError, OSError, PoolTimeout) as exc:  # PoolTimeout: every connection busy
-            raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+            if not _lost_race(exc):
+                raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+            if attempt == attempts:
+                raise Deadlocked(str(exc).splitlines()[0]) from exc
+            log.debug("deadlock, retrying (attempt %d)", attempt)
     raise AssertionError("unreachable")
+
+
+def _lost_race(exc: Exception) -> bool:
+    """PostgreSQL chose this transaction to break a deadlock, or to fail a serialization conflict."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in ("40P01", "40001")
 
 
 @asynccontextmanager

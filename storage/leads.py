@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
-from sqlalchemy import insert, update
-from sqlmodel import select
+from sqlalchemy import Insert, Table, insert, update
+from sqlalchemy.orm import make_transient_to_detached
+from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.db import Conflict
 from storage.known import known
 from storage.models import Conversation, Delivery, Enrollment, Event, Identity, Lead, Message, PointsEntry
+from storage.rowids import numbering
 
 LIVE = ("active", "paused")
 
@@ -23,12 +26,20 @@ async def get_lead(session: AsyncSession, lead_id: int) -> Lead:
     """The lead with that id, following merges to the surviving lead."""
     if not 0 < lead_id < 2**31:
         raise LeadNotFound(lead_id)
-    lead = await session.get(Lead, lead_id)
+    lead = await _lead(session, lead_id)
     while lead is not None and lead.merged_into_id is not None:
-        lead = await session.get(Lead, lead.merged_into_id)
+        lead = await _lead(session, lead.merged_into_id)
     if lead is None:
         raise LeadNotFound(lead_id)
     return lead
+
+
+async def _lead(session: AsyncSession, lead_id: int) -> Lead | None:
+    """A lead by id: one read ahead or made in this transaction (maybe not written yet), else the session's."""
+    answers = known(session)
+    if answers is not None and lead_id in answers.leads:
+        return answers.leads[lead_id]
+    return await session.get(Lead, lead_id)
 
 
 async def leads_by_identities(session: AsyncSession, identities: list[tuple[str, str]]) -> list[Lead]:
@@ -62,12 +73,34 @@ async def identity_owner(session: AsyncSession, kind: str, value: str | None) ->
 async def create_lead(session: AsyncSession, now: datetime, lead: Lead | None = None) -> Lead:
     """A new lead in the first stage (`lead`: one made but not stored yet)."""
     lead = lead or Lead(created_at=now, updated_at=now, stage_at=now)
-    session.add(lead)
-    await session.flush()
+    await insert_now(session, lead)
     answers = known(session)
     if answers is not None:  # a lead made just now has no enrollments, handoffs or messages yet
+        answers.leads[lead.id] = lead
         answers.enrollments[lead.id], answers.handoffs[lead.id], answers.creditable[lead.id] = [], None, False
     return lead
+
+
+async def insert_now(session: AsyncSession, row: SQLModel, attach: bool = True) -> None:
+    """Give a new row its id at once; `attach`: the session then holds it (later changes to it are written
+    too), else it is left out of the session (a row nothing changes afterwards).
+
+    For intake's group commit: a new lead's, conversation's or event's id is needed at once (the rows after
+    it name it), but `session.flush()` would also write every earlier inbound's pending rows, a statement
+    each, instead of one statement per table at the commit. On SQLite intake numbers the row itself and it
+    is written at the commit with the others of its table (storage/rowids.py); elsewhere it is inserted
+    alone, now, and a unique key taken already fails here, as a flush would.
+    """
+    if numbering(session):
+        session.add(row)  # numbered as it is added
+        return
+    table = row.__table__
+    values = {column.name: getattr(row, column.name) for column in table.columns if column.name != "id"}
+    connection = await session.connection()  # not session.exec: that would flush everything first
+    row.id = (await connection.execute(_insert(table), values)).scalar_one()
+    if attach:
+        make_transient_to_detached(row)
+        session.add(row)
 
 
 async def attach_identities(
@@ -81,11 +114,7 @@ async def attach_identities(
     added = []
     answers = known(session)
     for kind, value in identities:
-        # Straight from the database, not the read-ahead: an identity another transaction committed since
-        # must show here (on PostgreSQL each statement sees the latest commits).
-        query = select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value)
-        with session.no_autoflush:  # the batch's pending rows can wait for the commit (what we add is flushed below)
-            stored = (await session.exec(query)).first()
+        stored = await _stored_identity(session, kind, value)
         owner = None if stored is None else (await get_lead(session, stored)).id
         if owner is None:
             session.add(Identity(lead_id=lead.id, kind=kind, value=value, created_at=now))
@@ -94,9 +123,25 @@ async def attach_identities(
                 answers.identities[(kind, value)] = lead.id
         elif owner != lead.id:
             raise Conflict(f"identity {kind} was given to lead {owner} meanwhile")
-    if added:
+    if added and answers is None:
         await session.flush()
     return added
+
+
+async def _stored_identity(session: AsyncSession, kind: str, value: str) -> int | None:
+    """The lead id an identity points at, for attaching it: from the read-ahead if it has the identity.
+
+    The read-ahead is exact on SQLite (the transaction holds the write lock from its start). On PostgreSQL
+    another transaction may commit the identity after it was read; the identity added here then fails its
+    unique key at the commit, and the transaction runs again (as intake's batches do on any unique key),
+    seeing the other's lead. Not read ahead: asked straight from the database.
+    """
+    answers = known(session)
+    if answers is not None and (kind, value) in answers.identities:
+        return answers.identities[(kind, value)]
+    query = select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value)
+    with session.no_autoflush:  # the batch's pending rows can wait for the commit
+        return (await session.exec(query)).first()
 
 
 async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: datetime) -> None:
@@ -153,17 +198,15 @@ async def stored_event(session: AsyncSession, dedup_key: str) -> Event | None:
     return (await session.exec(select(Event).where(Event.dedup_key == dedup_key))).first()
 
 
-async def insert_event(session: AsyncSession, event: Event) -> None:
-    """Store an event at once and set its id, leaving the session's other changes for one flush later.
+@functools.cache
+def _insert(table: Table) -> Insert:
+    """INSERT ... RETURNING id, built once per table (building it per row cost more than running it)."""
+    return insert(table).returning(table.c.id)
 
-    For intake's group commit: the inbound's event id is needed right away (its message and replies name
-    it), but flushing the whole session for it would write every earlier inbound's rows one by one.
-    A duplicate dedup key fails here, as a flush would.
-    """
-    table = Event.__table__
-    values = {column.name: getattr(event, column.name) for column in table.columns if column.name != "id"}
-    connection = await session.connection()  # not session.exec: that would flush everything first
-    event.id = (await connection.execute(insert(table).values(values).returning(table.c.id))).scalar_one()
+
+async def insert_event(session: AsyncSession, event: Event) -> None:
+    """Store an inbound's event at once and set its id (see `insert_now`); a duplicate dedup key fails here."""
+    await insert_now(session, event, attach=False)
     answers = known(session)
     if answers is not None and event.dedup_key:
         answers.events[event.dedup_key] = event

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,7 @@ def _json(default: Any) -> Any:
     def fresh() -> Any:  # not `default` itself: pydantic reads the factory's signature for every row made,
         return default()  # and for a builtin such as dict that means parsing its text signature each time
 
+    fresh.__signature__ = inspect.Signature()  # type: ignore[attr-defined]  # read as is, not worked out each time
     return Field(default_factory=fresh, sa_column=Column(JSON, nullable=False))
 
 

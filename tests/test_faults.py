@@ -71,6 +71,28 @@ async def test_inbounds_stored_together_act_as_if_stored_one_after_the_other(cli
     assert set(enrollments.values()) == {("exited", "reply")}
 
 
+async def test_a_flood_from_a_few_people_at_once_is_all_stored_one_lead_each(client, db, clock):
+    """Batches stored side by side (PostgreSQL) must not trip over each other on the same people.
+
+    Two batches with the same person both wrote that person's rows and deadlocked: their inbounds were
+    refused as if the database were down (the inbox then left them for a sweep a minute later).
+    """
+
+    def telegram(person: int, update_id: int) -> Inbound:
+        return Inbound(
+            channel="telegram", external_id=f"90{person}", kind="message", dedup_key=f"telegram:update:{update_id}",
+            identities=(("telegram", f"90{person}"),), at=clock.now(), text="hello", profile=Profile(first_name="Bo"),
+        )  # fmt: skip
+
+    intake = services_of(client).intake
+    floods = [[telegram(n % 6, 1000 * round_ + n) for n in range(200)] for round_ in range(2)]
+    for flood in floods:  # the first makes the six people, the second finds them
+        received = await asyncio.gather(*(intake.receive(inbound) for inbound in flood))  # raises if one failed
+        assert len({each.lead_id for each in received}) == 6
+    assert len(await rows(db, Lead)) == 6
+    assert len(await rows(db, Message, Message.direction == "in")) == 400
+
+
 async def test_when_the_database_is_down_senders_get_503_to_retry(make_client, settings, clock):
     down = settings.with_(database_url=UNREACHABLE, secret_key="k", webhook_sources={"acme": SOURCE})
     client = await make_client(down)
