@@ -87,7 +87,8 @@ class TelegramPacing(AIORateLimiter):
     actually went out (after waiting for the overall budget too), not from when it got its chat slot.
     Nothing waits on a 429 here: the delivery is rescheduled after `retry_after`, so other leads are not
     held up. With `shared` (PostgreSQL), the budgets are kept in the database, so several instances
-    together stay within them; otherwise (SQLite: one instance) they are kept in this process.
+    together stay within them; otherwise (SQLite: one instance) they are kept in this process. Nurture
+    calls hold at most NURTURE_QUEUED places in the overall queue, so everything else goes ahead of them.
     """
 
     def __init__(self, shared: SharedPace | None = None) -> None:
