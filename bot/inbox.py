@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)  # the receiving process's time to take an entry in; then a sweep may
 BATCH = 200  # entries stored by one INSERT (group commit), and taken over by one sweep
 HELD = 10_000  # inbounds this process holds in memory for intake (about 1 KB each); beyond, they wait for a sweep
+# Chunks handed to intake at a time. One: on PostgreSQL four side by side (intake's writers) locked the same
+# leads in different orders ("deadlock detected": the whole chunk failed and waited a lease for a sweep, 33-45
+# updates/s taken in), and every turn of the event loop ran a step of each, which the answers waited behind.
+FEEDERS = 1
 CHUNK = 50  # inbounds handed to intake at once (its batch: 10 took 14.6 ms of CPU per update, 50 took 9.9)
 # While updates keep arriving, intake pauses after each chunk for this share of the time the chunk took
 # (1.0: intake gets at most about half of the process), so that answers stay quick under a flood; intake
@@ -167,7 +171,7 @@ class Inbox:
             return
         self._held.append(inbound)
         self._holding.add(inbound.dedup_key)
-        if self._feeding < self.intake.writers:  # as many chunks as intake stores at once: one stuck blocks no other
+        if self._feeding < FEEDERS:
             self._feeding += 1
             self.spawn(self._feed())
 
