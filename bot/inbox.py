@@ -70,6 +70,7 @@ CHUNK = 50  # inbounds handed to intake at once (its batch: 10 took 14.6 ms of C
 # (1.0: intake gets at most about half of the process), so that answers stay quick under a flood; intake
 # catches up when the flood ends. With no arrivals it runs flat out.
 ANSWERS_FIRST = 1.0
+APPLICATION_NAME = "kindling-inbox"  # PostgreSQL: the inbox's own connection, as pg_stat_activity shows it
 MAX_ATTEMPTS = 5  # sweeps of one entry; then it stays, with its error, for a person to look at
 
 
@@ -320,6 +321,8 @@ class _PostgresWriter:
         _, self.connect_args = engine.dialect.create_connect_args(engine.url)
         for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):  # SQLAlchemy's own
             self.connect_args.pop(adapter_only, None)
+        settings = self.connect_args.setdefault("server_settings", {})
+        settings.setdefault("application_name", APPLICATION_NAME)  # so pg_stat_activity tells it apart
         self.connection: asyncpg.Connection | None = None
         self.statement: asyncpg.prepared_stmt.PreparedStatement | None = None
 

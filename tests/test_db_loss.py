@@ -45,7 +45,7 @@ from sqlalchemy import event, func, text
 from sqlmodel import select
 
 from bot.config import WebhookSource
-from bot.inbox import LEASE
+from bot.inbox import APPLICATION_NAME, LEASE
 from bot.signing import signed_headers
 from storage.db import create_engine, is_sqlite
 from storage.models import Conversation, Delivery, Event, Identity, InboxEntry, Lead, Message
@@ -277,6 +277,31 @@ async def test_a_telegram_update_whose_intake_fails_after_the_answer_waits_in_th
     assert (stored["Lead"], stored["Conversation"], stored["Event"], stored["Message"]) == (1, 1, 1, 1)
     assert not await inbox(client)
     assert len(fake_telegram.texts(CHAT)) == stored["Delivery"] == 1
+
+
+async def test_an_update_after_postgresql_ended_the_inboxs_idle_connection_is_stored_and_answered(
+    client, db, database_url, clock
+):
+    """As after a restart of PostgreSQL: the inbox's connection of its own is replaced before the next update."""
+    if is_sqlite(database_url):
+        pytest.skip("SQLite's inbox is a file: no server to end its connection")
+    first = await sender(client, clock, "telegram")()
+    assert first.status == 200
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            ended = "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = :name"
+            assert (await connection.execute(text(ended), {"name": APPLICATION_NAME})).scalars().all() == [True]
+    finally:
+        await engine.dispose()
+
+    update = {**PAYLOADS["message_text"], "update_id": PAYLOADS["message_text"]["update_id"] + 1}
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
+    second = await client.post("/webhooks/telegram", data=json.dumps(update), headers=headers)
+    assert second.status == 200, await second.text()
+    await services_of(client).drain()
+    stored = await counts(db)
+    assert (stored["Event"], stored["Message"]) == (2, 2)  # both taken in, once each
 
 
 async def inbox(client) -> list[InboxEntry]:  # type: ignore[no-untyped-def]
