@@ -302,11 +302,11 @@ class _AutocommitWriter:
 class _PostgresWriter:
     """PostgreSQL: a batch of entries is one prepared INSERT, in autocommit, on a connection of the inbox's own.
 
-    Through the app's engine each batch waited for a pooled connection behind intake and the dispatcher,
-    and SQLAlchemy compiled a multi-row INSERT for every batch: under load most of the answer's time. Here
-    the batch goes to asyncpg as five arrays (`unnest`), one round trip, and the pool's being busy does not
-    hold the answers back. A connection the server closed is replaced before the next batch; one that fails
-    during a batch fails that batch (503: Telegram sends it again) and is replaced for the next.
+    Through the app's engine each batch could wait for a pooled connection behind intake and the
+    dispatcher, and SQLAlchemy compiled a multi-row INSERT for every batch. Here the batch goes to asyncpg
+    as five arrays (`unnest`), prepared once, one round trip, and a busy pool does not hold the answers back.
+    A connection the server closed is replaced before the next batch; one that fails during a batch fails
+    that batch (503: Telegram sends it again) and is replaced for the next.
     """
 
     SQL = (
