@@ -61,10 +61,11 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)  # the receiving process's time to take an entry in; then a sweep may
 BATCH = 200  # entries stored by one INSERT (group commit), and taken over by one sweep
 HELD = 10_000  # inbounds this process holds in memory for intake (about 1 KB each); beyond, they wait for a sweep
-# Chunks handed to intake at a time. One: on PostgreSQL four side by side (intake's writers) locked the same
-# leads in different orders ("deadlock detected": the whole chunk failed and waited a lease for a sweep, 33-45
-# updates/s taken in), and every turn of the event loop ran a step of each, which the answers waited behind.
-FEEDERS = 1
+# Intake is handed one chunk at a time. Four side by side (intake's writers on PostgreSQL) locked the same
+# conversations in different orders: deadlocks, each found only after PostgreSQL's deadlock_timeout (1 s), and a
+# step of each chunk in every turn of the event loop, which the answers waited behind. Another chunk starts
+# beside one only when that one has been at it for this long (seconds): then it is stuck, not busy.
+STUCK = 3.0
 CHUNK = 50  # inbounds handed to intake at once (its batch: 10 took 14.6 ms of CPU per update, 50 took 9.9)
 # While updates keep arriving, intake pauses after each chunk for this share of the time the chunk took
 # (1.0: intake gets at most about half of the process), so that answers stay quick under a flood; intake
@@ -97,6 +98,7 @@ class Inbox:
         self._held: deque[Inbound] = deque()  # stored, waiting for intake
         self._holding: set[str | None] = set()  # their dedup keys, and those in intake now: leases to renew
         self._feeding = 0  # tasks handing held inbounds to intake
+        self._stuck = 0  # chunks in intake for over STUCK seconds
         self.answered = 0  # inbounds stored (and so answered) by this process
         self._waiting: deque[tuple[Inbound, asyncio.Future[None]]] = deque()
         self._writing = False
@@ -172,7 +174,18 @@ class Inbox:
             return
         self._held.append(inbound)
         self._holding.add(inbound.dedup_key)
-        if self._feeding < FEEDERS:
+        if not self._feeding or self._stuck:
+            self._another_feeder()
+
+    def _chunk_stuck(self, marker: list[bool]) -> None:
+        """A chunk has been at it for STUCK seconds: what waits behind it (or comes) goes to another task."""
+        marker.append(True)
+        self._stuck += 1
+        self._another_feeder()
+
+    def _another_feeder(self) -> None:
+        """Start a task handing held inbounds to intake, up to as many as intake stores at once."""
+        if self._held and self._feeding < self.intake.writers:
             self._feeding += 1
             self.spawn(self._feed())
 
@@ -181,13 +194,21 @@ class Inbox:
 
         The entries of those taken in are then deleted, in one transaction per chunk. Should this process
         die in between, a sweep takes them in again, and intake finds them stored and changes nothing.
+        One task does this while chunks go through; a chunk still at it after STUCK seconds (waiting for a
+        lock another instance holds, say) has another task start on the chunks behind it.
         """
         loop = asyncio.get_running_loop()
         try:
             while self._held:
                 chunk = [self._held.popleft() for _ in range(min(CHUNK, len(self._held)))]
                 started, answered = loop.time(), self.answered
-                taken = await asyncio.gather(*(self._intake(inbound) for inbound in chunk))
+                marker: list[bool] = []
+                stuck = loop.call_later(STUCK, self._chunk_stuck, marker)
+                try:
+                    taken = await asyncio.gather(*(self._intake(inbound) for inbound in chunk))
+                finally:
+                    stuck.cancel()
+                    self._stuck -= len(marker)
                 await self._forget([inbound.dedup_key for inbound, ok in zip(chunk, taken, strict=True) if ok])
                 self._holding.difference_update(inbound.dedup_key for inbound in chunk)
                 if self.answered != answered:  # updates kept coming meanwhile: let their answers have the CPU

@@ -25,6 +25,7 @@ POOL_SIZE = {"postgresql": 10, "sqlite": 5}
 POOL_OVERFLOW = {"postgresql": 10, "sqlite": 10}
 POOL_TIMEOUT = 30.0
 IDLE_PING_SECONDS = 5.0  # a pooled PostgreSQL connection unused this long is checked before it is used again
+DEADLOCK_ATTEMPTS = 3  # runs of a transaction that PostgreSQL keeps ending to break deadlocks
 WRITER_WAIT_SECONDS = 30.0  # SQLite: how long a transaction waits for its turn (as the busy timeout below)
 _WRITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SQLite engine -> its transactions' turn
 Sessions = async_sessionmaker[AsyncSession]
@@ -146,15 +147,39 @@ async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitab
     """
     for attempt in range(1, attempts + 1):
         try:
-            async with _turn(sessions), sessions() as session, session.begin():
-                return await work(session)
+            return await _through_deadlocks(sessions, work)
         except (IntegrityError, Conflict):
             if attempt == attempts:
                 raise
             log.debug("unique key race, retrying (attempt %d)", attempt)
+    raise AssertionError("unreachable")
+
+
+async def _through_deadlocks(sessions: Sessions, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """One transaction, run again when PostgreSQL ended it to break a deadlock (it was rolled back whole).
+
+    Transactions that lock the same rows in different orders (intake's writers taking in two people's
+    messages each, say) deadlock now and then; PostgreSQL ends one of them and the other goes on. The
+    one ended is not a sign of the database being unavailable, and what it did is undone: running it
+    again is all it takes.
+    """
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            async with _turn(sessions), sessions() as session, session.begin():
+                return await work(session)
+        except IntegrityError:
+            raise
         except (OperationalError, DBAPIError, OSError, PoolTimeout) as exc:  # PoolTimeout: every connection busy
+            if _deadlock(exc) and attempt < DEADLOCK_ATTEMPTS:
+                log.info("deadlock: running the transaction again (attempt %d)", attempt)
+                continue
             raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
     raise AssertionError("unreachable")
+
+
+def _deadlock(exc: BaseException) -> bool:
+    """Whether PostgreSQL ended the transaction to break a deadlock (SQLSTATE 40P01)."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "40P01"
 
 
 @asynccontextmanager
