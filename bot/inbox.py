@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import sqlite3
 from collections import deque
@@ -32,28 +33,45 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.channels.base import Inbound, inbound_from_json, inbound_to_json
 from bot.intake import Intake, Received
 from flows.clock import Clock
-from storage.db import DatabaseUnavailable, Sessions, create_engine, inbox_url, is_sqlite, sessionmaker, transaction
-from storage.models import InboxEntry
+from storage.db import (
+    POOL_TIMEOUT,
+    DatabaseUnavailable,
+    Sessions,
+    create_engine,
+    inbox_url,
+    is_sqlite,
+    sessionmaker,
+    transaction,
+)
+from storage.models import InboxEntry, UTCDateTime
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)  # the receiving process's time to take an entry in; then a sweep may
 BATCH = 200  # entries stored by one INSERT (group commit), and taken over by one sweep
 HELD = 10_000  # inbounds this process holds in memory for intake (about 1 KB each); beyond, they wait for a sweep
+# Intake is handed one chunk at a time. Four side by side (intake's writers on PostgreSQL) locked the same
+# conversations in different orders: deadlocks, each found only after PostgreSQL's deadlock_timeout (1 s), and a
+# step of each chunk in every turn of the event loop, which the answers waited behind. Another chunk starts
+# beside one only when that one has been at it for this long (seconds): then it is stuck, not busy.
+STUCK = 3.0
 CHUNK = 50  # inbounds handed to intake at once (its batch: 10 took 14.6 ms of CPU per update, 50 took 9.9)
 # While updates keep arriving, intake pauses after each chunk for this share of the time the chunk took
 # (1.0: intake gets at most about half of the process), so that answers stay quick under a flood; intake
 # catches up when the flood ends. With no arrivals it runs flat out.
 ANSWERS_FIRST = 1.0
+APPLICATION_NAME = "kindling-inbox"  # PostgreSQL: the inbox's own connection, as pg_stat_activity shows it
 MAX_ATTEMPTS = 5  # sweeps of one entry; then it stays, with its error, for a person to look at
 
 
@@ -74,12 +92,13 @@ class Inbox:
         self.engine = create_engine(own) if own != database_url else None
         self.sessions = sessionmaker(self.engine) if self.engine is not None else sessions
         self.alone = is_sqlite(database_url)  # one process per SQLite database: what the inbox holds is ours
-        self.writer = _SQLiteWriter(own) if self.engine is not None else _AutocommitWriter(self.sessions)
+        self.writer = _writer(own, self.engine, self.sessions)
         self.taken_in = taken_in  # after intake's commit: show the message, send the replies (Services.after_commit)
         self.spawn = spawn
         self._held: deque[Inbound] = deque()  # stored, waiting for intake
         self._holding: set[str | None] = set()  # their dedup keys, and those in intake now: leases to renew
         self._feeding = 0  # tasks handing held inbounds to intake
+        self._stuck = 0  # chunks in intake for over STUCK seconds
         self.answered = 0  # inbounds stored (and so answered) by this process
         self._waiting: deque[tuple[Inbound, asyncio.Future[None]]] = deque()
         self._writing = False
@@ -155,7 +174,18 @@ class Inbox:
             return
         self._held.append(inbound)
         self._holding.add(inbound.dedup_key)
-        if self._feeding < self.intake.writers:  # as many chunks as intake stores at once: one stuck blocks no other
+        if not self._feeding or self._stuck:
+            self._another_feeder()
+
+    def _chunk_stuck(self, marker: list[bool]) -> None:
+        """A chunk has been at it for STUCK seconds: what waits behind it (or comes) goes to another task."""
+        marker.append(True)
+        self._stuck += 1
+        self._another_feeder()
+
+    def _another_feeder(self) -> None:
+        """Start a task handing held inbounds to intake, up to as many as intake stores at once."""
+        if self._held and self._feeding < self.intake.writers:
             self._feeding += 1
             self.spawn(self._feed())
 
@@ -164,13 +194,21 @@ class Inbox:
 
         The entries of those taken in are then deleted, in one transaction per chunk. Should this process
         die in between, a sweep takes them in again, and intake finds them stored and changes nothing.
+        One task does this while chunks go through; a chunk still at it after STUCK seconds (waiting for a
+        lock another instance holds, say) has another task start on the chunks behind it.
         """
         loop = asyncio.get_running_loop()
         try:
             while self._held:
                 chunk = [self._held.popleft() for _ in range(min(CHUNK, len(self._held)))]
                 started, answered = loop.time(), self.answered
-                taken = await asyncio.gather(*(self._intake(inbound) for inbound in chunk))
+                marker: list[bool] = []
+                stuck = loop.call_later(STUCK, self._chunk_stuck, marker)
+                try:
+                    taken = await asyncio.gather(*(self._intake(inbound) for inbound in chunk))
+                finally:
+                    stuck.cancel()
+                    self._stuck -= len(marker)
                 await self._forget([inbound.dedup_key for inbound, ok in zip(chunk, taken, strict=True) if ok])
                 self._holding.difference_update(inbound.dedup_key for inbound in chunk)
                 if self.answered != answered:  # updates kept coming meanwhile: let their answers have the CPU
@@ -265,13 +303,11 @@ class Inbox:
 
 
 class _AutocommitWriter:
-    """PostgreSQL: a batch of entries is one INSERT in autocommit: atomic, and no BEGIN and COMMIT round trips."""
+    """SQLite in memory (tests): a batch of entries is one INSERT through the app's own engine, in autocommit."""
 
     def __init__(self, sessions: Sessions) -> None:
-        engine = sessions.kw["bind"]
-        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite  # SQLite: an in-memory database
-        self.statement = dialect.insert(InboxEntry.__table__).on_conflict_do_nothing(index_elements=["dedup_key"])
+        self.engine = sessions.kw["bind"].execution_options(isolation_level="AUTOCOMMIT")
+        self.statement = sqlite.insert(InboxEntry.__table__).on_conflict_do_nothing(index_elements=["dedup_key"])
 
     async def insert(self, rows: list[dict]) -> None:
         try:
@@ -282,6 +318,62 @@ class _AutocommitWriter:
 
     async def close(self) -> None:
         pass
+
+
+class _PostgresWriter:
+    """PostgreSQL: a batch of entries is one prepared INSERT, in autocommit, on a connection of the inbox's own.
+
+    Through the app's engine each batch could wait for a pooled connection behind intake and the
+    dispatcher, and SQLAlchemy compiled a multi-row INSERT for every batch. Here the batch goes to asyncpg
+    as five arrays (`unnest`), prepared once, one round trip, and a busy pool does not hold the answers back.
+    A connection the server closed is replaced before the next batch; one that fails during a batch fails
+    that batch (503: Telegram sends it again) and is replaced for the next.
+    """
+
+    SQL = (
+        "INSERT INTO inbox (dedup_key, inbound, received_at, lease_until, attempts)"
+        " SELECT * FROM unnest($1::varchar[], $2::json[], $3::timestamp[], $4::timestamp[], $5::int[])"
+        " ON CONFLICT (dedup_key) DO NOTHING"
+    )
+    UTC_COLUMN = UTCDateTime()
+
+    def __init__(self, sessions: Sessions) -> None:
+        engine = sessions.kw["bind"]
+        _, self.connect_args = engine.dialect.create_connect_args(engine.url)
+        for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):  # SQLAlchemy's own
+            self.connect_args.pop(adapter_only, None)
+        settings = self.connect_args.setdefault("server_settings", {})
+        settings.setdefault("application_name", APPLICATION_NAME)  # so pg_stat_activity tells it apart
+        self.connection: asyncpg.Connection | None = None
+        self.statement: asyncpg.prepared_stmt.PreparedStatement | None = None
+
+    async def insert(self, rows: list[dict]) -> None:
+        when = self.UTC_COLUMN.process_bind_param
+        columns = (
+            [row["dedup_key"] for row in rows],
+            [json.dumps(row["inbound"]) for row in rows],
+            [when(row["received_at"], None) for row in rows],
+            [when(row["lease_until"], None) for row in rows],
+            [row["attempts"] for row in rows],
+        )
+        try:
+            statement = await self._statement()
+            await statement.fetch(*columns)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            await self.close()  # whatever state it is in, the next batch starts on a fresh connection
+            raise DatabaseUnavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+
+    async def _statement(self) -> asyncpg.prepared_stmt.PreparedStatement:
+        if self.connection is None or self.connection.is_closed() or self.statement is None:
+            await self.close()
+            self.connection = await asyncpg.connect(**self.connect_args, timeout=POOL_TIMEOUT)
+            self.statement = await self.connection.prepare(self.SQL)
+        return self.statement
+
+    async def close(self) -> None:
+        connection, self.connection, self.statement = self.connection, None, None
+        if connection is not None:
+            connection.terminate()  # no goodbye round trip: it may be the broken one
 
 
 class _SQLiteWriter:
@@ -350,6 +442,16 @@ class _SQLiteWriter:
 
         await asyncio.get_running_loop().run_in_executor(self.thread, close)
         self.thread.shutdown()
+
+
+Writer = _SQLiteWriter | _PostgresWriter | _AutocommitWriter
+
+
+def _writer(url: str, engine: AsyncEngine | None, sessions: Sessions) -> Writer:
+    """How the inbox's INSERT is written: see each writer's docstring."""
+    if engine is not None:
+        return _SQLiteWriter(url)
+    return _AutocommitWriter(sessions) if is_sqlite(url) else _PostgresWriter(sessions)
 
 
 async def _execute(session: AsyncSession, statement: Any) -> None:

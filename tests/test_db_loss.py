@@ -25,7 +25,8 @@ is set before the request); a further test fails its intake after the answer, wh
 update in the inbox, nothing half-written, for a sweep to take in once.
 
 The last test exhausts the connection pool instead: the test holds every connection of a small pool
-(the sizes and timeout monkeypatched, as a busy server would leave it) on both databases.
+(the sizes and timeout monkeypatched, as a busy server would leave it) on both databases. Telegram's
+update is stored and answered all the same: the inbox writes outside that pool.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from sqlalchemy import event, func, text
 from sqlmodel import select
 
 from bot.config import WebhookSource
-from bot.inbox import LEASE
+from bot.inbox import APPLICATION_NAME, LEASE
 from bot.signing import signed_headers
 from storage.db import create_engine, is_sqlite
 from storage.models import Conversation, Delivery, Event, Identity, InboxEntry, Lead, Message
@@ -278,6 +279,32 @@ async def test_a_telegram_update_whose_intake_fails_after_the_answer_waits_in_th
     assert len(fake_telegram.texts(CHAT)) == stored["Delivery"] == 1
 
 
+async def test_an_update_after_postgresql_ended_the_inboxs_idle_connection_is_stored_and_answered(
+    client, db, database_url, clock
+):
+    """As after a restart of PostgreSQL: the inbox's connection of its own is replaced before the next update."""
+    if is_sqlite(database_url):
+        pytest.skip("SQLite's inbox is a file: no server to end its connection")
+    first = await sender(client, clock, "telegram")()
+    assert first.status == 200
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            ended = "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = :name"
+            ends = (await connection.execute(text(ended), {"name": APPLICATION_NAME})).scalars().all()
+            assert ends and all(ends), ends
+    finally:
+        await engine.dispose()
+
+    update = {**PAYLOADS["message_text"], "update_id": PAYLOADS["message_text"]["update_id"] + 1}
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
+    second = await client.post("/webhooks/telegram", data=json.dumps(update), headers=headers)
+    assert second.status == 200, await second.text()
+    await services_of(client).drain()
+    stored = await counts(db)
+    assert (stored["Event"], stored["Message"]) == (2, 2)  # both taken in, once each
+
+
 async def inbox(client) -> list[InboxEntry]:  # type: ignore[no-untyped-def]
     """What waits in the app's inbox (on SQLite a file of its own)."""
     async with services_of(client).inbox.sessions() as session:
@@ -340,7 +367,7 @@ async def every_connection_busy(client) -> AsyncIterator[None]:  # type: ignore[
 
 
 async def test_every_pooled_connection_busy_is_a_503_for_senders_and_a_page_for_people_and_retries_are_stored(
-    small_pool, client, db, clock, add_operator, fake_telegram, replies, database_url
+    small_pool, client, db, clock, add_operator, fake_telegram, replies
 ):
     await operator(client, add_operator, "ann")
     api = {"Authorization": f"Bearer {API_KEY}"}
@@ -358,8 +385,9 @@ async def test_every_pooled_connection_busy_is_a_503_for_senders_and_a_page_for_
         page = await client.get("/console/queue")
         health = await client.get("/healthz")
 
-        if is_sqlite(database_url):  # the inbox is a file of its own there, outside the pool: stored, answered
-            assert busy.pop("telegram").status == 200
+        # The inbox writes outside the pool (SQLite: a file of its own; PostgreSQL: a connection of its own):
+        # Telegram's update is stored and answered all the same.
+        assert busy.pop("telegram").status == 200
         for name, answer in busy.items():
             assert answer.status == 503, (name, await answer.text())
             assert await answer.json() == {"error": "the database is unavailable; retry later"}, name
