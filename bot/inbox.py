@@ -18,6 +18,8 @@ reactions right after the commit; what must survive a crash is a row).
   (`kindling-inbox.db` beside `kindling.db`): SQLite has one writer per file, and in the same file storing
   an update would wait for intake's transactions.
 - Order. A process takes in what it received in the order it was stored.
+- Memory. A process holds up to HELD inbounds for intake; under a longer flood it keeps only the keys of
+  the rest and reads them back from the inbox, in order, as room frees (`_read_back`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ from storage.models import InboxEntry, UTCDateTime
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)  # the receiving process's time to take an entry in; then a sweep may
 BATCH = 200  # entries stored by one INSERT (group commit), and taken over by one sweep
-HELD = 10_000  # inbounds this process holds in memory for intake (about 1 KB each); beyond, they wait for a sweep
+HELD = 10_000  # inbounds this process holds in memory for intake (about 1 KB each); beyond, it keeps their keys
+OVERFLOW = 200_000  # keys (some 100 bytes each) of entries stored beyond HELD, read back as room frees; beyond, sweeps
+READ_BACK = 200  # entries read back from the inbox at once
 # Intake is handed one chunk at a time. Four side by side (intake's writers on PostgreSQL) locked the same
 # conversations in different orders: deadlocks, each found only after PostgreSQL's deadlock_timeout (1 s), and a
 # step of each chunk in every turn of the event loop, which the answers waited behind. Another chunk starts
@@ -97,6 +101,7 @@ class Inbox:
         self.spawn = spawn
         self._held: deque[Inbound] = deque()  # stored, waiting for intake
         self._holding: set[str | None] = set()  # their dedup keys, and those in intake now: leases to renew
+        self._overflow: deque[str] = deque()  # keys of entries stored while HELD were held, to read back in order
         self._feeding = 0  # tasks handing held inbounds to intake
         self._stuck = 0  # chunks in intake for over STUCK seconds
         self.answered = 0  # inbounds stored (and so answered) by this process
@@ -169,8 +174,10 @@ class Inbox:
             self._take_in(inbound)
 
     def _take_in(self, inbound: Inbound) -> None:
-        """Hand an inbound to intake in the background; when too many are held, leave it to a sweep."""
-        if len(self._held) >= HELD:
+        """Hand an inbound to intake in the background; when too many are held, keep only its key (`_read_back`)."""
+        if len(self._held) >= HELD or self._overflow:  # behind those read back later: a chat stays in order
+            if len(self._overflow) < OVERFLOW and inbound.dedup_key:
+                self._overflow.append(inbound.dedup_key)
             return
         self._held.append(inbound)
         self._holding.add(inbound.dedup_key)
@@ -199,7 +206,11 @@ class Inbox:
         """
         loop = asyncio.get_running_loop()
         try:
-            while self._held:
+            while self._held or self._overflow:
+                if len(self._held) < CHUNK and self._overflow:
+                    await self._read_back()
+                    if not self._held:
+                        continue
                 chunk = [self._held.popleft() for _ in range(min(CHUNK, len(self._held)))]
                 started, answered = loop.time(), self.answered
                 marker: list[bool] = []
@@ -215,6 +226,31 @@ class Inbox:
                     await asyncio.sleep((loop.time() - started) * ANSWERS_FIRST)
         finally:
             self._feeding -= 1
+
+    async def _read_back(self) -> None:
+        """Read back, in the order stored, entries this process stored beyond HELD, as room frees.
+
+        Their leases were renewed meanwhile, so they are still ours, unless a renewal failed and a sweep
+        took one over (it has attempts then: it is the sweep's). If the database is away, they stay in the
+        inbox for a sweep after their lease.
+        """
+        keys = [self._overflow.popleft() for _ in range(min(READ_BACK, len(self._overflow)))]
+        now = self.clock.now()
+        statement = (
+            update(InboxEntry)
+            .where(col(InboxEntry.dedup_key).in_(keys), col(InboxEntry.attempts) == 0)
+            .values(lease_until=now + LEASE)
+            .returning(col(InboxEntry.id), col(InboxEntry.dedup_key), col(InboxEntry.inbound))
+        )
+        try:
+            rows = await transaction(self.sessions, lambda session: _returned(session, statement))
+        except DatabaseUnavailable as exc:
+            log.warning("%d inbox entries left to a sweep: %s", len(keys), exc)
+            return
+        for _, dedup_key, data in sorted(rows):
+            if dedup_key not in self._holding:
+                self._held.append(inbound_from_json(data))
+                self._holding.add(dedup_key)
 
     async def _forget(self, keys: list[str | None]) -> None:
         """Delete the entries of inbounds taken in."""
@@ -270,7 +306,7 @@ class Inbox:
 
         Under a long backlog intake may reach an entry only minutes after it was stored.
         """
-        keys, now = list(self._holding), self.clock.now()
+        keys, now = [*self._holding, *self._overflow], self.clock.now()
         for start in range(0, len(keys), 1_000):
             statement = (
                 update(InboxEntry)
@@ -456,3 +492,7 @@ def _writer(url: str, engine: AsyncEngine | None, sessions: Sessions) -> Writer:
 
 async def _execute(session: AsyncSession, statement: Any) -> None:
     await (await session.connection()).execute(statement)
+
+
+async def _returned(session: AsyncSession, statement: Any) -> list[Any]:
+    return list((await (await session.connection()).execute(statement)).all())

@@ -7,6 +7,7 @@ tried a few times and then kept with its error, not retried for ever and not dro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 
@@ -181,3 +182,25 @@ async def held_writes(db, database_url: str):  # type: ignore[no-untyped-def]
         await session.exec(text("LOCK TABLE event IN EXCLUSIVE MODE"))  # type: ignore[call-overload]
         yield
         await session.rollback()
+
+
+async def test_a_flood_beyond_what_is_held_in_memory_is_read_back_in_order_without_waiting_for_leases(
+    make_client, telegram_settings, db, monkeypatch
+):
+    monkeypatch.setattr("bot.inbox.HELD", 20)  # a flood of 10,000 and more, in miniature
+    client = await make_client(telegram_settings)
+
+    async def chat(index: int) -> None:  # each chat's messages one after the other; 40 chats at once
+        for n in range(3):
+            update = payload("message_text", update_id=731_000_000 + index * 10 + n, text=f"chat {index} #{n}")
+            update["message"]["from"]["id"] = update["message"]["chat"]["id"] = CHAT + 10 + index
+            assert (await client.post("/webhooks/telegram", json=update, headers=HEADERS)).status == 200
+
+    await asyncio.gather(*(chat(index) for index in range(40)))
+    await services_of(client).drain()  # no time passes: no lease runs out, no sweep runs
+
+    messages = await rows(db, Message, Message.direction == "in")
+    assert len(messages) == 120 and not await rows(services_of(client).inbox.sessions, InboxEntry)
+    for index in range(40):
+        texts = [m.text for m in sorted(messages, key=lambda m: m.id) if m.text.startswith(f"chat {index} ")]
+        assert texts == [f"chat {index} #{n}" for n in range(3)]
