@@ -331,7 +331,7 @@ class Inbox:
             .values(lease_until=now + LEASE, attempts=col(InboxEntry.attempts) + 1)
             .returning(col(InboxEntry.id), col(InboxEntry.dedup_key), col(InboxEntry.attempts), col(InboxEntry.inbound))
         )
-        rows = sorted((await (await session.connection()).execute(claim)).all())
+        rows = sorted(await _returned(session, claim))
         for _, dedup_key, attempts, _ in rows:
             if attempts == MAX_ATTEMPTS:
                 log.error("inbound %s: last attempt; if it fails it stays in the inbox table", dedup_key)

@@ -130,11 +130,14 @@ async def erase_person(session: AsyncSession, lead_id: int, secret: bytes, by: s
     session.add(Erasure(lead_id=person.lead_id, erased_at=now, erased_by=by, removed=removed))
     await session.flush()
     log.info("lead %s erased by %s: %d rows in %d tables", person.lead_id, by, sum(removed.values()), len(removed))
-    conversations = sorted(person.rows.get(CONVERSATION, {}))
+    conversations = sorted(person.rows.get(CONVERSATION, {}).items())
     handoffs = sorted(key for key, row in person.rows.get(HANDOFF, {}).items() if row["status"] in OPEN_HANDOFF)
-    addresses = tuple((row["channel"], row["external_id"]) for row in person.rows.get(CONVERSATION, {}).values())
     return Erased(
-        person.lead_id, removed, tuple(key[0] for key in conversations), tuple(key[0] for key in handoffs), addresses
+        person.lead_id,
+        removed,
+        conversation_ids=tuple(key[0] for key, _ in conversations),
+        open_handoff_ids=tuple(key[0] for key in handoffs),
+        addresses=tuple((row["channel"], row["external_id"]) for _, row in conversations),
     )
 
 
