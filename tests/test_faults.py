@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from sqlalchemy import text
 
 from bot.channels.base import Inbound, Profile
 from bot.config import WebhookSource
 from bot.signing import signed_headers
+from storage.db import DatabaseUnavailable, Deadlocked, create_engine, is_sqlite, transaction
 from storage.models import Delivery, Enrollment, Event, Lead, Message
 
 from conftest import API_KEY, rows, services_of
@@ -113,3 +119,152 @@ async def test_when_the_database_is_down_senders_get_503_to_retry(make_client, s
     await ws.send_json({"type": "hello", "view": {"url": "https://shop.example/"}})
     frame = await ws.receive_json()
     assert frame["type"] == "error" and frame["retry"] is True
+
+
+# --- deadlocks (PostgreSQL) ----------------------------------------------------------------------------------
+
+NO_DEADLOCKS = "SQLite takes the write lock at BEGIN (IMMEDIATE): its transactions never deadlock"
+HELD, WANTED = 4252, 4253  # advisory locks: a lead UPDATE takes HELD, then wants WANTED, which the opponent holds
+THIS_DATABASE = "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+DEADLOCK_ON_LEAD_UPDATE = [
+    "CREATE SEQUENCE IF NOT EXISTS kindling_test_deadlocks",
+    f"""CREATE OR REPLACE FUNCTION kindling_test_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM nextval('kindling_test_deadlocks');  -- not undone by the rollback: counts the attempts
+            PERFORM set_config('deadlock_timeout', '50ms', true);  -- this side finds the deadlock: the victim
+            PERFORM pg_advisory_xact_lock({HELD});
+            FOR i IN 1..500 LOOP  -- until the opponent waits for HELD (bounded: 5 s)
+                EXIT WHEN EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = {HELD}
+                                  AND NOT granted AND {THIS_DATABASE});
+                PERFORM pg_sleep(0.01);
+            END LOOP;
+            PERFORM pg_advisory_xact_lock({WANTED});
+            RETURN NEW;
+        END $$""",
+    "CREATE TRIGGER kindling_test_deadlock BEFORE UPDATE ON lead"
+    " FOR EACH ROW EXECUTE FUNCTION kindling_test_deadlock()",
+]
+HELD_BY_ANOTHER = (
+    f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = {HELD} AND granted"
+    f" AND pid <> pg_backend_pid() AND {THIS_DATABASE}"
+)
+
+
+async def new_leads(client, count: int) -> list[int]:  # type: ignore[no-untyped-def]
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    ids = []
+    for n in range(count):
+        answer = await client.post("/api/events", json={"type": "signup", "lead": {"email": f"d{n}@example.com"}},
+                                   headers=auth)  # fmt: skip
+        assert answer.status == 201
+        ids.append((await answer.json())["lead_id"])
+    return ids
+
+
+@asynccontextmanager
+async def every_lead_update_deadlocked(database_url: str) -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """Each transaction that updates a lead deadlocks with another session and is the one PostgreSQL aborts.
+
+    A real deadlock each time: the transaction holds HELD and waits for WANTED; the opponent holds WANTED and
+    waits for HELD. Yields a function that tells how many there were so far.
+    """
+    engine = create_engine(database_url)
+    done = asyncio.Event()
+
+    async def deadlocks() -> int:
+        async with engine.connect() as connection:
+            counted = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM kindling_test_deadlocks"
+            return (await connection.execute(text(counted))).scalar_one()
+
+    async def opponent() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SET deadlock_timeout = '30s'"))  # never this side that gives way
+            await connection.execute(text(f"SELECT pg_advisory_lock({WANTED})"))
+            await connection.commit()
+            while not done.is_set():
+                held = (await connection.execute(text(HELD_BY_ANOTHER))).scalar_one()
+                await connection.commit()
+                if not held:
+                    await asyncio.sleep(0.01)
+                    continue
+                await connection.execute(text(f"SELECT pg_advisory_lock({HELD})"))  # granted once the victim aborts
+                await connection.execute(text(f"SELECT pg_advisory_unlock({HELD})"))
+                await connection.commit()
+            await connection.execute(text("SELECT pg_advisory_unlock_all()"))
+            await connection.commit()
+
+    try:
+        async with engine.begin() as connection:
+            for statement in DEADLOCK_ON_LEAD_UPDATE:
+                await connection.execute(text(statement))
+        task = asyncio.create_task(opponent())
+        try:
+            yield deadlocks
+        finally:
+            done.set()
+            await asyncio.wait_for(task, 10)
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(text("DROP FUNCTION IF EXISTS kindling_test_deadlock() CASCADE"))
+            await connection.execute(text("DROP SEQUENCE IF EXISTS kindling_test_deadlocks"))
+        await engine.dispose()
+
+
+async def test_transactions_that_deadlock_each_other_both_commit_once(client, db, database_url, clock):
+    """PostgreSQL aborts one of two transactions that lock two rows in opposite orders; it is run again.
+
+    Without the retry the loser's work was lost: its caller met "the database is unavailable".
+    """
+    if is_sqlite(database_url):
+        pytest.skip(NO_DEADLOCKS)
+    first, second = await new_leads(client, 2)
+    before = [lead.score for lead in await rows(db, Lead)]
+    holds = {"A": asyncio.Event(), "B": asyncio.Event()}
+    runs: list[str] = []
+
+    async def raise_both(session, name: str, mine: int, theirs: int, other: str) -> None:  # type: ignore[no-untyped-def]
+        runs.append(name)
+        await session.exec(text("SET LOCAL deadlock_timeout = '50ms'"))
+        bump = text("UPDATE lead SET score = score + 1 WHERE id = :id")
+        await session.exec(bump.bindparams(id=mine))
+        holds[name].set()
+        await asyncio.wait_for(holds[other].wait(), 10)  # each holds its first row: now each wants the other's
+        await session.exec(bump.bindparams(id=theirs))
+        session.add(Event(lead_id=mine, type="custom", name=f"raised by {name}", at=clock.now()))
+
+    await asyncio.gather(
+        transaction(db, lambda session: raise_both(session, "A", first, second, "B")),
+        transaction(db, lambda session: raise_both(session, "B", second, first, "A")),
+    )  # raises if either was lost
+
+    assert sorted(runs) in (["A", "A", "B"], ["A", "B", "B"])  # one deadlocked, and ran once more
+    after = [lead.score for lead in await rows(db, Lead)]
+    assert after == [score + 2 for score in before]  # each raised both once: nothing lost, nothing twice
+    raised = sorted(event.name for event in await rows(db, Event, Event.name.like("raised by %")))  # type: ignore[union-attr]
+    assert raised == ["raised by A", "raised by B"]
+
+
+async def test_a_transaction_that_deadlocks_at_each_attempt_is_refused_as_unavailable(client, db, database_url):
+    """After its last attempt a deadlocked transaction raises Deadlocked, and an API request meeting it gets 503."""
+    if is_sqlite(database_url):
+        pytest.skip(NO_DEADLOCKS)
+    [lead_id] = await new_leads(client, 1)
+    [before] = await rows(db, Lead)
+    bump = text("UPDATE lead SET score = score + 1 WHERE id = :id").bindparams(id=lead_id)
+
+    async with every_lead_update_deadlocked(database_url) as deadlocks:
+        with pytest.raises(Deadlocked) as raised:
+            await transaction(db, lambda session: session.exec(bump), attempts=3)
+        assert isinstance(raised.value, DatabaseUnavailable) and await deadlocks() == 3  # each attempt, then given up
+
+        answer = await client.patch(
+            f"/api/leads/{lead_id}", json={"add_tags": ["vip"]}, headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        assert answer.status == 503 and "retry" in (await answer.json())["error"]
+        assert await deadlocks() == 6
+
+    [lead] = await rows(db, Lead)
+    assert (lead.score, lead.tags) == (before.score, [])  # nothing half-done
+    answer = await client.patch(f"/api/leads/{lead_id}", json={"add_tags": ["vip"]},
+                                headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
+    assert answer.status == 200 and (await answer.json())["tags"] == ["vip"]  # and the retry goes through
