@@ -272,7 +272,7 @@ async def kindling_run(args: argparse.Namespace) -> dict:
     from flows.runner import Runner
     from flows.scoring import Scoring
     from flows.stages import Stages
-    from storage.db import create_engine, sessionmaker
+    from storage.db import Checkpoints, create_engine, sessionmaker
     from storage.models import Delivery, Enrollment
 
     imports_s = time.perf_counter() - T_START
@@ -302,6 +302,15 @@ async def kindling_run(args: argparse.Namespace) -> dict:
         import cProfile
 
         profiler = cProfile.Profile()
+    # As `kindling serve` ticks it (bot/app.py): on SQLite the write-ahead log is checkpointed beside the runner.
+    checkpoints = Checkpoints(sessions)
+
+    async def checkpointing() -> None:
+        while True:
+            await asyncio.sleep(Checkpoints.SECONDS)
+            await checkpoints.run()
+
+    ticking = asyncio.create_task(checkpointing())
     steps = calls = 0
     last_note = started = time.perf_counter()
     cpu_started = time.process_time()
@@ -321,6 +330,8 @@ async def kindling_run(args: argparse.Namespace) -> dict:
     run_s = time.perf_counter() - started
     cpu_s = time.process_time() - cpu_started
     run_peak = peak_rss() - rss0
+    ticking.cancel()
+    await checkpoints.close()
 
     async with database.connect() as connection:
         deliveries = (await connection.execute(select(func.count()).select_from(Delivery))).scalar_one()

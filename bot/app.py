@@ -31,7 +31,7 @@ from flows.outgoing import Subscriptions
 from flows.runner import Runner
 from flows.scheduler import start_ticks
 from flows.sweeps import Sweeps
-from storage.db import create_engine, is_sqlite, sessionmaker
+from storage.db import Checkpoints, create_engine, is_sqlite, sessionmaker
 from storage.models import Setting
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
             await channel.stop()
         await services.webhooks.stop()
         await services.inbox.stop()
+        await services.checkpoints.close()
         await database.dispose()
 
     app.cleanup_ctx.append(lifecycle)
@@ -118,7 +119,8 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
 
 def _jobs(services: Services) -> list:
-    """What the scheduler ticks: edited flows, due steps, the outbox, stuck leads, handoffs, webhooks, the inbox."""
+    """What the scheduler ticks: edited flows, due steps, the outbox, stuck leads, handoffs, webhooks, the inbox,
+    and (SQLite) checkpoints."""
 
     async def reload_flows() -> None:
         await asyncio.to_thread(services.library.reload)
@@ -141,6 +143,7 @@ def _jobs(services: Services) -> list:
         (services.notifier.tick, HANDOFF_SECONDS),
         (services.webhooks.send_due, WEBHOOK_SECONDS),
         (services.inbox.sweep, INBOX_SECONDS),
+        (services.checkpoints.run, Checkpoints.SECONDS),
     ]
 
 

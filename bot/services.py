@@ -24,7 +24,7 @@ from flows.engine import Engine
 from flows.library import FlowLibrary
 from flows.runner import Runner
 from flows.sweeps import Sweeps
-from storage.db import Sessions
+from storage.db import Checkpoints, Sessions
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,10 @@ class Services:
     tasks: set[asyncio.Task] = field(default_factory=set)
     running: bool = True  # False once the app shuts down: ticking jobs stop at their next batch
     inbox: Inbox = field(init=False)  # inbounds stored before their answer, taken in right after
+    checkpoints: Checkpoints = field(init=False)  # SQLite: the write-ahead log moved into the file, beside writers
 
     def __post_init__(self) -> None:
+        self.checkpoints = Checkpoints(self.sessions)
         self.inbox = Inbox(
             self.settings.database_url, self.sessions, self.clock, self.intake, self.after_commit, self.spawn
         )
