@@ -31,6 +31,7 @@ IDLE_PING_SECONDS = 5.0  # a pooled PostgreSQL connection unused this long is ch
 # SQLite: a commit checkpoints the write-ahead log itself only once it holds this many pages (SQLite's
 # default is 1,000); `Checkpoints` does it well before, in a thread beside the writers.
 WAL_BACKSTOP_PAGES = 10_000
+CHECKPOINT_ATTEMPTS, CHECKPOINT_RETRY_SECONDS = 5, 0.05  # an erasure's checkpoint, when another one is running
 WRITER_WAIT_SECONDS = 30.0  # SQLite: how long a transaction waits for its turn (as the busy timeout below)
 _WRITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SQLite engine -> its transactions' turn
 Sessions = async_sessionmaker[AsyncSession]
@@ -211,16 +212,23 @@ async def checkpoint(sessions: Sessions) -> bool:
     """SQLite: move the write-ahead log into the database file and empty it; False if a reader held it back.
 
     With `secure_delete` on, the file then holds zeros where deleted rows were (used after an erasure).
-    PostgreSQL has nothing to do here: its dead rows wait for VACUUM.
+    A checkpoint `Checkpoints` is running meanwhile makes this one busy at once: it is tried again, a few
+    times. PostgreSQL has nothing to do here: its dead rows wait for VACUUM.
     """
     engine: AsyncEngine = sessions.kw["bind"]
     if engine.dialect.name != "sqlite":
         return True
     async with engine.connect() as connection:  # no statement through SQLAlchemy: no BEGIN IMMEDIATE
         raw = await connection.get_raw_connection()
-        cursor = await raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        busy, _, _ = await cursor.fetchone()
-    return not busy
+        for attempt in range(1, CHECKPOINT_ATTEMPTS + 1):
+            started = time.monotonic()
+            cursor = await raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, _, _ = await cursor.fetchone()
+            # Busy at once: another checkpoint. Busy after a wait: readers held it back for the busy timeout.
+            if not busy or attempt == CHECKPOINT_ATTEMPTS or time.monotonic() - started > 1.0:
+                return not busy
+            await asyncio.sleep(CHECKPOINT_RETRY_SECONDS)
+    raise AssertionError("unreachable")
 
 
 class Checkpoints:
