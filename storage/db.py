@@ -236,7 +236,7 @@ class Checkpoints:
 
     Left to SQLite, the commit that takes the log past 1,000 pages copies them into the database file and
     syncs it before it returns, still holding the one write lock: a batch of 200 due steps writes about
-    470 pages, so every other batch paid for it, a sixth of its time (BENCHMARKS.md). Here one call
+    470 pages, so every other batch paid for it, about 15% of its time (BENCHMARKS.md). Here one call
     (PASSIVE: it waits for no reader and no writer) does it beside the writers, which go on meanwhile. The
     commits still checkpoint themselves past WAL_BACKSTOP_PAGES, should this fall behind or not run (the
     command line tools do not run it). Nothing to do on PostgreSQL or an in-memory database.
@@ -260,8 +260,9 @@ class Checkpoints:
             log.warning("checkpoint failed: %s", exc)
 
     def _checkpoint(self) -> None:
-        if self.connection is None:
-            self.connection = sqlite3.connect(self.path, timeout=WRITER_WAIT_SECONDS, isolation_level=None)
+        if self.connection is None:  # mode=rw: a database file that is gone is not made again, empty
+            uri = f"{Path(self.path).resolve().as_uri()}?mode=rw"
+            self.connection = sqlite3.connect(uri, uri=True, timeout=WRITER_WAIT_SECONDS, isolation_level=None)
         self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     async def close(self) -> None:
