@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from test_two_instances import burst_templates, enroll_due_leads
 
 from storage.db import is_sqlite
 
 from conftest import services_of
-from test_two_instances import burst_templates, enroll_due_leads
 
 LEADS = 2_000  # 10 batches of due steps: 60-300 pages of log each, far under the commits' own threshold
 
