@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +39,7 @@ async def test_the_database_file_keeps_up_with_the_drip_engine_and_the_log_stays
     # A copy of the database file alone (no log) holds every step's message: the file is up to date.
     copy = tmp_path / "copy.db"
     shutil.copy(database, copy)
-    with sqlite3.connect(copy) as connection:
+    with closing(sqlite3.connect(copy)) as connection:
         [(recorded,)] = connection.execute("SELECT count(*) FROM delivery WHERE kind = 'nurture'").fetchall()
     assert recorded == LEADS
     # The log is written again from its start after each checkpoint: one batch's pages, not the run's (800).
