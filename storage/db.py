@@ -17,7 +17,6 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import StaticPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 log = logging.getLogger(__name__)
@@ -59,15 +58,25 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file a SQLite database URL names; None for PostgreSQL or an in-memory database."""
+    if not is_sqlite(url) or ":///" not in url:
+        return None
+    path = url.split(":///", 1)[1]
+    return path if path and path != ":memory:" else None
+
+
 def create_engine(url: str) -> AsyncEngine:
     """Create an async engine; on SQLite every transaction takes the write lock at BEGIN."""
     if not is_sqlite(url):
         engine = create_async_engine(url, **_pool("postgresql"))
         _ping_when_idle(engine)
         return engine
-    _make_sqlite_folder(url)
-    in_memory = url.endswith(":memory:") or url.endswith(":///")  # one connection (StaticPool): no pool to size
-    engine = create_async_engine(url, connect_args={"timeout": 30}, **({} if in_memory else _pool("sqlite")))
+    file = sqlite_file(url)
+    if file is not None:
+        Path(file).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    # In memory: one connection (StaticPool), no pool to size.
+    engine = create_async_engine(url, connect_args={"timeout": 30}, **(_pool("sqlite") if file else {}))
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -95,9 +104,10 @@ def inbox_url(url: str) -> str:
     SQLite has one writer per file: in the database's own file, storing an update before its answer would
     wait for intake's transactions, which are what the inbox is there not to wait for.
     """
-    if not is_sqlite(url) or ":///" not in url or url.endswith(":memory:"):
+    path = sqlite_file(url)
+    if path is None:
         return url
-    prefix, path = url.split(":///", 1)
+    prefix = url.split(":///", 1)[0]
     database = Path(path)
     suffix = database.suffix or ".db"
     return f"{prefix}:///{database.with_name(f'{database.stem}-inbox{suffix}')}"
@@ -127,12 +137,6 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
                 dbapi_connection.ping()
             except Exception as exc:  # whatever went wrong, this connection is no use: the pool takes another
                 raise DisconnectionError(str(exc)) from exc
-
-
-def _make_sqlite_folder(url: str) -> None:
-    path = url.split(":///", 1)[-1]
-    if path and path != ":memory:":
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 def sessionmaker(engine: AsyncEngine) -> Sessions:
@@ -171,11 +175,6 @@ async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitab
                 raise Deadlocked(str(exc).splitlines()[0]) from exc
             log.debug("deadlock, retrying (attempt %d)", attempt)
     raise AssertionError("unreachable")
-
-
-def one_connection(sessions: Sessions) -> bool:
-    """Whether every session shares one connection (an in-memory SQLite database)."""
-    return isinstance(sessions.kw["bind"].sync_engine.pool, StaticPool)
 
 
 def _lost_race(exc: Exception) -> bool:
@@ -245,8 +244,7 @@ class Checkpoints:
     SECONDS = 0.25  # how often `kindling serve` runs it
 
     def __init__(self, sessions: Sessions) -> None:
-        url = sessions.kw["bind"].url
-        self.path = url.database if url.get_backend_name() == "sqlite" and not one_connection(sessions) else None
+        self.path = sqlite_file(str(sessions.kw["bind"].url))
         self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoints")
         self.connection: sqlite3.Connection | None = None  # opened in the thread, used only there
 
@@ -271,5 +269,6 @@ class Checkpoints:
                 self.connection.close()
                 self.connection = None
 
-        await asyncio.get_running_loop().run_in_executor(self.thread, close)
+        if self.path is not None:  # in the thread, after a checkpoint that may still be running
+            await asyncio.get_running_loop().run_in_executor(self.thread, close)
         self.thread.shutdown()
