@@ -158,17 +158,19 @@ async def _forget_inbox(engine: AsyncEngine, addresses: tuple[tuple[str, str], .
     One whose intake kept failing stays there with its error, message and all, until someone deletes it;
     one not taken in yet would otherwise be taken in after the erasure (as a suppressed newcomer). After the
     erasure's commit, because on SQLite the inbox is a file of its own, so it cannot share the transaction.
+    On SQLite the inbox's log is then emptied even when nothing was left to delete: the updates taken in
+    were deleted from the table, but their raw JSON (name, phone, chat id) stays in old frames of the log.
     """
     url = engine.url.render_as_string(hide_password=False)
     own = inbox_url(url)
     if own == url:
         return await _delete_inbounds(engine, addresses)
-    if not addresses or not Path(own.split(":///", 1)[1]).exists():
+    if not Path(own.split(":///", 1)[1]).exists():
         return 0
     inbox = create_engine(own)
     try:
         removed = await _delete_inbounds(inbox, addresses)
-        if removed and not await checkpoint(sessionmaker(inbox)):
+        if not await checkpoint(sessionmaker(inbox)):
             log.warning("erased inbounds stay in the inbox's write-ahead log until its next checkpoint")
         return removed
     finally:
