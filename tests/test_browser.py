@@ -238,3 +238,17 @@ async def test_messages_survive_a_dropped_connection_and_are_stored_once(client,
     assert len(sockets) == 3
     assert [m.text for m in await rows(db, Message, Message.direction == "in")] == ["first", "second"]
     assert len(await rows(db, Lead)) == 1
+
+
+async def test_a_message_the_server_refuses_is_marked_not_sent_and_never_resent(client, db, page):
+    await page.goto(str(client.make_url("/")))
+    panel = await open_chat(page)
+    await say(panel, "pasted from a terminal \x00 with a NUL")
+
+    await expect(panel.get_by_text(re.compile("^Not sent: the JSON holds a NUL"))).to_be_visible()
+    assert await stored(page, "outbox") == []  # nothing left to resend on the next connection
+    await page.reload()
+    panel = await open_chat(page)
+    await say(panel, "hello")
+    await expect(panel.locator(".kindling-bubble")).to_have_text(["hello", GREETING])
+    assert [m.text for m in await rows(db, Message, Message.direction == "in")] == ["hello"]

@@ -213,3 +213,40 @@ async def test_a_page_view_of_pricing_scores_and_is_one_event_per_page_load(clie
     assert [v.payload["path"] for v in views] == ["/", "/pricing/teams"]
     [lead] = await rows(db, Lead)
     assert lead.id == welcome["lead"] and lead.score == 12
+
+
+async def test_a_refused_message_gets_an_error_with_its_id_so_the_widget_stops_resending_it(client, db):
+    ws = await client.ws_connect("/chat/ws")
+    await hello(ws)
+
+    def message(client_id: str, text: str = "hi", **extra) -> str:
+        return json.dumps({"type": "message", "id": client_id, "text": text, **extra})  # \u escapes, as JSON allows
+
+    refused = {
+        "a NUL character": lambda client_id: message(client_id, "hi\x00there"),
+        "a lone surrogate": lambda client_id: message(client_id, "hi \ud83d"),
+        "nesting past the limit": lambda client_id: message(
+            client_id, extra=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
+        ),
+        "nesting past Python's recursion limit": lambda client_id: (
+            message(client_id)[:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}"
+        ),
+    }
+    for why, frame in refused.items():
+        client_id = str(uuid.uuid4())
+        await ws.send_str(frame(client_id))
+        error = await ws.receive_json(timeout=5)
+        assert (error["type"], error.get("id")) == ("error", client_id), why
+        assert "NUL" in error["error"] or "nested" in error["error"], why
+
+    client_id = str(uuid.uuid4())
+    await ws.send_bytes(message(client_id).encode())  # a binary frame: answered, not a silent close
+    error = await ws.receive_json(timeout=5)
+    assert (error["type"], error.get("id"), error["error"]) == (
+        "error",
+        client_id,
+        "frames must be text (JSON), not binary",
+    )
+
+    await say(client, ws, "still here")
+    assert [m.text for m in await rows(db, Message, Message.direction == "in")] == ["still here"]

@@ -6,8 +6,11 @@ and gets `{"type": "welcome", "visitor", "token", "conversation"}`, then every m
 Then: `{"type": "message", "id": uuid, "text"}` (answered by `ack`, stored once per uuid),
 `{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`.
 The server pushes `{"type": "message", "id", "conversation", "from", "text", "buttons", "client_id", "at"}`
-(`bot.hub.message_frame`). When the visitor's lead is erased, the server closes the socket with code
-4410 (`bot.hub.ERASED`), reason "erased": the widget forgets the visitor and does not reconnect.
+(`bot.hub.message_frame`). A frame refused is answered `{"type": "error", "error", "id"}` with the id of the
+frame it answers when it has one (even one refused for a NUL or deep nesting), binary frames included;
+`"retry": true` means the server could not store it now and the widget sends it again. When the visitor's
+lead is erased, the server closes the socket with code 4410 (`bot.hub.ERASED`), reason "erased": the widget
+forgets the visitor and does not reconnect.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -44,6 +48,8 @@ MAX_FRAME = 16 * 1024
 HELLO_TIMEOUT = 10.0
 HISTORY = 200
 MAX_MESSAGE_ID = 2**31 - 1
+MAX_CLIENT_ID = 64  # an id echoed back in an error frame (the widget's are UUIDs, 36 characters)
+_FRAME_ID = re.compile(r'"id"\s*:\s*"([0-9A-Fa-f-]{32,36})"')
 _VISITOR = re.compile(r"^[0-9a-f]{16}$")
 _TIMEZONES = frozenset(available_timezones())
 
@@ -130,9 +136,12 @@ class _Session:
             self.forwarder = asyncio.create_task(self._forward(queue))
             await self._history(_since(hello.get("since")))
             async for frame in self.ws:
-                if frame.type != WSMsgType.TEXT:
+                if frame.type == WSMsgType.TEXT:
+                    await self._handle(frame.data)
+                elif frame.type == WSMsgType.BINARY:  # answered, so a client that sent one is not left waiting
+                    await self._refuse(frame.data, "frames must be text (JSON), not binary")
+                else:
                     break
-                await self._handle(frame.data)
 
     async def close(self) -> None:
         if self.forwarder is not None:
@@ -148,7 +157,7 @@ class _Session:
         except TimeoutError:
             await self._send({"type": "error", "error": "say hello first"})
             return None
-        data = _parse(frame.data) if frame.type == WSMsgType.TEXT else None
+        data, _ = _parse(frame.data) if frame.type == WSMsgType.TEXT else (None, None)
         if not data or data.get("type") != "hello":
             await self._send({"type": "error", "error": "the first frame must be a hello"})
             return None
@@ -182,21 +191,23 @@ class _Session:
         return True
 
     async def _handle(self, raw: str) -> None:
-        data = _parse(raw)
+        data, problem = _parse(raw)
         kind = data.get("type") if data else None
-        if kind == "page_view":
+        if problem is not None:
+            await self._refuse(raw, problem)
+        elif kind == "page_view":
             received = await self._receive(self._page_view(data.get("view")))
             if received is not None:
                 self.services.after_commit(received)  # a page view may make the lead warm
         elif kind in ("message", "button"):
             await self._message(data, kind)
         else:
-            await self._send({"type": "error", "error": "unknown frame: expected message, button or page_view"})
+            await self._refuse(data, "unknown frame: expected message, button or page_view")
 
     async def _message(self, data: dict, kind: str) -> None:
         client_id, text = data.get("id"), data.get("text" if kind == "message" else "value")
         if not _is_uuid(client_id):
-            await self._send({"type": "error", "error": "a message needs an id (a UUID)"})
+            await self._refuse(data, "a message needs an id (a UUID)")
             return
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
             await self._send({"type": "error", "id": client_id, "error": f"text must be 1 to {MAX_TEXT} characters"})
@@ -213,6 +224,11 @@ class _Session:
             return
         await self._send({"type": "ack", "id": client_id, "duplicate": received.duplicate})
         self.services.after_commit(received)  # also shows the message live (the visitor's echo, operators)
+
+    async def _refuse(self, frame: Any, why: str) -> None:
+        """An error frame carrying the id of the frame it answers, if it has one: the widget stops resending it."""
+        client_id = _frame_id(frame)
+        await self._send({"type": "error", "error": why, **({"id": client_id} if client_id else {})})
 
     async def _receive(self, inbound: Inbound, client_id: str | None = None) -> Received | None:
         try:
@@ -300,12 +316,32 @@ def _split(url: str) -> SplitResult:
     return parts
 
 
-def _parse(raw: Any) -> dict | None:
+def _parse(raw: Any) -> tuple[dict | None, str | None]:
+    """The frame's object, and why it is refused (None when it is not): malformed or unstorable JSON."""
     try:
         data = parse_json(raw)
-    except (TypeError, ValueError):  # BadJson is a ValueError
-        return None
-    return data if isinstance(data, dict) else None
+    except (TypeError, ValueError) as exc:  # BadJson is a ValueError
+        return None, str(exc) or "the frame is not valid JSON"
+    return (data, None) if isinstance(data, dict) else (None, "a frame must be a JSON object")
+
+
+def _frame_id(frame: Any) -> str | None:
+    """The client's id of a frame, even one refused for what it holds (NUL, lone surrogate, deep nesting).
+
+    Such a frame is still read by plain `json` when it can be (it refuses only nesting past Python's
+    recursion limit); else the id is its first `"id": "<uuid>"`, which is the frame's own in what the
+    widget sends (`type` comes first, then `id`).
+    """
+    if isinstance(frame, bytes):
+        frame = frame.decode("utf-8", "replace")
+    if isinstance(frame, str):
+        try:
+            frame = json.loads(frame)
+        except (ValueError, RecursionError):
+            found = _FRAME_ID.search(frame)
+            return found.group(1) if found else None
+    client_id = frame.get("id") if isinstance(frame, dict) else None
+    return client_id if isinstance(client_id, str) and len(client_id) <= MAX_CLIENT_ID else None
 
 
 def _since(value: Any) -> int:

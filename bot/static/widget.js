@@ -134,10 +134,11 @@
     } else if (frame.type === "ack") {
       settle(frame.id, null);
     } else if (frame.type === "error") {
-      if (frame.id) settle(frame.id, frame.error || "not sent");
-      else if (frame.retry && !resendTimer) {
-        // The server could not store something (its database is down); it does not say what.
-        resendTimer = setTimeout(function () { resendTimer = null; outbox.forEach(transmit); }, 5000);
+      if (frame.retry) {
+        // The server could not store it (its database is down): the outbox keeps it and sends it again.
+        if (!resendTimer) resendTimer = setTimeout(function () { resendTimer = null; outbox.forEach(transmit); }, 5000);
+      } else if (frame.id) {
+        settle(frame.id, frame.error || "not sent"); // refused for what it holds: resending would not help
       }
     }
   }
