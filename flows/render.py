@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import traceback
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +24,11 @@ if TYPE_CHECKING:
 MAX_TEXT = 4096  # Telegram's limit for one message
 MAX_OUTPUT = 64 * 1024  # raw output (before stripping) a render may produce before it is stopped
 STEP_KEY = "kindling_step"
+# The work one render may do: loop iterations plus calls (a macro, `range`, a method), and its time. Nested
+# loops multiply (two of `range(100000)` are 10 billion turns), and a render runs on the event loop, where
+# everything else waits for it; a step over either is refused by lint and skipped when it comes due.
+RENDER_WORK = 100_000
+RENDER_SECONDS = 0.5
 _UNSAFE_STR_METHODS = frozenset({"format", "format_map", "center", "ljust", "rjust", "zfill", "expandtabs"})
 _UNSAFE_FILTERS = ("format", "center", "indent")
 
@@ -30,6 +39,45 @@ class RenderError(Exception):
     def __init__(self, file: str, line: int, message: str) -> None:
         self.file, self.line, self.message = file, line, message
         super().__init__(f"{file}:{line}: {message}")
+
+
+class TooMuchWork(SecurityError):
+    """A render went over its work or time budget (RENDER_WORK, RENDER_SECONDS)."""
+
+
+class _Budget:
+    """What is left of one render's work, and when its time is up."""
+
+    __slots__ = ("left", "deadline")
+
+    def __init__(self) -> None:
+        self.left, self.deadline = RENDER_WORK, time.monotonic() + RENDER_SECONDS
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise TooMuchWork(f"too much work: more than {RENDER_WORK:,} loop turns and calls in one render")
+        if time.monotonic() > self.deadline:
+            raise TooMuchWork(f"too slow: rendering took more than {RENDER_SECONDS:g} s")
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("kindling_render_budget", default=None)
+
+
+@contextmanager
+def _budgeted() -> Iterator[None]:
+    """A fresh work and time budget for what is rendered (or evaluated) inside."""
+    token = _BUDGET.set(_Budget())
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def _spend() -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.spend()
 
 
 @dataclass(frozen=True)
@@ -89,12 +137,34 @@ class FlowSandbox(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "%"})
 
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """Parse, then have every `{% for %}` (flows' and partials') iterate through `counted`, which spends budget."""
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            counted = nodes.EnvironmentAttribute("counted", lineno=loop.lineno)
+            loop.iter = nodes.Call(counted, [loop.iter], [], None, None, lineno=loop.lineno)
+        return tree
+
+    @staticmethod
+    def counted(iterable: Iterable[Any]) -> Iterator[Any]:
+        """The items of a loop, each one spending a unit of the render's budget."""
+        for item in iterable:
+            _spend()
+            yield item
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (Jinja's names)
+        """Every call from a template spends a unit of the render's budget (recursive macros, `range`, ...)."""
+        _spend()
+        return super().call(__context, __obj, *args, **kwargs)
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         """Check `*`, `**` and `%` before doing them."""
         if operator == "%" and isinstance(left, str):
             raise SecurityError("string % formatting is not allowed in flows: put values in with {{ }}")
         if operator == "**" and isinstance(right, int) and abs(right) > 64:
             raise SecurityError(f"exponent {right} is too large")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > 64**2:
+            raise SecurityError("the power is too large")  # (9**64)**64**... grows past any budget in one step
         if operator == "*":
             sequence, times = (left, right) if isinstance(right, int) else (right, left)
             if (
@@ -165,11 +235,12 @@ def render_block(template: Template, step: StepSpec, context: dict[str, Any]) ->
     chunks, size = [], 0
     values = {**context, "step": {"name": step.name, "variant": step.variant}, STEP_KEY: (step.name, step.variant)}
     try:
-        for chunk in template.generate(values):
-            size += len(chunk)
-            if size > MAX_OUTPUT:
-                raise RenderError(file, step.line, f"step {step.name!r} renders more than {MAX_OUTPUT} characters")
-            chunks.append(chunk)
+        with _budgeted():
+            for chunk in template.generate(values):
+                size += len(chunk)
+                if size > MAX_OUTPUT:
+                    raise RenderError(file, step.line, f"step {step.name!r} renders more than {MAX_OUTPUT} characters")
+                chunks.append(chunk)
     except RenderError:
         raise
     except Exception as exc:  # template code is user code: any failure is a render error with a place

@@ -312,6 +312,27 @@ def test_rendering_is_size_limited_at_run_time(templates):
     assert any("too large" in message for _, message in problems_at(blowup, templates))
 
 
+@pytest.mark.parametrize(
+    "work",
+    [
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{% for i in range(100000) %}{{ range(100000)|sum }}{% endfor %}",
+        "{% set r = range(100000) %}{% for i in r %}{% for j in r %}{% endfor %}{% endfor %}",
+        "{% macro twice(n) %}{% if n %}{{ twice(n - 1) }}{{ twice(n - 1) }}{% endif %}{% endmacro %}{{ twice(60) }}",
+    ],
+)
+def test_a_step_that_would_render_for_minutes_is_refused_by_lint_at_its_line(templates, work):
+    path = write_flow(templates, f'{{% step "slow", after="1d" %}}\nHi\n{work}\n{{% endstep %}}\n')
+    ((line, message),) = problems_at(path, templates)
+    assert line == 8 and message.startswith("step 'slow': too ")
+    assert "more than 100,000 loop turns and calls in one render" in message or "took more than" in message
+
+
+def test_the_power_of_a_large_number_is_refused(templates):
+    path = write_flow(templates, '{% step "a", after="1d" %}{{ (9**60)**60 }}{% endstep %}\n')
+    assert [message for _, message in problems_at(path, templates)] == ["step 'a': the power is too large"]
+
+
 def test_a_render_error_names_file_and_line(templates):
     path = write_flow(templates, '{% step "a", after="1d" %}\nPlan: {{ lead.plan }}\n{% endstep %}\n')
     assert [line for line, _ in problems_at(path, templates)] == [7]
