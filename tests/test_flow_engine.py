@@ -169,6 +169,38 @@ async def test_a_step_that_fails_to_render_is_skipped_and_recorded_never_sent_ra
     assert skipped.payload["step"] == "two" and "render error" in skipped.payload["reason"]
 
 
+SLOW_FOR_ONE = DRIP.replace(
+    "One for",
+    '{% if "slow" in lead.tags %}'
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    "{% endif %}One for",
+)
+
+
+async def test_a_step_over_the_render_budget_for_one_lead_is_skipped_and_everyone_else_is_served(
+    app, clock, db, templates
+):
+    (templates / "flows" / "drip.j2").write_text(SLOW_FOR_ONE)  # lint passes: no sample lead has the tag
+    assert services_of(app).library.reload() == []
+    fast, slow = await visitor_on_pricing(app), await visitor_on_pricing(app)
+    [fast_lead, slow_lead] = [lead.id for lead in await rows(db, Lead)]
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    tagged = await app.patch(f"/api/leads/{slow_lead}", json={"add_tags": ["slow"]}, headers=auth)
+    assert tagged.status == 200
+
+    await tick(app, clock, timedelta(minutes=10))  # both leads' step one are due in the same tick
+
+    assert (await next_from(fast, "bot"))["text"] == "One for you."
+    assert [(d.lead_id, d.step) for d in await rows(db, Delivery, Delivery.kind == "nurture")] == [(fast_lead, "one")]
+    report = await (await app.get(f"/api/leads/{slow_lead}", headers=auth)).json()
+    [skipped] = [event["payload"] for event in report["events"] if event["type"] == "step_skipped"]
+    assert skipped["step"] == "one" and "too much work: more than 100,000 loop turns" in skipped["reason"]
+    assert "drip.j2:7:" in skipped["reason"]  # file:line of the loop
+    assert (await app.get("/healthz")).status == 200
+    await tick(app, clock, timedelta(hours=1))  # the slow lead's flow goes on with its next step
+    assert (await next_from(slow, "bot"))["text"] == "Two."
+
+
 STUCK = """+++
 name = "Stuck in MQL"
 trigger = "stuck:mql:7d"
