@@ -20,7 +20,7 @@ from flows.handoff import INTENT_WORDS, HandoffPolicy
 from flows.hours import BusinessHours
 from flows.outgoing import WEBHOOK_EVENTS
 from flows.safety import Policy, QuietHours
-from flows.scoring import ScoreRule, Scoring
+from flows.scoring import Cap, ScoreRule, Scoring
 from flows.stages import DEFAULT_ORDER, Stages
 
 DEFAULT_PATH = Path("config.toml")
@@ -73,6 +73,7 @@ class Settings:
     secret_key: str | None = None
     webchat_enabled: bool = True
     allowed_origins: tuple[str, ...] = ()
+    webchat_messages_per_minute: int = 20
     telegram_token: str | None = None
     telegram_secret: str | None = None
     telegram_api_url: str = "https://api.telegram.org"
@@ -125,6 +126,7 @@ def settings_from(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         secret_key=env.get("KINDLING_SECRET_KEY") or None,
         webchat_enabled=webchat.get("enabled", bool, True),
         allowed_origins=tuple(webchat.get("allowed_origins", list, [])),
+        webchat_messages_per_minute=_positive(webchat, "messages_per_minute", 20),
         telegram_token=token,
         telegram_secret=env.get("KINDLING_TELEGRAM_SECRET") or _derived_secret(token),
         telegram_api_url=_env(
@@ -175,6 +177,13 @@ class _Section:
             raise ConfigError(f"{self.key(unknown[0])}: unknown setting")
         for child in self.children:
             child.reject_unknown()
+
+
+def _positive(section: _Section, name: str, default: int) -> int:
+    value = section.get(name, int, default)
+    if value < 1:
+        raise ConfigError(f"{section.key(name)}: must be 1 or more")
+    return value
 
 
 def _env(env: Mapping[str, str], name: str, from_file: str) -> str:
@@ -262,6 +271,7 @@ def _scoring(section: _Section) -> Scoring:
                 event=rule.get("event", str, ""),
                 points=float(rule.get("points", (int, float), 0)),
                 match=rule.get("match", str, "") or None,
+                cap=_cap(rule),
             )
         )
         if not rules[-1].name or not rules[-1].event:
@@ -272,6 +282,14 @@ def _scoring(section: _Section) -> Scoring:
     except ValueError as exc:
         raise ConfigError(f"scoring.half_life: {exc}") from None
     return Scoring(rules=tuple(rules), half_life=decay)
+
+
+def _cap(rule: _Section) -> Cap | None:
+    cap = rule.get("cap", str, "")
+    try:
+        return Cap.parse(cap) if cap else None
+    except ValueError as exc:
+        raise ConfigError(f"{rule.key('cap')}: {exc}") from None
 
 
 def _nurture(section: _Section, env: Mapping[str, str]) -> dict[str, Any]:

@@ -80,6 +80,8 @@ async def ledger(session: AsyncSession, lead_id: int) -> list[LedgerLine]:
 async def score_event(session: AsyncSession, scoring: Scoring, lead: Lead, event: Event, now: datetime) -> None:
     """Write the event's points to the ledger and refresh the lead's score."""
     earned = scoring.earn(event.type, event.name, event_subject(event))
+    if any(rule.cap for rule in earned):
+        earned = scoring.within_caps(earned, await ledger(session, lead.id), now)
     for rule in earned:
         session.add(PointsEntry(lead_id=lead.id, event_id=event.id, rule=rule.name, points=rule.points, at=now))
     if earned:

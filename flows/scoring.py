@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
+
+from flows.durations import parse_duration
+
+_CAP = re.compile(r"^\s*(\d+)\s+per\s+(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Cap:
+    """A rule counts at most `times` in any `period` (`"3 per 1h"`): minor actions cannot add up to a warm lead."""
+
+    times: int
+    period: timedelta
+
+    @classmethod
+    def parse(cls, text: str) -> Cap:
+        """`"3 per 1h"`; raise ValueError saying the form."""
+        match = _CAP.match(str(text))
+        if not match or int(match.group(1)) < 1:
+            raise ValueError(f'bad cap {text!r}: use a count and a duration, like "3 per 1h"')
+        return cls(int(match.group(1)), parse_duration(match.group(2)))
 
 
 @dataclass(frozen=True)
@@ -17,6 +38,7 @@ class ScoreRule:
     event: str
     points: float
     match: str | None = None
+    cap: Cap | None = None
 
     def applies(self, event_type: str, event_name: str | None, subject: str | None) -> bool:
         """Whether an event earns this rule's points."""
@@ -47,6 +69,15 @@ class Scoring:
     def earn(self, event_type: str, event_name: str | None, subject: str | None) -> list[ScoreRule]:
         """The rules an event earns points from."""
         return [rule for rule in self.rules if rule.applies(event_type, event_name, subject)]
+
+    def within_caps(self, rules: list[ScoreRule], lines: list[LedgerLine], now: datetime) -> list[ScoreRule]:
+        """The rules that may still give points now: a capped one has not counted `times` in its last `period`."""
+        return [
+            rule
+            for rule in rules
+            if rule.cap is None
+            or sum(line.rule == rule.name and line.at > now - rule.cap.period for line in lines) < rule.cap.times
+        ]
 
     def weight(self, line: LedgerLine, now: datetime) -> float:
         """A ledger line's points as they count at `now`."""

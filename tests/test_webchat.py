@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from datetime import timedelta
 
 import pytest
 
-from storage.models import Event, Lead, Message
+from bot.config import ConfigError, settings_from
+from storage.models import Event, Handoff, Lead, Message
 
 from conftest import rows, services_of
 
@@ -250,3 +253,64 @@ async def test_a_refused_message_gets_an_error_with_its_id_so_the_widget_stops_r
 
     await say(client, ws, "still here")
     assert [m.text for m in await rows(db, Message, Message.direction == "in")] == ["still here"]
+
+
+async def test_a_visitor_flooding_the_chat_is_slowed_down_and_nothing_is_stored_twice(client, db, clock):
+    ws = await client.ws_connect("/chat/ws")
+    await hello(ws)
+    ids = [str(uuid.uuid4()) for _ in range(25)]
+    for client_id in ids:  # 25 messages within the same second
+        await ws.send_json({"type": "message", "id": client_id, "text": f"spam {client_id}"})
+    answers = {}
+    while len(answers) < len(ids):
+        frame = await ws.receive_json(timeout=5)
+        if frame["type"] in ("ack", "error"):
+            answers[frame["id"]] = frame
+    assert [answers[i]["type"] for i in ids] == ["ack"] * 20 + ["error"] * 5
+    refused = answers[ids[-1]]
+    assert refused["retry"] is True and refused["retry_after"] == 60
+    assert refused["error"] == "too many messages: at most 20 a minute, sent again in a moment"
+    await services_of(client).drain()
+    assert len(await rows(db, Message, Message.direction == "in")) == 20
+
+    clock.advance(timedelta(seconds=61))  # the widget sends the refused ones again, with their ids
+    for client_id in [*ids[20:], ids[0]]:
+        await say(client, ws, f"spam {client_id}", client_id)
+    stored = [m.text for m in await rows(db, Message, Message.direction == "in")]
+    assert sorted(stored) == sorted(f"spam {client_id}" for client_id in ids)  # each once
+
+
+async def test_typing_a_lot_does_not_make_a_lead_warm(client, db, clock):
+    ws = await client.ws_connect("/chat/ws")
+    await hello(ws, url="https://shop.example/")
+    for minute in range(5):
+        clock.advance(timedelta(minutes=1))
+        for n in range(20):
+            await say(client, ws, f"blah {minute}-{n}")
+    assert len(await rows(db, Message, Message.direction == "in")) == 100
+    [lead] = await rows(db, Lead)
+    assert lead.score == 10  # the shipped message rule: 2 points, counted at most 5 times a day
+    assert await rows(db, Handoff) == []
+    clock.advance(timedelta(days=1))
+    await say(client, ws, "hello again tomorrow")
+    [lead] = await rows(db, Lead)
+    assert lead.score > 10
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"channels": {"webchat": {"messages_per_minute": 0}}}, "channels.webchat.messages_per_minute"),
+        (
+            {"scoring": {"rules": [{"name": "m", "event": "message", "points": 2, "cap": "3/h"}]}},
+            "scoring.rules[0].cap",
+        ),
+        (
+            {"scoring": {"rules": [{"name": "m", "event": "message", "points": 2, "cap": "3 per soon"}]}},
+            "scoring.rules",
+        ),
+    ],
+)
+def test_a_bad_limit_or_cap_names_its_key(config, key):
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)}"):
+        settings_from(config, {})

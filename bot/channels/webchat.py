@@ -24,6 +24,7 @@ import logging
 import re
 import secrets
 import uuid
+from math import ceil
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
@@ -35,6 +36,7 @@ from bot.channels.base import Inbound, Profile, SendResult, Touch
 from bot.hub import ERASED, message_frame
 from bot.intake import Received
 from bot.jsonbody import parse_json
+from bot.ratelimit import PerMinute
 from bot.services import Services
 from bot.signing import same
 from storage.db import DatabaseUnavailable
@@ -61,6 +63,8 @@ class WebchatChannel:
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        # Per visitor, whichever of their sockets it comes through: no one floods intake, scoring or the queue.
+        self.limit = PerMinute(services.settings.webchat_messages_per_minute, services.clock)
 
     @staticmethod
     def enabled(services: Services) -> str | None:
@@ -91,7 +95,7 @@ class WebchatChannel:
             raise web.HTTPForbidden(text="this site may not open the chat")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME)
         await ws.prepare(request)
-        session = _Session(self.services, ws)
+        session = _Session(self.services, ws, self.limit)
         try:
             await session.run()
         finally:
@@ -116,8 +120,8 @@ def visitor_link(secret: bytes, visitor: str) -> str:
 class _Session:
     """One open widget connection."""
 
-    def __init__(self, services: Services, ws: web.WebSocketResponse) -> None:
-        self.services, self.ws = services, ws
+    def __init__(self, services: Services, ws: web.WebSocketResponse, limit: PerMinute) -> None:
+        self.services, self.ws, self.limit = services, ws, limit
         self.visitor = ""
         self.conversation_id: int | None = None
         self.locale: str | None = None
@@ -212,6 +216,8 @@ class _Session:
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
             await self._send({"type": "error", "id": client_id, "error": f"text must be 1 to {MAX_TEXT} characters"})
             return
+        if await self._limited(client_id):
+            return
         inbound = self._inbound(
             kind,
             dedup_key=f"webchat:{self.visitor}:{client_id}",
@@ -224,6 +230,19 @@ class _Session:
             return
         await self._send({"type": "ack", "id": client_id, "duplicate": received.duplicate})
         self.services.after_commit(received)  # also shows the message live (the visitor's echo, operators)
+
+    async def _limited(self, client_id: str) -> bool:
+        """Whether the visitor is over their messages per minute; if so, the message is refused before it is stored.
+
+        The error says retry: the widget sends it again shortly, with the same id, so it is stored once.
+        """
+        wait = self.limit.wait(self.visitor)
+        if wait:
+            error = f"too many messages: at most {self.limit.limit} a minute, sent again in a moment"
+            await self._send(
+                {"type": "error", "id": client_id, "error": error, "retry": True, "retry_after": ceil(wait)}
+            )
+        return bool(wait)
 
     async def _refuse(self, frame: Any, why: str) -> None:
         """An error frame carrying the id of the frame it answers, if it has one: the widget stops resending it."""

@@ -136,7 +136,9 @@
     } else if (frame.type === "error") {
       if (frame.retry) {
         // The server could not store it (its database is down): the outbox keeps it and sends it again.
-        if (!resendTimer) resendTimer = setTimeout(function () { resendTimer = null; outbox.forEach(transmit); }, 5000);
+        // (or the visitor is over their messages per minute: `retry_after` says for how long).
+        var wait = 1000 * Math.min(60, Math.max(1, isNumber(frame.retry_after) ? frame.retry_after : 5));
+        if (!resendTimer) resendTimer = setTimeout(function () { resendTimer = null; outbox.forEach(transmit); }, wait);
       } else if (frame.id) {
         settle(frame.id, frame.error || "not sent"); // refused for what it holds: resending would not help
       }
