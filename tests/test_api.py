@@ -79,6 +79,15 @@ async def test_events_for_a_lead_by_id_and_an_unknown_lead(client):
         ({"type": "signup", "lead": {"email": "not-an-email"}}, "email"),
         ({"type": "signup", "lead": {"phone": "12"}}, "phone"),
         ({"type": "signup", "lead": {"email": "a@example.com"}, "at": "yesterday"}, "'at'"),
+        (
+            {"type": "signup", "lead": {"email": "a@example.com"}, "at": "0001-01-01T00:00:00+14:00"},
+            "'at' must be between",
+        ),
+        (
+            {"type": "signup", "lead": {"email": "a@example.com"}, "at": "9999-12-31T23:59:59-12:00"},
+            "'at' must be between",
+        ),
+        ({"type": "signup", "lead": {"email": "a@example.com"}, "at": "0001-01-01T00:00:00Z"}, "'at' must be between"),
         ({"type": "signup", "lead": {"email": "a@example.com"}, "properties": [1]}, "properties"),
         ({"type": "signup", "lead": {"email": "a@example.com", "first_name": "A\x00"}}, "NUL"),
     ],

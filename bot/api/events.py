@@ -33,6 +33,7 @@ from bot.jsonbody import parse_json
 from bot.leadview import lead_report
 from bot.middlewares import json_error
 from bot.services import SERVICES
+from bot.times import in_utc
 from storage.leads import get_lead as find_lead
 from storage.models import Event
 
@@ -112,7 +113,7 @@ def _time(value: Any, now: datetime) -> datetime:
         raise ValueError(f"'at' must be an ISO 8601 time with a zone, got {value!r}") from None
     if at.tzinfo is None:
         raise ValueError("'at' needs a time zone, like 2026-01-05T12:00:00Z")
-    return at
+    return in_utc(at, "'at'")
 
 
 @scope("leads:read")
