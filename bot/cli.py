@@ -25,6 +25,7 @@ from flows.clock import SystemClock
 from storage.db import create_engine, sessionmaker
 from storage.leads import LeadNotFound
 from storage.migrate import upgrade
+from storage.privacy import LeadErased
 from storage.webhooks import STATUSES
 
 log = logging.getLogger("kindling")
@@ -150,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "webhooks":
             return asyncio.run(webhooks(settings, args))
         return asyncio.run(lead(settings, args))
+    except LeadErased as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except LeadNotFound as exc:
         print(f"no lead {exc.args[0]}", file=sys.stderr)
         return 1

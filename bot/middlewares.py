@@ -10,6 +10,7 @@ from aiohttp import web
 from bot.jsonbody import BadJson
 from storage.db import UNAVAILABLE
 from storage.leads import LeadNotFound
+from storage.privacy import LeadErased
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         if exc.status < 400 or exc.content_type == "application/json" or request.path.startswith("/console"):
             raise
         return json_error(exc.status, exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason)
+    except LeadErased as exc:
+        return json_error(410, str(exc))
     except LeadNotFound as exc:
         return json_error(404, f"no lead {exc.args[0]}")
     except web.RequestPayloadError:  # e.g. Content-Encoding: gzip on a body that is not gzip

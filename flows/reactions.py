@@ -92,26 +92,43 @@ async def score_event(session: AsyncSession, scoring: Scoring, lead: Lead, event
 async def advance_stage(
     session: AsyncSession, stages: Stages, webhooks: Subscriptions, lead: Lead, event: Event, now: datetime
 ) -> Event | None:
-    """Move the lead forward if a stage rule holds; the change is an event with its reason."""
+    """Move the lead forward if a stage rule holds; the change is an event with its reason, at the event's time."""
     rule = stages.advance(lead.stage, lead_context(lead), event_context(event))
     if rule is None:
         return None
-    return await set_stage(session, stages, webhooks, lead, rule.stage, f"{rule.stage}: {rule.source}", now)
+    reason, at = f"{rule.stage}: {rule.source}", stage_time(stages, lead, event, now)
+    return await set_stage(session, stages, webhooks, lead, rule.stage, reason, now, at=at)
+
+
+def stage_time(stages: Stages, lead: Lead, event: Event, now: datetime) -> datetime:
+    """When the stage change an event causes happened: the event's time (a backfilled purchase is dated when it
+    was made; one dated ahead, now), but not before the lead's last stage change, so the history stays in order."""
+    at = min(event.at, now)
+    moved = lead.stage_at > lead.created_at or lead.stage != stages.order[0]  # else still where it arrived
+    return max(at, lead.stage_at) if moved else at
 
 
 async def set_stage(
-    session: AsyncSession, stages: Stages, webhooks: Subscriptions, lead: Lead, stage: str, reason: str, now: datetime
+    session: AsyncSession,
+    stages: Stages,
+    webhooks: Subscriptions,
+    lead: Lead,
+    stage: str,
+    reason: str,
+    now: datetime,
+    at: datetime | None = None,
 ) -> Event:
-    """Record a stage change (by rule, operator or API): a `stage_changed` event, the stage history and
-    `lead.stage_changed` webhooks."""
+    """Record a stage change (by rule, operator or API) made `at` (default now): a `stage_changed` event, the
+    stage history and `lead.stage_changed` webhooks."""
+    at = at or now
     change = Event(
         lead_id=lead.id,
         type="stage_changed",
         payload={"from": lead.stage, "to": stage, "reason": reason},
-        at=now,
+        at=at,
     )
-    await history.reach(session, stages, lead, stage, now)
-    lead.stage, lead.stage_at, lead.updated_at = stage, now, now
+    await history.reach(session, stages, lead, stage, at)
+    lead.stage, lead.stage_at, lead.updated_at = stage, at, now
     session.add_all([change, lead])
     await session.flush()
     await queue_webhook(session, webhooks, "lead.stage_changed", lead, {"stage": change.payload}, now)

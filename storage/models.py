@@ -31,6 +31,11 @@ def _time(nullable: bool = False, index: bool = False) -> Any:
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
 
 
+# SQLite numbers a row one above the largest id left, so an erased newest lead's id went to the next person:
+# ids that users and APIs see are never reused (migration 0011 says why for each table).
+NEVER_REUSED = {"sqlite_autoincrement": True}
+
+
 def _json(default: Any) -> Any:
     def fresh() -> Any:  # not `default` itself: pydantic reads the factory's signature for every row made,
         return default()  # and for a builtin such as dict that means parsing its text signature each time
@@ -42,6 +47,7 @@ def _json(default: Any) -> Any:
 class Lead(SQLModel, table=True):
     """One person across channels."""
 
+    __table_args__ = NEVER_REUSED
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = _time()
     updated_at: datetime = _time()
@@ -75,7 +81,7 @@ class Identity(SQLModel, table=True):
 class Conversation(SQLModel, table=True):
     """One thread on one channel; `owner` is bot, queued, human or closed."""
 
-    __table_args__ = (UniqueConstraint("channel", "external_id"),)
+    __table_args__ = (UniqueConstraint("channel", "external_id"), NEVER_REUSED)
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
     channel: str
@@ -96,6 +102,7 @@ class Event(SQLModel, table=True):
         Index("ix_event_lead_at", "lead_id", "at"),
         # The flow report reads skipped steps; they are few, so a partial index finds them without the rest.
         Index("ix_event_step_skipped", "at", sqlite_where=text(_SKIPPED), postgresql_where=text(_SKIPPED)),
+        NEVER_REUSED,
     )
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id")
@@ -110,7 +117,7 @@ class Event(SQLModel, table=True):
 class Message(SQLModel, table=True):
     """The transcript of a conversation: what the visitor said and what was sent to them."""
 
-    __table_args__ = (Index("ix_message_conversation", "conversation_id", "id"),)
+    __table_args__ = (Index("ix_message_conversation", "conversation_id", "id"), NEVER_REUSED)
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: int = Field(foreign_key="conversation.id")
     lead_id: int = Field(foreign_key="lead.id", index=True)
@@ -144,6 +151,7 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         Index("ix_delivery_due", "status", "not_before"),
         Index("ix_delivery_nurture", "created_at", sqlite_where=text(_NURTURE), postgresql_where=text(_NURTURE)),
+        NEVER_REUSED,
     )
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
@@ -202,6 +210,7 @@ class Enrollment(SQLModel, table=True):
             sqlite_where=text(_LIVE),
             postgresql_where=text(_LIVE),
         ),
+        NEVER_REUSED,
     )
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
@@ -290,6 +299,7 @@ class Handoff(SQLModel, table=True):
         Index("ix_handoff_warm", "warm_at"),
         # At most one open handoff per lead, whichever instance saw the warm signal.
         Index("uq_handoff_open", "lead_id", unique=True, sqlite_where=text(_OPEN), postgresql_where=text(_OPEN)),
+        NEVER_REUSED,
     )
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
@@ -379,6 +389,7 @@ class WebhookDelivery(SQLModel, table=True):
         # A lead's undelivered rows per endpoint, oldest first: each waits for the one before it.
         Index("ix_webhookdelivery_waiting", "endpoint", "lead_id", "id", sqlite_where=text(_WAITING),
               postgresql_where=text(_WAITING)),
+        NEVER_REUSED,
     )  # fmt: skip
     id: int | None = Field(default=None, primary_key=True)
     event_id: str  # a uuid: X-Kindling-Delivery and the body's `id`; receivers dedupe on it

@@ -49,6 +49,14 @@ CHUNK = 500  # values per IN (...), well under every driver's parameter limit
 Key = tuple[Any, ...]  # a row's primary key values
 
 
+class LeadErased(LeadNotFound):
+    """The lead was erased before (answered 410); its id is never given to anyone else."""
+
+    def __str__(self) -> str:
+        lead_id, erased_at = self.args
+        return f"lead {lead_id} was erased on {erased_at:%Y-%m-%d %H:%M} UTC; nothing about it is left"
+
+
 @dataclass
 class Person:
     """The rows about one person, by table and primary key, and the links to clear in other people's rows."""
@@ -115,8 +123,12 @@ async def erase_person(session: AsyncSession, lead_id: int, secret: bytes, by: s
     Run it in one transaction (`erase_everywhere` does): a row another transaction adds meanwhile fails its
     foreign key, and the retry finds it.
     """
-    await _lock(session, lead_id)
-    person = await find_person(session, lead_id)
+    try:
+        await _lock(session, lead_id)
+        person = await find_person(session, lead_id)
+    except LeadNotFound:
+        await _erased_before(session, lead_id)
+        raise
     keys = suppression_keys(person)
     for (table, column), row_keys in person.unlink.items():
         for chunk in _chunks(sorted(row_keys)):
@@ -231,6 +243,14 @@ async def _lock(session: AsyncSession, lead_id: int) -> None:
     survivor = (await get_lead(session, lead_id)).id
     if (await session.exec(select(LEAD.c.id).where(LEAD.c.id == survivor).with_for_update())).first() is None:
         raise LeadNotFound(lead_id)
+
+
+async def _erased_before(session: AsyncSession, lead_id: int) -> None:
+    """Raise LeadErased if the erasure log names this lead id (a retried erasure, say)."""
+    query = select(Erasure.erased_at).where(Erasure.lead_id == lead_id).order_by(Erasure.id).limit(1)
+    erased_at = (await session.exec(query)).scalars().first()
+    if erased_at is not None:
+        raise LeadErased(lead_id, erased_at)
 
 
 async def _suppress(session: AsyncSession, secret: bytes, keys: set[tuple[str, str]], now: datetime) -> None:

@@ -8,8 +8,9 @@ makes some fifty of each kind per transaction.
 
 Numbered here instead, a lead, conversation or event gets its id when it is added to the session, and
 every other new row at the flush; all are then written at the commit, an `executemany` per table. The ids
-are the ones SQLite would give: a table whose key is `id INTEGER PRIMARY KEY` (none here is AUTOINCREMENT)
-numbers a new row one above the largest id in it, and a transaction here holds the write lock from its
+are the ones SQLite would give: a table whose key is `id INTEGER PRIMARY KEY` numbers a new row one above
+the largest id in it, an AUTOINCREMENT one above the largest it ever held (`sqlite_sequence`, which SQLite
+raises when we write a larger id ourselves), and a transaction here holds the write lock from its
 BEGIN (storage/db.py), so nobody else inserts meanwhile. Rows now reach the database in another order
 than before (a message may be written before its event), so the transaction checks foreign keys at its
 commit (`defer_foreign_keys`), where a row that names a missing one still fails the whole transaction.
@@ -21,7 +22,7 @@ import functools
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import event, func, inspect, select
+from sqlalchemy import ColumnElement, Table, column, event, func, inspect, select, table
 from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -29,6 +30,7 @@ from storage.models import Conversation, Event, Lead
 
 KEY = "kindling.rowids"
 AT_ONCE = (Lead, Conversation, Event)  # numbered when added: their ids are read right away
+SEQUENCE = table("sqlite_sequence", column("name"), column("seq"))
 
 
 async def number_rows(session: AsyncSession) -> None:
@@ -37,9 +39,8 @@ async def number_rows(session: AsyncSession) -> None:
         return
     connection = await session.connection()
     await connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")  # until the transaction ends
-    tops = select(*(select(func.max(model.id)).scalar_subquery() for model in AT_ONCE))
-    last = (await connection.execute(tops)).one()
-    session.info[KEY] = {model.__table__: top or 0 for model, top in zip(AT_ONCE, last, strict=True)}
+    last = (await connection.execute(select(*(_top(model.__table__) for model in AT_ONCE)))).one()
+    session.info[KEY] = dict(zip((model.__table__ for model in AT_ONCE), last, strict=True))
 
 
 def numbering(session: AsyncSession) -> bool:
@@ -70,7 +71,7 @@ def _number_the_rest(session: Session, _context: Any, _instances: Any) -> None:
     for table, new in rows.items():
         if len(new) < 2:  # one row is one statement either way
             continue
-        top = connection.execute(select(func.max(table.c.id))).scalar() or 0
+        top = connection.execute(select(_top(table))).scalar_one()
         for number, row in enumerate(sorted(new, key=lambda row: inspect(row).insert_order), top + 1):
             row.id = number
 
@@ -80,3 +81,12 @@ def _numbered(table: Any) -> bool:
     """Whether SQLite numbers this table's rows: a single integer key named id."""
     key = table.primary_key.columns
     return len(key) == 1 and "id" in key and key["id"].type.python_type is int
+
+
+def _top(numbered: Table) -> ColumnElement[int]:
+    """The id SQLite numbers the table's next row above: the largest it holds, or (AUTOINCREMENT) ever held."""
+    largest = func.coalesce(select(func.max(numbered.c.id)).scalar_subquery(), 0)
+    if not numbered.dialect_options["sqlite"]["autoincrement"]:
+        return largest
+    used = select(SEQUENCE.c.seq).where(SEQUENCE.c.name == numbered.name).scalar_subquery()
+    return func.max(largest, func.coalesce(used, 0))  # SQLite's max of two values

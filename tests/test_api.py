@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from storage.models import Event, Lead
+from storage.models import Event, Lead, StageEntry
 
 from conftest import API_KEY, rows
 
@@ -29,6 +29,34 @@ async def test_a_purchase_makes_the_lead_a_customer_with_the_reason_recorded(cli
     assert "purchase" in change.payload["reason"]
     [purchase] = await rows(db, Event, Event.type == "custom")
     assert purchase.name == "purchase" and purchase.payload["properties"] == {"total": 99}
+
+
+async def test_a_backfilled_purchase_moves_the_stage_as_of_its_own_time(client, db, clock):
+    """A CRM backfilling last quarter's purchases: stage_since and the stage history said today."""
+    last_quarter = clock.now() - timedelta(days=90)
+    body = {"type": "purchase", "lead": {"email": "fa@example.com"}, "at": last_quarter.isoformat()}
+    lead_id = (await (await event(client, body)).json())["lead_id"]
+
+    lead = await (await client.get(f"/api/leads/{lead_id}", headers=AUTH)).json()
+    assert lead["stage"] == "customer" and lead["stage_since"] == last_quarter.isoformat()
+    assert [(stage["to"], stage["at"]) for stage in lead["stages"]] == [("customer", last_quarter.isoformat())]
+    funnel = {entry.stage: entry.entered_at for entry in await rows(db, StageEntry)}
+    assert funnel["customer"] == funnel["sql"] == last_quarter  # the funnel counts it last quarter too
+
+
+async def test_a_late_event_never_dates_a_stage_before_the_lead_last_moved(client, clock):
+    now = clock.now()
+    lead_id = (await (await event(client, {"type": "signup", "lead": {"email": "gu@example.com"}})).json())["lead_id"]
+    late = {"type": "cart", "lead": {"id": lead_id}, "at": (now - timedelta(days=90)).isoformat()}
+    assert (await event(client, late)).status == 201  # signup and cart: the lead is an mql now
+    ahead = {"type": "purchase", "lead": {"id": lead_id}, "at": (now + timedelta(days=1)).isoformat()}
+    assert (await event(client, ahead)).status == 201
+
+    lead = await (await client.get(f"/api/leads/{lead_id}", headers=AUTH)).json()
+    assert [(stage["to"], stage["at"]) for stage in lead["stages"]] == [
+        ("lead", now.isoformat()), ("mql", now.isoformat()), ("customer", now.isoformat())
+    ]  # fmt: skip
+    assert lead["stage"] == "customer" and lead["stage_since"] == now.isoformat()
 
 
 async def test_an_event_sent_twice_with_the_same_id_counts_once(client, db):
@@ -79,6 +107,15 @@ async def test_events_for_a_lead_by_id_and_an_unknown_lead(client):
         ({"type": "signup", "lead": {"email": "not-an-email"}}, "email"),
         ({"type": "signup", "lead": {"phone": "12"}}, "phone"),
         ({"type": "signup", "lead": {"email": "a@example.com"}, "at": "yesterday"}, "'at'"),
+        (
+            {"type": "signup", "lead": {"email": "a@example.com"}, "at": "0001-01-01T00:00:00+14:00"},
+            "'at' must be between",
+        ),
+        (
+            {"type": "signup", "lead": {"email": "a@example.com"}, "at": "9999-12-31T23:59:59-12:00"},
+            "'at' must be between",
+        ),
+        ({"type": "signup", "lead": {"email": "a@example.com"}, "at": "0001-01-01T00:00:00Z"}, "'at' must be between"),
         ({"type": "signup", "lead": {"email": "a@example.com"}, "properties": [1]}, "properties"),
         ({"type": "signup", "lead": {"email": "a@example.com", "first_name": "A\x00"}}, "NUL"),
     ],

@@ -115,12 +115,34 @@ async def test_text_no_database_can_store_is_a_422_not_a_retry_forever_503(teleg
     assert await nothing_stored(db)
 
 
-@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
-async def test_nan_and_infinity_are_not_json_numbers(telegram_client, db, constant):
-    body = f'{{"type": "cart", "lead": {{"email": "a@example.com"}}, "properties": {{"total": {constant}}}}}'
+NUMBERS = ["1e400", "-1e400", "NaN", "Infinity", "-Infinity"]  # the first two were Infinity once parsed
+
+
+@pytest.mark.parametrize("number", NUMBERS)
+async def test_a_number_no_database_can_store_is_a_422_naming_the_field_on_the_events_api(telegram_client, db, number):
+    """1e400 was stored as Infinity on SQLite (every later read of the lead was invalid JSON) and was a 503 for
+    ever on PostgreSQL; NaN and Infinity literals were a 400 that did not say where."""
+    body = (
+        f'{{"type": "cart", "lead": {{"email": "a@example.com"}}, "properties": {{"items": [{{"price": {number}}}]}}}}'
+    )
     response = await telegram_client.post("/api/events", data=body, headers={"Authorization": f"Bearer {API_KEY}"})
 
-    assert response.status == 400 and constant in (await response.json())["error"]
+    assert response.status == 422
+    assert "'properties.items[0].price' must be a finite number" in (await response.json())["error"]
+    assert await nothing_stored(db)
+
+
+@pytest.mark.parametrize("number", NUMBERS)
+async def test_a_number_no_database_can_store_is_a_422_naming_the_field_on_the_webhooks(
+    telegram_client, db, clock, number
+):
+    signed = delivery(user={"id": "u-1", "age": 12345}).replace(b"12345", number.encode())
+    response = await post_signed(telegram_client, clock, signed)
+    assert response.status == 422 and "'user.age' must be a finite number" in (await response.json())["error"]
+
+    telegram = update(date=12345).replace(b"12345", number.encode())
+    response = await telegram_client.post("/webhooks/telegram", data=telegram, headers=TELEGRAM)
+    assert response.status == 422 and "'message.date' must be a finite number" in (await response.json())["error"]
     assert await nothing_stored(db)
 
 

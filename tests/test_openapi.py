@@ -55,6 +55,22 @@ async def test_the_document_lists_exactly_the_api_routes_with_their_scopes(clien
             assert {"401", "403"} <= set(operation["responses"]), (method, path)
 
 
+async def test_every_operation_with_a_body_documents_the_413_it_answers_to_a_body_too_large(
+    client, make_client, settings
+):
+    document = await openapi(client)
+    with_body = [(path, method) for path, item in document["paths"].items() for method, op in item.items()
+                 if "requestBody" in op]  # fmt: skip
+    assert ("/api/leads/{id}", "patch") in with_body
+    assert [
+        (path, method) for path, method in with_body if "413" not in document["paths"][path][method]["responses"]
+    ] == []
+
+    small = await make_client(settings.with_(max_body_bytes=1024))
+    answer = await small.patch("/api/leads/1", json={"add_tags": ["x" * 60] * 40}, headers=AUTH)
+    assert answer.status == 413 and (await answer.json())["error"]
+
+
 async def test_stage_names_come_from_the_config(client):
     document = await openapi(client)
     assert document["components"]["schemas"]["Stage"]["enum"] == ["visitor", "lead", "mql", "sql", "customer"]

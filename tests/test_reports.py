@@ -354,8 +354,12 @@ async def test_a_handoff_moves_to_the_web_source_of_the_lead_it_belongs_to(app, 
         ("since=2026-02-01&until=2026-01-01", "must be before 'until'"),
         ("by=country", "'by' must be one of source, campaign, channel"),
         ("format=xml", "'format' must be json or csv"),
-        ("until=9999-12-31", "'until' must be an ISO date or time"),
-        ("until=0001-01-02", "'until' is too early for the default period"),
+        ("until=9999-12-31", "'until' must be between 1900-01-01 and 3000-01-01 (UTC)"),
+        ("until=0001-01-02", "'until' must be between 1900-01-01 and 3000-01-01 (UTC)"),
+        ("until=1900-01-02", "'until' is too early for the default period"),
+        ("since=0001-01-01T00:00:00%2B14:00", "'since' must be between 1900-01-01 and 3000-01-01 (UTC)"),
+        ("until=9999-12-31T23:59:59-12:00", "'until' must be between 1900-01-01 and 3000-01-01 (UTC)"),
+        ("since=0001-01-01&until=2026-01-02", "'since' must be between"),
     ],
 )
 async def test_bad_parameters_get_422_with_a_clear_message(app, query, message):
@@ -402,6 +406,9 @@ async def test_the_command_line_prints_tables_csv_and_json(app, clock, run_kindl
 
     status, _, err = await run_kindling("report", "funnel", "--since", "last tuesday")
     assert status == 2 and "'since' must be an ISO date or time like 2026-01-31" in err
+    for period in (("--since", "0001-01-01T00:00:00+14:00"), ("--until", "9999-12-31T23:59:59-12:00")):
+        status, _, err = await run_kindling("report", "handoffs", *period)  # was a traceback, exit 1
+        assert status == 2 and f"'{period[0][2:]}' must be between 1900-01-01 and 3000-01-01 (UTC)" in err
 
 
 async def test_console_report_pages_draw_charts_for_marketers_only(app, clock, add_operator):

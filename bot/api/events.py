@@ -20,6 +20,7 @@ from bot.api.spec import (
     PAGING,
     PATH_ID,
     TIME,
+    TOO_LARGE,
     UNPROCESSABLE,
     ok,
     operation,
@@ -32,6 +33,7 @@ from bot.jsonbody import parse_json
 from bot.leadview import lead_report
 from bot.middlewares import json_error
 from bot.services import SERVICES
+from bot.times import in_utc
 from storage.leads import get_lead as find_lead
 from storage.models import Event
 
@@ -111,7 +113,7 @@ def _time(value: Any, now: datetime) -> datetime:
         raise ValueError(f"'at' must be an ISO 8601 time with a zone, got {value!r}") from None
     if at.tzinfo is None:
         raise ValueError("'at' needs a time zone, like 2026-01-05T12:00:00Z")
-    return at
+    return in_utc(at, "'at'")
 
 
 @scope("leads:read")
@@ -214,7 +216,7 @@ OPENAPI = {
                 "200": ok("a repeat of an event already recorded with this id; nothing changed", _RECORDED),
                 "400": BAD_REQUEST,
                 "404": NOT_FOUND,
-                "413": ok("the body is too large", {"$ref": "#/components/schemas/Error"}),
+                "413": TOO_LARGE,
                 "422": UNPROCESSABLE,
             },
             body=_EVENT_BODY,

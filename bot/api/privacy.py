@@ -6,7 +6,7 @@ from aiohttp import web
 
 from bot.api.auth import API_KEY, scope
 from bot.api.params import path_id
-from bot.api.spec import BAD_REQUEST, NOT_FOUND, PATH_ID, ok, operation
+from bot.api.spec import BAD_REQUEST, GONE, NOT_FOUND, PATH_ID, ok, operation
 from bot.hub import publish_erasure
 from bot.services import SERVICES
 from storage.db import transaction
@@ -65,9 +65,9 @@ OPENAPI = {
     },
     "/api/leads/{id}": {
         "delete": operation(
-            "Erase a lead everywhere, keeping only hashes so it is not contacted again (then 404)",
+            "Erase a lead everywhere, keeping only hashes so it is not contacted again (then 410)",
             "leads:erase",
-            {"200": ok("erased: the rows removed per table", _ERASED), **_ERRORS},
+            {"200": ok("erased: the rows removed per table", _ERASED), **_ERRORS, "410": GONE},
             [PATH_ID],
         )
     },

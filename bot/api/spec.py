@@ -1,6 +1,6 @@
 """Building blocks for the OpenAPI dicts each API module declares (merged by bot.api.openapi).
 
-Shared parts are components referenced with `$ref`: the Error schema, the 400/401/403/404/422
+Shared parts are components referenced with `$ref`: the Error schema, the 400/401/403/404/410/413/422
 answers, the `limit` and `cursor` parameters, and the `Stage` enum (filled from config.toml).
 """
 
@@ -71,6 +71,8 @@ PAGING = [ref("limit", "parameters"), ref("cursor", "parameters")]
 BAD_REQUEST = ref("BadRequest", "responses")
 NOT_FOUND = ref("NotFound", "responses")
 UNPROCESSABLE = ref("Unprocessable", "responses")
+TOO_LARGE = ref("TooLarge", "responses")
+GONE = ref("Gone", "responses")
 
 _ERROR = ref("Error")
 COMPONENTS: dict[str, Any] = {
@@ -86,6 +88,8 @@ COMPONENTS: dict[str, Any] = {
         "Unauthorized": {**ok("", _ERROR), "description": "no API key, or a wrong or revoked one"},
         "Forbidden": {**ok("", _ERROR), "description": "the key lacks this operation's scope (x-scope)"},
         "NotFound": {**ok("", _ERROR), "description": "no such row"},
+        "Gone": {**ok("", _ERROR), "description": "the lead was erased; its id is never given to anyone else"},
+        "TooLarge": {**ok("", _ERROR), "description": "the body is larger than [server] max_body_kb (config.toml)"},
         "Unprocessable": {**ok("", _ERROR), "description": "the body is JSON but says something invalid"},
     },
     "parameters": {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
+
+from bot.times import EARLIEST, in_utc
 
 BY = ("source", "campaign", "channel")
 DEFAULT_DAYS = 30
@@ -27,7 +29,7 @@ def parse_query(since: str | None, until: str | None, by: str | None, now: datet
     end = _moment(until, "until", end_of_day=True) if until else now
     if since:
         start = _moment(since, "since", end_of_day=False)
-    elif end - datetime.min.replace(tzinfo=UTC) > timedelta(days=DEFAULT_DAYS):
+    elif end - EARLIEST > timedelta(days=DEFAULT_DAYS):
         start = end - timedelta(days=DEFAULT_DAYS)
     else:
         raise ReportError("'until' is too early for the default period: give 'since' too")
@@ -41,14 +43,15 @@ def parse_query(since: str | None, until: str | None, by: str | None, now: datet
 def _moment(text: str, name: str, end_of_day: bool) -> datetime:
     """An ISO date (a whole day: until means the end of it) or date-time (UTC when it has no zone)."""
     text = text.strip()
+    whole_day = len(text) == 10
     try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            moment = datetime.combine(day, time(), tzinfo=UTC)
-            return moment + timedelta(days=1) if end_of_day else moment
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (ValueError, OverflowError):
+        moment = datetime.combine(date.fromisoformat(text), time()) if whole_day else datetime.fromisoformat(text)
+    except ValueError:
         raise ReportError(
             f"'{name}' must be an ISO date or time like 2026-01-31 or 2026-01-31T18:00:00Z, not {text!r}"
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        moment = in_utc(moment, f"'{name}'")
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
+    return moment + timedelta(days=1) if whole_day and end_of_day else moment

@@ -7,6 +7,7 @@ from sqlmodel import SQLModel
 
 from storage import models  # noqa: F401  (registers the tables)
 from storage.db import create_engine
+from storage.migrate import foreign_keys_off
 
 target_metadata = SQLModel.metadata
 
@@ -25,7 +26,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 async def _migrate(url: str) -> None:
     engine = create_engine(url)
     try:
-        async with engine.connect() as connection:
+        async with engine.connect() as connection, foreign_keys_off(connection):
             await connection.run_sync(_run)
             await connection.commit()
     finally:
