@@ -134,11 +134,12 @@ class Inbox:
             self.spawn(self._write())
         await future
 
-    async def keep(self, dedup_key: str, channel: str, external_id: str | None, raw: dict, reason: str) -> None:
+    async def keep(self, dedup_key: str, channel: str, external_id: str | None, raw: dict, reason: str) -> bool:
         """Keep something received that no inbound can be made of, as it came, with why; raises DatabaseUnavailable.
 
         It is never taken in (it has had its attempts), stays for a person to look at (`held`, /metrics), and
-        is erased with the person whose conversation `channel`/`external_id` names. A resend is kept once.
+        is erased with the person whose conversation `channel`/`external_id` names. A resend is kept once:
+        returns False for it.
         """
         now = self.clock.now()
         row = {
@@ -151,7 +152,7 @@ class Inbox:
         }
         insert = (sqlite if self.alone else postgresql).insert(InboxEntry.__table__).values(row)
         statement = insert.on_conflict_do_nothing(index_elements=["dedup_key"])
-        await transaction(self.sessions, lambda session: _execute(session, statement))
+        return await transaction(self.sessions, lambda session: _inserted(session, statement))
 
     async def held(self) -> int:
         """Entries left for a person to look at: kept as they came (`keep`), or whose intake failed every sweep."""
@@ -517,6 +518,10 @@ def _writer(url: str, engine: AsyncEngine | None, sessions: Sessions) -> Writer:
 
 async def _execute(session: AsyncSession, statement: Any) -> None:
     await (await session.connection()).execute(statement)
+
+
+async def _inserted(session: AsyncSession, statement: Any) -> bool:
+    return (await (await session.connection()).execute(statement)).rowcount == 1
 
 
 async def _returned(session: AsyncSession, statement: Any) -> list[Any]:

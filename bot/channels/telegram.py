@@ -339,8 +339,8 @@ class TelegramChannel:
         """Keep an update nothing can be made of, so it is not lost; 200, or Telegram sends it for hours."""
         chat = raw_chat(data)
         key = f"telegram:unreadable:{data['update_id']}:{chat}"
-        await self.services.inbox.keep(key, "telegram", chat, data, f"python-telegram-bot cannot read it: {reason}")
-        log.warning("telegram: update %s kept unread in the inbox: %s", data["update_id"], reason)
+        if await self.services.inbox.keep(key, "telegram", chat, data, f"python-telegram-bot cannot read it: {reason}"):
+            log.warning("telegram: update %s kept unread in the inbox: %s", data["update_id"], reason)
         return web.json_response({"ok": True, "kept": reason})
 
     async def _answer_button(self, query_id: str) -> None:
