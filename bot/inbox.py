@@ -36,8 +36,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -133,6 +133,32 @@ class Inbox:
             self._writing = True
             self.spawn(self._write())
         await future
+
+    async def keep(self, dedup_key: str, channel: str, external_id: str | None, raw: dict, reason: str) -> bool:
+        """Keep something received that no inbound can be made of, as it came, with why; raises DatabaseUnavailable.
+
+        It is never taken in (it has had its attempts), stays for a person to look at (`held`, /metrics), and
+        is erased with the person whose conversation `channel`/`external_id` names. A resend is kept once:
+        returns False for it.
+        """
+        now = self.clock.now()
+        row = {
+            "dedup_key": dedup_key,
+            "inbound": {"channel": channel, "external_id": external_id, "raw": raw},
+            "received_at": now,
+            "lease_until": now,
+            "attempts": MAX_ATTEMPTS,
+            "error": reason[:500],
+        }
+        insert = (sqlite if self.alone else postgresql).insert(InboxEntry.__table__).values(row)
+        statement = insert.on_conflict_do_nothing(index_elements=["dedup_key"])
+        return await transaction(self.sessions, lambda session: _inserted(session, statement))
+
+    async def held(self) -> int:
+        """Entries left for a person to look at: kept as they came (`keep`), or whose intake failed every sweep."""
+        statement = select(func.count()).where(col(InboxEntry.attempts) >= MAX_ATTEMPTS)
+        [[count]] = await transaction(self.sessions, lambda session: _returned(session, statement))
+        return count
 
     async def _write(self) -> None:
         """Write waiting entries, a batch per transaction, until none is left."""
@@ -492,6 +518,10 @@ def _writer(url: str, engine: AsyncEngine | None, sessions: Sessions) -> Writer:
 
 async def _execute(session: AsyncSession, statement: Any) -> None:
     await (await session.connection()).execute(statement)
+
+
+async def _inserted(session: AsyncSession, statement: Any) -> bool:
+    return (await (await session.connection()).execute(statement)).rowcount == 1
 
 
 async def _returned(session: AsyncSession, statement: Any) -> list[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -209,6 +210,8 @@ class Intake:
         first_message = conversation is not None and conversation.last_message_at is None
         if conversation is not None and inbound.kind in ("message", "button"):
             received.message = await self._store_message(session, conversation, lead, event, inbound)
+        elif conversation is not None and inbound.kind == "start":  # the person spoke first: greeted now, not again
+            conversation.last_message_at = inbound.at
         captured, stop = await self._react(session, lead, inbound, event, conversation, now)
         if inbound.kind in ("message", "button") and not stop:  # for the flow report: did nurture get answers?
             await history.credit(session, lead.id, "replied_at" if inbound.kind == "message" else "button_at", now)
@@ -240,8 +243,9 @@ class Intake:
             if (change := await advance_stage(session, self.settings.stages, webhooks, lead, each, now)) is not None:
                 happened.append(change)
         stop: Event | bool = False
-        if inbound.kind == "message" and is_opt_out(inbound.text, self.settings.opt_out_words):
-            stop = await opt_out(session, lead, "asked to stop", now) or True  # True: had opted out already
+        reason = _stop_reason(inbound, self.settings.opt_out_words)
+        if reason is not None:
+            stop = await opt_out(session, lead, reason, now) or True  # True: had opted out already
             if isinstance(stop, Event):
                 happened.append(stop)
         if self.engine is not None:
@@ -262,8 +266,8 @@ class Intake:
         if handoff is not None:  # the usual reply gives way to "a human is coming"
             notice = visitor_notice(self.messages, self.settings.handoff, handoff, lead, conversation, now)
             return [notice] if notice is not None else []
-        if stop:  # the confirmation, once; nothing else answers a stop
-            planned = [("opt_out_confirm", {}, [])] if isinstance(stop, Event) else []
+        if stop:  # the confirmation, once, to who asked (who blocked us cannot read it); nothing else answers a stop
+            planned = [("opt_out_confirm", {}, [])] if isinstance(stop, Event) and event.type == "message" else []
             return reply_deliveries(self.messages, planned, lead, conversation, event, now)
         return plan_replies(self.messages, lead, conversation, event, captured, first_message, now)
 
@@ -397,6 +401,15 @@ def _people(inbound: Inbound) -> list[tuple]:
     if inbound.lead_id is not None:
         people.append(("lead", inbound.lead_id))
     return people
+
+
+def _stop_reason(inbound: Inbound, words: Iterable[str]) -> str | None:
+    """Why an inbound opts its lead out (asked to stop, blocked the bot), or None."""
+    if inbound.kind == "blocked":  # the reason a failed send gives too (bot/dispatcher.py)
+        return f"blocked us on {inbound.channel}"
+    if inbound.kind == "message" and is_opt_out(inbound.text, words):
+        return "asked to stop"
+    return None
 
 
 def _settle(future: asyncio.Future[Received], outcome: Received | Exception) -> None:

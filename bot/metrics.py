@@ -30,9 +30,10 @@ class Metrics:
         self.figures: dict[str, object] = {}
         self.registry.register(_Figures(self))
 
-    async def read(self, sessions, now: datetime) -> bytes:  # type: ignore[no-untyped-def]
+    async def read(self, sessions, now: datetime, inbox_held: int) -> bytes:  # type: ignore[no-untyped-def]
         """Read the backlogs from the database and render every metric in the text format."""
         self.figures = await transaction(sessions, lambda session: _figures(session, now))
+        self.figures["inbox_held"] = inbox_held
         return generate_latest(self.registry)
 
 
@@ -67,6 +68,7 @@ _GAUGES = {
     "handoffs_waiting": "Warm leads waiting for an operator",
     "handoffs_sla_breached": "Handoffs that missed their SLA, ever",
     "tick_lag_seconds": "How long the oldest due step or outbox row has been waiting",
+    "inbox_held": "Inbound updates left in the inbox for a person to look at (unreadable, or intake gave up)",
 }
 
 

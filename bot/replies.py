@@ -26,12 +26,14 @@ def plan_replies(
     """The bot's answers to `event`, or none while a human owns the conversation."""
     if conversation.owner != "bot" or event.type not in ANSWERED:
         return []
+    # One answer per thing said: thanks for a contact (it greets too), a greeting for the conversation's first
+    # message (a `/start` included), else "got it"; the contact request may follow.
     planned: list[tuple[str, dict, list]] = []
-    if event.type == "start" or first_message:
-        planned.append(("greeting", {}, []))
     if captured:
         planned.append(("contact_thanks", {"contact": captured[0].payload["value"]}, []))
-    elif not planned:
+    elif first_message:
+        planned.append(("greeting", {}, []))
+    else:
         planned.append(("got_it", {}, []))
     if not (lead.email or lead.phone or conversation.contact_requested or first_message):
         planned.append(("contact_request", {}, [CONTACT_BUTTON]))

@@ -37,7 +37,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text: inbound messages, deliveries by status, backlogs, waiting handoffs, SLA breaches."""
+    """Prometheus text: inbound messages, deliveries by status, backlogs, waiting handoffs, SLA breaches, inbox."""
     services = request.app[SERVICES]
-    body = await services.metrics.read(services.sessions, services.clock.now())
+    body = await services.metrics.read(services.sessions, services.clock.now(), await services.inbox.held())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -44,6 +44,7 @@ from aiohttp import web
 from sqlalchemy import event, func, text
 from sqlmodel import select
 
+from bot.channels.telegram_plain import dedup_key
 from bot.config import WebhookSource
 from bot.inbox import APPLICATION_NAME, LEASE
 from bot.signing import signed_headers
@@ -263,7 +264,8 @@ async def test_a_telegram_update_whose_intake_fails_after_the_answer_waits_in_th
     assert [answer.status for answer in answers] == [200]
     assert set((await counts(db)).values()) == {0}, "a half-written inbound was left behind"
     [entry] = await inbox(client)
-    assert entry.dedup_key == f"telegram:update:{PAYLOADS['message_text']['update_id']}"
+    update_id, message = PAYLOADS["message_text"]["update_id"], PAYLOADS["message_text"]["message"]
+    assert entry.dedup_key == dedup_key(update_id, message["chat"]["id"], message["message_id"])
     assert not fake_telegram.sent_messages()
 
     inbox_ = services_of(client).inbox

@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) of the inbound parsers: what turns outside input into an Inbound.
 
-- They raise nothing but their documented error: `inbound_from` only Unsupported or Ignored, the
+- They raise nothing but their documented error: `inbound_from` only Ignored, the
   webhook's `delivery_inbound` and the events API's `event_inbound` only ValueError, `parse_json` only
   BadJson, and the contact, deep-link and UTM parsers nothing at all.
 - What is valid comes through exactly: a message's text (through the real app into the stored row, on
@@ -26,9 +26,9 @@ from telegram import Update
 
 from bot.api.events import event_inbound
 from bot.channels.base import Inbound
-from bot.channels.telegram import Ignored, Unsupported, callback_data, inbound_from, parse_deep_link
+from bot.channels.telegram import Ignored, callback_data, inbound_from, parse_deep_link
 from bot.channels.telegram_check import wrong_field
-from bot.channels.telegram_plain import plain_message
+from bot.channels.telegram_plain import dedup_key, plain_message
 from bot.channels.webchat import touch_from
 from bot.channels.webhook import delivery_inbound
 from bot.contacts import find_email, find_phone, locale_region, normalize_email, normalize_phone
@@ -87,7 +87,7 @@ def test_a_text_update_becomes_an_inbound_with_its_text_chat_and_sender_exactly(
     assert inbound.kind == ("start" if message["text"].partition(" ")[0].split("@")[0] == "/start" else "message")
     assert inbound.external_id == str(message["chat"]["id"])
     assert inbound.identities[0] == ("telegram", str(message["from"]["id"]))
-    assert inbound.dedup_key == f"telegram:update:{data['update_id']}"
+    assert inbound.dedup_key == f"telegram:update:{data['update_id']}:{message['chat']['id']}:{message['message_id']}"
     assert inbound.profile.first_name == message["from"]["first_name"]
 
 
@@ -101,7 +101,7 @@ def through_ptb(data: object) -> Inbound | str:
         return "400"
     try:
         return inbound_from(update, NOW, no_visitor)
-    except (Unsupported, Ignored) as exc:
+    except Ignored as exc:
         return type(exc).__name__
 
 
@@ -132,9 +132,9 @@ def test_the_fast_path_takes_the_common_update_and_leaves_the_rest():
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(st.sampled_from(sorted(PAYLOADS)).flatmap(lambda name: mutated(PAYLOADS[name])))
-def test_inbound_from_raises_only_unsupported_or_ignored_for_any_update_that_passes_the_type_check(data):
+def test_inbound_from_raises_only_ignored_for_any_update_that_passes_the_type_check(data):
     """Any update the webhook lets through (`de_json` took it, `wrong_field` found nothing) is normalized
-    or refused with one of the two documented exceptions: never an AttributeError or TypeError."""
+    or refused with the documented exception: never an AttributeError or TypeError."""
     try:
         update = Update.de_json(data, None) if isinstance(data, dict) else None
     except (AttributeError, KeyError, TypeError, ValueError, OverflowError):  # the webhook answers 400
@@ -142,9 +142,10 @@ def test_inbound_from_raises_only_unsupported_or_ignored_for_any_update_that_pas
     assume(update is not None and wrong_field(update) is None)
     try:
         inbound = inbound_from(update, NOW, no_visitor)
-    except (Unsupported, Ignored):
+    except Ignored:
         return
-    assert isinstance(inbound, Inbound) and isinstance(inbound.text, str) and inbound.text
+    assert isinstance(inbound, Inbound)
+    assert (isinstance(inbound.text, str) and inbound.text) or inbound.kind in ("blocked", "unblocked")
 
 
 link_values = st.text(string.ascii_letters + string.digits + "-", min_size=1, max_size=12)
@@ -439,7 +440,8 @@ async def test_a_text_update_is_stored_with_its_text_exactly_and_once(telegram_c
         await services_of(client).drain()  # answered once in the inbox; taken in right after
         async with db() as session:
             query = select(Message.text).join(Event, Event.id == Message.event_id)
-            stored = (await session.exec(query.where(Event.dedup_key == f"telegram:update:{data['update_id']}"))).all()
+            key = dedup_key(data["update_id"], data["message"]["chat"]["id"], data["message"]["message_id"])
+            stored = (await session.exec(query.where(Event.dedup_key == key))).all()
         assert stored == [text]
         await services_of(client).drain()
         return "stored"

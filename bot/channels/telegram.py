@@ -1,10 +1,14 @@
 """Telegram: python-telegram-bot in custom-webhook mode, behind our own aiohttp server.
 
 Telegram POSTs updates to `/webhooks/telegram` with the header `X-Telegram-Bot-Api-Secret-Token`;
-each update is stored once (keyed by its `update_id`) before we answer 200, so a retry by Telegram
-changes nothing. Text messages, shared contacts, button presses (callback queries) and `/start` are
-read; a message we cannot read (a sticker, a group chat) is answered 200 and ignored, because
-Telegram redelivers anything not answered with 2xx. Other update types are refused with 422.
+each update is stored once (keyed by its `update_id`, chat and message: `telegram_plain.dedup_key`)
+before we answer 200, so a retry by Telegram changes nothing. Text messages, captions, shared contacts,
+button presses (callback queries), `/start` and the person blocking or unblocking the bot (`my_chat_member`
+in a private chat) are read. Telegram redelivers anything not answered with 2xx for hours, so everything
+else is answered 200: a message we cannot read (a sticker, a group chat) and every other update type,
+including types Telegram adds later, are ignored; an update python-telegram-bot cannot parse (Telegram's
+objects grew a field it requires, say) is kept as it came in the inbox, with why (`Inbox.keep`). Only a body
+that is no update at all (not JSON, no integer `update_id`) or has a field of the wrong type is refused (400).
 
 Deep links `https://t.me/<bot>?start=<payload>` arrive as `/start <payload>`. Telegram allows only
 `A-Za-z0-9_-` and 64 characters there, so the payload is `<key>-<value>` pairs joined by `_`:
@@ -30,6 +34,7 @@ from typing import Any
 from aiohttp import web
 from telegram import (
     CallbackQuery,
+    ChatMemberUpdated,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     KeyboardButton,
@@ -45,7 +50,7 @@ from telegram.warnings import PTBDeprecationWarning
 from bot.channels.base import Inbound, Profile, SendResult, Touch, buttons_as_text
 from bot.channels.telegram_check import wrong_field
 from bot.channels.telegram_operators import OperatorsGroup
-from bot.channels.telegram_plain import plain_message
+from bot.channels.telegram_plain import dedup_key, plain_message
 from bot.channels.webchat import visitor_link
 from bot.jsonbody import parse_json
 from bot.middlewares import json_error
@@ -57,7 +62,7 @@ from storage.pace import SharedPace, chat_key
 
 log = logging.getLogger(__name__)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-ALLOWED_UPDATES = ["message", "callback_query"]
+ALLOWED_UPDATES = ["message", "callback_query", "my_chat_member"]
 MAX_CALLBACK_BYTES = 64
 _PAYLOAD = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: match() and $ would let a trailing newline in
 _VISITOR_LINK = re.compile(r"[0-9a-f]{16}-[0-9a-f]{12}")
@@ -200,8 +205,8 @@ class _ChatPace:
         self.next_at = 0.0
 
 
-class Unsupported(Exception):
-    """An update type we do not handle (answered 422)."""
+class Unreadable(Exception):
+    """An update python-telegram-bot cannot parse (kept as it came, answered 200)."""
 
 
 class Ignored(Exception):
@@ -300,13 +305,14 @@ class TelegramChannel:
         if inbound is not None and (self.operators is None or inbound.external_id != str(self.operators.chat_id)):
             await self.services.inbox.accept(inbound)
             return web.json_response({"ok": True})
-        update = self._parse(data)
+        try:
+            update = self._parse(data)
+        except Unreadable as exc:
+            return await self._keep(data, str(exc))
         if self.operators is not None and self.operators.concerns(update):
             return await self.operators.handle(update)
         try:
             inbound = inbound_from(update, now, self._visitor)
-        except Unsupported as exc:
-            return json_error(422, str(exc))
         except Ignored as exc:
             return web.json_response({"ok": True, "ignored": str(exc)})
         await self.services.inbox.accept(inbound)  # durable once this returns; taken in right after
@@ -320,13 +326,22 @@ class TelegramChannel:
         return visitor if hmac.compare_digest(visitor_link(self.services.secret_key, visitor), link) else None
 
     def _parse(self, data: dict) -> Update:
+        """The update as python-telegram-bot reads it; raises Unreadable, or 400 for a field of the wrong type."""
         try:
             update = Update.de_json(data, self.application.bot)
         except _BAD_UPDATE as exc:
-            raise web.HTTPBadRequest(text=f"not a Telegram update: {type(exc).__name__} {exc}") from None
+            raise Unreadable(f"{type(exc).__name__}: {exc}"[:500]) from None
         if (field := wrong_field(update)) is not None:
             raise web.HTTPBadRequest(text=f"not a Telegram update: {field} has the wrong type or is out of range")
         return update
+
+    async def _keep(self, data: dict, reason: str) -> web.Response:
+        """Keep an update nothing can be made of, so it is not lost; 200, or Telegram sends it for hours."""
+        chat = raw_chat(data)
+        key = f"telegram:unreadable:{data['update_id']}:{chat}"
+        if await self.services.inbox.keep(key, "telegram", chat, data, f"python-telegram-bot cannot read it: {reason}"):
+            log.warning("telegram: update %s kept unread in the inbox: %s", data["update_id"], reason)
+        return web.json_response({"ok": True, "kept": reason})
 
     async def _answer_button(self, query_id: str) -> None:
         """Stop the button's spinner; best effort, the press is stored already."""
@@ -383,12 +398,28 @@ def callback_data(label: str) -> str:
 
 
 def inbound_from(update: Update, now: datetime, visitor: Callable[[str], str | None]) -> Inbound:
-    """Normalize an update; `visitor` checks a deep link's visitor link. Raises Unsupported or Ignored."""
+    """Normalize an update; `visitor` checks a deep link's visitor link. Raises Ignored."""
     if update.callback_query is not None:
         return _from_button(update, update.callback_query, now)
     if update.message is not None:
         return _from_message(update, update.message, now, visitor)
-    raise Unsupported("unsupported update type: only message and callback_query are handled")
+    if update.my_chat_member is not None:
+        return _from_member(update, update.my_chat_member, now)
+    kinds = [kind for kind in Update.ALL_TYPES if getattr(update, kind, None) is not None]
+    kinds += update.api_kwargs  # a type Telegram added after this python-telegram-bot
+    raise Ignored(f"the bot does not act on {', '.join(kinds) or 'an empty update'}")
+
+
+def raw_chat(data: dict[str, Any]) -> str | None:
+    """The chat a raw update is about (its object's `chat`, or its message's), else its sender; None if none."""
+    for value in data.values():
+        if not isinstance(value, dict):
+            continue
+        for holder, field in ((value, "chat"), (value.get("message"), "chat"), (value, "from"), (value, "user")):
+            found = holder.get(field) if isinstance(holder, dict) else None
+            if isinstance(found, dict) and type(found.get("id")) is int:
+                return str(found["id"])
+    return None
 
 
 def _from_message(update: Update, message: Message, now: datetime, visitor: Callable[[str], str | None]) -> Inbound:
@@ -402,11 +433,11 @@ def _from_message(update: Update, message: Message, now: datetime, visitor: Call
         raise Ignored("a message without text")
     command, _, payload = text.partition(" ")
     if command.split("@")[0] != "/start":
-        return _inbound(update, message.chat.id, user, "message", now, text=text)
+        return _inbound(update, message, user, "message", now, text=text)
     link, touch = parse_deep_link(payload.strip())
     visitor_id = visitor(link) if link else None
     extra = (("visitor", visitor_id),) if visitor_id else ()
-    return _inbound(update, message.chat.id, user, "start", now, text=text, touch=touch, extra=extra)
+    return _inbound(update, message, user, "start", now, text=text, touch=touch, extra=extra)
 
 
 def _from_contact(update: Update, message: Message, user: User, now: datetime) -> Inbound:
@@ -416,7 +447,7 @@ def _from_contact(update: Update, message: Message, user: User, now: datetime) -
     if contact.user_id != user.id:  # someone else's card: kept with the event, not taken as their phone
         card = {"contact_card": {"first_name": contact.first_name, "phone": phone}}
         text = f"(a contact card: {contact.first_name})"
-        return _inbound(update, message.chat.id, user, "message", now, text=text, properties=card)
+        return _inbound(update, message, user, "message", now, text=text, properties=card)
     # The number goes in the text, not the profile: intake finds it there and records it as shared
     # (contact_shared event, points, thanks); a profile phone counts as already known.
     profile = Profile(
@@ -424,7 +455,7 @@ def _from_contact(update: Update, message: Message, user: User, now: datetime) -
         last_name=contact.last_name or user.last_name,
         locale=user.language_code,
     )
-    return _inbound(update, message.chat.id, user, "message", now, text=phone, profile=profile)
+    return _inbound(update, message, user, "message", now, text=phone, profile=profile)
 
 
 def _from_button(update: Update, query: CallbackQuery, now: datetime) -> Inbound:
@@ -432,12 +463,35 @@ def _from_button(update: Update, query: CallbackQuery, now: datetime) -> Inbound
         raise Ignored("a button press without data")
     chat_id = query.message.chat.id if query.message is not None else query.from_user.id
     properties = {"value": query.data}
-    return _inbound(update, chat_id, query.from_user, "button", now, text=query.data, properties=properties)
+    where = (chat_id, query.id)
+    return _inbound(update, where, query.from_user, "button", now, text=query.data, properties=properties)
+
+
+def _from_member(update: Update, change: ChatMemberUpdated, now: datetime) -> Inbound:
+    """The person blocked the bot (`kicked`) or unblocked it, in their private chat with it."""
+    if change.chat.type != "private":
+        raise Ignored("the bot's membership of a group or channel")
+    if change.new_chat_member.status == "kicked":
+        kind = "blocked"
+    elif change.old_chat_member.status == "kicked":
+        kind = "unblocked"
+    else:
+        raise Ignored(f"the bot became {change.new_chat_member.status} in a private chat")
+    where = (change.chat.id, int(change.date.timestamp()))
+    return _inbound(update, where, change.from_user, kind, now)
 
 
 def _inbound(
-    update: Update, chat_id: int, user: User, kind: str, now: datetime, extra: tuple = (), **fields: Any
+    update: Update,
+    where: Message | tuple[int, int | str],
+    user: User,
+    kind: str,
+    now: datetime,
+    extra: tuple = (),
+    **fields: Any,
 ) -> Inbound:
+    """`where`: the message, or the chat id and what in the chat the update is (for its dedup key)."""
+    chat_id, item = (where.chat.id, where.message_id) if isinstance(where, Message) else where
     fields.setdefault(
         "profile", Profile(first_name=user.first_name, last_name=user.last_name, locale=user.language_code)
     )
@@ -445,7 +499,7 @@ def _inbound(
         channel="telegram",
         external_id=str(chat_id),
         kind=kind,
-        dedup_key=f"telegram:update:{update.update_id}",
+        dedup_key=dedup_key(update.update_id, chat_id, item),
         identities=(("telegram", str(user.id)), *extra),
         at=now,
         **fields,

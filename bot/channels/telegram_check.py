@@ -7,9 +7,10 @@ gone wrong, a replayed body edited by hand) is refused with 400 instead of faili
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
-from telegram import Chat, Contact, Message, Update, User
+from telegram import Chat, ChatMember, Contact, Message, Update, User
 
 INT64 = 2**63  # Telegram's ids fit in 52 bits; the database's integer columns take 64
 
@@ -45,6 +46,16 @@ def _fields(update: Update) -> Iterator[tuple[str, Any, Any]]:
         if query.message is not None:
             yield "callback_query.message.chat", query.message.chat, Chat
             yield "callback_query.message.chat.id", query.message.chat.id, int
+    change = update.my_chat_member
+    if change is not None:
+        yield "my_chat_member.chat", change.chat, Chat
+        yield "my_chat_member.chat.id", change.chat.id, int
+        yield "my_chat_member.chat.type", change.chat.type, str
+        yield "my_chat_member.date", change.date, datetime
+        yield from _user_fields("my_chat_member.from", change.from_user)
+        for side in ("old_chat_member", "new_chat_member"):
+            yield f"my_chat_member.{side}", getattr(change, side), ChatMember
+            yield f"my_chat_member.{side}.status", getattr(change, side).status, str
 
 
 def _message_fields(name: str, message: Message) -> Iterator[tuple[str, Any, Any]]:

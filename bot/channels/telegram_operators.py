@@ -17,6 +17,7 @@ from aiohttp import web
 from telegram import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
 from telegram.error import RetryAfter, TelegramError
 
+from bot.channels.telegram_plain import dedup_key
 from bot.handoff_notify import RoomError
 from bot.handoffs import OUTCOMES, HandoffError, HandoffNotFound
 from bot.services import Services
@@ -94,7 +95,8 @@ class OperatorsGroup:
             return  # a reply to something other than a card
         try:
             operator_id = await handoffs.telegram_operator(message.from_user.id)
-            answer = await self._act(handoff_id, operator_id, text, f"telegram:update:{update.update_id}")
+            key = dedup_key(update.update_id, message.chat.id, message.message_id)
+            answer = await self._act(handoff_id, operator_id, text, key)
         except HandoffError as exc:
             answer = f"{'Not done' if text.startswith('/') else 'Not sent'}: {exc}."
         if answer:

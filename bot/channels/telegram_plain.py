@@ -10,6 +10,10 @@ for what it checks in full.
 Accepted: `{"update_id", "message"}` only; the message with no keys beyond `message_id`, `from`, `chat`,
 `date` and `text` (no entities, no reply, no caption, no contact); a text that is not a command; a private
 chat; the sender and chat with their usual fields, each of its type (ids in 64 bits, no bools for ints).
+
+Both paths key an update by `dedup_key`: Telegram numbers updates afresh (at random) after a week without
+any, so an `update_id` alone may come back on another chat with other content; with its chat and message a
+key names one update, and Telegram's resend of it maps to the same key.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def plain_message(data: dict[str, Any], now: datetime) -> Inbound | None:
         channel="telegram",
         external_id=str(chat["id"]),
         kind="message",
-        dedup_key=f"telegram:update:{update_id}",
+        dedup_key=dedup_key(update_id, chat["id"], message["message_id"]),
         identities=(("telegram", str(user["id"])),),
         at=now,
         text=text,
@@ -50,6 +54,11 @@ def plain_message(data: dict[str, Any], now: datetime) -> Inbound | None:
             first_name=user["first_name"], last_name=user.get("last_name"), locale=user.get("language_code")
         ),
     )
+
+
+def dedup_key(update_id: int, chat_id: int, item: int | str) -> str:
+    """An update's key: its id, its chat and what in the chat it is (a message id, a button press's id)."""
+    return f"telegram:update:{update_id}:{chat_id}:{item}"
 
 
 def _id(value: Any) -> bool:
