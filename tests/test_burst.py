@@ -38,7 +38,7 @@ from test_two_instances import Instance, logs, server_env
 from storage.db import create_engine, inbox_url, sessionmaker
 from storage.models import Event, InboxEntry, Lead, Message
 
-from conftest import ROOT
+from conftest import shipped_templates
 
 SECRET = "burst-telegram-secret"
 POSTS = 10_000
@@ -114,7 +114,7 @@ async def server(tmp_path, database_url, fake_telegram):  # type: ignore[no-unty
     config = tmp_path / "config.toml"
     config.write_text('[nurture]\nquiet_hours = "off"\n', encoding="utf-8")
     env = {
-        **server_env(database_url, ROOT / "templates", config),
+        **server_env(database_url, shipped_templates(tmp_path / "shipped"), config),
         "KINDLING_TELEGRAM_SECRET": SECRET,
         "KINDLING_TELEGRAM_API_URL": fake_telegram.url,
         "KINDLING_SECRET_KEY": "burst-secret-key",

@@ -16,7 +16,7 @@ import pytest
 
 from flows.clock import FrozenClock
 
-from conftest import API_KEY, ROOT
+from conftest import API_KEY, ROOT, shipped_templates
 
 KINDLING = [sys.executable, "-m", "bot"]
 
@@ -110,7 +110,7 @@ async def _read_until(process, *markers: str) -> str:
 
 
 def test_lint_passes_the_shipped_flows_and_names_file_and_line_of_a_broken_one(tmp_path):
-    shipped = run("lint")
+    shipped = run("lint", env={"KINDLING_TEMPLATES": str(shipped_templates(tmp_path / "shipped"))})
     assert shipped.returncode == 0, shipped.stdout + shipped.stderr
     assert "0 problem(s)" in shipped.stderr
 
