@@ -158,3 +158,36 @@ def test_simulate_prints_the_timeline_in_the_leads_zone_and_ends_it_on_a_reply(t
     bad.write_text('[{"after": "3d", "type": "dance"}]')
     refused = run("simulate", "new-lead-7-in-7", "--events", str(bad))
     assert refused.returncode == 2 and "use message, opt_out or stage" in refused.stderr
+
+
+async def test_operator_add_without_a_terminal_says_to_pipe_the_password_in(database_url):
+    env = {**os.environ, "KINDLING_DATABASE_URL": database_url}
+    command = [*KINDLING, "operator", "add", "max", "--role", "admin"]
+    # A new session has no controlling terminal to prompt on, as under cron, CI or `docker exec` without -t.
+    result = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        start_new_session=True,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--password-stdin" in result.stderr and "Traceback" not in result.stderr
+    listed = await asyncio.to_thread(run, "operator", "list", env={"KINDLING_DATABASE_URL": database_url})
+    assert "no operators yet" in listed.stdout
+
+
+async def test_serve_on_a_port_in_use_names_the_port_and_how_to_change_it(database_url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"KINDLING_DATABASE_URL": database_url, "KINDLING_PORT": str(port), "KINDLING_TELEGRAM_TOKEN": ""}
+        result = await asyncio.to_thread(run, "serve", env=env)
+    assert result.returncode != 0
+    assert f"port {port} on 127.0.0.1 is taken" in result.stderr and "KINDLING_PORT" in result.stderr
+    assert "database error" not in result.stderr and "Traceback" not in result.stderr
