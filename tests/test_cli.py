@@ -16,7 +16,8 @@ import pytest
 
 from flows.clock import FrozenClock
 
-from conftest import API_KEY, ROOT, shipped_templates
+from conftest import API_KEY, ROOT, shipped_templates, templates_with
+from test_flow_engine import SNEAKY
 
 KINDLING = [sys.executable, "-m", "bot"]
 
@@ -139,6 +140,16 @@ def test_preview_shows_each_step_as_a_sample_lead_would_see_it(tmp_path):
 
     unknown = run("preview", "no-such-flow")
     assert unknown.returncode == 1 and "no usable flow 'no-such-flow'" in unknown.stderr
+
+
+def test_preview_shows_the_sandbox_refusing_an_attribute_name_built_at_render_time(tmp_path):
+    templates = templates_with(tmp_path / "templates", {"sneaky": SNEAKY})
+    sample = tmp_path / "lead.json"
+    sample.write_text('{"score": 10}')  # the one score at which step two builds `__class__`
+    result = run("preview", "sneaky", "--sample", str(sample), env={"KINDLING_TEMPLATES": str(templates)})
+    assert "== two:" in result.stdout and "render error" in result.stdout and "'__class__'" in result.stdout
+    assert "<class" not in result.stdout and "datetime.datetime" not in result.stdout
+    assert "Three." in result.stdout  # the other steps still preview
 
 
 def test_simulate_prints_the_timeline_in_the_leads_zone_and_ends_it_on_a_reply(tmp_path):

@@ -169,6 +169,27 @@ async def test_a_step_that_fails_to_render_is_skipped_and_recorded_never_sent_ra
     assert skipped.payload["step"] == "two" and "render error" in skipped.payload["reason"]
 
 
+# Lint renders the sample leads (scores 35 and 0) cleanly: only a lead at score 10 builds the name `__class__`.
+SNEAKY = DRIP.replace("Two.", 'Two{% set k = "__cla" ~ "ss__" if lead.score | int == 10 else "year" %} {{ now[k] }}.')
+
+
+async def test_an_attribute_name_built_at_send_time_is_refused_by_the_sandbox_and_nothing_leaks(
+    app, clock, db, templates
+):
+    (templates / "flows" / "drip.j2").write_text(SNEAKY)
+    assert services_of(app).library.reload() == []  # it passed lint
+    ws = await visitor_on_pricing(app)  # the pricing page view scores her 10
+    await tick(app, clock, timedelta(minutes=10))
+    await tick(app, clock, timedelta(hours=1))
+    await tick(app, clock, timedelta(hours=1))
+    sent = await rows(db, Delivery, Delivery.kind == "nurture")
+    assert [(d.step, d.text) for d in sent] == [("one", "One for you."), ("three", "Three.")]
+    assert [(await next_from(ws, "bot"))["text"] for _ in sent] == ["One for you.", "Three."]
+    [skipped] = await rows(db, Event, Event.type == "step_skipped")
+    assert skipped.payload["step"] == "two" and "'__class__'" in skipped.payload["reason"]
+    assert "unsafe" in skipped.payload["reason"]
+
+
 STUCK = """+++
 name = "Stuck in MQL"
 trigger = "stuck:mql:7d"
