@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import json
 import logging
@@ -125,8 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.INFO if chatty else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every tick at INFO
-    # A tick still busy when the next is due is normal under load; a job's exception is still an ERROR.
-    logging.getLogger("apscheduler.executors").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry the bot token in the URL
     try:
         settings = load_settings(args.config)
@@ -174,7 +173,17 @@ def serve(settings: Settings) -> int:
     log.info("database %s is up to date", _safe_url(settings.database_url))
     app = create_app(settings)
     app.on_startup.append(_freeze_what_startup_made)  # after the app's own start-up (its cleanup context)
-    web.run_app(app, host=settings.host, port=settings.port, print=log.info)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=log.info)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"port {settings.port} on {settings.host} is taken by another program: stop it, "
+            "or choose a free port with --port, KINDLING_PORT or [server] port in config.toml",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

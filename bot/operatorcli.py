@@ -16,6 +16,10 @@ class PasswordError(ValueError):
     """The password could not be read, or the two entries differ."""
 
 
+class NoTerminal(PasswordError):
+    """There is no terminal to ask for the password on (a script, cron, a container)."""
+
+
 def read_password(from_stdin: bool) -> str:
     """The new password: one line of standard input, or prompted twice without echo."""
     if from_stdin:
@@ -23,14 +27,18 @@ def read_password(from_stdin: bool) -> str:
         if not line:
             raise PasswordError("no password on standard input")
         return line.rstrip("\r\n")
-    first = getpass.getpass("Password: ")
-    if getpass.getpass("Password again: ") != first:
+    try:
+        first = getpass.getpass("Password: ")
+        again = getpass.getpass("Password again: ")
+    except EOFError:  # no terminal, and getpass's fallback found standard input empty
+        raise NoTerminal("no terminal to ask for the password on: pipe it in with --password-stdin") from None
+    if again != first:
         raise PasswordError("the passwords do not match")
     return first
 
 
 async def add(settings: Settings, name: str, role: str, telegram_id: int | None, password_stdin: bool) -> int:
-    """Create an operator; exit status 1 with a message when it cannot be done."""
+    """Create an operator; exit status 1 with a message when it cannot be done, 2 when it was asked wrongly."""
     try:
         password = read_password(password_stdin)
         telegram = None if telegram_id is None else str(telegram_id)
@@ -38,7 +46,7 @@ async def add(settings: Settings, name: str, role: str, telegram_id: int | None,
             operator = await create_account(sessions, name, role, password, telegram, SystemClock().now())
     except (AccountError, OperatorExists, PasswordError) as exc:
         print(f"operator add: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, NoTerminal) else 1
     print(f"added {operator.role} {operator.name} (id {operator.id}); they can log in at /console/login")
     return 0
 

@@ -11,10 +11,26 @@ log = logging.getLogger(__name__)
 Job = tuple[Callable[[], Awaitable[object]], float]
 
 
+class _SkippedTick(logging.Filter):
+    """Drops APScheduler's "skipped: maximum number of running instances reached" warning.
+
+    A tick still running when the next is due (a long send batch) is normal and nothing an operator
+    can act on: the next tick picks up whatever is still due.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in str(record.msg)
+
+
+SKIPPED_TICK = _SkippedTick()
+
+
 def start_ticks(jobs: Sequence[Job]) -> AsyncIOScheduler:
     """Run each coroutine function every so many seconds, never two runs of one job at once."""
+    logging.getLogger("apscheduler.scheduler").addFilter(SKIPPED_TICK)  # once: the same filter is not added twice
     scheduler = AsyncIOScheduler()
     for job, seconds in jobs:
-        scheduler.add_job(job, "interval", seconds=seconds, max_instances=1, coalesce=True)
+        # However late a tick starts (the loop was busy), it runs, once: no "run time was missed" warning either.
+        scheduler.add_job(job, "interval", seconds=seconds, max_instances=1, coalesce=True, misfire_grace_time=None)
     scheduler.start()
     return scheduler

@@ -37,6 +37,8 @@ API_KEY = "test-api-key"
 PASSWORD = "correct horse battery"  # of the operators `add_operator` makes
 TELEGRAM_SECRET = "test-telegram-secret"  # what `telegram_client`'s Telegram webhook expects
 ACME = WebhookSource("acme", "test-webhook-secret", None)  # `telegram_client`'s webhook source (no reply URL)
+# The flows Kindling ships; tests run on copies of these only, so flows a marketer adds never change a test.
+SHIPPED_FLOWS = ("new-lead-7-in-7", "pricing-not-ready", "speed-to-lead", "stuck-reengage")
 
 
 # --- no real network -------------------------------------------------------------------------
@@ -125,10 +127,11 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    """The shipped config.toml, on the test database, with an API key."""
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """The shipped config.toml and flows, on the test database, with an API key."""
     shipped = load_settings(ROOT / "config.toml", env={})
-    return shipped.with_(database_url=database_url, templates=ROOT / "templates", api_key=API_KEY)
+    templates = shipped_templates(tmp_path / "shipped-templates")
+    return shipped.with_(database_url=database_url, templates=templates, api_key=API_KEY)
 
 
 @pytest.fixture
@@ -168,6 +171,12 @@ def templates_with(folder: Path, flows: dict[str, str]) -> Path:
     for slug, source in flows.items():
         (folder / "flows" / f"{slug}.j2").write_text(source)
     return folder
+
+
+def shipped_templates(folder: Path) -> Path:
+    """A copy of the shipped templates with only the shipped flows (none a marketer added)."""
+    shipped = {slug: (ROOT / "templates" / "flows" / f"{slug}.j2").read_text() for slug in SHIPPED_FLOWS}
+    return templates_with(folder, shipped)
 
 
 def services_of(client) -> Services:  # type: ignore[no-untyped-def]

@@ -39,7 +39,7 @@ from bot.channels.telegram_plain import dedup_key
 from storage.db import create_engine, inbox_url, sessionmaker
 from storage.models import Event, InboxEntry, Lead, Message
 
-from conftest import ROOT
+from conftest import shipped_templates
 
 SECRET = "burst-telegram-secret"
 POSTS = 10_000
@@ -115,7 +115,7 @@ async def server(tmp_path, database_url, fake_telegram):  # type: ignore[no-unty
     config = tmp_path / "config.toml"
     config.write_text('[nurture]\nquiet_hours = "off"\n', encoding="utf-8")
     env = {
-        **server_env(database_url, ROOT / "templates", config),
+        **server_env(database_url, shipped_templates(tmp_path / "shipped"), config),
         "KINDLING_TELEGRAM_SECRET": SECRET,
         "KINDLING_TELEGRAM_API_URL": fake_telegram.url,
         "KINDLING_SECRET_KEY": "burst-secret-key",

@@ -16,7 +16,8 @@ import pytest
 
 from flows.clock import FrozenClock
 
-from conftest import API_KEY, ROOT
+from conftest import API_KEY, ROOT, shipped_templates, templates_with
+from test_flow_engine import SNEAKY
 
 KINDLING = [sys.executable, "-m", "bot"]
 
@@ -110,7 +111,7 @@ async def _read_until(process, *markers: str) -> str:
 
 
 def test_lint_passes_the_shipped_flows_and_names_file_and_line_of_a_broken_one(tmp_path):
-    shipped = run("lint")
+    shipped = run("lint", env={"KINDLING_TEMPLATES": str(shipped_templates(tmp_path / "shipped"))})
     assert shipped.returncode == 0, shipped.stdout + shipped.stderr
     assert "0 problem(s)" in shipped.stderr
 
@@ -141,6 +142,16 @@ def test_preview_shows_each_step_as_a_sample_lead_would_see_it(tmp_path):
     assert unknown.returncode == 1 and "no usable flow 'no-such-flow'" in unknown.stderr
 
 
+def test_preview_shows_the_sandbox_refusing_an_attribute_name_built_at_render_time(tmp_path):
+    templates = templates_with(tmp_path / "templates", {"sneaky": SNEAKY})
+    sample = tmp_path / "lead.json"
+    sample.write_text('{"score": 10}')  # the one score at which step two builds `__class__`
+    result = run("preview", "sneaky", "--sample", str(sample), env={"KINDLING_TEMPLATES": str(templates)})
+    assert "== two:" in result.stdout and "render error" in result.stdout and "'__class__'" in result.stdout
+    assert "<class" not in result.stdout and "datetime.datetime" not in result.stdout
+    assert "Three." in result.stdout  # the other steps still preview
+
+
 def test_simulate_prints_the_timeline_in_the_leads_zone_and_ends_it_on_a_reply(tmp_path):
     sample = tmp_path / "lead.json"
     sample.write_text('{"timezone": "Asia/Tokyo"}')
@@ -158,3 +169,36 @@ def test_simulate_prints_the_timeline_in_the_leads_zone_and_ends_it_on_a_reply(t
     bad.write_text('[{"after": "3d", "type": "dance"}]')
     refused = run("simulate", "new-lead-7-in-7", "--events", str(bad))
     assert refused.returncode == 2 and "use message, opt_out or stage" in refused.stderr
+
+
+async def test_operator_add_without_a_terminal_says_to_pipe_the_password_in(database_url):
+    env = {**os.environ, "KINDLING_DATABASE_URL": database_url}
+    command = [*KINDLING, "operator", "add", "max", "--role", "admin"]
+    # A new session has no controlling terminal to prompt on, as under cron, CI or `docker exec` without -t.
+    result = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        start_new_session=True,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--password-stdin" in result.stderr and "Traceback" not in result.stderr
+    listed = await asyncio.to_thread(run, "operator", "list", env={"KINDLING_DATABASE_URL": database_url})
+    assert "no operators yet" in listed.stdout
+
+
+async def test_serve_on_a_port_in_use_names_the_port_and_how_to_change_it(database_url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"KINDLING_DATABASE_URL": database_url, "KINDLING_PORT": str(port), "KINDLING_TELEGRAM_TOKEN": ""}
+        result = await asyncio.to_thread(run, "serve", env=env)
+    assert result.returncode != 0
+    assert f"port {port} on 127.0.0.1 is taken" in result.stderr and "KINDLING_PORT" in result.stderr
+    assert "database error" not in result.stderr and "Traceback" not in result.stderr

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import aiohttp
 import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import update
@@ -164,6 +165,24 @@ async def test_repeated_failed_logins_are_throttled_until_the_window_passes(clie
     assert "try again in 15 s" in await (await log_in(client, "ann")).text()
     clock.advance(timedelta(seconds=15))
     assert (await log_in(client, "ann")).status == 303
+
+
+async def test_guessing_one_accounts_password_from_many_addresses_is_throttled(client, add_operator):
+    await add_operator("ann", "operator")
+    await add_operator("bob", "operator")
+
+    async def from_address(last_octet: int, name: str, password: str):  # type: ignore[no-untyped-def]
+        """Log in from the loopback address 127.0.0.N, in a browser of its own."""
+        connector = aiohttp.TCPConnector(local_addr=(f"127.0.0.{last_octet}", 0))
+        jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP address, as the test client keeps them
+        async with aiohttp.ClientSession(base_url=client.make_url("/"), connector=connector, cookie_jar=jar) as browser:
+            answer = await log_in(browser, name, password)
+            return answer.status, answer.headers.get("Retry-After")
+
+    for octet in range(2, 7):  # five guesses, each from a new address: no address reaches its own limit
+        assert await from_address(octet, "ann", "guess-guess") == (401, None)
+    assert await from_address(7, "ANN ", PASSWORD) == (429, "60")  # the name is what is being guessed
+    assert await from_address(7, "bob", PASSWORD) == (303, None)  # that address itself is not locked out
 
 
 async def test_a_removed_operator_is_logged_out_and_cannot_log_in(client, add_operator, run_kindling):

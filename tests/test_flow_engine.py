@@ -125,6 +125,60 @@ async def test_quiet_hours_and_the_daily_cap_hold_steps_back_in_the_leads_time_z
     assert steps["three"].not_before == datetime(2026, 1, 8, 14, 0, tzinfo=UTC)  # next day, after quiet
 
 
+async def test_quiet_hours_are_the_leads_own_even_when_it_is_daytime_in_utc(app, clock, db):
+    clock.advance(timedelta(hours=21, minutes=50))  # 07:50 in New York, 12:50 UTC
+    ws = await visitor_on_pricing(app)
+    await tick(app, clock, timedelta(minutes=10))  # 08:00 in New York: still night there, 13:00 UTC is not
+    [held] = await rows(db, Delivery)
+    assert held.status == "pending" and held.last_error == "quiet hours"
+    assert held.not_before == datetime(2026, 1, 7, 14, 0, tzinfo=UTC)  # 09:00 New York
+    await tick(app, clock, timedelta(minutes=59))
+    assert (await rows(db, Delivery))[0].status == "pending"
+    await tick(app, clock, timedelta(minutes=1))
+    assert (await next_from(ws, "bot"))["text"] == "One for you."
+
+
+def pricing_flow(name: str, steps: str) -> str:
+    """A flow that enrolls each visitor to /pricing, with the given steps."""
+    return f'''+++
+name = "{name}"
+trigger = "page_view"
+when = "(event.path or '').startswith('/pricing')"
++++
+{steps}
+'''
+
+
+FIRST = pricing_flow(
+    "First", '{% step "a1", after="10m" %}A1.{% endstep %}{% step "a2", after="110m" %}A2.{% endstep %}'
+)
+SECOND = pricing_flow(
+    "Second", '{% step "b1", after="1h" %}B1.{% endstep %}{% step "b2", after="1h" %}B2.{% endstep %}'
+)
+
+
+async def test_the_daily_cap_counts_every_flows_sends_on_the_leads_local_day(
+    make_client, settings, clock, db, tmp_path
+):
+    templates = templates_with(tmp_path / "two-flows", {"first": FIRST, "second": SECOND})
+    app = await make_client(settings.with_(templates=templates))
+    clock.advance(timedelta(hours=8))  # 18:00 in New York, 23:00 UTC: the UTC day ends before hers does
+    ws = await visitor_on_pricing(app)
+    assert {e.flow_slug for e in await rows(db, Enrollment)} == {"first", "second"}
+    await tick(app, clock, timedelta(minutes=10))  # 18:10: first flow's a1
+    await tick(app, clock, timedelta(minutes=50))  # 19:00 (00:00 UTC): second flow's b1
+    await tick(app, clock, timedelta(hours=1))  # 20:00: a2 and b2 are due, and she has had two today
+    assert [(await next_from(ws, "bot"))["text"] for _ in range(2)] == ["A1.", "B1."]
+    deliveries = {d.step: d for d in await rows(db, Delivery, Delivery.kind == "nurture")}
+    assert {step for step, d in deliveries.items() if d.status == "sent"} == {"a1", "b1"}
+    held = deliveries["a2"]  # b2 waits behind it: a lead's messages go out in order
+    assert held.status == deliveries["b2"].status == "pending" and "daily cap of 2" in held.last_error
+    assert held.not_before == datetime(2026, 1, 7, 14, 0, tzinfo=UTC)  # 09:00 in New York
+    await tick(app, clock, held.not_before - clock.now())
+    await tick(app, clock, timedelta(minutes=1))
+    assert sorted([(await next_from(ws, "bot"))["text"] for _ in range(2)]) == ["A2.", "B2."]
+
+
 async def test_stop_opts_out_once_everywhere(app, clock, db):
     ws = await visitor_on_pricing(app)
     await say(app, ws, "hi")
@@ -199,6 +253,27 @@ async def test_a_step_over_the_render_budget_for_one_lead_is_skipped_and_everyon
     assert (await app.get("/healthz")).status == 200
     await tick(app, clock, timedelta(hours=1))  # the slow lead's flow goes on with its next step
     assert (await next_from(slow, "bot"))["text"] == "Two."
+
+
+# Lint renders the sample leads (scores 35 and 0) cleanly: only a lead at score 10 builds the name `__class__`.
+SNEAKY = DRIP.replace("Two.", 'Two{% set k = "__cla" ~ "ss__" if lead.score | int == 10 else "year" %} {{ now[k] }}.')
+
+
+async def test_an_attribute_name_built_at_send_time_is_refused_by_the_sandbox_and_nothing_leaks(
+    app, clock, db, templates
+):
+    (templates / "flows" / "drip.j2").write_text(SNEAKY)
+    assert services_of(app).library.reload() == []  # it passed lint
+    ws = await visitor_on_pricing(app)  # the pricing page view scores her 10
+    await tick(app, clock, timedelta(minutes=10))
+    await tick(app, clock, timedelta(hours=1))
+    await tick(app, clock, timedelta(hours=1))
+    sent = await rows(db, Delivery, Delivery.kind == "nurture")
+    assert [(d.step, d.text) for d in sent] == [("one", "One for you."), ("three", "Three.")]
+    assert [(await next_from(ws, "bot"))["text"] for _ in sent] == ["One for you.", "Three."]
+    [skipped] = await rows(db, Event, Event.type == "step_skipped")
+    assert skipped.payload["step"] == "two" and "'__class__'" in skipped.payload["reason"]
+    assert "unsafe" in skipped.payload["reason"]
 
 
 STUCK = """+++

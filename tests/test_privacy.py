@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from datetime import timedelta
@@ -335,6 +336,17 @@ async def test_an_erased_person_who_comes_back_can_chat_but_is_not_nurtured(app,
     assert all(EMAIL not in reason and visitor not in reason for reason in reasons)
     # The stranger is nurtured as usual.
     assert {e.flow_slug for e in await rows(db, Enrollment, Enrollment.lead_id == stranger)} == {"drip", "signup"}
+
+
+async def test_a_suppression_entry_is_hashed_with_the_installations_secret_key(make_client, settings, db):
+    for key in ("first-installation-key", "second-installation-key"):  # one person, erased under each key
+        app = await make_client(settings.with_(secret_key=key))
+        erased = await signup(app, EMAIL_TYPED)
+        assert (await app.delete(f"/api/leads/{erased['lead_id']}", headers=AUTH)).status == 200
+    hashes = {entry.hash for entry in await rows(db, Suppression, Suppression.kind == "email")}
+    assert len(hashes) == 2  # another key, another hash: a leaked table cannot be matched against a list of emails
+    unkeyed = {hashlib.sha256(guess.encode()).hexdigest() for guess in (EMAIL, f"email:{EMAIL}", f"email{EMAIL}")}
+    assert not hashes & unkeyed
 
 
 async def test_every_lead_column_is_a_foreign_key_so_erasure_finds_it():

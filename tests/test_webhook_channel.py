@@ -91,6 +91,7 @@ async def test_a_replayed_delivery_is_stored_and_answered_once(acme, provider, c
         {"X-Kindling-Timestamp": "1767614400", "X-Kindling-Signature": "sha256=00"},
         "wrong secret",
         "stale",
+        "from the future",
     ],
 )
 async def test_unsigned_or_badly_signed_or_stale_posts_are_refused_and_nothing_is_stored(acme, clock, db, headers):
@@ -99,6 +100,8 @@ async def test_unsigned_or_badly_signed_or_stale_posts_are_refused_and_nothing_i
         headers = signed_headers("not-the-secret", body, clock.now())
     elif headers == "stale":
         headers = signed_headers(SECRET, body, clock.now() - timedelta(seconds=301))
+    elif headers == "from the future":  # signed to be replayed later: the window is 300 s both ways
+        headers = signed_headers(SECRET, body, clock.now() + timedelta(seconds=301))
     response = await post(acme, body, clock, headers=headers)
     assert response.status == 403
     assert await rows(db, Lead) == [] and await rows(db, Event) == []
