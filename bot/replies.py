@@ -29,8 +29,10 @@ def plan_replies(
     planned: list[tuple[str, dict, list]] = []
     if event.type == "start" or first_message:
         planned.append(("greeting", {}, []))
-    if captured:
-        planned.append(("contact_thanks", {"contact": captured[0].payload["value"]}, []))
+    # Thanks for an address that is now the lead's; another lead's, kept as a claim, is not where we reach them.
+    reachable = [each.payload["value"] for each in captured if each.payload["value"] in (lead.email, lead.phone)]
+    if reachable:
+        planned.append(("contact_thanks", {"contact": reachable[0]}, []))
     elif not planned:
         planned.append(("got_it", {}, []))
     if not (lead.email or lead.phone or conversation.contact_requested or first_message):
