@@ -116,6 +116,27 @@ async def test_a_forwarded_message_with_a_customers_email_does_not_give_the_send
     assert (await report(telegram_client, bob.id))["claims"] == []
 
 
+async def test_a_reply_quoting_someone_elses_address_claims_nothing(telegram_client, db):
+    ann, _ = await customer(telegram_client)
+    group = {"id": -1001234567890, "title": "Shop friends", "type": "supergroup"}
+    forwarded_before = from_bob(730300009, f"Write me: {ANN_EMAIL}", **FORWARDS["before Bot API 7 (forward_from only)"])
+    reply = {
+        "external_reply": {
+            "origin": {"type": "user", "date": SENT, "sender_user": ANN_TELEGRAM},
+            "chat": group,
+            "message_id": 42,
+        },
+        "quote": {"text": ANN_EMAIL, "position": 10, "is_manual": True},
+    }
+
+    await telegram(telegram_client, from_bob(730300010, "Is this the right address to order?", **reply))
+    await telegram(telegram_client, from_bob(730300011, "Or this?", reply_to_message=forwarded_before["message"]))
+
+    bob = await lead_of(db, "telegram")
+    assert bob.id != ann and (bob.email, bob.merged_into_id) == (None, None)
+    assert await rows(db, Event, Event.type.in_(["merged", "contact_shared"])) == []
+
+
 async def test_a_forwarded_deep_link_does_not_join_the_web_visitor_it_was_made_for(telegram_client, db):
     ann, link = await customer(telegram_client)
 
