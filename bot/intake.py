@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.channels.base import Inbound
+from bot.channels.base import Inbound, own_words
 from bot.config import Settings
 from bot.contacts import find_email, find_phone, normalize_email, normalize_phone
 from bot.messages import SystemMessages
@@ -33,6 +33,7 @@ from storage.rowids import number_rows
 
 log = logging.getLogger(__name__)
 BATCH = 50  # inbounds stored together in one transaction at most (group commit)
+CONTACT_KINDS = ("email", "phone")
 STUCK_SECONDS = 2.0  # a batch running this long no longer holds back other writers' inbounds of its people
 
 
@@ -357,34 +358,56 @@ class Intake:
     async def _capture_contacts(
         self, session: AsyncSession, lead: Lead, inbound: Inbound, conversation: Conversation | None, now: datetime
     ) -> list[Event]:
-        """Emails and phones shared in a message or a contact button become identities and events."""
-        text = inbound.text or ""
-        found = {
-            "email": normalize_email(inbound.profile.email or "") or find_email(text),
-            "phone": normalize_phone(inbound.profile.phone or "") or find_phone(text, lead.locale),
-        }
+        """Emails and phones the person shared become contact_shared events, once each.
+
+        Verified ones (Telegram's contact button) are identities: `_resolve_lead` merged them already. One
+        typed into a chat is only a claim (anyone can type anybody's address): see `_claim`.
+        """
+        shared = [(kind, value, True) for kind, value in inbound.identities if kind in CONTACT_KINDS]
+        if own_words(inbound):  # a forwarded text or someone else's card claims nothing for the sender
+            text = inbound.text or ""
+            typed = (("email", find_email(text)), ("phone", find_phone(text, lead.locale)))
+            shared += [(kind, value, False) for kind, value in typed if value]
+        if not shared:
+            return []
+        seen = {(kind, value) for kind, value, _ in await q.contacts_shared(session, lead.id)}
         events = []
-        for kind, value in found.items():
-            owner = await q.identity_owner(session, kind, value)
-            if not value or owner == lead.id:
+        for kind, value, verified in shared:
+            if (kind, value) in seen or not (verified or await self._claim(session, lead, kind, value, now)):
                 continue
-            if owner is not None:  # the same person reached us elsewhere before: one lead from now on
-                await self._merge(session, lead, await q.get_lead(session, owner), now)
-            await self._suppress(session, lead, await q.attach_identities(session, lead, [(kind, value)], now), now)
-            if getattr(lead, kind) is None:
+            seen.add((kind, value))
+            if verified and getattr(lead, kind) is None:
                 setattr(lead, kind, value)
-            shared = Event(
+            payload = {"kind": kind, "value": value, "channel": inbound.channel, "verified": verified}
+            shared_event = Event(
                 lead_id=lead.id,
                 conversation_id=conversation.id if conversation else None,
                 type="contact_shared",
-                payload={"kind": kind, "value": value, "channel": inbound.channel},
+                payload=payload,
                 at=now,
             )
-            session.add(shared)
-            events.append(shared)
+            session.add(shared_event)
+            events.append(shared_event)
         if events:
             await session.flush()
         return events
+
+    async def _claim(self, session: AsyncSession, lead: Lead, kind: str, value: str, now: datetime) -> bool:
+        """Whether a typed address is a claim to record; never a reason to merge.
+
+        It stays a claim on this lead: it is not an identity, so no verified source (the events API, say)
+        is led to this lead by it later either, and operators see it (with the lead that owns it, if
+        another does). Unowned, it may fill the lead's empty email or phone: people type their address to
+        hear from us. An email link or code the person confirmed would make it an identity; not built yet.
+        """
+        owner = await q.identity_owner(session, kind, value)
+        if owner == lead.id:  # theirs already, verified
+            return False
+        if owner is None:
+            await self._suppress(session, lead, [(kind, value)], now)  # an erased person's: nothing sent unasked
+            if getattr(lead, kind) is None:
+                setattr(lead, kind, value)
+        return True
 
 
 def _committed(received: Received) -> Received:

@@ -8,10 +8,10 @@ from typing import Any
 from sqlmodel import select
 
 from bot.config import Settings
-from flows.reactions import lead_contacts, ledger
+from flows.reactions import claim_text, lead_contacts, ledger
 from flows.scoring import explanation_text
 from storage.db import Sessions
-from storage.leads import get_lead
+from storage.leads import claims, get_lead
 from storage.models import Conversation, Delivery, Enrollment, Event, Identity
 from storage.webhooks import list_deliveries, summary
 
@@ -24,6 +24,7 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
         lead = await get_lead(session, lead_id)
         lines = await ledger(session, lead.id)
         identities = (await session.exec(select(Identity).where(Identity.lead_id == lead.id))).all()
+        claimed = await claims(session, lead.id)
         conversations = (
             await session.exec(select(Conversation).where(Conversation.lead_id == lead.id).order_by(Conversation.id))
         ).all()
@@ -69,6 +70,7 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
         ],  # fmt: skip
         "created_at": lead.created_at.isoformat(),
         "identities": [{"kind": i.kind, "value": i.value} for i in identities],
+        "claims": claimed,
         "stages": [
             {
                 "from": e.payload.get("from"),
@@ -117,6 +119,7 @@ def format_lead(report: dict[str, Any]) -> str:
         f"Lead {report['id']}: {report['name'] or '(no name)'}",
         f"  email {report['email'] or '-'}   phone {report['phone'] or '-'}   locale {report['locale'] or '-'}   "
         f"time zone {report['timezone'] or '-'}",
+        *[f"  {claim_text(claim)}" for claim in report["claims"]],
         f"  stage {report['stage']} since {report['stage_since']}",
         f"  score {report['score_explained']}",
         f"  first touch {_touch(report['first_touch'])}",

@@ -27,7 +27,7 @@ SLACK = timedelta(minutes=1)  # the credit window read a little wider: inbounds 
 
 
 def identity_keys(inbound: Inbound) -> list[tuple[str, str]]:
-    """The identities an inbound names: the channel's, and the email and phone in its profile."""
+    """The identities an inbound names: its verified ones (the channel's first), and its profile's email and phone."""
     email = inbound.profile.email and normalize_email(inbound.profile.email)
     phone = inbound.profile.phone and normalize_phone(inbound.profile.phone)
     return [*inbound.identities, *([("email", email)] if email else []), *([("phone", phone)] if phone else [])]

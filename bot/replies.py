@@ -29,8 +29,10 @@ def plan_replies(
     # One answer per thing said: thanks for a contact (it greets too), a greeting for the conversation's first
     # message (a `/start` included), else "got it"; the contact request may follow.
     planned: list[tuple[str, dict, list]] = []
-    if captured:
-        planned.append(("contact_thanks", {"contact": captured[0].payload["value"]}, []))
+    # Thanks for an address that is now the lead's; another lead's, kept as a claim, is not where we reach them.
+    reachable = [each.payload["value"] for each in captured if each.payload["value"] in (lead.email, lead.phone)]
+    if reachable:
+        planned.append(("contact_thanks", {"contact": reachable[0]}, []))
     elif first_message:
         planned.append(("greeting", {}, []))
     else:

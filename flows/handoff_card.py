@@ -8,8 +8,9 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flows.reactions import lead_contacts, ledger
+from flows.reactions import claim_text, lead_contacts, ledger
 from flows.scoring import Scoring, explanation_text
+from storage.leads import claims
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead, Message
 
 TRANSCRIPT = 10
@@ -20,12 +21,13 @@ TOP_REASONS = 5
 async def build_card(
     session: AsyncSession, scoring: Scoring, lead: Lead, conversation: Conversation | None, now: datetime
 ) -> dict[str, Any]:
-    """The card as JSON: who, channel, touches, score and why, stages, pages, flows, transcript."""
+    """The card as JSON: who (and what they claim), channel, touches, score, stages, pages, flows, transcript."""
     lines = await ledger(session, lead.id)
     score, reasons = scoring.score(lines, now), scoring.explain(lines, now)[:TOP_REASONS]
     return {
         "lead_id": lead.id,
         **lead_contacts(lead),
+        "claims": await claims(session, lead.id),
         "channel": conversation.channel if conversation else None,
         "conversation_id": conversation.id if conversation else None,
         "first_touch": dict(lead.first_touch),
@@ -84,6 +86,7 @@ def card_text(card: dict[str, Any], reason: str) -> str:
     first, last = card.get("first_touch") or {}, card.get("last_touch") or {}
     lines = [
         f"Warm lead #{card['lead_id']}: {card.get('name') or '(no name)'} ({contacts})",
+        *([f"Note: {'; '.join(map(claim_text, card['claims']))}"] if card.get("claims") else []),
         f"Why: {reason}",
         f"Channel: {card.get('channel') or '-'}   stage: {card.get('stage')}",
         f"Score: {card.get('score_explained')}",

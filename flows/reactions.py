@@ -56,6 +56,13 @@ def lead_contacts(lead: Lead) -> dict[str, Any]:
     }
 
 
+def claim_text(claim: dict[str, Any]) -> str:
+    """An address the lead typed, as operators read it: `also claims ann@example.com of lead #12`."""
+    if claim["lead_id"] is not None:
+        return f"also claims {claim['value']} of lead #{claim['lead_id']}"
+    return f"claims {claim['value']} (typed, not confirmed)"
+
+
 def event_context(event: Event) -> dict[str, Any]:
     """What stage rules and flow expressions see as `event`; every key present."""
     payload = event.payload

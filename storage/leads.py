@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Insert, Table, insert, update
 from sqlalchemy.orm import make_transient_to_detached
@@ -68,6 +69,28 @@ async def identity_owner(session: AsyncSession, kind: str, value: str | None) ->
         return None
     lead_id = await _identity_lead(session, kind, value)
     return None if lead_id is None else (await get_lead(session, lead_id)).id
+
+
+async def contacts_shared(session: AsyncSession, lead_id: int) -> list[tuple[str, str, bool]]:
+    """The emails and phones the lead shared in chats, oldest first: (kind, value, verified)."""
+    query = select(Event.payload).where(Event.lead_id == lead_id, Event.type == "contact_shared").order_by(Event.id)
+    payloads = (await session.exec(query)).all()
+    return [(each["kind"], each["value"], each.get("verified", True)) for each in payloads]
+
+
+async def claims(session: AsyncSession, lead_id: int) -> list[dict[str, Any]]:
+    """The addresses a lead typed that are not its verified identities, each with the lead owning it (or None).
+
+    A claim is never merged on: an operator who knows better merges by hand. Should an email link or code
+    confirm one some day, `attach_identities` makes it an identity and it leaves this list.
+    """
+    found: dict[tuple[str, str], int | None] = {}
+    for kind, value, verified in await contacts_shared(session, lead_id):
+        if not verified and (kind, value) not in found:
+            found[(kind, value)] = await identity_owner(session, kind, value)
+    return [
+        {"kind": kind, "value": value, "lead_id": owner} for (kind, value), owner in found.items() if owner != lead_id
+    ]
 
 
 async def create_lead(session: AsyncSession, now: datetime, lead: Lead | None = None) -> Lead:

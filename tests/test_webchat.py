@@ -131,7 +131,7 @@ async def test_a_visitor_cannot_write_into_another_visitors_conversation(client,
     assert [m.text for m in alice_messages if m.direction == "in"] == ["alice's secret plans"]
 
 
-async def test_an_email_in_the_chat_is_captured_and_joins_the_lead_from_the_backend(client, db):
+async def test_contacts_typed_in_the_chat_are_kept_as_claims_and_never_join_another_lead(client, db):
     signup = await client.post(
         "/api/events",
         json={"type": "signup", "lead": {"email": "eve@example.com"}},
@@ -139,20 +139,23 @@ async def test_an_email_in_the_chat_is_captured_and_joins_the_lead_from_the_back
     )
     backend_lead = (await signup.json())["lead_id"]
     ws = await client.ws_connect("/chat/ws")
-    await hello(ws)
+    welcome = await hello(ws)
     await say(client, ws, "hi")
     await say(client, ws, "I'm EVE@example.com, reach me on +1 415 555 2671")
     thanks = await next_from(ws, "bot")
-    while "eve@example.com" not in thanks["text"]:
+    while "Thanks!" not in thanks["text"]:
         thanks = await next_from(ws, "bot")
 
-    live = [lead for lead in await rows(db, Lead) if lead.merged_into_id is None]
-    assert len(live) == 1
-    lead = live[0]
-    assert (lead.email, lead.phone, lead.stage) == ("eve@example.com", "+14155552671", "mql")
-    assert backend_lead in {lead.id} | {m.id for m in await rows(db, Lead) if m.merged_into_id == lead.id}
-    kinds = [event.type for event in await rows(db, Event, Event.lead_id == lead.id)]
-    assert kinds.count("contact_shared") == 2 and "custom" in kinds and "merged" in kinds
+    assert thanks["text"] == "Thanks! We'll reach you at +14155552671."  # the phone nobody had: now theirs
+    [visitor] = await rows(db, Lead, Lead.id == welcome["lead"])
+    assert (visitor.email, visitor.phone, visitor.merged_into_id) == (None, "+14155552671", None)
+    assert (await rows(db, Lead, Lead.id == backend_lead))[0].merged_into_id is None  # typed: no merge
+    shared = await rows(db, Event, Event.lead_id == visitor.id, Event.type == "contact_shared")
+    assert [(e.payload["value"], e.payload["verified"]) for e in shared] == [
+        ("eve@example.com", False),
+        ("+14155552671", False),
+    ]
+    assert visitor.stage == "mql"  # both count for the score, as shared contacts do
 
 
 async def test_the_second_message_asks_for_a_contact_once(client):

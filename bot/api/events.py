@@ -176,6 +176,19 @@ SCHEMAS = {
             "score_explained": {"type": "string"},
             "tags": {"type": "array", "items": {"type": "string"}},
             "opted_out_at": NULLABLE_TIME,
+            "claims": {
+                "type": "array",
+                "description": "emails and phones the lead typed that are not its verified identities; "
+                "`lead_id` names another lead that owns one (never merged automatically)",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "kind": {"type": "string"},
+                        "value": {"type": "string"},
+                        "lead_id": {"type": ["integer", "null"]},
+                    },
+                },
+            },
         },
     },
 }

@@ -45,7 +45,11 @@ class Inbound:
     """One thing a person did on a channel, normalized; flows and handoff never see raw payloads.
 
     `kind` is an event type: message, page_view, button, contact_shared, custom, start.
-    `identities` are (kind, value) keys naming the person, the first one the channel's own.
+    `identities` are (kind, value) keys naming the person, the first one the channel's own; all of them are
+    verified (the channel or the site's backend vouches for them), so they merge leads. A channel puts an
+    email or phone there only when it proves the address is the sender's own (Telegram's contact button).
+    An email or phone in `text` is a claim, and not even that when `properties` say the text is someone
+    else's (see `own_words`).
     """
 
     channel: str
@@ -61,6 +65,14 @@ class Inbound:
     touch: Touch | None = None
     client_id: str | None = None
     lead_id: int | None = None
+
+
+OTHERS_WORDS = frozenset({"forwarded", "contact_card"})  # properties of a text that is not the sender's own
+
+
+def own_words(inbound: Inbound) -> bool:
+    """Whether the text is the sender's own: not forwarded, not someone else's contact card."""
+    return OTHERS_WORDS.isdisjoint(inbound.properties)
 
 
 def inbound_to_json(inbound: Inbound) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from bot.channels.telegram_check import wrong_field
 from bot.channels.telegram_operators import OperatorsGroup
 from bot.channels.telegram_plain import dedup_key, plain_message
 from bot.channels.webchat import visitor_link
+from bot.contacts import normalize_phone
 from bot.jsonbody import parse_json
 from bot.middlewares import json_error
 from bot.services import Services
@@ -426,36 +427,47 @@ def _from_message(update: Update, message: Message, now: datetime, visitor: Call
     user = message.from_user
     if user is None or message.chat.type != "private":
         raise Ignored("only private chats with a person are read")
+    forwarded = _forwarded(message)
     if message.contact is not None:
-        return _from_contact(update, message, user, now)
-    text = message.text or message.caption
+        return _from_contact(update, message, user, now, forwarded)
+    text = message.text or message.caption  # a reply's quote is not in it: only the sender's own words are
     if not text:
         raise Ignored("a message without text")
     command, _, payload = text.partition(" ")
-    if command.split("@")[0] != "/start":
-        return _inbound(update, message, user, "message", now, text=text)
+    if command.split("@")[0] != "/start" or forwarded:  # a forwarded deep link is someone else's
+        return _inbound(update, message, user, "message", now, text=text, properties=forwarded)
     link, touch = parse_deep_link(payload.strip())
     visitor_id = visitor(link) if link else None
     extra = (("visitor", visitor_id),) if visitor_id else ()
     return _inbound(update, message, user, "start", now, text=text, touch=touch, extra=extra)
 
 
-def _from_contact(update: Update, message: Message, user: User, now: datetime) -> Inbound:
+def _from_contact(update: Update, message: Message, user: User, now: datetime, forwarded: dict) -> Inbound:
     contact = message.contact
     assert contact is not None
     phone = contact.phone_number if contact.phone_number.startswith("+") else f"+{contact.phone_number}"
-    if contact.user_id != user.id:  # someone else's card: kept with the event, not taken as their phone
-        card = {"contact_card": {"first_name": contact.first_name, "phone": phone}}
+    if contact.user_id != user.id or forwarded:  # someone else's card: kept with the event, not their phone
+        card = {"contact_card": {"first_name": contact.first_name, "phone": phone}, **forwarded}
         text = f"(a contact card: {contact.first_name})"
         return _inbound(update, message, user, "message", now, text=text, properties=card)
-    # The number goes in the text, not the profile: intake finds it there and records it as shared
-    # (contact_shared event, points, thanks); a profile phone counts as already known.
+    # Telegram vouches that the sender's own card (the contact button) holds their number: an identity.
+    # It is the text too, so the transcript shows it and intake records it as shared (points, thanks).
     profile = Profile(
         first_name=contact.first_name or user.first_name,
         last_name=contact.last_name or user.last_name,
         locale=user.language_code,
     )
-    return _inbound(update, message, user, "message", now, text=phone, profile=profile)
+    own = normalize_phone(phone)
+    extra = (("phone", own),) if own else ()
+    return _inbound(update, message, user, "message", now, text=phone, profile=profile, extra=extra)
+
+
+def _forwarded(message: Message) -> dict[str, Any]:
+    """`{"forwarded": {"origin": ...}}` for a forwarded message (Bot API 7 or the legacy fields), else {}."""
+    legacy = {"forward_from", "forward_from_chat", "forward_sender_name", "forward_date"} & message.api_kwargs.keys()
+    if message.forward_origin is None and not legacy:
+        return {}
+    return {"forwarded": {"origin": str(message.forward_origin.type) if message.forward_origin else "legacy"}}
 
 
 def _from_button(update: Update, query: CallbackQuery, now: datetime) -> Inbound:

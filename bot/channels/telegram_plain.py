@@ -8,7 +8,8 @@ tests/test_parser_properties.py, holds the two to that): to decline is always sa
 for what it checks in full.
 
 Accepted: `{"update_id", "message"}` only; the message with no keys beyond `message_id`, `from`, `chat`,
-`date` and `text` (no entities, no reply, no caption, no contact); a text that is not a command; a private
+`date` and `text` (no entities, no reply, no caption, no contact, no forward: a forwarded text is
+someone else's words, which the python-telegram-bot path marks); a text that is not a command; a private
 chat; the sender and chat with their usual fields, each of its type (ids in 64 bits, no bools for ints).
 
 Both paths key an update by `dedup_key`: Telegram numbers updates afresh (at random) after a week without
