@@ -89,8 +89,9 @@ async def score_event(session: AsyncSession, scoring: Scoring, lead: Lead, event
     earned = scoring.earn(event.type, event.name, event_subject(event))
     if any(rule.cap for rule in earned):
         earned = scoring.within_caps(earned, await ledger(session, lead.id), now)
+    at = min(event.at, now)  # a backfilled event's points decay from when it happened
     for rule in earned:
-        session.add(PointsEntry(lead_id=lead.id, event_id=event.id, rule=rule.name, points=rule.points, at=now))
+        session.add(PointsEntry(lead_id=lead.id, event_id=event.id, rule=rule.name, points=rule.points, at=at))
     if earned:
         await session.flush()
         lead.score = scoring.score(await ledger(session, lead.id), now)

@@ -44,6 +44,16 @@ async def test_a_backfilled_purchase_moves_the_stage_as_of_its_own_time(client, 
     assert funnel["customer"] == funnel["sql"] == last_quarter  # the funnel counts it last quarter too
 
 
+async def test_a_backfilled_event_scores_as_of_its_own_time(client, clock):
+    """Points fade from when the event happened: last month's signup counts half today (half-life 30 days)."""
+    last_month = clock.now() - timedelta(days=30)
+    body = {"type": "signup", "lead": {"email": "ha@example.com"}, "at": last_month.isoformat()}
+    lead_id = (await (await event(client, body)).json())["lead_id"]
+
+    lead = await (await client.get(f"/api/leads/{lead_id}", headers=AUTH)).json()
+    assert lead["score"] == 10  # 20 points a month ago, not 20 today
+
+
 async def test_a_late_event_never_dates_a_stage_before_the_lead_last_moved(client, clock):
     now = clock.now()
     lead_id = (await (await event(client, {"type": "signup", "lead": {"email": "gu@example.com"}})).json())["lead_id"]
