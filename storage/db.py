@@ -154,6 +154,12 @@ async def database(url: str) -> AsyncIterator[Sessions]:
         await engine.dispose()
 
 
+def _reason(exc: BaseException) -> str:
+    """The database's own words: SQLAlchemy's text may open with a note on autoflush instead."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
 async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitable[T]], attempts: int = 3) -> T:
     """Run `work` in one transaction, retrying when a concurrent writer won a unique key (or `work` saw one win).
 
@@ -170,9 +176,9 @@ async def transaction(sessions: Sessions, work: Callable[[AsyncSession], Awaitab
             log.debug("unique key race, retrying (attempt %d)", attempt)
         except (OperationalError, DBAPIError, OSError, PoolTimeout) as exc:  # PoolTimeout: every connection busy
             if not _lost_race(exc):
-                raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+                raise DatabaseUnavailable(_reason(exc)) from exc
             if attempt == attempts:
-                raise Deadlocked(str(exc).splitlines()[0]) from exc
+                raise Deadlocked(_reason(exc)) from exc
             log.debug("deadlock, retrying (attempt %d)", attempt)
     raise AssertionError("unreachable")
 
