@@ -88,12 +88,17 @@ class Site:
     servers: list[Server]
 
     def logs(self) -> str:
-        return "\n".join(f"--- {s.name} (exit {s.process.returncode}) ---\n{s.log[-5000:]}" for s in self.servers)
+        return logs(self.servers)
 
     def browser(self, address: str = "127.0.0.1") -> aiohttp.ClientSession:
         """A browser of its own (cookies, TLS) connecting from a loopback address."""
         connector = aiohttp.TCPConnector(ssl=self.tls, family=socket.AF_INET, local_addr=(address, 0))
         return aiohttp.ClientSession(base_url=self.url, connector=connector)
+
+
+def logs(servers: list[Server]) -> str:
+    """The end of each server's log, for a failure message."""
+    return "\n".join(f"--- {s.name} (exit {s.process.returncode}) ---\n{s.log[-5000:]}" for s in servers)
 
 
 def free_port() -> int:
@@ -103,11 +108,9 @@ def free_port() -> int:
 
 
 def shipped_env() -> dict[str, str]:
-    """The settings in deploy/kindling.env.example, as systemd's EnvironmentFile= reads them."""
-    pairs = (line.split("=", 1) for line in (DEPLOY / "kindling.env.example").read_text().splitlines())
-    return {
-        name.strip(): value.strip() for name, value in (p for p in pairs if len(p) == 2) if not name.startswith("#")
-    }
+    """The settings in deploy/kindling.env.example (NAME=value lines, as systemd's EnvironmentFile= reads them)."""
+    lines = (DEPLOY / "kindling.env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:
@@ -134,8 +137,7 @@ async def wait_for(check: Callable[[], object], what: str, servers: list[Server]
             return
         exited = [server for server in servers if server.process.returncode is not None]
         if exited or time.monotonic() > deadline:
-            logs = "\n".join(f"--- {s.name} ---\n{s.log[-5000:]}" for s in servers)
-            pytest.fail(f"waiting for {what}: {'a server exited' if exited else 'timed out'}\n{logs}")
+            pytest.fail(f"waiting for {what}: {'a server exited' if exited else 'timed out'}\n{logs(servers)}")
         await asyncio.sleep(0.2)
 
 
@@ -159,7 +161,6 @@ async def site(tmp_path: Path, database_url: str, fake_telegram: FakeTelegram) -
         "KINDLING_TELEGRAM_SECRET": TELEGRAM_SECRET,
         "KINDLING_TELEGRAM_API_URL": fake_telegram.url,
     }
-    assert env["KINDLING_TRUSTED_PROXIES"] == "127.0.0.1,::1" and env["KINDLING_HOST"] == "127.0.0.1"
     await add_admin(env)
     servers = [await Server.start("kindling", *KINDLING, "serve", env=env, cwd=ROOT)]
     caddy_env = {
