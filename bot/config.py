@@ -9,6 +9,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,6 +68,7 @@ class Settings:
     port: int = 8080
     public_url: str = ""
     max_body_bytes: int = 256 * 1024
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     database_url: str = "sqlite+aiosqlite:///kindling.db"
     templates: Path = Path("templates")
     api_key: str | None = None
@@ -120,6 +122,7 @@ def settings_from(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         port=_port(env.get("KINDLING_PORT"), server.get("port", int, 8080)),
         public_url=_env(env, "KINDLING_PUBLIC_URL", server.get("public_url", str, "")).rstrip("/"),
         max_body_bytes=server.get("max_body_kb", int, 256) * 1024,
+        trusted_proxies=_trusted_proxies(server, env),
         database_url=_env(env, "KINDLING_DATABASE_URL", database.get("url", str, Settings.database_url)),
         templates=Path(_env(env, "KINDLING_TEMPLATES", doc.section("templates").get("path", str, "templates"))),
         api_key=env.get("KINDLING_API_KEY") or None,
@@ -199,6 +202,25 @@ def _port(from_env: str | None, from_file: int) -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"server.port: {port} is not a port number")
     return port
+
+
+def _trusted_proxies(server: _Section, env: Mapping[str, str]) -> tuple[IPv4Network | IPv6Network, ...]:
+    """The proxies whose X-Forwarded-For is believed (KINDLING_TRUSTED_PROXIES: comma-separated)."""
+    from_file = server.get("trusted_proxies", list, [])
+    from_env = env.get("KINDLING_TRUSTED_PROXIES")
+    key = "KINDLING_TRUSTED_PROXIES" if from_env else server.key("trusted_proxies")
+    entries = [entry.strip() for entry in from_env.split(",") if entry.strip()] if from_env else from_file
+    bad = next((entry for entry in entries if not _is_network(entry)), None)
+    if bad is not None:
+        raise ConfigError(f"{key}: {bad!r} is not an address or network like 127.0.0.1, ::1 or 10.0.0.0/8")
+    return tuple(ip_network(entry) for entry in entries)
+
+
+def _is_network(entry: Any) -> bool:
+    try:
+        return isinstance(entry, str) and bool(ip_network(entry))
+    except ValueError:  # not an address, or a network with host bits set (10.0.0.5/8)
+        return False
 
 
 def _derived_secret(token: str | None) -> str | None:

@@ -22,6 +22,7 @@ from bot.console.keys import PRELOGIN_CSRF
 from bot.console.pages import render
 from bot.console.roles import allowed
 from bot.console.throttle import LoginThrottle
+from bot.forwarded import client_address
 from bot.services import SERVICES
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -73,7 +74,7 @@ async def log_in(request: web.Request) -> web.StreamResponse:
     name, password = str(form.get("name", "")), str(form.get("password", ""))
     next_url = _safe_next(str(form.get("next", "")))
     throttle = LoginThrottle(services.sessions, services.clock, services.settings.console.login_attempts_per_minute)
-    keys = throttle.keys(request.remote, name)
+    keys = throttle.keys(client_address(request, services.settings.trusted_proxies), name)
     if wait := await throttle.retry_after(keys):
         message = f"Too many login attempts, try again in {wait} s."
         return _form(request, next_url, name, message, status=429, headers={"Retry-After": str(wait)})
