@@ -117,7 +117,7 @@ def setting_keys(data: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
     """Every dotted key the loader reads from this document, present or not (the docs tests list them)."""
     doc = _Section(data, "")
     _build(doc, env)
-    return doc.keys()
+    return doc.read_keys()
 
 
 def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
@@ -187,11 +187,11 @@ class _Section:
         self.children.append(child)
         return child
 
-    def keys(self) -> list[str]:
+    def read_keys(self) -> list[str]:
         """Every key read here and below, dotted; tables in an array are written `name[]`."""
         below = {child.path for child in self.children}
         mine = [self.key(name) for name in sorted(self.read) if self.key(name) not in below]
-        nested = [key for child in self.children for key in child.keys()]
+        nested = [key for child in self.children for key in child.read_keys()]
         return sorted(set(mine + [re.sub(r"\[\d+\]", "[]", key) for key in nested]))
 
     def reject_unknown(self) -> None:
