@@ -112,7 +112,17 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
 
 def settings_from(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     """Build Settings from parsed TOML and environment variables."""
+    return _build(_Section(data, ""), env)
+
+
+def setting_keys(data: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """Every dotted key the loader reads from this document, present or not (the docs tests list them)."""
     doc = _Section(data, "")
+    _build(doc, env)
+    return doc.read_keys()
+
+
+def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
     server, database = doc.section("server"), doc.section("database")
     channels = doc.section("channels")
     webchat, telegram = channels.section("webchat"), channels.section("telegram")
@@ -173,6 +183,19 @@ class _Section:
         child = _Section(self.data.get(name, {}), self.key(name))
         self.children.append(child)
         return child
+
+    def item(self, name: str, index: int, data: Any) -> _Section:
+        """The table at `index` of the array of tables `name` (like `[[scoring.rules]]`)."""
+        child = _Section(data, f"{self.key(name)}[{index}]")
+        self.children.append(child)
+        return child
+
+    def read_keys(self) -> list[str]:
+        """Every key read here and below, dotted; tables in an array are written `name[]`."""
+        below = {child.path for child in self.children}
+        mine = [self.key(name) for name in sorted(self.read) if self.key(name) not in below]
+        nested = [key for child in self.children for key in child.read_keys()]
+        return sorted(set(mine + [re.sub(r"\[\d+\]", "[]", key) for key in nested]))
 
     def reject_unknown(self) -> None:
         unknown = sorted(set(self.data) - self.read)
@@ -286,7 +309,7 @@ def _scoring(section: _Section) -> Scoring:
     half_life = section.get("half_life", str, "30d")
     rules = []
     for index, raw in enumerate(section.get("rules", list, [])):
-        rule = _Section(raw, f"scoring.rules[{index}]")
+        rule = section.item("rules", index, raw)
         rules.append(
             ScoreRule(
                 name=rule.get("name", str, ""),
@@ -298,7 +321,6 @@ def _scoring(section: _Section) -> Scoring:
         )
         if not rules[-1].name or not rules[-1].event:
             raise ConfigError(f"scoring.rules[{index}]: needs a name and an event")
-        rule.reject_unknown()
     try:
         decay = None if half_life == "off" else parse_duration(half_life)
     except ValueError as exc:

@@ -67,7 +67,7 @@ async def _tell_running_instances(settings: Settings, sessions: Sessions, erased
     """On PostgreSQL, running instances hear of the erasure (NOTIFY) and close the person's open sockets.
 
     A SQLite server is another process this command cannot reach: its open sockets are not told, and the
-    command says so (as the README does).
+    command says so (as docs/privacy.md does).
     """
     if is_sqlite(settings.database_url):
         print(SQLITE_NOTE, file=sys.stderr)

@@ -267,7 +267,7 @@ async def test_on_sqlite_the_erased_person_is_gone_from_every_file_on_disk_while
     app, db, clock, database_url
 ):
     if not is_sqlite(database_url):
-        pytest.skip("PostgreSQL keeps dead rows until VACUUM; the README says so")
+        pytest.skip("PostgreSQL keeps dead rows until VACUUM; docs/privacy.md says so")
     person = await rich_lead(app, db, clock)
     assert await checkpoint(db)  # what SQLite does every 1000 pages: the person is in the database file now
     folder = Path(database_url.split(":///", 1)[1]).parent

@@ -3,7 +3,7 @@
 Inbound: `POST /webhooks/inbound/{source}` with headers `X-Kindling-Timestamp` (Unix seconds) and
 `X-Kindling-Signature: sha256=<hex HMAC-SHA256(secret, "{timestamp}.{raw body}")>`; timestamps more
 than 300 s away from ours are refused, and a repeated delivery `id` is stored once.
-Outbound replies are POSTed to the source's `url`, signed the same way. The JSON format is in README.md.
+Outbound replies are POSTed to the source's `url`, signed the same way. The JSON format is in docs/channels.md.
 """
 
 from __future__ import annotations
