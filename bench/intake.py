@@ -39,8 +39,8 @@ from sqlalchemy import event  # noqa: E402
 from bot.app import create_app  # noqa: E402
 from bot.channels.telegram_plain import plain_message  # noqa: E402
 from bot.config import load_settings  # noqa: E402
-from bot.inbox import CHUNK  # noqa: E402
-from bot.intake import Intake  # noqa: E402
+from bot.intake.inbox import CHUNK  # noqa: E402
+from bot.intake.intake import Intake  # noqa: E402
 from bot.services import SERVICES  # noqa: E402
 
 WARM_UP = 200

@@ -15,15 +15,15 @@ from bot.api.auth import guard as api_guard
 from bot.channels.registry import CHANNELS
 from bot.config import Settings
 from bot.console.mount import mount_console
-from bot.dispatcher import Dispatcher
-from bot.handoff_notify import Notifier
-from bot.handoffs import Handoffs
-from bot.hub import Hub, PostgresHub
-from bot.intake import Intake
-from bot.messages import SystemMessages
-from bot.middlewares import errors
-from bot.outgoing import WebhookSender
+from bot.delivery.dispatcher import Dispatcher
+from bot.delivery.hub import Hub, PostgresHub
+from bot.delivery.outgoing import WebhookSender
+from bot.handoff.handoffs import Handoffs
+from bot.handoff.notify import Notifier
+from bot.intake.intake import Intake
+from bot.intake.messages import SystemMessages
 from bot.services import SERVICES, Services
+from bot.web.middlewares import errors
 from flows.clock import Clock, SystemClock
 from flows.engine import Engine
 from flows.library import FlowLibrary

@@ -11,14 +11,14 @@ from typing import Any
 from aiohttp import web
 
 from bot.config import Settings
-from bot.dispatcher import Dispatcher
-from bot.handoff_notify import Notifier
-from bot.handoffs import Handoffs
-from bot.hub import Hub, message_frame
-from bot.inbox import Inbox
-from bot.intake import Intake, Received
+from bot.delivery.dispatcher import Dispatcher
+from bot.delivery.hub import Hub, message_frame
+from bot.delivery.outgoing import WebhookSender
+from bot.handoff.handoffs import Handoffs
+from bot.handoff.notify import Notifier
+from bot.intake.inbox import Inbox
+from bot.intake.intake import Intake, Received
 from bot.metrics import Metrics
-from bot.outgoing import WebhookSender
 from flows.clock import Clock
 from flows.engine import Engine
 from flows.library import FlowLibrary

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import update
 from sqlmodel import select
@@ -20,12 +20,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flows import history
 from flows.handoff_card import build_card
 from flows.hours import BusinessHours
-from flows.outgoing import handoff_summary, queue_webhook
+from flows.outgoing import Subscriptions, handoff_summary, queue_webhook
+from flows.scoring import Scoring
+from flows.spec import FlowSpec
 from storage.known import known
 from storage.models import Conversation, Enrollment, Event, Handoff, Lead
-
-if TYPE_CHECKING:
-    from flows.engine import Engine
 
 OPEN = ("waiting", "claimed")
 INTENT_WORDS = ("talk to a human", "call me", "price", "оператор", "позвоните", "人工", "客服")
@@ -53,6 +52,16 @@ class HandoffPolicy:
         return self.hours is None or self.hours.is_open(now)
 
 
+class EngineParts(Protocol):
+    """What opening a handoff needs of the flow engine (a protocol: flows.engine imports this module)."""
+
+    scoring: Scoring
+    handoff: HandoffPolicy
+    webhooks: Subscriptions
+
+    async def spec_of(self, session: AsyncSession, enrollment: Enrollment) -> FlowSpec | None: ...
+
+
 async def open_handoff_of(session: AsyncSession, lead_id: int) -> Handoff | None:
     """The lead's waiting or claimed handoff, if any."""
     answers = known(session)
@@ -64,7 +73,7 @@ async def open_handoff_of(session: AsyncSession, lead_id: int) -> Handoff | None
 
 async def open_handoff(
     session: AsyncSession,
-    engine: Engine,
+    engine: EngineParts,
     lead: Lead,
     *,
     trigger: str,
@@ -105,7 +114,7 @@ async def open_handoff(
 
 
 async def _step_aside(
-    session: AsyncSession, engine: Engine, lead_id: int, conversation: Conversation | None, now: datetime
+    session: AsyncSession, engine: EngineParts, lead_id: int, conversation: Conversation | None, now: datetime
 ) -> None:
     """The bot falls silent (owner `queued`) and nurture pauses."""
     await session.exec(
@@ -116,7 +125,7 @@ async def _step_aside(
     await pause_nurture(session, engine, lead_id, now)
 
 
-async def pause_nurture(session: AsyncSession, engine: Engine, lead_id: int, now: datetime) -> None:
+async def pause_nurture(session: AsyncSession, engine: EngineParts, lead_id: int, now: datetime) -> None:
     """Live enrollments pause, or end where their flow exits on handoff."""
     for enrollment in await _enrollments(session, lead_id, ("active", "paused")):
         spec = await engine.spec_of(session, enrollment)

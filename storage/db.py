@@ -99,7 +99,7 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def inbox_url(url: str) -> str:
-    """Where the inbox (bot/inbox.py) lives: on SQLite a file of its own beside the database, else the database.
+    """Where the inbox (bot/intake/inbox.py) lives: on SQLite a file of its own beside the database, else the database.
 
     SQLite has one writer per file: in the database's own file, storing an update before its answer would
     wait for intake's transactions, which are what the inbox is there not to wait for.

@@ -409,12 +409,12 @@ class WebhookDelivery(SQLModel, table=True):
 
 
 class InboxEntry(SQLModel, table=True):
-    """An inbound stored as it came, before its answer; deleted by the transaction that takes it in (bot/inbox.py)."""
+    """An inbound stored as it came, before its answer; deleted when taken in (bot/intake/inbox.py)."""
 
     __tablename__ = "inbox"
     id: int | None = Field(default=None, primary_key=True)
     dedup_key: str = Field(unique=True)  # the inbound's (Telegram: telegram:update:<update_id>)
-    inbound: dict = _json(dict)  # the Inbound, as bot.channels.base.inbound_to_json writes it
+    inbound: dict = _json(dict)  # the Inbound, as bot.intake.inbound.inbound_to_json writes it
     received_at: datetime = _time()
     lease_until: datetime = _time(index=True)  # until then the process that received it takes it in
     attempts: int = 0  # times a sweep took it over

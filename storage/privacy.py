@@ -165,7 +165,7 @@ async def erase_everywhere(sessions: Sessions, lead_id: int, secret: bytes, by: 
 
 
 async def _forget_inbox(engine: AsyncEngine, addresses: tuple[tuple[str, str], ...]) -> int:
-    """Delete the person's inbounds still in the inbox (bot/inbox.py); returns how many.
+    """Delete the person's inbounds still in the inbox (bot/intake/inbox.py); returns how many.
 
     One whose intake kept failing stays there with its error, message and all, until someone deletes it;
     one not taken in yet would otherwise be taken in after the erasure (as a suppressed newcomer). After the

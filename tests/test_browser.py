@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
-from bot.hub import message_frame
+from bot.delivery.hub import message_frame
 from storage.models import Lead, Message
 
 from conftest import rows, services_of

@@ -19,7 +19,7 @@ The faults are real database faults, not exceptions raised in Kindling's code:
 
 Each runs with both senders that retry on 5xx, Telegram's webhook and a signed webhook provider, and
 with the widget, which is told to resend (an error frame with `retry`) and does so with the same id.
-Telegram's update is answered once it is stored in the inbox (bot/inbox.py), so for it the fault hits
+Telegram's update is answered once it is stored in the inbox (bot/intake/inbox.py), so for it the fault hits
 that INSERT (on SQLite the inbox is a file of its own, written outside SQLAlchemy: the file size limit
 is set before the request); a further test fails its intake after the answer, which must leave the
 update in the inbox, nothing half-written, for a sweep to take in once.
@@ -46,8 +46,8 @@ from sqlmodel import select
 
 from bot.channels.telegram_plain import dedup_key
 from bot.config import WebhookSource
-from bot.inbox import APPLICATION_NAME, LEASE
-from bot.signing import signed_headers
+from bot.intake.inbox import APPLICATION_NAME, LEASE
+from bot.web.signing import signed_headers
 from storage.db import create_engine, is_sqlite
 from storage.models import Conversation, Delivery, Event, Identity, InboxEntry, Lead, Message
 

@@ -10,9 +10,9 @@ from contextlib import asynccontextmanager
 import pytest
 from sqlalchemy import text
 
-from bot.channels.base import Inbound, Profile
 from bot.config import WebhookSource
-from bot.signing import signed_headers
+from bot.intake.inbound import Inbound, Profile
+from bot.web.signing import signed_headers
 from storage.db import DatabaseUnavailable, Deadlocked, create_engine, is_sqlite, transaction
 from storage.models import Delivery, Enrollment, Event, Lead, Message
 

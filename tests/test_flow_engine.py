@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from bot.dispatcher import Dispatcher
-from bot.hub import Hub
+from bot.delivery.dispatcher import Dispatcher
+from bot.delivery.hub import Hub
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead, PointsEntry
 
 from conftest import API_KEY, rows, services_of, templates_with

@@ -32,7 +32,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from bot.channels.webchat import MAX_FRAME
-from bot.signing import signed_headers
+from bot.web.signing import signed_headers
 from storage.models import Conversation, Delivery, Event, Handoff, Identity, Lead, Message, Operator
 
 from conftest import ACME, TELEGRAM_SECRET, services_of

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.handoffs import HandoffError, NotHolder
-from bot.hub import QUEUE, Hub
+from bot.delivery.hub import QUEUE, Hub
+from bot.handoff.handoffs import HandoffError, NotHolder
 from storage.models import Conversation, Delivery, Enrollment, Event, Handoff, Lead, Operator
 
 from conftest import rows, services_of, templates_with

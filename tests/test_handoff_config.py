@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.config import ConfigError, load_settings, settings_from
-from bot.warm import intent_pattern
+from bot.intake.warm import intent_pattern
 from flows.hours import BusinessHours
 
 from conftest import ROOT

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from bot.hub import QUEUE
+from bot.delivery.hub import QUEUE
 from storage.models import Delivery, Event, Handoff, Message
 
 from conftest import rows, services_of

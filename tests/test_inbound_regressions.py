@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from bot.signing import signed_headers
+from bot.web.signing import signed_headers
 from storage.models import Event, Lead, Message
 
 from conftest import ACME, API_KEY, TELEGRAM_SECRET, rows, services_of

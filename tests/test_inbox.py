@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import text
 from telegram import Update
 
-from bot.channels.base import inbound_to_json
 from bot.channels.telegram import inbound_from
-from bot.inbox import LEASE, MAX_ATTEMPTS
+from bot.intake.inbound import inbound_to_json
+from bot.intake.inbox import LEASE, MAX_ATTEMPTS
 from storage.db import create_engine, inbox_url, is_sqlite, sessionmaker
 from storage.models import Event, InboxEntry, Lead, Message
 
@@ -187,7 +187,7 @@ async def held_writes(db, database_url: str):  # type: ignore[no-untyped-def]
 async def test_a_flood_beyond_what_is_held_in_memory_is_read_back_in_order_without_waiting_for_leases(
     make_client, telegram_settings, db, monkeypatch
 ):
-    monkeypatch.setattr("bot.inbox.HELD", 20)  # a flood of 10,000 and more, in miniature
+    monkeypatch.setattr("bot.intake.inbox.HELD", 20)  # a flood of 10,000 and more, in miniature
     client = await make_client(telegram_settings)
 
     async def chat(index: int) -> None:  # each chat's messages one after the other; 40 chats at once

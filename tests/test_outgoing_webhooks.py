@@ -202,7 +202,7 @@ async def test_too_many_requests_waits_for_retry_after(app, crm, db, clock):
 async def test_a_refused_webhook_is_dead_at_once_shows_everywhere_and_can_be_sent_again(
     app, crm, db, clock, run_kindling, caplog
 ):
-    caplog.set_level(logging.WARNING, logger="bot.outgoing")
+    caplog.set_level(logging.WARNING, logger="bot.delivery.outgoing")
     crm.answers = [(400, {}, "unknown field 'lead'")]
     await warm(app)
     await tick(app)
@@ -211,7 +211,7 @@ async def test_a_refused_webhook_is_dead_at_once_shows_everywhere_and_can_be_sen
 
     [row] = await rows(db, WebhookDelivery)
     assert (row.status, row.attempts, row.last_status) == ("dead", 1, 400)
-    [logged] = [r.getMessage() for r in caplog.records if r.name == "bot.outgoing"]
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "bot.delivery.outgoing"]
     assert "lead.warm to crm failed for good" in logged and "answered 400 Bad Request" in logged
 
     status, out, _ = await run_kindling("webhooks", "list", "--failed")

@@ -25,14 +25,14 @@ from sqlmodel import select
 from telegram import Update
 
 from bot.api.events import event_inbound
-from bot.channels.base import Inbound
 from bot.channels.telegram import Ignored, callback_data, inbound_from, parse_deep_link
 from bot.channels.telegram_check import wrong_field
 from bot.channels.telegram_plain import dedup_key, plain_message
 from bot.channels.webchat import touch_from
 from bot.channels.webhook import delivery_inbound
-from bot.contacts import find_email, find_phone, locale_region, normalize_email, normalize_phone
-from bot.jsonbody import MAX_DEPTH, BadJson, parse_json, unstorable
+from bot.intake.contacts import find_email, find_phone, locale_region, normalize_email, normalize_phone
+from bot.intake.inbound import Inbound
+from bot.web.jsonbody import MAX_DEPTH, BadJson, parse_json, unstorable
 from flows.optout import is_opt_out
 from storage.models import Event, Message
 

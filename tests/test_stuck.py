@@ -3,10 +3,10 @@
 Another instance's transaction holds one person's lead row (the test holds it, from a connection of its
 own, as that instance would), so the intake transaction storing that person's inbound waits. Meanwhile:
 
-- intake (bot/intake.py): the inbounds stored in the same batch as the held one keep their people busy,
+- intake (bot/intake/intake.py): the inbounds stored in the same batch as the held one keep their people busy,
   and a later inbound of those people waits for that batch to end, but only for STUCK_SECONDS; then it is
   stored all the same (its own rows are free);
-- the inbox (bot/inbox.py): the chunk of Telegram updates handed to intake with the held one waits for it,
+- the inbox (bot/intake/inbox.py): the chunk of Telegram updates handed to intake with the held one waits for it,
   and the updates behind that chunk are handed to intake by another task once it has been at it for STUCK
   seconds, and so are updates arriving after that.
 
@@ -113,7 +113,7 @@ async def test_updates_behind_a_chunk_held_up_by_another_instance_are_taken_in_m
 ):
     if is_sqlite(database_url):
         pytest.skip(ONE_WRITER)
-    monkeypatch.setattr("bot.inbox.STUCK", 1.0)
+    monkeypatch.setattr("bot.intake.inbox.STUCK", 1.0)
     client = telegram_client
     inbox = services_of(client).inbox
     assert (await client.post("/webhooks/telegram", json=payload("message_text"), headers=HEADERS)).status == 200

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from bot.config import WebhookSource
-from bot.signing import sign, signed_headers
+from bot.web.signing import sign, signed_headers
 from storage.models import Delivery, Event, Lead, Message
 
 from conftest import rows, services_of

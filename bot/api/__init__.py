@@ -1,4 +1,8 @@
-"""The JSON API under /api (API keys with scopes, see bot.api.auth; the document at /api/openapi.json)."""
+"""The JSON API under /api (API keys with scopes, see bot.api.auth; the document at /api/openapi.json).
+
+May import bot.services, bot.config, bot.web, bot.intake, bot.delivery, bot.handoff, bot.reports, flows and
+storage; only bot.app (mounting it) and bot.cli (API keys) import it.
+"""
 
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from bot.middlewares import json_error
 from bot.services import SERVICES
-from bot.signing import same
+from bot.web.middlewares import json_error
+from bot.web.signing import same
 from storage.apikeys import live_key
 from storage.db import transaction
 

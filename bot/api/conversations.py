@@ -11,8 +11,8 @@ from bot.api.auth import scope
 from bot.api.paging import page_of
 from bot.api.params import path_id
 from bot.api.spec import BAD_REQUEST, NOT_FOUND, NULLABLE_TIME, PAGING, PATH_ID, TIME, ok, operation, page
-from bot.middlewares import json_error
 from bot.services import SERVICES
+from bot.web.middlewares import json_error
 from storage.leads import get_lead
 from storage.models import Conversation, Message
 

@@ -27,13 +27,13 @@ from bot.api.spec import (
     page,
     query,
 )
-from bot.channels.base import Inbound, Profile
-from bot.contacts import normalize_email, normalize_phone
-from bot.jsonbody import parse_json
-from bot.leadview import lead_report
-from bot.middlewares import json_error
+from bot.intake.contacts import normalize_email, normalize_phone
+from bot.intake.inbound import Inbound, Profile
+from bot.reports.leadview import lead_report
 from bot.services import SERVICES
-from bot.times import in_utc
+from bot.web.jsonbody import parse_json
+from bot.web.middlewares import json_error
+from bot.web.times import in_utc
 from storage.leads import get_lead as find_lead
 from storage.models import Event
 

@@ -11,8 +11,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.api.auth import scope
 from bot.api.spec import ok, operation, ref
-from bot.middlewares import json_error
 from bot.services import SERVICES
+from bot.web.middlewares import json_error
 from flows.status import FlowRow, flow_rows
 from storage.models import Delivery, Enrollment
 

@@ -9,7 +9,7 @@ from bot.api.auth import scope
 from bot.api.paging import page_of
 from bot.api.params import query_choice
 from bot.api.spec import BAD_REQUEST, NULLABLE_TIME, PAGING, TIME, ok, operation, page, query
-from bot.handoff_notify import summary
+from bot.handoff.notify import summary
 from bot.services import SERVICES
 from storage.models import Handoff
 

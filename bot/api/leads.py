@@ -33,9 +33,9 @@ from bot.api.spec import (
     query,
     ref,
 )
-from bot.jsonbody import parse_json
-from bot.middlewares import json_error
 from bot.services import SERVICES
+from bot.web.jsonbody import parse_json
+from bot.web.middlewares import json_error
 from flows.engine import Engine
 from flows.reactions import lead_contacts, set_stage
 from storage.db import transaction

@@ -7,7 +7,7 @@ from aiohttp import web
 from bot.api.auth import API_KEY, scope
 from bot.api.params import path_id
 from bot.api.spec import BAD_REQUEST, GONE, NOT_FOUND, PATH_ID, ok, operation
-from bot.hub import publish_erasure
+from bot.delivery.hub import publish_erasure
 from bot.services import SERVICES
 from storage.db import transaction
 from storage.privacy import erase_everywhere, export_person

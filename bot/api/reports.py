@@ -6,11 +6,11 @@ from aiohttp import web
 
 from bot.api.auth import scope
 from bot.api.spec import UNPROCESSABLE, operation
-from bot.middlewares import json_error
 from bot.reports import BY, ReportError, build_report, parse_query
 from bot.reports.flowreport import STEP_COUNTS
 from bot.reports.output import render
 from bot.services import SERVICES
+from bot.web.middlewares import json_error
 
 
 def routes(app: web.Application) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 from telegram import (
+    Bot,
     CallbackQuery,
     ChatMemberUpdated,
     InlineKeyboardButton,
@@ -47,16 +48,17 @@ from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, Re
 from telegram.ext import AIORateLimiter, Application
 from telegram.warnings import PTBDeprecationWarning
 
-from bot.channels.base import Inbound, Profile, SendResult, Touch, buttons_as_text
 from bot.channels.telegram_check import wrong_field
 from bot.channels.telegram_operators import OperatorsGroup
 from bot.channels.telegram_plain import dedup_key, plain_message
 from bot.channels.webchat import visitor_link
-from bot.contacts import normalize_phone
-from bot.jsonbody import parse_json
-from bot.middlewares import json_error
+from bot.delivery.channel import SendResult, buttons_as_text
+from bot.intake.contacts import normalize_phone
+from bot.intake.inbound import Inbound, Profile, Touch
 from bot.services import Services
-from bot.signing import same
+from bot.web.jsonbody import parse_json
+from bot.web.middlewares import json_error
+from bot.web.signing import same
 from storage.db import is_sqlite
 from storage.models import Delivery
 from storage.pace import SharedPace, chat_key
@@ -265,6 +267,11 @@ class TelegramChannel:
     async def stop(self) -> None:
         await self.application.shutdown()
         await self.application.bot.shutdown()  # also when initialize failed half-way
+
+    @property
+    def bot(self) -> Bot:
+        """The PTB bot that calls the Bot API (the operators' group sends through it too)."""
+        return self.application.bot
 
     async def connect(self) -> str | None:
         """Initialize once (and set the webhook when public_url is set); None, or what went wrong."""

@@ -11,22 +11,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
-from telegram import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
+from telegram import Bot, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
 from telegram.error import RetryAfter, TelegramError
 
 from bot.channels.telegram_plain import dedup_key
-from bot.handoff_notify import RoomError
-from bot.handoffs import OUTCOMES, HandoffError, HandoffNotFound
+from bot.handoff.handoffs import OUTCOMES, HandoffError, HandoffNotFound
+from bot.handoff.notify import RoomError
 from bot.services import Services
-
-if TYPE_CHECKING:
-    from bot.channels.telegram import TelegramChannel
 
 log = logging.getLogger(__name__)
 TAKE = "take:"
+
+
+class BotLine(Protocol):
+    """What the group needs of the Telegram channel (a protocol: that channel imports this module)."""
+
+    @property
+    def bot(self) -> Bot: ...
+
+    async def connect(self) -> str | None: ...
+
+    def describe(self, exc: TelegramError) -> str: ...
+
+    def retry_seconds(self, exc: RetryAfter) -> float: ...
 
 
 def take_button(handoff_id: int) -> InlineKeyboardMarkup:
@@ -37,7 +47,7 @@ def take_button(handoff_id: int) -> InlineKeyboardMarkup:
 class OperatorsGroup:
     """Both directions of the operators' group; outbound it is the notifier's `OperatorsRoom`."""
 
-    def __init__(self, services: Services, channel: TelegramChannel, chat_id: int) -> None:
+    def __init__(self, services: Services, channel: BotLine, chat_id: int) -> None:
         self.services, self.channel, self.chat_id = services, channel, chat_id
 
     def concerns(self, update: Update) -> bool:
@@ -56,18 +66,18 @@ class OperatorsGroup:
 
     async def post_card(self, text: str, handoff_id: int) -> str:
         """Post a card with its Take button; returns its message id. Raises RoomError."""
-        bot, markup = self.channel.application.bot, take_button(handoff_id)
+        bot, markup = self.channel.bot, take_button(handoff_id)
         sent = await self._call(lambda: bot.send_message(chat_id=self.chat_id, text=text, reply_markup=markup))
         return str(sent.message_id)
 
     async def card_taken(self, message_id: str, text: str) -> None:
         """Rewrite the card to say who took it, without the button. Raises RoomError."""
-        bot = self.channel.application.bot
+        bot = self.channel.bot
         await self._call(lambda: bot.edit_message_text(chat_id=self.chat_id, message_id=int(message_id), text=text))
 
     async def remind(self, text: str, handoff_id: int) -> None:
         """A reminder about a waiting lead, with a Take button. Raises RoomError."""
-        bot, markup = self.channel.application.bot, take_button(handoff_id)
+        bot, markup = self.channel.bot, take_button(handoff_id)
         await self._call(lambda: bot.send_message(chat_id=self.chat_id, text=text, reply_markup=markup))
 
     async def _take(self, query: CallbackQuery) -> None:
@@ -80,7 +90,7 @@ class OperatorsGroup:
             text, alert = "not a lead's card", True
         except HandoffError as exc:
             text, alert = str(exc), True
-        bot = self.channel.application.bot
+        bot = self.channel.bot
         await self._quietly(lambda: bot.answer_callback_query(query.id, text=text, show_alert=alert))
 
     async def _reply(self, update: Update, message: Message) -> None:
@@ -115,7 +125,7 @@ class OperatorsGroup:
         return f"Handed back: {outcome}{f' ({rest})' if rest else ''}."
 
     async def _say(self, text: str, reply_to: int) -> None:
-        bot, quoted = self.channel.application.bot, ReplyParameters(message_id=reply_to)
+        bot, quoted = self.channel.bot, ReplyParameters(message_id=reply_to)
         await self._quietly(lambda: bot.send_message(chat_id=self.chat_id, text=text, reply_parameters=quoted))
 
     async def _call(self, call: Callable[[], Awaitable[Any]]) -> Any:

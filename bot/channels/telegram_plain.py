@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from bot.channels.base import Inbound, Profile
+from bot.intake.inbound import Inbound, Profile
 
 INT64 = 2**63
 MAX_DATE = 2**32  # seconds since 1970: what python-telegram-bot turns into a datetime without overflowing

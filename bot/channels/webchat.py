@@ -6,10 +6,10 @@ and gets `{"type": "welcome", "visitor", "token", "conversation"}`, then every m
 Then: `{"type": "message", "id": uuid, "text"}` (answered by `ack`, stored once per uuid),
 `{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`.
 The server pushes `{"type": "message", "id", "conversation", "from", "text", "buttons", "client_id", "at"}`
-(`bot.hub.message_frame`). A frame refused is answered `{"type": "error", "error", "id"}` with the id of the
+(`bot.delivery.hub.message_frame`). A frame refused is answered `{"type": "error", "error", "id"}` with the id of the
 frame it answers when it has one (even one refused for a NUL or deep nesting), binary frames included;
 `"retry": true` means the server could not store it now and the widget sends it again. When the visitor's
-lead is erased, the server closes the socket with code 4410 (`bot.hub.ERASED`), reason "erased": the widget
+lead is erased, the server closes the socket with code 4410 (`bot.delivery.hub.ERASED`), reason "erased": the widget
 forgets the visitor and does not reconnect.
 """
 
@@ -32,13 +32,14 @@ from zoneinfo import available_timezones
 
 from aiohttp import WSMsgType, web
 
-from bot.channels.base import Inbound, Profile, SendResult, Touch
-from bot.hub import ERASED, message_frame
-from bot.intake import Received
-from bot.jsonbody import parse_json
-from bot.ratelimit import PerMinute
+from bot.delivery.channel import SendResult
+from bot.delivery.hub import ERASED, message_frame
+from bot.intake.inbound import Inbound, Profile, Touch
+from bot.intake.intake import Received
 from bot.services import Services
-from bot.signing import same
+from bot.web.jsonbody import parse_json
+from bot.web.ratelimit import PerMinute
+from bot.web.signing import same
 from storage.db import DatabaseUnavailable
 from storage.leadsearch import conversation_messages
 from storage.models import Delivery

@@ -17,12 +17,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot.channels.base import Inbound, Profile, SendResult
 from bot.config import WebhookSource
-from bot.jsonbody import BadJson, parse_json
-from bot.middlewares import json_error
+from bot.delivery.channel import SendResult
+from bot.intake.inbound import Inbound, Profile
 from bot.services import Services
-from bot.signing import same, sign, signed_headers
+from bot.web.jsonbody import BadJson, parse_json
+from bot.web.middlewares import json_error
+from bot.web.signing import same, sign, signed_headers
 from storage.models import Delivery
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from bot.console.keys import LOGIN, Login
 from bot.console.pages import refuse, wants_json
 from bot.console.roles import allowed
 from bot.services import SERVICES, Services
-from bot.signing import same
+from bot.web.signing import same
 from storage.db import transaction
 from storage.models import Operator
 from storage.operators import close_session, open_session, session_operator

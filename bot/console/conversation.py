@@ -8,11 +8,11 @@ from aiohttp import web
 
 from bot.console.auth import current, requires
 from bot.console.pages import render, wants_json
-from bot.handoff_notify import summary
-from bot.handoffs import HandoffError, HandoffNotFound, NotHolder
-from bot.hub import message_frame
-from bot.middlewares import json_error
+from bot.delivery.hub import message_frame
+from bot.handoff.handoffs import HandoffError, HandoffNotFound, NotHolder
+from bot.handoff.notify import summary
 from bot.services import SERVICES
+from bot.web.middlewares import json_error
 from storage.leadsearch import conversation_messages
 from storage.models import Handoff
 

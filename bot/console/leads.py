@@ -9,7 +9,7 @@ from aiohttp import web
 from bot.console.auth import current, requires
 from bot.console.pages import render
 from bot.console.roles import allowed
-from bot.leadview import lead_report
+from bot.reports.leadview import lead_report
 from bot.services import SERVICES
 from storage.leads import LeadNotFound
 from storage.leadsearch import search_leads, transcript

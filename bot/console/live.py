@@ -2,12 +2,12 @@
 
 The server sends JSON frames and the page sends nothing (the server pings every 30 s). A socket whose
 login ended (logout, expiry, `kindling operator remove`) is closed with code 4401 within `SESSION_CHECK`;
-one watching a conversation whose lead is erased is closed at once with code 4410 (`bot.hub.ERASED`).
+one watching a conversation whose lead is erased is closed at once with code 4410 (`bot.delivery.hub.ERASED`).
 
 - `{"type": "queue", "handoffs": [summary, ...]}`: with `queue=1`, the whole queue once on connecting
   (and reconnecting), most urgent first; then every change as
   `{"type": "handoff", "change": "opened"|"notified"|"claimed"|"breached"|"closed", "handoff": summary}`
-  (a summary as `bot.handoff_notify.summary` makes it), or `"change": "erased"` with only the handoff's
+  (a summary as `bot.handoff.notify.summary` makes it), or `"change": "erased"` with only the handoff's
   `id`, `lead_id` and `status` when its lead was erased (the page drops the row);
 - `{"type": "message", "id", "conversation", "from", "text", "buttons", "client_id", "at"}`: with
   `handoff=ID`, the messages of that handoff's conversation after message id `since`, then each new one.
@@ -29,7 +29,7 @@ from bot.console.conversation import TRANSCRIPT_LIMIT
 from bot.console.pages import refuse
 from bot.console.queue import urgent_first
 from bot.console.roles import allowed
-from bot.hub import ERASED, QUEUE, message_frame
+from bot.delivery.hub import ERASED, QUEUE, message_frame
 from bot.services import SERVICES, Services
 from storage.leadsearch import conversation_messages
 from storage.models import Handoff

@@ -12,10 +12,10 @@ from markupsafe import Markup, escape
 
 from bot.console.keys import LOGIN, PRELOGIN_CSRF
 from bot.console.roles import allowed
-from bot.handoffs import HandoffNotFound
-from bot.middlewares import json_error
+from bot.handoff.handoffs import HandoffNotFound
 from bot.reports.output import duration, percent
 from bot.services import SERVICES
+from bot.web.middlewares import json_error
 from storage.db import UNAVAILABLE
 from storage.leads import LeadNotFound
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from bot.console.auth import current, requires
 from bot.console.conversation import conversation_page, handoff_id
 from bot.console.pages import render
-from bot.handoffs import ClaimResult
+from bot.handoff.handoffs import ClaimResult
 from bot.services import SERVICES
 from storage.leads import LeadNotFound
 

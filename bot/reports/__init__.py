@@ -1,7 +1,8 @@
 """Funnel, flow and handoff reports: one place that the CLI, the API and the console all call, so they agree.
 
 Reports read what was recorded for them as it happened (see flows.history), never the event log,
-so they stay fast on millions of leads.
+so they stay fast on millions of leads. Also one lead's whole story (`leadview.py`).
+May import bot.config, bot.web, flows and storage; the CLI, the API and the console import it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from bot.times import EARLIEST, in_utc
+from bot.web.times import EARLIEST, in_utc
 
 BY = ("source", "campaign", "channel")
 DEFAULT_DAYS = 30

@@ -5,11 +5,18 @@ import asyncio
 from alembic import context
 from sqlmodel import SQLModel
 
-from storage import models  # noqa: F401  (registers the tables)
+from storage import models  # registers the tables
 from storage.db import create_engine
 from storage.migrate import foreign_keys_off
 
 target_metadata = SQLModel.metadata
+
+
+def _render_item(kind: str, obj: object, _context: object) -> str | bool:
+    """A UTC column renders as the plain DateTime it stores: a migration imports no application code."""
+    if kind == "type" and isinstance(obj, models.UTCDateTime):
+        return "sa.DateTime()"
+    return False
 
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
@@ -18,6 +25,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         transaction_per_migration=True,
+        render_item=_render_item,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -9,8 +9,6 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import storage.models
-
 
 revision = '0002'
 down_revision = '0001'
@@ -24,7 +22,7 @@ def upgrade() -> None:
     sa.Column('slug', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('version', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('source', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('slug', 'version')
     )
     op.create_table('enrollment',
@@ -33,12 +31,12 @@ def upgrade() -> None:
     sa.Column('flow_slug', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('flow_version', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('step_index', sa.Integer(), nullable=False),
-    sa.Column('due_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('due_at', sa.DateTime(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('exit_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('lease_until', storage.models.UTCDateTime(), nullable=True),
-    sa.Column('enrolled_at', storage.models.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('lease_until', sa.DateTime(), nullable=True),
+    sa.Column('enrolled_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['lead_id'], ['lead.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
@@ -55,7 +53,7 @@ def upgrade() -> None:
         batch_op.create_foreign_key('fk_delivery_enrollment', 'enrollment', ['enrollment_id'], ['id'])
 
     with op.batch_alter_table('lead', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('opted_out_at', storage.models.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column('opted_out_at', sa.DateTime(), nullable=True))
 
     # ### end Alembic commands ###
 

@@ -9,8 +9,6 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import storage.models
-
 
 revision = '0003'
 down_revision = '0002'
@@ -26,8 +24,8 @@ def upgrade() -> None:
     sa.Column('role', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('password_hash', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('telegram_user_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
-    sa.Column('removed_at', storage.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('removed_at', sa.DateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name'),
     sa.UniqueConstraint('telegram_user_id')
@@ -36,8 +34,8 @@ def upgrade() -> None:
     sa.Column('token_hash', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('operator_id', sa.Integer(), nullable=False),
     sa.Column('csrf_token', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
-    sa.Column('expires_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('expires_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['operator_id'], ['operator.id'], ),
     sa.PrimaryKeyConstraint('token_hash')
     )
@@ -47,7 +45,7 @@ def upgrade() -> None:
     op.create_table('loginfailure',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('at', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('loginfailure', schema=None) as batch_op:
@@ -61,20 +59,20 @@ def upgrade() -> None:
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('card', sa.JSON(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('warm_at', storage.models.UTCDateTime(), nullable=False),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
-    sa.Column('sla_due_at', storage.models.UTCDateTime(), nullable=False),
-    sa.Column('console_notified_at', storage.models.UTCDateTime(), nullable=True),
-    sa.Column('telegram_notified_at', storage.models.UTCDateTime(), nullable=True),
+    sa.Column('warm_at', sa.DateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('sla_due_at', sa.DateTime(), nullable=False),
+    sa.Column('console_notified_at', sa.DateTime(), nullable=True),
+    sa.Column('telegram_notified_at', sa.DateTime(), nullable=True),
     sa.Column('telegram_message_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('notify_error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('notify_lease_until', storage.models.UTCDateTime(), nullable=True),
-    sa.Column('breached_at', storage.models.UTCDateTime(), nullable=True),
-    sa.Column('escalated_at', storage.models.UTCDateTime(), nullable=True),
+    sa.Column('notify_lease_until', sa.DateTime(), nullable=True),
+    sa.Column('breached_at', sa.DateTime(), nullable=True),
+    sa.Column('escalated_at', sa.DateTime(), nullable=True),
     sa.Column('claimed_by_id', sa.Integer(), nullable=True),
-    sa.Column('claimed_at', storage.models.UTCDateTime(), nullable=True),
-    sa.Column('first_reply_at', storage.models.UTCDateTime(), nullable=True),
-    sa.Column('closed_at', storage.models.UTCDateTime(), nullable=True),
+    sa.Column('claimed_at', sa.DateTime(), nullable=True),
+    sa.Column('first_reply_at', sa.DateTime(), nullable=True),
+    sa.Column('closed_at', sa.DateTime(), nullable=True),
     sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('outcome_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.ForeignKeyConstraint(['claimed_by_id'], ['operator.id'], ),

@@ -9,8 +9,6 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import storage.models
-
 
 revision = '0004'
 down_revision = '0003'
@@ -25,9 +23,9 @@ def upgrade() -> None:
     sa.Column('key_hash', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('prefix', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('scopes', sa.JSON(), nullable=False),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
-    sa.Column('last_used_at', storage.models.UTCDateTime(), nullable=True),
-    sa.Column('revoked_at', storage.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('last_used_at', sa.DateTime(), nullable=True),
+    sa.Column('revoked_at', sa.DateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key_hash'),
     sa.UniqueConstraint('name')

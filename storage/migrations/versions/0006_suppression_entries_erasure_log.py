@@ -9,8 +9,6 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import storage.models
-
 
 revision = '0006'
 down_revision = '0005'
@@ -23,7 +21,7 @@ def upgrade() -> None:
     op.create_table('erasure',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('lead_id', sa.Integer(), nullable=False),
-    sa.Column('erased_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('erased_at', sa.DateTime(), nullable=False),
     sa.Column('erased_by', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('removed', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id')
@@ -35,7 +33,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('hash', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('hash')
     )

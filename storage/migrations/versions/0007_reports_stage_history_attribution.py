@@ -9,8 +9,6 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import storage.models
-
 
 revision = '0007'
 down_revision = '0006'
@@ -24,9 +22,9 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('lead_id', sa.Integer(), nullable=False),
     sa.Column('stage', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('entered_at', storage.models.UTCDateTime(), nullable=False),
-    sa.Column('left_at', storage.models.UTCDateTime(), nullable=True),
-    sa.Column('cohort_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('entered_at', sa.DateTime(), nullable=False),
+    sa.Column('left_at', sa.DateTime(), nullable=True),
+    sa.Column('cohort_at', sa.DateTime(), nullable=False),
     sa.Column('source', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('campaign', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -39,16 +37,16 @@ def upgrade() -> None:
 
     with op.batch_alter_table('delivery', schema=None) as batch_op:
         batch_op.add_column(sa.Column('variant', sqlmodel.sql.sqltypes.AutoString(), nullable=True))
-        batch_op.add_column(sa.Column('replied_at', storage.models.UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column('button_at', storage.models.UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column('handed_off_at', storage.models.UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column('opted_out_at', storage.models.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column('replied_at', sa.DateTime(), nullable=True))
+        batch_op.add_column(sa.Column('button_at', sa.DateTime(), nullable=True))
+        batch_op.add_column(sa.Column('handed_off_at', sa.DateTime(), nullable=True))
+        batch_op.add_column(sa.Column('opted_out_at', sa.DateTime(), nullable=True))
         batch_op.create_index('ix_delivery_nurture', ['created_at'], unique=False, sqlite_where=sa.text("kind = 'nurture'"), postgresql_where=sa.text("kind = 'nurture'"))
 
     with op.batch_alter_table('enrollment', schema=None) as batch_op:
         batch_op.add_column(sa.Column('goal', sqlmodel.sql.sqltypes.AutoString(), nullable=True))
-        batch_op.add_column(sa.Column('goal_reached_at', storage.models.UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column('handed_off_at', storage.models.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column('goal_reached_at', sa.DateTime(), nullable=True))
+        batch_op.add_column(sa.Column('handed_off_at', sa.DateTime(), nullable=True))
         batch_op.create_index('ix_enrollment_enrolled', ['enrolled_at'], unique=False)
 
     with op.batch_alter_table('event', schema=None) as batch_op:

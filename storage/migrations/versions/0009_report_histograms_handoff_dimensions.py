@@ -9,11 +9,11 @@ instead of sorting every stay, and the handoff report groups handoffs by their o
 channel instead of joining the stage history. Existing rows are filled in here.
 """
 
+import math
+from datetime import datetime
+
 import sqlalchemy as sa
 from alembic import op
-
-from flows.history import STAY_STEPS, stay
-from storage.models import UTCDateTime
 
 revision = "0009"
 down_revision = "0008"
@@ -23,6 +23,15 @@ depends_on = None
 _DIMENSIONS = ("source", "campaign", "channel")
 _OLD_INCLUDE = ["source", "campaign", "channel", "entered_at", "left_at"]
 _NEW_INCLUDE = ["source", "campaign", "channel", "stay_bucket", "stay_seconds"]
+# Copied from flows.history as it stood in this migration's day, so the buckets it fills never move with that module.
+STAY_STEPS = 32  # histogram buckets per doubling of a stay
+
+
+def stay(entered: datetime, left: datetime) -> dict[str, float | int]:
+    """A stay from `entered` to `left` (later): its seconds, and its bucket (0 under a second, then 32 per doubling)."""
+    seconds = (left - entered).total_seconds()
+    bucket = 0 if seconds < 1 else 1 + math.floor(math.log2(seconds) * STAY_STEPS)
+    return {"stay_seconds": seconds, "stay_bucket": bucket}
 
 
 def upgrade() -> None:
@@ -48,8 +57,8 @@ def upgrade() -> None:
     table = sa.table(
         "stageentry",
         sa.column("id"),
-        sa.column("entered_at", UTCDateTime()),
-        sa.column("left_at", UTCDateTime()),
+        sa.column("entered_at", sa.DateTime()),
+        sa.column("left_at", sa.DateTime()),
         sa.column("stay_seconds"),
         sa.column("stay_bucket"),
     )

@@ -8,8 +8,6 @@ Create Date: 2026-11-24 03:05:00
 import sqlalchemy as sa
 from alembic import op
 
-import storage.models
-
 revision = "0010"
 down_revision = "0009"
 branch_labels = None
@@ -17,7 +15,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # On SQLite the inbox is a file of its own beside the database, made by bot/inbox.py (storage.db.inbox_url).
+    # On SQLite the inbox is a file of its own beside the database, made by bot/intake/inbox.py (storage.db.inbox_url).
     if op.get_bind().dialect.name == "sqlite":
         return
     op.create_table(
@@ -25,8 +23,8 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("dedup_key", sa.String(), nullable=False),
         sa.Column("inbound", sa.JSON(), nullable=False),
-        sa.Column("received_at", storage.models.UTCDateTime(), nullable=False),
-        sa.Column("lease_until", storage.models.UTCDateTime(), nullable=False),
+        sa.Column("received_at", sa.DateTime(), nullable=False),
+        sa.Column("lease_until", sa.DateTime(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("error", sa.String(), nullable=True),
         sa.PrimaryKeyConstraint("id"),

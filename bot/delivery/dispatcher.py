@@ -13,8 +13,8 @@ from sqlalchemy.orm import aliased
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.channels.base import Channel, SendResult
-from bot.hub import Hub, message_frame
+from bot.delivery.channel import Channel, SendResult
+from bot.delivery.hub import Hub, message_frame
 from flows.clock import Clock
 from flows.optout import opt_out
 from flows.safety import Policy, local_day_start, nurture_verdict

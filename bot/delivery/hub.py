@@ -2,7 +2,7 @@
 
 Topics: a conversation id (int) carries its new transcript messages as frames (`message_frame`: the
 visitor's, the bot's and operators'), and `{"type": "erased"}` when its person is erased (see
-`publish_erasure`); `QUEUE` carries handoff changes as dicts (see `bot/handoffs.py`).
+`publish_erasure`); `QUEUE` carries handoff changes as dicts (see `bot/handoff/handoffs.py`).
 Frames are plain JSON-able dicts, so they can cross processes.
 
 `Hub` delivers inside one process (SQLite runs one instance). `PostgresHub` sends every publish

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bot.app import shared_secret_key
 from bot.config import Settings
-from bot.hub import PostgresHub, publish_erasure
+from bot.delivery.hub import PostgresHub, publish_erasure
 from flows.clock import SystemClock
 from storage.db import Sessions, create_engine, is_sqlite, sessionmaker, transaction
 from storage.privacy import Erased, erase_everywhere, export_person, find_person

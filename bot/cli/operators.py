@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import sys
 
 from bot.config import Settings
 from bot.console.accounts import AccountError, create_account, remove_account
+from bot.console.roles import ROLES
 from flows.clock import SystemClock
 from storage.db import database
 from storage.operators import OperatorExists, OperatorNotFound, list_operators
@@ -74,3 +76,27 @@ async def remove(settings: Settings, name: str) -> int:
         return 1
     print(f"removed {operator.name}; their console sessions have ended")
     return 0
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    """`kindling operator add|list|remove`."""
+    operator = commands.add_parser("operator", help="console accounts")
+    actions = operator.add_subparsers(dest="operator_command", required=True)
+    add = actions.add_parser("add", help="add a console account (the password is asked twice)")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=ROLES, help="what they may do in the console")
+    add.add_argument("--telegram-id", type=int, help="their Telegram user id, for the operators' group")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    listing = actions.add_parser("list", help="the console accounts")
+    listing.add_argument("--all", action="store_true", help="removed accounts too")
+    remove = actions.add_parser("remove", help="remove an account and end its console sessions")
+    remove.add_argument("name")
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Run `kindling operator add|list|remove`."""
+    if args.operator_command == "add":
+        return await add(settings, args.name, args.role, args.telegram_id, args.password_stdin)
+    if args.operator_command == "list":
+        return await show_all(settings, args.all)
+    return await remove(settings, args.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections.abc import Sequence
@@ -72,3 +73,26 @@ async def revoke(settings: Settings, name: str) -> int:
         return 1
     print(f"revoked API key {name!r}; requests with it now get 401")
     return 0
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    """`kindling apikey add|list|revoke`."""
+    apikey = commands.add_parser("apikey", help="keys for the JSON API under /api")
+    actions = apikey.add_subparsers(dest="apikey_command", required=True)
+    add = actions.add_parser("add", help="make a key with the given scopes; it is printed once")
+    add.add_argument("name")
+    add.add_argument(
+        "--scope", action="append", required=True, dest="scopes", help="a scope such as leads:read ('*' for all)"
+    )
+    actions.add_parser("list", help="the keys: name, prefix, scopes, created, revoked (never the key itself)")
+    revoke = actions.add_parser("revoke", help="refuse a key from now on")
+    revoke.add_argument("name")
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Run `kindling apikey add|list|revoke`."""
+    if args.apikey_command == "add":
+        return await add(settings, args.name, args.scopes)
+    if args.apikey_command == "list":
+        return await show_all(settings)
+    return await revoke(settings, args.name)

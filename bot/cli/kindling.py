@@ -1,4 +1,7 @@
-"""The `kindling` command: serve, migrate, lint, preview, simulate, report, lead, operator, apikey, webhooks."""
+"""The `kindling` command line: its parser, serve, migrate and lead show; each other group has its module.
+
+Commands: serve, migrate, lint, preview, simulate, report, lead, operator, apikey, webhooks.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +18,17 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import apikeycli, operatorcli, privacycli, reportcli, webhookcli
 from bot.app import create_app
+from bot.cli import apikeys, operators, privacy, reports, webhooks
+from bot.cli.flows import lint, preview_flow, simulate_flow
 from bot.config import ConfigError, Settings, load_settings
-from bot.console.roles import ROLES
-from bot.flowcli import lint, preview_flow, simulate_flow
-from bot.leadview import format_lead, lead_report
-from bot.messages import MessageError
+from bot.intake.messages import MessageError
+from bot.reports.leadview import format_lead, lead_report
 from flows.clock import SystemClock
 from storage.db import create_engine, sessionmaker
 from storage.leads import LeadNotFound
 from storage.migrate import upgrade
 from storage.privacy import LeadErased
-from storage.webhooks import STATUSES
 
 log = logging.getLogger("kindling")
 
@@ -54,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--days", type=int, default=90, help="how far to look ahead (default 90)")
     sim.add_argument("--events", type=Path, help='a JSON list like [{"after": "2d", "type": "message"}]')
     sim.add_argument("--sample", type=Path, help="a JSON or TOML file of lead fields over the sample lead")
-    reportcli.add_command(commands)
+    reports.add_command(commands)
     lead = commands.add_parser("lead", help="look at, export or erase a lead").add_subparsers(
         dest="lead_command", required=True
     )
@@ -67,56 +68,10 @@ def parser() -> argparse.ArgumentParser:
     erase = lead.add_parser("erase", help="erase a lead everywhere, keeping only hashes so it is not contacted again")
     erase.add_argument("id", type=int)
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    _operator_commands(commands)
-    _apikey_commands(commands)
-    _webhook_commands(commands)
+    operators.add_command(commands)
+    apikeys.add_command(commands)
+    webhooks.add_command(commands)
     return top
-
-
-def _operator_commands(commands: argparse._SubParsersAction) -> None:
-    """`kindling operator add|list|remove`."""
-    operator = commands.add_parser("operator", help="console accounts")
-    actions = operator.add_subparsers(dest="operator_command", required=True)
-    add = actions.add_parser("add", help="add a console account (the password is asked twice)")
-    add.add_argument("name")
-    add.add_argument("--role", required=True, choices=ROLES, help="what they may do in the console")
-    add.add_argument("--telegram-id", type=int, help="their Telegram user id, for the operators' group")
-    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    listing = actions.add_parser("list", help="the console accounts")
-    listing.add_argument("--all", action="store_true", help="removed accounts too")
-    remove = actions.add_parser("remove", help="remove an account and end its console sessions")
-    remove.add_argument("name")
-
-
-def _apikey_commands(commands: argparse._SubParsersAction) -> None:
-    """`kindling apikey add|list|revoke`."""
-    apikey = commands.add_parser("apikey", help="keys for the JSON API under /api")
-    actions = apikey.add_subparsers(dest="apikey_command", required=True)
-    add = actions.add_parser("add", help="make a key with the given scopes; it is printed once")
-    add.add_argument("name")
-    add.add_argument(
-        "--scope", action="append", required=True, dest="scopes", help="a scope such as leads:read ('*' for all)"
-    )
-    actions.add_parser("list", help="the keys: name, prefix, scopes, created, revoked (never the key itself)")
-    revoke = actions.add_parser("revoke", help="refuse a key from now on")
-    revoke.add_argument("name")
-
-
-def _webhook_commands(commands: argparse._SubParsersAction) -> None:
-    """`kindling webhooks list|show|retry`."""
-    webhooks = commands.add_parser("webhooks", help="outgoing webhook deliveries to CRMs")
-    actions = webhooks.add_subparsers(dest="webhooks_command", required=True)
-    listing = actions.add_parser("list", help="deliveries, newest first")
-    listing.add_argument("--failed", action="store_true", help="only dead ones and those waiting to retry")
-    listing.add_argument("--status", choices=STATUSES)
-    listing.add_argument("--endpoint", help="only this endpoint's (its name in config.toml)")
-    listing.add_argument("--lead", type=int, help="only this lead's")
-    listing.add_argument("--limit", type=int, default=50, help="how many (default 50)")
-    listing.add_argument("--format", choices=("text", "json"), default="text")
-    show = actions.add_parser("show", help="one delivery with the body it sends")
-    show.add_argument("id", type=int)
-    retry = actions.add_parser("retry", help="send dead deliveries again")
-    retry.add_argument("ids", type=int, nargs="+", metavar="ID")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,13 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "preview":
             return asyncio.run(preview_flow(settings, args.flow, args.step, args.lead, args.sample))
         if args.command == "operator":
-            return asyncio.run(operator(settings, args))
+            return asyncio.run(operators.run(settings, args))
         if args.command == "report":
-            return asyncio.run(reportcli.run(settings, args))
+            return asyncio.run(reports.run(settings, args))
         if args.command == "apikey":
-            return asyncio.run(apikey(settings, args))
+            return asyncio.run(apikeys.run(settings, args))
         if args.command == "webhooks":
-            return asyncio.run(webhooks(settings, args))
+            return asyncio.run(webhooks.run(settings, args))
         return asyncio.run(lead(settings, args))
     except LeadErased as exc:
         print(exc, file=sys.stderr)
@@ -207,41 +162,13 @@ async def migrate(settings: Settings) -> None:
         await engine.dispose()
 
 
-async def operator(settings: Settings, args: argparse.Namespace) -> int:
-    """Run `kindling operator add|list|remove`."""
-    if args.operator_command == "add":
-        return await operatorcli.add(settings, args.name, args.role, args.telegram_id, args.password_stdin)
-    if args.operator_command == "list":
-        return await operatorcli.show_all(settings, args.all)
-    return await operatorcli.remove(settings, args.name)
-
-
 async def lead(settings: Settings, args: argparse.Namespace) -> int:
     """Run `kindling lead show|export|erase`."""
     if args.lead_command == "export":
-        return await privacycli.export(settings, args.id, args.output)
+        return await privacy.export(settings, args.id, args.output)
     if args.lead_command == "erase":
-        return await privacycli.erase(settings, args.id, args.yes)
+        return await privacy.erase(settings, args.id, args.yes)
     return await show_lead(settings, args.id, args.format)
-
-
-async def apikey(settings: Settings, args: argparse.Namespace) -> int:
-    """Run `kindling apikey add|list|revoke`."""
-    if args.apikey_command == "add":
-        return await apikeycli.add(settings, args.name, args.scopes)
-    if args.apikey_command == "list":
-        return await apikeycli.show_all(settings)
-    return await apikeycli.revoke(settings, args.name)
-
-
-async def webhooks(settings: Settings, args: argparse.Namespace) -> int:
-    """Run `kindling webhooks list|show|retry`."""
-    if args.webhooks_command == "list":
-        filters = {"failed": args.failed, "status": args.status, "endpoint": args.endpoint, "lead_id": args.lead}
-        return await webhookcli.show_list(settings, args.format, limit=max(1, args.limit), **filters)
-    if args.webhooks_command == "show":
-        return await webhookcli.show_one(settings, args.id)
-    return await webhookcli.retry(settings, args.ids)
 
 
 async def show_lead(settings: Settings, lead_id: int, output: str) -> int:

@@ -44,8 +44,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.channels.base import Inbound, inbound_from_json, inbound_to_json
-from bot.intake import Intake, Received
+from bot.intake.inbound import Inbound, inbound_from_json, inbound_to_json
+from bot.intake.intake import Intake, Received
 from flows.clock import Clock
 from storage.db import (
     POOL_TIMEOUT,

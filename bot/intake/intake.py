@@ -11,13 +11,13 @@ from datetime import datetime
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.channels.base import Inbound, own_words
 from bot.config import Settings
-from bot.contacts import find_email, find_phone, normalize_email, normalize_phone
-from bot.messages import SystemMessages
-from bot.readahead import identity_keys, read_ahead
-from bot.replies import plan_replies, reply_deliveries
-from bot.warm import WarmSignals, visitor_notice
+from bot.intake.contacts import find_email, find_phone, normalize_email, normalize_phone
+from bot.intake.inbound import Inbound, own_words
+from bot.intake.messages import SystemMessages
+from bot.intake.readahead import identity_keys, read_ahead
+from bot.intake.replies import plan_replies, reply_deliveries
+from bot.intake.warm import WarmSignals, visitor_notice
 from flows import history
 from flows.clock import Clock
 from flows.engine import Engine
@@ -428,7 +428,7 @@ def _people(inbound: Inbound) -> list[tuple]:
 
 def _stop_reason(inbound: Inbound, words: Iterable[str]) -> str | None:
     """Why an inbound opts its lead out (asked to stop, blocked the bot), or None."""
-    if inbound.kind == "blocked":  # the reason a failed send gives too (bot/dispatcher.py)
+    if inbound.kind == "blocked":  # the reason a failed send gives too (bot/delivery/dispatcher.py)
         return f"blocked us on {inbound.channel}"
     if inbound.kind == "message" and is_opt_out(inbound.text, words):
         return "asked to stop"

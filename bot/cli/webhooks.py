@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
 from bot.config import Settings
-from bot.leadview import webhook_line
+from bot.reports.leadview import webhook_line
 from storage.db import database, transaction
 from storage.models import WebhookDelivery
-from storage.webhooks import NotDead, WebhookDeliveryNotFound, list_deliveries, requeue, summary
+from storage.webhooks import STATUSES, NotDead, WebhookDeliveryNotFound, list_deliveries, requeue, summary
 
 
 async def show_list(settings: Settings, output: str, limit: int, **filters: object) -> int:
@@ -52,3 +53,30 @@ async def retry(settings: Settings, delivery_ids: list[int]) -> int:
             else:
                 print(f"#{row.id} {row.event_type} to {row.endpoint} is queued again")
     return status
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    """`kindling webhooks list|show|retry`."""
+    webhooks = commands.add_parser("webhooks", help="outgoing webhook deliveries to CRMs")
+    actions = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    listing = actions.add_parser("list", help="deliveries, newest first")
+    listing.add_argument("--failed", action="store_true", help="only dead ones and those waiting to retry")
+    listing.add_argument("--status", choices=STATUSES)
+    listing.add_argument("--endpoint", help="only this endpoint's (its name in config.toml)")
+    listing.add_argument("--lead", type=int, help="only this lead's")
+    listing.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    listing.add_argument("--format", choices=("text", "json"), default="text")
+    show = actions.add_parser("show", help="one delivery with the body it sends")
+    show.add_argument("id", type=int)
+    retry = actions.add_parser("retry", help="send dead deliveries again")
+    retry.add_argument("ids", type=int, nargs="+", metavar="ID")
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Run `kindling webhooks list|show|retry`."""
+    if args.webhooks_command == "list":
+        filters = {"failed": args.failed, "status": args.status, "endpoint": args.endpoint, "lead_id": args.lead}
+        return await show_list(settings, args.format, limit=max(1, args.limit), **filters)
+    if args.webhooks_command == "show":
+        return await show_one(settings, args.id)
+    return await retry(settings, args.ids)

@@ -30,7 +30,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.config import WebhookEndpoint
-from bot.signing import signed_headers
+from bot.web.signing import signed_headers
 from flows.clock import Clock
 from flows.outgoing import QUEUED
 from storage.db import DatabaseUnavailable, Sessions, transaction

@@ -15,8 +15,8 @@ from sqlalchemy import tuple_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.channels.base import Inbound
-from bot.contacts import normalize_email, normalize_phone
+from bot.intake.contacts import normalize_email, normalize_phone
+from bot.intake.inbound import Inbound
 from flows.handoff import OPEN
 from flows.history import CREDIT_WINDOW
 from storage.known import Known

@@ -18,11 +18,11 @@ from sqlalchemy import and_, or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.dispatcher import Dispatcher
-from bot.hub import QUEUE, Hub
-from bot.messages import SystemMessages
-from bot.replies import system_message
-from bot.warm import visitor_notice
+from bot.delivery.dispatcher import Dispatcher
+from bot.delivery.hub import QUEUE, Hub
+from bot.intake.messages import SystemMessages
+from bot.intake.replies import system_message
+from bot.intake.warm import visitor_notice
 from flows.clock import Clock
 from flows.handoff import OPEN, HandoffPolicy
 from flows.handoff_card import card_text

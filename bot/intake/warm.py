@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.messages import SystemMessages
-from bot.replies import system_message
+from bot.intake.messages import SystemMessages
+from bot.intake.replies import system_message
 from flows.engine import Engine
 from flows.handoff import HandoffPolicy, open_handoff, open_handoff_of, pause_nurture
 from storage.models import Conversation, Delivery, Event, Handoff, Lead

@@ -15,9 +15,9 @@ from sqlalchemy import update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.dispatcher import Dispatcher
-from bot.handoff_notify import Notifier, summary
-from bot.hub import Hub
+from bot.delivery.dispatcher import Dispatcher
+from bot.delivery.hub import Hub
+from bot.handoff.notify import Notifier, summary
 from flows.clock import Clock
 from flows.engine import Engine, enroll, lead_enrollments, may_enroll
 from flows.handoff import OPEN, end_paused, latest_conversation, open_handoff, resume_nurture

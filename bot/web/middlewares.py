@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from bot.jsonbody import BadJson
+from bot.web.jsonbody import BadJson
 from storage.db import UNAVAILABLE
 from storage.leads import LeadNotFound
 from storage.privacy import LeadErased

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from bot.messages import MessageError, SystemMessages
+from bot.intake.messages import MessageError, SystemMessages
 from flows.reactions import lead_context
 from storage.models import Conversation, Delivery, Event, Lead
 

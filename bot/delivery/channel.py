@@ -1,0 +1,55 @@
+"""The channel contract for sending: one small interface every adapter implements, and how a send went."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+
+from storage.models import Delivery
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """How a send went: sent, retry (after `retry_after` seconds) or failed for good."""
+
+    status: str
+    retry_after: float | None = None
+    error: str | None = None
+    provider_id: str | None = None
+    blocked: bool = False  # the person blocked us on this channel: an opt-out
+
+    @classmethod
+    def sent(cls, provider_id: str | None = None) -> SendResult:
+        return cls("sent", provider_id=provider_id)
+
+    @classmethod
+    def retry(cls, error: str, after: float = 5.0) -> SendResult:
+        return cls("retry", retry_after=after, error=error)
+
+    @classmethod
+    def failed(cls, error: str, blocked: bool = False) -> SendResult:
+        return cls("failed", error=error, blocked=blocked)
+
+
+class Channel(Protocol):
+    """A channel adapter: mounts its routes, sends deliveries, starts and stops with the app."""
+
+    name: str
+
+    def routes(self, app: web.Application) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, delivery: Delivery) -> SendResult: ...
+
+
+def buttons_as_text(text: str, buttons: list[dict]) -> str:
+    """For channels without buttons: list the choices under the text."""
+    labels = [button["text"] for button in buttons if button.get("type", "reply") == "reply"]
+    if not labels:
+        return text
+    return text + "\n\n" + "\n".join(f"- {label}" for label in labels)

@@ -1,0 +1,6 @@
+"""What every entry point shares to take input from outside and answer it.
+
+JSON bodies refused unless storable (`jsonbody.py`), errors as JSON (`middlewares.py`), HMAC signatures
+(`signing.py`), per-sender rate limits (`ratelimit.py`) and times people give us (`times.py`).
+May import flows and storage only; every other part of `bot` may import it.
+"""
