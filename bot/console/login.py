@@ -22,8 +22,8 @@ from bot.console.keys import PRELOGIN_CSRF
 from bot.console.pages import render
 from bot.console.roles import allowed
 from bot.console.throttle import LoginThrottle
-from bot.forwarded import client_address
 from bot.services import SERVICES
+from bot.web.forwarded import client_address
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 HOME = "/console"  # the front door sends each role to its working page
