@@ -9,11 +9,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from email.utils import parseaddr
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import available_timezones
+
+from email_validator import EmailNotValidError, validate_email
 
 from flows.durations import parse_duration
 from flows.expressions import ExpressionError
@@ -61,6 +64,26 @@ class ConsoleSettings:
 
 
 @dataclass(frozen=True)
+class EmailSettings:
+    """Email: the SMTP relay mail goes out through, where replies come in, pacing and consent."""
+
+    smtp_url: str | None = None  # smtp://user:pass@host:587 (STARTTLS) or smtps://user:pass@host:465 (TLS)
+    from_address: str | None = None  # `Acme <hello@acme.example>`
+    reply_domain: str | None = None  # replies go to reply+<signed token>@<reply_domain>
+    inbound: tuple[str, int] | None = None  # the built-in SMTP receiver's address, if on
+    rate: float = 10.0  # messages a second: the relay's limit
+    require_consent: bool = True  # nurture email only to leads who gave email consent
+
+    def disabled(self) -> str | None:
+        """None when email can be sent, else why not (for the one log line at start)."""
+        if not self.smtp_url:
+            return "KINDLING_SMTP_URL is not set"
+        if not self.from_address:
+            return "KINDLING_EMAIL_FROM is not set"
+        return None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting Kindling uses, validated."""
 
@@ -89,6 +112,7 @@ class Settings:
     handoff: HandoffPolicy = HandoffPolicy()
     operators_chat: int | None = None
     outbox_lease: timedelta = timedelta(seconds=60)
+    email: EmailSettings = EmailSettings()
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests, CLI flags)."""
@@ -154,6 +178,7 @@ def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
         handoff=_handoff(doc.section("handoff")),
         operators_chat=_operators_chat(env.get("KINDLING_OPERATORS_CHAT")),
         outbox_lease=_duration(doc.section("outbox"), "lease", "60s"),
+        email=_email(doc.section("email"), env),
     )
     doc.reject_unknown()
     return settings
@@ -353,6 +378,53 @@ def _nurture(section: _Section, env: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError("nurture.opt_out_words: a list of words")
     policy = Policy(quiet_hours=quiet_hours, daily_cap=cap, default_timezone=zone)
     return {"policy": policy, "opt_out_words": tuple(words)}
+
+
+def _email(section: _Section, env: Mapping[str, str]) -> EmailSettings:
+    rate = section.get("rate", (int, float), EmailSettings.rate)
+    if not rate > 0:
+        raise ConfigError("email.rate: must be more than 0 (messages a second)")
+    return EmailSettings(
+        smtp_url=_smtp_url(env.get("KINDLING_SMTP_URL") or None),
+        from_address=_from_address(env.get("KINDLING_EMAIL_FROM") or None),
+        reply_domain=(env.get("KINDLING_EMAIL_REPLY_DOMAIN") or "").strip().lower() or None,
+        inbound=_host_port("KINDLING_EMAIL_INBOUND", env.get("KINDLING_EMAIL_INBOUND") or None),
+        rate=float(rate),
+        require_consent=section.get("require_consent", bool, True),
+    )
+
+
+def _smtp_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigError("KINDLING_SMTP_URL: expected smtp://user:pass@host:587 or smtps://user:pass@host:465")
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise ConfigError("KINDLING_SMTP_URL: the port is not a number") from None
+    return url
+
+
+def _from_address(text: str | None) -> str | None:
+    if text is None:
+        return None
+    _, address = parseaddr(text)
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
+        raise ConfigError(f"KINDLING_EMAIL_FROM: {text!r} is not an address like 'Acme <hello@acme.example>'") from None
+    return text
+
+
+def _host_port(name: str, text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"{name}: expected host:port, e.g. 0.0.0.0:2525, got {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def _console(section: _Section) -> ConsoleSettings:

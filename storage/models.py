@@ -65,6 +65,13 @@ class Lead(SQLModel, table=True):
     tags: list = _json(list)
     merged_into_id: int | None = Field(default=None, foreign_key="lead.id", index=True)
     opted_out_at: datetime | None = _time(nullable=True)
+    # Email (migration 0012): nurture email needs consent (email.require_consent), stops at an RFC 8058
+    # unsubscribe, and never goes to an address that hard-bounced.
+    email_consent_at: datetime | None = _time(nullable=True)
+    email_consent_source: str | None = None  # widget | api | operator
+    email_opted_out_at: datetime | None = _time(nullable=True)
+    email_bounced_at: datetime | None = _time(nullable=True)
+    email_bounce_reason: str | None = None
 
 
 class Identity(SQLModel, table=True):
@@ -174,6 +181,12 @@ class Delivery(SQLModel, table=True):
     provider_message_id: str | None = None
     created_at: datetime = _time()
     sent_at: datetime | None = _time(nullable=True)
+    subject: str | None = None  # an email's subject
+    # How far it got, as far as its channel can tell (migration 0012): the channel has it (the relay accepted
+    # the email, the widget got the frame, the Bot API took the message), the person saw it, or it bounced.
+    delivered_at: datetime | None = _time(nullable=True)
+    seen_at: datetime | None = _time(nullable=True)
+    bounced_at: datetime | None = _time(nullable=True)
     # What the flow report counts, filled as it happens (see flows.history): the A/B variant sent, and
     # what the lead did within 24 h of this nurture message, credited to the last one sent before it.
     variant: str | None = None
