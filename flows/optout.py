@@ -49,3 +49,21 @@ async def opt_out(session: AsyncSession, lead: Lead, reason: str, now: datetime)
     await history.credit(session, lead.id, "opted_out_at", now)
     await session.flush()
     return event
+
+
+async def email_bounced(session: AsyncSession, lead_id: int, address: str, reason: str, now: datetime) -> Event | None:
+    """A hard bounce: nothing more goes to that address (queued email is skipped); None if it is not the lead's."""
+    lead = await session.get(Lead, lead_id)
+    if lead is None or (lead.email or "").lower() != address.lower() or lead.email_bounced_at is not None:
+        return None
+    reason = reason[:300]
+    lead.email_bounced_at, lead.email_bounce_reason, lead.updated_at = now, reason, now
+    event = Event(lead_id=lead.id, type="email_bounced", payload={"address": address, "reason": reason}, at=now)
+    session.add_all([lead, event])
+    await session.exec(
+        update(Delivery)
+        .where(Delivery.lead_id == lead.id, Delivery.channel == "email", Delivery.status == "pending")
+        .values(status="skipped", last_error="the address bounced")
+    )
+    await session.flush()
+    return event

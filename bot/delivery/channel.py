@@ -19,18 +19,20 @@ class SendResult:
     error: str | None = None
     provider_id: str | None = None
     blocked: bool = False  # the person blocked us on this channel: an opt-out
+    delivered: bool = False  # sent, and the channel says it has it (a relay accepted the email, say)
+    bounced: bool = False  # failed because the address does not exist: never try it again
 
     @classmethod
-    def sent(cls, provider_id: str | None = None) -> SendResult:
-        return cls("sent", provider_id=provider_id)
+    def sent(cls, provider_id: str | None = None, delivered: bool = False) -> SendResult:
+        return cls("sent", provider_id=provider_id, delivered=delivered)
 
     @classmethod
     def retry(cls, error: str, after: float = 5.0) -> SendResult:
         return cls("retry", retry_after=after, error=error)
 
     @classmethod
-    def failed(cls, error: str, blocked: bool = False) -> SendResult:
-        return cls("failed", error=error, blocked=blocked)
+    def failed(cls, error: str, blocked: bool = False, bounced: bool = False) -> SendResult:
+        return cls("failed", error=error, blocked=blocked, bounced=bounced)
 
 
 class Channel(Protocol):

@@ -16,7 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.delivery.channel import Channel, SendResult
 from bot.delivery.hub import Hub, message_frame
 from flows.clock import Clock
-from flows.optout import opt_out
+from flows.optout import email_bounced, opt_out
 from flows.safety import Policy, local_day_start, nurture_verdict
 from storage.db import DatabaseUnavailable, Sessions, transaction
 from storage.leads import get_lead
@@ -232,6 +232,7 @@ class Dispatcher:
             return None  # its lease ran out and another sender took it over
         if result.status == "sent":
             row.status, row.sent_at, row.provider_message_id = "sent", now, result.provider_id
+            row.delivered_at = now if result.delivered else None
             row.last_error = None
             message = Message(
                 conversation_id=row.conversation_id,
@@ -250,6 +251,9 @@ class Dispatcher:
         if result.blocked:
             lead = await get_lead(session, row.lead_id)
             await opt_out(session, lead, f"blocked us on {row.channel}", now)
+        if result.bounced:
+            row.bounced_at = now
+            await email_bounced(session, row.lead_id, row.address, result.error or "bounced", now)
         if result.status == "retry" and row.attempts < MAX_ATTEMPTS:
             backoff = result.retry_after or min(2**row.attempts, 300)
             row.status, row.not_before = "pending", now + timedelta(seconds=backoff)
