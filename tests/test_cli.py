@@ -192,6 +192,17 @@ async def test_operator_add_without_a_terminal_says_to_pipe_the_password_in(data
     assert "no operators yet" in listed.stdout
 
 
+def test_operator_add_on_a_fresh_install_makes_the_database_first(tmp_path):
+    env = {"KINDLING_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"}
+    command = [*KINDLING, "operator", "add", "ann", "--role", "admin", "--password-stdin"]
+    added = subprocess.run(
+        command, input="correct horse battery\n", capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT
+    )
+    assert added.returncode == 0 and "Traceback" not in added.stderr, added.stderr
+    assert "added admin ann" in added.stdout
+    assert "ann" in run("operator", "list", env=env).stdout
+
+
 async def test_serve_on_a_port_in_use_names_the_port_and_how_to_change_it(database_url):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

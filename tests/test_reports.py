@@ -28,7 +28,7 @@ from flows.spec import choose_variant
 from storage.db import create_engine
 from storage.leads import get_lead
 from storage.migrate import alembic_config, upgrade
-from storage.models import Handoff, Lead, Operator, StageEntry
+from storage.models import Handoff, Operator, StageEntry
 
 from conftest import API_KEY, rows, services_of, templates_with
 from test_console_auth import log_in
@@ -176,12 +176,17 @@ async def test_an_upgraded_database_shows_the_time_in_stage_of_leads_that_moved_
         async with engine.begin() as connection:
             await connection.run_sync(back_to_0008)
         arrived = datetime(2026, 1, 6, 9, 0, tzinfo=UTC)
-        async with db() as session:
-            lead = Lead(created_at=arrived, updated_at=arrived, stage="lead", stage_at=arrived)
-            session.add(lead)
-            await session.commit()
-            lead_id = lead.id
-        async with engine.begin() as connection:
+        async with engine.begin() as connection:  # the lead table as it was at 0008, not as the model is now
+            naive = arrived.replace(tzinfo=None)
+            lead_id = (
+                await connection.execute(
+                    text(
+                        "INSERT INTO lead (created_at, updated_at, stage, stage_at, score, first_touch, last_touch,"
+                        " tags) VALUES (:at, :at, 'lead', :at, 0, '{}', '{}', '[]') RETURNING id"
+                    ),
+                    {"at": naive},
+                )
+            ).scalar_one()
             for stage, entered, left in (("visitor", 0, 5400), ("lead", 5400, None)):
                 await connection.execute(
                     text(
@@ -191,9 +196,9 @@ async def test_an_upgraded_database_shows_the_time_in_stage_of_leads_that_moved_
                     {
                         "lead": lead_id,
                         "stage": stage,
-                        "entered": (arrived + timedelta(seconds=entered)).replace(tzinfo=None),
-                        "left": None if left is None else (arrived + timedelta(seconds=left)).replace(tzinfo=None),
-                        "cohort": arrived.replace(tzinfo=None),
+                        "entered": naive + timedelta(seconds=entered),
+                        "left": None if left is None else naive + timedelta(seconds=left),
+                        "cohort": naive,
                     },
                 )
     finally:

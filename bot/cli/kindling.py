@@ -74,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+ON_THE_DATABASE = ("operator", "apikey", "webhooks", "lead", "report")  # serve and migrate migrate anyway
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit status."""
     args = parser().parse_args(argv)
@@ -84,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry the bot token in the URL
     try:
         settings = load_settings(args.config)
+        if args.command in ON_THE_DATABASE:  # a fresh install's first `operator add` finds the tables made
+            asyncio.run(migrate(settings))
         if args.command == "serve":
             return serve(settings.with_(host=args.host or settings.host, port=args.port or settings.port))
         if args.command == "migrate":
