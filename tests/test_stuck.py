@@ -78,7 +78,7 @@ async def test_a_batch_held_up_by_another_instance_stops_holding_back_its_people
 ):
     if is_sqlite(database_url):
         pytest.skip(ONE_WRITER)
-    monkeypatch.setattr("bot.intake.STUCK_SECONDS", 0.3)
+    monkeypatch.setattr("bot.intake.intake.STUCK_SECONDS", 0.3)
     quinn, pat = ({"email": "quinn@example.com"}, {"email": "pat@example.com"})
     for n, person in enumerate((quinn, pat)):
         answer = await client.post("/api/events", json={"id": f"start-{n}", "type": "signup", "lead": person},
