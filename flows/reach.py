@@ -30,7 +30,7 @@ SERVICE_KINDS = ("reply", "system", "operator")  # answers to the lead's own que
 
 @dataclass
 class Sockets:
-    """Open live sockets per (channel, id) in this process (the webchat channel counts them); several tabs count once."""
+    """Open live sockets per (channel, id) in this process ; the webchat channel counts them."""
 
     open: Counter = field(default_factory=Counter)
 

@@ -25,8 +25,8 @@ import logging
 import re
 import secrets
 import uuid
-from math import ceil
 from collections.abc import Iterator
+from math import ceil
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
@@ -141,7 +141,11 @@ class _Session:
             return
         if not await self._hello(hello):
             return
-        async with self.services.hub.watch(self.conversation_id) as queue, self._present():
+        with self._present():
+            await self._serve(hello)
+
+    async def _serve(self, hello: dict) -> None:
+        async with self.services.hub.watch(self.conversation_id) as queue:
             self.forwarder = asyncio.create_task(self._forward(queue))
             await self._history(_since(hello.get("since")))
             async for frame in self.ws:
@@ -262,7 +266,10 @@ class _Session:
         if await self._limited(client_id):
             return
         inbound = self._inbound(
-            "consent", dedup_key=f"webchat:consent:{self.visitor}:{client_id}", text=email, properties={CONSENT: consent}
+            "consent",
+            dedup_key=f"webchat:consent:{self.visitor}:{client_id}",
+            text=email,
+            properties={CONSENT: consent},
         )
         received = await self._receive(inbound, client_id)
         if received is not None:

@@ -20,8 +20,8 @@ from bot.intake.replies import plan_replies, reply_deliveries
 from bot.intake.warm import WarmSignals, visitor_notice
 from flows import history
 from flows.clock import Clock
-from flows.engine import Engine
 from flows.consent import CONSENT, set_email_consent
+from flows.engine import Engine
 from flows.optout import is_opt_out, opt_out
 from flows.outgoing import Subscriptions
 from flows.reactions import advance_stage, ledger, score_event
