@@ -9,6 +9,7 @@ later consent does not undo it, so a backend that repeats consent on every event
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import update
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -45,3 +46,18 @@ async def set_email_consent(
         )
     await session.flush()
     return event
+
+
+def email_state(lead: Lead) -> dict[str, Any]:
+    """Whether nurture email may reach the lead: consent (when and from whom), unsubscribed, bounced."""
+    return {
+        "email_consent": lead.email_consent_at is not None,
+        "email_consent_at": _iso(lead.email_consent_at),
+        "email_consent_source": lead.email_consent_source,
+        "email_opted_out_at": _iso(lead.email_opted_out_at),
+        "email_bounced_at": _iso(lead.email_bounced_at),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
