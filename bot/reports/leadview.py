@@ -120,6 +120,10 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
     }
 
 
+def _email_policy(settings: Settings) -> EmailPolicy:
+    return EmailPolicy(not settings.email.disabled(), settings.email.require_consent)
+
+
 def format_lead(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     lines = [
