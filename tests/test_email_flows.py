@@ -7,13 +7,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from test_cli import run
 
 from bot.config import EmailSettings
 from flows.lint import lint_file
 from storage.models import Delivery, Event, Lead
 
 from conftest import API_KEY, rows, services_of, templates_with
-from test_cli import run
 from test_webchat import hello
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -30,7 +30,8 @@ VISIT = """+++
 name = "Pricing follow-up"
 trigger = "page_view"
 +++
-{% step "nudge", after="10m", channel=["webchat", "email"], subject="About our plans" %}Questions about plans?{% endstep %}
+{% step "nudge", after="10m", channel=["webchat", "email"], subject="About our plans" %}
+Questions about plans?{% endstep %}
 {% step "later", after="1h" %}Still thinking it over?{% endstep %}
 """
 
@@ -170,7 +171,7 @@ async def test_lead_show_says_no_email_consent(app, clock, db, database_url, tmp
 
 
 def test_lint_wants_a_subject_and_valid_links_in_email_steps(tmp_path):
-    broken = SIGNUP.replace(', subject="Welcome, {{ lead.first_name or \'friend\' }}!"', "")
+    broken = SIGNUP.replace(", subject=\"Welcome, {{ lead.first_name or 'friend' }}!\"", "")
     bad_link = VISIT.replace("Questions about plans?", "See [plans](/pricing) or {{ 'htps://x' }}.")
     templates = templates_with(tmp_path / "t", {"signup": broken, "visit": bad_link})
     [missing] = lint_file(templates / "flows" / "signup.j2", templates)
