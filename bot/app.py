@@ -28,6 +28,7 @@ from flows.clock import Clock, SystemClock
 from flows.engine import Engine
 from flows.library import FlowLibrary
 from flows.outgoing import Subscriptions
+from flows.reach import EmailPolicy
 from flows.runner import Runner
 from flows.scheduler import start_ticks
 from flows.sweeps import Sweeps
@@ -56,10 +57,17 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
     hub = PostgresHub(settings.database_url, sessions) if not is_sqlite(settings.database_url) else Hub()
     library = FlowLibrary(settings.templates, settings.stages.order)
     webhooks = Subscriptions({e.name: e.events for e in settings.webhook_endpoints.values()}, settings.public_url)
+    email = EmailPolicy(settings.email.disabled() is None, settings.email.require_consent)
     engine = Engine(
-        library, settings.stages, channels, scoring=settings.scoring, handoff=settings.handoff, webhooks=webhooks
+        library,
+        settings.stages,
+        channels,
+        scoring=settings.scoring,
+        handoff=settings.handoff,
+        webhooks=webhooks,
+        email=email,
     )
-    dispatcher = Dispatcher(sessions, channels, hub, clock, settings.policy, settings.outbox_lease)
+    dispatcher = Dispatcher(sessions, channels, hub, clock, settings.policy, settings.outbox_lease, email)
     notifier = Notifier(sessions, clock, hub, dispatcher, messages, settings.handoff)
     services = Services(
         settings=settings,

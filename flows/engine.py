@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flows.handoff import HandoffPolicy
 from flows.library import FlowLibrary
 from flows.outgoing import Subscriptions
+from flows.reach import EmailPolicy, Sockets
 from flows.reactions import event_context, lead_context
 from flows.scoring import Scoring
 from flows.spec import FlowSpec
@@ -28,7 +29,7 @@ REPLIES = ("message", "button")
 
 @dataclass
 class Engine:
-    """The flow engine's state: the flow library, the funnel, which channels can send, scoring, handoff, webhooks."""
+    """The flow engine's state: flows, funnel, channels and who is on them, scoring, handoff, webhooks."""
 
     library: FlowLibrary
     stages: Stages
@@ -36,6 +37,8 @@ class Engine:
     scoring: Scoring = field(default_factory=Scoring)
     handoff: HandoffPolicy = field(default_factory=HandoffPolicy)
     webhooks: Subscriptions = field(default_factory=Subscriptions)
+    presence: Sockets = field(default_factory=Sockets)  # who is on the widget now, in this process
+    email: EmailPolicy = field(default_factory=EmailPolicy)
 
     async def react(self, session: AsyncSession, lead: Lead, events: Sequence[Event], now: datetime) -> None:
         """End the flows these events end, then enroll the lead in the flows they trigger."""

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from jinja2 import TemplateError, TemplateSyntaxError, nodes
 from jinja2.parser import Parser
@@ -27,6 +28,11 @@ __all__ = [
     "unsafe_parts",
 ]
 _NONE = re.compile(r"\bNone\b")
+# Links in a step's Markdown: [text](target), <target>, and bare http(s) addresses.
+_MARKDOWN_LINK = re.compile(r"\]\(\s*([^)\s]*)[^)]*\)")
+_ANGLE_LINK = re.compile(r"<([a-z][a-z0-9+.-]*:[^>]*)>", re.IGNORECASE)
+_BARE_LINK = re.compile(r"(?<![(<\w])(https?:[^\s<>()]*)", re.IGNORECASE)
+_HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
 
 
 def check_flow(
@@ -186,7 +192,31 @@ def _render_problems(draft: Draft) -> list[Problem]:
         if len(texts) == 2 and _NONE.search(texts[1]) and not _NONE.search(texts[0]):
             why = 'shows "None" for a lead we know little about: write {{ lead.first_name or "there" }}'
             problems.append(Problem(draft.file, step.line, f"step {step.name!r} {why}"))
+        if step.may_email:
+            bad = next((link for text in texts for link in bad_links(text)), None)
+            if bad is not None:
+                why = "is not a valid absolute http(s) address (email needs full links, like https://example.com/x)"
+                problems.append(Problem(draft.file, step.line, f"step {step.name!r}: link {bad!r} {why}"))
     return problems
+
+
+def bad_links(text: str) -> list[str]:
+    """The links in a step's Markdown that are not absolute http(s) (or mailto:) addresses."""
+    links = [*_MARKDOWN_LINK.findall(text), *_ANGLE_LINK.findall(text)]
+    links += [link.rstrip(".,;:!?'\"") for link in _BARE_LINK.findall(text)]
+    return [link for link in links if not _valid_link(link)]
+
+
+def _valid_link(link: str) -> bool:
+    try:
+        parts = urlsplit(link)
+        host = parts.hostname
+        parts.port  # noqa: B018  (raises for a port that is not a number)
+    except ValueError:
+        return False
+    if parts.scheme == "mailto":
+        return "@" in parts.path and not any(c.isspace() for c in link)
+    return parts.scheme in ("http", "https") and bool(host and _HOST.match(host)) and not any(c.isspace() for c in link)
 
 
 def _for(message: str, label: str, first: bool) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,8 +53,13 @@ def _preview_block(spec: FlowSpec, step: StepSpec, due: datetime, context: dict[
         return PreviewStep(step, due, error=exc, skipped=skipped)
 
 
-def preview_text(items: list[PreviewStep], timezone: str | None = None) -> str:
-    """A preview as the CLI prints it: a header per step, then its text, buttons and action."""
+def preview_text(
+    items: list[PreviewStep], timezone: str | None = None, html: Callable[[Rendered], str] | None = None
+) -> str:
+    """A preview as the CLI prints it: a header per step, an email's subject, then its text, buttons and action.
+
+    `html` renders an email step's HTML version (the bot's email layout); without it the HTML is left out.
+    """
     blocks = []
     for item in items:
         step = item.step
@@ -64,8 +70,14 @@ def preview_text(items: list[PreviewStep], timezone: str | None = None) -> str:
             lines.append(f"   skipped for this lead: when={step.when.source if step.when else ''!r} is false")
         if item.error is not None:
             lines.append(f"   render error: {item.error}")
+        if step.channels:
+            lines.append(f"   channel: {' or '.join(step.channels)}")
+        if item.rendered is not None and item.rendered.subject is not None:
+            lines.append(f"   subject: {item.rendered.subject}")
         if item.rendered is not None and item.rendered.text:
             lines.append(item.rendered.text)
+        if item.rendered is not None and item.rendered.text and "email" in step.channels:
+            lines.append(f"-- HTML --\n{html(item.rendered)}" if html else "-- HTML: not available in this build --")
         if step.buttons:
             lines.append(" ".join(f"[{button}]" for button in step.buttons))
         if step.action is not None:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 MAX_TEXT = 4096  # Telegram's limit for one message
 MAX_OUTPUT = 64 * 1024  # raw output (before stripping) a render may produce before it is stopped
+MAX_EMAIL = 100_000  # an email-only step's text: beyond this mail clients clip it and spam filters frown
+MAX_SUBJECT = 200  # characters; inboxes show about 60
 STEP_KEY = "kindling_step"
 # The work one render may do: loop iterations plus calls (a macro, `range`, a method), and its time. Nested
 # loops multiply (two of `range(100000)` are 10 billion turns), and a render runs on the event loop, where
@@ -86,6 +88,7 @@ class Rendered:
 
     text: str
     buttons: tuple[str, ...] = ()
+    subject: str | None = None
 
 
 class StepExtension(Extension):
@@ -230,28 +233,49 @@ def render_step(spec: FlowSpec, step_name: str, variant: str | None, context: di
 
 
 def render_block(template: Template, step: StepSpec, context: dict[str, Any]) -> Rendered:
-    """Render a step block of a compiled flow: stripped text within limits, and its buttons."""
+    """Render a step block of a compiled flow: stripped text within limits, its buttons, and its subject."""
     file = template.filename or template.name or "<flow>"
     chunks, size = [], 0
     values = {**context, "step": {"name": step.name, "variant": step.variant}, STEP_KEY: (step.name, step.variant)}
+    limit, output_limit = (MAX_EMAIL, MAX_EMAIL + MAX_OUTPUT) if step.email_only else (MAX_TEXT, MAX_OUTPUT)
     try:
         with _budgeted():
             for chunk in template.generate(values):
                 size += len(chunk)
-                if size > MAX_OUTPUT:
-                    raise RenderError(file, step.line, f"step {step.name!r} renders more than {MAX_OUTPUT} characters")
+                if size > output_limit:
+                    too_much = f"step {step.name!r} renders more than {output_limit} characters"
+                    raise RenderError(file, step.line, too_much)
                 chunks.append(chunk)
+            subject = _subject(template, step, values)
     except RenderError:
         raise
     except Exception as exc:  # template code is user code: any failure is a render error with a place
         where, line = error_location(exc, file, step.line)
         raise RenderError(where, line, f"step {step.name!r}: {describe(exc)}") from exc
     text = "".join(chunks).strip()
-    if len(text) > MAX_TEXT:
-        raise RenderError(file, step.line, f"step {step.name!r} is {len(text)} characters; Telegram allows {MAX_TEXT}")
+    if len(text) > limit:
+        allows = "email allows" if step.email_only else "Telegram allows"
+        raise RenderError(file, step.line, f"step {step.name!r} is {len(text)} characters; {allows} {limit}")
     if not text and (step.action is None or step.buttons):
         raise RenderError(file, step.line, f"step {step.name!r} renders no text (only steps with an action may)")
-    return Rendered(text, step.buttons)
+    if subject is not None and not subject:
+        raise RenderError(file, step.line, f"step {step.name!r} renders an empty subject")
+    if subject is not None and len(subject) > MAX_SUBJECT:
+        raise RenderError(file, step.line, f"step {step.name!r}: the subject is over {MAX_SUBJECT} characters")
+    return Rendered(text, step.buttons, subject)
+
+
+def _subject(template: Template, step: StepSpec, values: dict[str, Any]) -> str | None:
+    """The step's subject rendered in the same sandbox and budget as its body, on one line."""
+    if step.subject is None:
+        return None
+    rendered = _subject_template(template.environment, step.subject).render(values)
+    return " ".join(rendered[:MAX_OUTPUT].split())
+
+
+@lru_cache(maxsize=512)
+def _subject_template(env: Any, source: str) -> Template:
+    return env.from_string(source)
 
 
 def error_location(exc: BaseException, file: str, default_line: int) -> tuple[str, int]:

@@ -28,12 +28,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flows.clock import Clock
 from flows.engine import Engine, condition_exit, context, end
 from flows.handoff import open_handoff
+from flows.reach import EMAIL, LIVE_WINDOW, choose
 from flows.reactions import LEAD_CONTEXT_KEYS, ledger, set_stage
-from flows.render import RenderError, render_step
+from flows.render import Rendered, RenderError, render_step
 from flows.scoring import Scoring
 from flows.spec import FlowSpec, StepSpec
 from storage.db import DatabaseUnavailable, Sessions, transaction
-from storage.leads import get_lead
+from storage.leads import email_conversation, get_lead
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead, PointsEntry
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ CLAIMED = (
     Enrollment.status,
     Enrollment.exit_reason,
 )
-LEAD_COLUMNS = tuple(getattr(Lead, name) for name in (*LEAD_CONTEXT_KEYS, "opted_out_at"))
+EMAIL_STATE = ("email_consent_at", "email_opted_out_at", "email_bounced_at")
+LEAD_COLUMNS = tuple(getattr(Lead, name) for name in (*LEAD_CONTEXT_KEYS, "opted_out_at", *EMAIL_STATE))
 REACH_COLUMNS = tuple(
     getattr(Conversation, name) for name in ("id", "lead_id", "channel", "external_id", "last_message_at", "created_at")
 )
@@ -107,21 +109,33 @@ class Runner:
             return 0
         leads, orm_leads = await self._leads_of(session, claimed)
         reach = await _conversations(session, {lead.id for lead in leads.values()}, self.engine.channels)
+        live = await self._live(session, reach, now)
         orm = await _orm_enrollments(session, [e.id for e in claimed if leads[e.lead_id].id in orm_leads])
         outbox: list[dict[str, Any]] = []
         for enrollment in claimed:
             lead = leads[enrollment.lead_id]
             if lead.id in orm_leads:
-                await self._advance(
-                    session, orm[enrollment.id], await session.get(Lead, lead.id), reach[lead.id], outbox, now
-                )
+                orm_lead = await session.get(Lead, lead.id)
+                await self._advance(session, orm[enrollment.id], orm_lead, (reach[lead.id], live), outbox, now)
             else:
-                await self._advance(session, enrollment, lead, reach[lead.id], outbox, now)
+                await self._advance(session, enrollment, lead, (reach[lead.id], live), outbox, now)
         if outbox:
             await session.flush()  # what the ORM path changed goes first, as an ORM statement would flush it
             await (await session.connection()).execute(_insert_once(session), outbox)
         await _write_back(session, [enrollment for enrollment in claimed if enrollment.id not in orm])
         return len(claimed)
+
+    async def _live(self, session: AsyncSession, reach: dict[int, list[Row[Any]]], now: datetime) -> set[int]:
+        """The widget conversations whose visitor is on the site: a socket open here, or recent widget activity."""
+        web = [c for conversations in reach.values() for c in conversations if c.channel == "webchat"]
+        live = {c.id for c in web if self.engine.presence.online(c.channel, c.external_id)}
+        rest = [c.id for c in web if c.id not in live]
+        if rest:  # sockets on other instances: a page view or message within LIVE_WINDOW (the lead's events index)
+            recent = select(Event.conversation_id).where(
+                Event.lead_id.in_(list(reach)), Event.at >= now - LIVE_WINDOW, Event.conversation_id.in_(rest)
+            )
+            live.update(row.conversation_id for row in await _rows(session, recent.distinct()))
+        return live
 
     async def _leads_of(self, session: AsyncSession, claimed: Sequence[Claimed]) -> tuple[dict[int, Any], set[int]]:
         """The batch's leads by enrollment lead id, and the ids of those a step acts on (they go through the ORM)."""
@@ -167,7 +181,7 @@ class Runner:
         session: AsyncSession,
         enrollment: Enrollment | Claimed,
         lead: Lead | Row[Any],
-        reach: list[Row[Any]],
+        reach: tuple[list[Row[Any]], set[int]],
         outbox: list[dict[str, Any]],
         now: datetime,
     ) -> None:
@@ -188,37 +202,30 @@ class Runner:
                 _skipped(session, lead, spec, step, f"render error: {exc}", now)
             else:
                 if rendered.text:
-                    self._outbox(session, spec, step, enrollment, lead, reach, rendered, outbox, now)
+                    row = await self._route(session, spec, step, lead, reach, rendered, now)
+                    outbox.extend([_outbox_row(spec, step, enrollment, lead, rendered, now, **row)] if row else [])
                 if step.action is not None:
                     await self._act(session, spec, step, enrollment, lead, now)
         if enrollment.status in ("active", "paused"):  # a handoff step pauses its own flow: resume after it
             _move_on(enrollment, spec, lead, now)
 
-    def _outbox(self, session, spec, step, enrollment, lead, reach, rendered, outbox, now) -> None:  # type: ignore[no-untyped-def]
-        conversation = _best(reach, step.channel)
-        if conversation is None:
-            return _skipped(session, lead, spec, step, "no channel reaches the lead", now)
-        outbox.append(
-            {
-                "lead_id": lead.id,
-                "conversation_id": conversation.id,
-                "channel": conversation.channel,
-                "address": conversation.external_id,
-                "kind": "nurture",
-                "priority": NURTURE_PRIORITY,
-                "text": rendered.text,
-                "buttons": [{"type": "reply", "text": label} for label in rendered.buttons],
-                "idempotency_key": f"flow:{enrollment.id}:{spec.version}:{step.name}",
-                "enrollment_id": enrollment.id,
-                "flow_slug": spec.slug,
-                "step": step.name,
-                "variant": step.variant,
-                "status": "pending",
-                "attempts": 0,
-                "not_before": now,
-                "created_at": now,
-            }
-        )
+    async def _route(self, session, spec, step, lead, reach, rendered: Rendered, now: datetime) -> dict | None:  # type: ignore[no-untyped-def]
+        """Where the step goes (conversation, channel, address, subject), or None when skipped with the reason."""
+        conversations, live = reach
+        route = choose(step.channels, lead, conversations, live, self.engine.email)
+        if isinstance(route, str):
+            _skipped(session, lead, spec, step, route, now)
+            return None
+        conversation = route.conversation
+        if route.channel != EMAIL:
+            return {"conversation_id": conversation.id, "channel": route.channel, "address": conversation.external_id}
+        conversation = await email_conversation(session, lead, now)
+        if conversation.lead_id != lead.id:  # an address two leads claim: its replies belong to the other one
+            _skipped(session, lead, spec, step, f"the email address is lead {conversation.lead_id}'s", now)
+            return None
+        subject = rendered.subject or spec.name  # a default-channel step without a subject: the flow's name
+        address = conversation.external_id
+        return {"conversation_id": conversation.id, "channel": EMAIL, "address": address, "subject": subject}
 
     async def _act(self, session, spec, step, enrollment, lead, now) -> None:  # type: ignore[no-untyped-def]
         action, why = step.action, f"flow {spec.slug}, step {step.name}"
@@ -260,7 +267,7 @@ async def _conversations(
         # walks every conversation on that channel, which grows with the number of leads.
         query = select(*REACH_COLUMNS).where(Conversation.lead_id.in_(list(lead_ids)))
         for conversation in await _rows(session, query):
-            if conversation.channel in channels:
+            if conversation.channel in channels and conversation.channel != EMAIL:  # email: see `flows.reach`
                 reach[conversation.lead_id].append(conversation)
     return reach
 
@@ -290,12 +297,26 @@ async def _write_back(session: AsyncSession, claimed: Sequence[Claimed]) -> None
         await (await session.connection()).execute(statement, [enrollment.written() for enrollment in claimed])
 
 
-def _best(reach: Sequence[Row[Any]], wanted: str | None) -> Row[Any] | None:
-    """The wanted channel's conversation, else the lead's most recently active one."""
-    candidates = [c for c in reach if wanted is None or c.channel == wanted]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda c: (c.last_message_at or c.created_at, c.id))
+def _outbox_row(spec, step, enrollment, lead, rendered: Rendered, now: datetime, **route: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """A step's outbox row, with its route (conversation_id, channel, address, and an email's subject)."""
+    return {
+        "lead_id": lead.id,
+        "kind": "nurture",
+        "priority": NURTURE_PRIORITY,
+        "text": rendered.text,
+        "buttons": [{"type": "reply", "text": label} for label in rendered.buttons],
+        "idempotency_key": f"flow:{enrollment.id}:{spec.version}:{step.name}",
+        "enrollment_id": enrollment.id,
+        "flow_slug": spec.slug,
+        "step": step.name,
+        "variant": step.variant,
+        "status": "pending",
+        "attempts": 0,
+        "not_before": now,
+        "created_at": now,
+        "subject": None,
+        **route,
+    }
 
 
 def _insert_once(session: AsyncSession):  # type: ignore[no-untyped-def]

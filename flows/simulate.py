@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from flows.durations import parse_delay
+from flows.reach import LIVE_WINDOW, EmailPolicy, Route, choose
 from flows.render import RenderError, render_step
 from flows.safety import Policy, local_day_start
 from flows.spec import FlowSpec, StepSpec
@@ -45,24 +47,32 @@ def simulate(
     events: list[Happening],
     policy: Policy,
     stages: Stages,
+    email: EmailPolicy | None = None,
+    consent: bool = True,
 ) -> list[str]:
-    """One line per step (and per lead event), in the lead's local time."""
+    """One line per step (and per lead event), in the lead's local time, with the channel it takes and why.
+
+    The lead came from its first touch's channel and is on it (the widget open) for LIVE_WINDOW after it
+    enrolls or replies, gone after that; it has email consent unless `consent` is false.
+    """
     lead, zone = dict(ctx["lead"]), policy.zone(ctx["lead"].get("timezone"))
     end, due, sent_days, lines = start + timedelta(days=days), start, [], []
-    pending = list(events)
+    pending, active = list(events), start
     for name in spec.step_names:
         step = spec.step_for(name, lead["id"])
         due = step.delay.due(due, lead.get("timezone"))
         while pending and pending[0].at <= due:
             happening = pending.pop(0)
             lines.append(f"{happening.at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}  lead: {_describe(happening)}")
+            active = happening.at if happening.type == "message" else active
             if (reason := _exit(spec, stages, lead, happening)) is not None:
                 return [*lines, f"{'':>24}  exits the flow ({reason})"]
         if due > end:
             return [*lines, f"(the simulation ends after {days} days; next step {name!r} would be due later)"]
         sent_at, note = _send_time(due, sent_days, policy, zone)
         outcome = _outcome(spec, step, {**ctx, "lead": lead})
-        lines.append(f"{sent_at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}  {name}: {outcome}{note}")
+        channel = _channel(step, lead, sent_at - active <= LIVE_WINDOW, email or EmailPolicy(), consent, start)
+        lines.append(f"{sent_at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}  {name}: {outcome}{note}  [{channel}]")
         if step.action is not None and step.action.kind == "stage":
             lead["stage"] = step.action.value
         if step.action is not None and step.action.kind in ("exit", "handoff"):
@@ -94,6 +104,20 @@ def _outcome(spec: FlowSpec, step: StepSpec, ctx: dict[str, Any]) -> str:
         return f"not sent, render error: {exc}"
     action = f" -> {step.action.kind}" if step.action else ""
     return (repr(text[:70] + ("..." if len(text) > 70 else "")) if text else "(no message)") + action
+
+
+def _channel(step: StepSpec, lead: dict, online: bool, email: EmailPolicy, consent: bool, since: datetime) -> str:
+    """The channel the step would take for the made-up lead, and why (`flows.reach.choose`)."""
+    came_from = (lead.get("first_touch") or {}).get("channel") or "webchat"
+    conversation = SimpleNamespace(id=1, channel=came_from, last_message_at=since, created_at=since)
+    person = SimpleNamespace(
+        email=lead.get("email"),
+        email_bounced_at=None,
+        email_opted_out_at=None,
+        email_consent_at=since if consent else None,
+    )
+    route = choose(step.channels, person, [conversation], {1} if online else set(), email)
+    return f"{route.channel}: {route.why}" if isinstance(route, Route) else f"not sent: {route}"
 
 
 def _exit(spec: FlowSpec, stages: Stages, lead: dict, happening: Happening) -> str | None:

@@ -16,7 +16,7 @@ from flows.expressions import Predicate, compile_predicate
 from flows.stages import Stages
 
 EVENT_TRIGGERS = ("message", "page_view", "button", "contact_shared", "custom", "start")
-CHANNELS = ("webchat", "telegram", "webhook")
+CHANNELS = ("webchat", "telegram", "webhook", "email")
 REACTIVE_EXITS = ("reply", "handoff", "opt_out")
 
 
@@ -111,10 +111,21 @@ class StepSpec:
     line: int
     delay: Delay
     when: Expression | None = None
-    channel: str | None = None
+    channels: tuple[str, ...] = ()  # in order of preference; empty: wherever the lead can receive it now
     buttons: tuple[str, ...] = ()
     action: Action | None = None
     variant: str | None = None
+    subject: str | None = None  # an email's subject, Jinja like the body
+
+    @property
+    def may_email(self) -> bool:
+        """Whether the step can go by email (it names email, or leaves the channel to the engine)."""
+        return not self.channels or "email" in self.channels
+
+    @property
+    def email_only(self) -> bool:
+        """Whether the step goes by email or not at all (its text may then be longer than a chat's)."""
+        return self.channels == ("email",)
 
 
 @dataclass(frozen=True)

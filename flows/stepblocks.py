@@ -13,7 +13,7 @@ from flows.expressions import ExpressionError
 from flows.render import step_call
 from flows.spec import CHANNELS, Action, Expression, Problem, StepSpec
 
-OPTIONS = ("after", "at", "when", "channel", "buttons", "action", "variant")
+OPTIONS = ("after", "at", "when", "channel", "subject", "buttons", "action", "variant")
 MAX_BUTTON = 64
 _TOP_LEVEL_OK = (nodes.Macro, nodes.Import, nodes.FromImport, nodes.Assign, nodes.AssignBlock)
 _SCORE = re.compile(r"^score:([+-]\d+(?:\.\d+)?)$")
@@ -124,10 +124,11 @@ def _build(name: str, line: int, options: dict[str, Any], stages: tuple[str, ...
         line=line,
         delay=parse_delay(_text(options, "after"), at=_text(options, "at", None)),
         when=_when(_text(options, "when", None)),
-        channel=_channel(_text(options, "channel", None)),
+        channels=_channels(options.get("channel")),
         buttons=_buttons(options.get("buttons", [])),
         action=parse_action(_text(options, "action", None), stages),
         variant=_text(options, "variant", None),
+        subject=_subject(options),
     )
 
 
@@ -147,10 +148,29 @@ def _when(source: str | None) -> Expression | None:
         raise ValueError(f"`when` is not a valid expression: {exc}") from exc
 
 
-def _channel(value: str | None) -> str | None:
-    if value is not None and value not in CHANNELS:
-        raise ValueError(f"unknown channel {value!r}: use {', '.join(CHANNELS)}, or leave it out for the best one")
-    return value
+def _channels(value: Any) -> tuple[str, ...]:
+    """`"email"` or `["webchat", "email"]` (in order of preference) as a tuple; empty when left out."""
+    if value is None:
+        return ()
+    channels = [value] if isinstance(value, str) else value
+    if not isinstance(channels, list) or not channels or len(set(map(str, channels))) != len(channels):
+        raise ValueError('`channel` must be a channel or a list of different ones, like channel=["webchat", "email"]')
+    for channel in channels:
+        if channel not in CHANNELS:
+            raise ValueError(
+                f"unknown channel {channel!r}: use {', '.join(CHANNELS)}, or leave it out for the best one"
+            )
+    return tuple(channels)
+
+
+def _subject(options: dict[str, Any]) -> str | None:
+    """An email step's subject: required when the step names email, refused on a chat-only step."""
+    subject, channels = _text(options, "subject", None), _channels(options.get("channel"))
+    if subject is None and "email" in channels:
+        raise ValueError('an email step needs a subject: subject="..." (text or Jinja, like the body)')
+    if subject is not None and channels and "email" not in channels:
+        raise ValueError('`subject` is only for email: add "email" to `channel`, or drop the subject')
+    return subject
 
 
 def _buttons(value: Any) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ from bot.services import SERVICES
 from bot.web.jsonbody import parse_json
 from bot.web.middlewares import json_error
 from bot.web.times import in_utc
+from flows.consent import CONSENT
 from storage.leads import get_lead as find_lead
 from storage.models import Event
 
@@ -79,10 +80,19 @@ def event_inbound(body: Any, now: datetime) -> Inbound:
         dedup_key=f"api:{dedup}" if dedup else None,
         identities=identities,
         at=_time(body.get("at"), now),
-        properties={"properties": properties},
+        properties={"properties": properties, **_consent(body.get("consent"))},
         profile=profile,
         lead_id=lead_id,
     )
+
+
+def _consent(consent: Any) -> dict[str, bool]:
+    """`"consent": {"email": true}` (given on your site) or false (withdrawn), as the inbound carries it."""
+    if consent is None:
+        return {}
+    if not isinstance(consent, dict) or set(consent) != {"email"} or not isinstance(consent["email"], bool):
+        raise ValueError('\'consent\' must be {"email": true} (given) or {"email": false} (withdrawn)')
+    return {CONSENT: consent["email"]}
 
 
 def _lead_keys(lead: dict) -> tuple[int | None, Profile, tuple[tuple[str, str], ...]]:
@@ -212,6 +222,13 @@ _EVENT_BODY = {
         },
         "properties": {"type": "object"},
         "at": {"type": "string", "format": "date-time"},
+        "consent": {
+            "type": "object",
+            "description": "email consent the lead gave (true) or withdrew (false) on your site",
+            "required": ["email"],
+            "additionalProperties": False,
+            "properties": {"email": {"type": "boolean"}},
+        },
     },
 }
 _RECORDED = {

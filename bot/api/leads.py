@@ -36,6 +36,7 @@ from bot.api.spec import (
 from bot.services import SERVICES
 from bot.web.jsonbody import parse_json
 from bot.web.middlewares import json_error
+from flows.consent import email_state, set_email_consent
 from flows.engine import Engine
 from flows.reactions import lead_contacts, set_stage
 from storage.db import transaction
@@ -46,7 +47,7 @@ from storage.models import Lead
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 TAG_SCHEMA = {"type": "string", "pattern": TAG.pattern, "description": "letters, digits, _ . : - (up to 64)"}
 MAX_TAGS = 50  # per add_tags or remove_tags list
-CHANGES = ("stage", "add_tags", "remove_tags")
+CHANGES = ("stage", "add_tags", "remove_tags", "email_consent")
 
 
 def lead_item(lead: Lead) -> dict[str, Any]:
@@ -62,6 +63,7 @@ def lead_item(lead: Lead) -> dict[str, Any]:
         "first_touch": lead.first_touch,
         "last_touch": lead.last_touch,
         "opted_out_at": lead.opted_out_at.isoformat() if lead.opted_out_at else None,
+        **email_state(lead),
         "created_at": lead.created_at.isoformat(),
         "updated_at": lead.updated_at.isoformat(),
     }
@@ -92,6 +94,7 @@ class LeadChange:
     stage: str | None
     add_tags: frozenset[str]
     remove_tags: frozenset[str]
+    email_consent: bool | None = None
 
 
 def lead_change(body: Any, stages: tuple[str, ...]) -> LeadChange:
@@ -100,13 +103,15 @@ def lead_change(body: Any, stages: tuple[str, ...]) -> LeadChange:
         raise ValueError("the body must be a JSON object")
     unknown = sorted(set(body) - set(CHANGES))
     if unknown:
-        raise ValueError(f"unknown field {', '.join(map(repr, unknown))}: send stage, add_tags or remove_tags")
+        raise ValueError(f"unknown field {', '.join(map(repr, unknown))}: send {', '.join(CHANGES)}")
     if not body:
-        raise ValueError("nothing to change: send stage, add_tags or remove_tags")
-    stage = body.get("stage")
+        raise ValueError(f"nothing to change: send {', '.join(CHANGES)}")
+    stage, consent = body.get("stage"), body.get("email_consent")
     if stage is not None and stage not in stages:
         raise ValueError(f"unknown stage {stage!r}: the stages are {', '.join(stages)}")
-    return LeadChange(stage, _tags(body, "add_tags"), _tags(body, "remove_tags"))
+    if consent is not None and not isinstance(consent, bool):
+        raise ValueError("'email_consent' must be true (given) or false (withdrawn)")
+    return LeadChange(stage, _tags(body, "add_tags"), _tags(body, "remove_tags"), consent)
 
 
 def _tags(body: dict, field: str) -> frozenset[str]:
@@ -140,6 +145,8 @@ async def _apply(session: AsyncSession, engine: Engine, lead_id: int, change: Le
     if tags != sorted(lead.tags):
         lead.tags, lead.updated_at = tags, now
         session.add(lead)
+    if change.email_consent is not None:  # an operator's word: the lead said so on the phone, in a form, ...
+        await set_email_consent(session, lead, change.email_consent, "operator", now)
     if change.stage is not None and change.stage != lead.stage:
         moved = await set_stage(session, engine.stages, engine.webhooks, lead, change.stage, "api", now)
         await engine.react(session, lead, [moved], now)  # exits like `stage >= sql`, flows on `stage:<name>`
@@ -165,6 +172,11 @@ LEAD = {
         "first_touch": {"type": "object"},
         "last_touch": {"type": "object"},
         "opted_out_at": NULLABLE_TIME,
+        "email_consent": {"type": "boolean", "description": "nurture email may go (with email.require_consent on)"},
+        "email_consent_at": NULLABLE_TIME,
+        "email_consent_source": {"type": ["string", "null"], "enum": ["widget", "api", "operator", None]},
+        "email_opted_out_at": {**NULLABLE_TIME, "description": "unsubscribed from email"},
+        "email_bounced_at": {**NULLABLE_TIME, "description": "the address hard-bounced"},
         "created_at": TIME,
         "updated_at": TIME,
     },
@@ -189,7 +201,7 @@ OPENAPI = {
     },
     "/api/leads/{id}": {
         "patch": operation(
-            "Change a lead's stage (a stage_changed event with reason 'api') and add or remove tags",
+            "Change a lead's stage (a stage_changed event with reason 'api'), add or remove tags, set email consent",
             "leads:write",
             {
                 "200": ok("the lead after the change", ref("Lead")),
@@ -203,9 +215,14 @@ OPENAPI = {
                 "type": "object",
                 "minProperties": 1,
                 "additionalProperties": False,
-                "properties": {"stage": ref("Stage"), "add_tags": _TAG_LIST, "remove_tags": _TAG_LIST},
+                "properties": {
+                    "stage": ref("Stage"),
+                    "add_tags": _TAG_LIST,
+                    "remove_tags": _TAG_LIST,
+                    "email_consent": {"type": "boolean", "description": "give (true) or withdraw (false)"},
+                },
             },
-            example={"stage": "sql", "add_tags": ["vip"], "remove_tags": ["cold"]},
+            example={"stage": "sql", "add_tags": ["vip"], "remove_tags": ["cold"], "email_consent": True},
         ),
     },
 }

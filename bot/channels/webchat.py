@@ -4,7 +4,8 @@ Protocol (JSON frames). The client starts with
 `{"type": "hello", "visitor": id|null, "token": t|null, "since": last message id, "view": {...}}`
 and gets `{"type": "welcome", "visitor", "token", "conversation"}`, then every message after `since`.
 Then: `{"type": "message", "id": uuid, "text"}` (answered by `ack`, stored once per uuid),
-`{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`.
+`{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`,
+`{"type": "consent", "id": uuid, "email": address|null, "consent": true|false}` (email consent, answered by `ack`).
 The server pushes `{"type": "message", "id", "conversation", "from", "text", "buttons", "client_id", "at"}`
 (`bot.delivery.hub.message_frame`). A frame refused is answered `{"type": "error", "error", "id"}` with the id of the
 frame it answers when it has one (even one refused for a NUL or deep nesting), binary frames included;
@@ -24,6 +25,7 @@ import logging
 import re
 import secrets
 import uuid
+from collections.abc import Iterator
 from math import ceil
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,14 @@ from aiohttp import WSMsgType, web
 
 from bot.delivery.channel import SendResult
 from bot.delivery.hub import ERASED, message_frame
+from bot.intake.contacts import normalize_email
 from bot.intake.inbound import Inbound, Profile, Touch
 from bot.intake.intake import Received
 from bot.services import Services
 from bot.web.jsonbody import parse_json
 from bot.web.ratelimit import PerMinute
 from bot.web.signing import same
+from flows.consent import CONSENT
 from storage.db import DatabaseUnavailable
 from storage.leadsearch import conversation_messages
 from storage.models import Delivery
@@ -137,6 +141,10 @@ class _Session:
             return
         if not await self._hello(hello):
             return
+        with self._present():
+            await self._serve(hello)
+
+    async def _serve(self, hello: dict) -> None:
         async with self.services.hub.watch(self.conversation_id) as queue:
             self.forwarder = asyncio.create_task(self._forward(queue))
             await self._history(_since(hello.get("since")))
@@ -206,8 +214,10 @@ class _Session:
                 self.services.after_commit(received)  # a page view may make the lead warm
         elif kind in ("message", "button"):
             await self._message(data, kind)
+        elif kind == "consent":
+            await self._consent(data)
         else:
-            await self._refuse(data, "unknown frame: expected message, button or page_view")
+            await self._refuse(data, "unknown frame: expected message, button, page_view or consent")
 
     async def _message(self, data: dict, kind: str) -> None:
         client_id, text = data.get("id"), data.get("text" if kind == "message" else "value")
@@ -231,6 +241,40 @@ class _Session:
             return
         await self._send({"type": "ack", "id": client_id, "duplicate": received.duplicate})
         self.services.after_commit(received)  # also shows the message live (the visitor's echo, operators)
+
+    @contextlib.contextmanager
+    def _present(self) -> Iterator[None]:
+        """While the socket is open, flows see the visitor as on the widget (in this process)."""
+        presence = self.services.engine.presence
+        presence.opened(WebchatChannel.name, self.visitor)
+        try:
+            yield
+        finally:
+            presence.closed(WebchatChannel.name, self.visitor)
+
+    async def _consent(self, data: dict) -> None:
+        """Email consent from the widget's checkbox or button, with the address typed next to it (a claim)."""
+        client_id, email, consent = data.get("id"), data.get("email"), data.get("consent")
+        if not _is_uuid(client_id):
+            await self._refuse(data, "a consent frame needs an id (a UUID)")
+            return
+        valid_email = email is None or (isinstance(email, str) and normalize_email(email) is not None)
+        if not isinstance(consent, bool) or not valid_email:
+            error = "a consent frame needs consent (true or false) and, if any, a valid email address"
+            await self._send({"type": "error", "id": client_id, "error": error})
+            return
+        if await self._limited(client_id):
+            return
+        inbound = self._inbound(
+            "consent",
+            dedup_key=f"webchat:consent:{self.visitor}:{client_id}",
+            text=email,
+            properties={CONSENT: consent},
+        )
+        received = await self._receive(inbound, client_id)
+        if received is not None:
+            await self._send({"type": "ack", "id": client_id, "duplicate": received.duplicate})
+            self.services.after_commit(received)
 
     async def _limited(self, client_id: str) -> bool:
         """Whether the visitor is over their messages per minute; if so, the message is refused before it is stored.

@@ -13,6 +13,7 @@ from flows.engine import context as lead_context_for
 from flows.library import FlowLibrary
 from flows.lint import flow_files, lint_paths
 from flows.preview import preview, preview_text
+from flows.reach import EmailPolicy
 from flows.samples import sample_event, sample_lead
 from flows.simulate import happenings, simulate
 from flows.spec import FlowSpec
@@ -49,7 +50,8 @@ async def preview_flow(
         return 2
     ctx = {"lead": lead, "event": sample_event(spec.trigger), "now": now,
            "flow": {"slug": spec.slug, "name": spec.name}, "step": {"name": step or ""}}  # fmt: skip
-    print(preview_text(preview(spec, ctx, now, step), lead.get("timezone")))
+    # MERGE (mailout): an email step's HTML goes here: html=<bot/mail/compose.py's Markdown-in-layout renderer>.
+    print(preview_text(preview(spec, ctx, now, step), lead.get("timezone"), html=None))
     return 0
 
 
@@ -90,6 +92,7 @@ def simulate_flow(settings: Settings, slug: str, days: int, events: Path | None,
     now = SystemClock().now()
     try:
         overrides = _read_sample(sample) or {}
+        consent = overrides.pop("email_consent", True)  # not a lead field: whether the made-up lead gave consent
         if spec.trigger.stage and "stage" not in overrides:  # a stage or stuck flow's lead is in that stage
             overrides["stage"] = spec.trigger.stage
         lead = sample_lead(overrides)
@@ -100,5 +103,7 @@ def simulate_flow(settings: Settings, slug: str, days: int, events: Path | None,
     ctx = {"lead": lead, "event": sample_event(spec.trigger), "now": now,
            "flow": {"slug": spec.slug, "name": spec.name}, "step": {"name": ""}}  # fmt: skip
     print(f"{spec.name}: a lead in {lead.get('timezone') or settings.policy.default_timezone}, enrolled now")
-    print("\n".join(simulate(spec, ctx, now, days, timeline, settings.policy, settings.stages)))
+    email = EmailPolicy(settings.email.disabled() is None, settings.email.require_consent)
+    lines = simulate(spec, ctx, now, days, timeline, settings.policy, settings.stages, email, consent is not False)
+    print("\n".join(lines))
     return 0

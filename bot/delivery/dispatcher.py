@@ -17,7 +17,8 @@ from bot.delivery.channel import Channel, SendResult
 from bot.delivery.hub import Hub, message_frame
 from flows.clock import Clock
 from flows.optout import email_bounced, opt_out
-from flows.safety import Policy, local_day_start, nurture_verdict
+from flows.reach import EMAIL, EmailPolicy, email_block
+from flows.safety import Policy, Verdict, local_day_start, nurture_verdict
 from storage.db import DatabaseUnavailable, Sessions, transaction
 from storage.leads import get_lead
 from storage.models import Conversation, Delivery, Message
@@ -59,9 +60,10 @@ class Dispatcher:
         clock: Clock,
         policy: Policy,
         lease: timedelta = timedelta(seconds=60),
+        email: EmailPolicy | None = None,
     ) -> None:
         self.sessions, self.channels, self.hub, self.clock = sessions, channels, hub, clock
-        self.policy = policy
+        self.policy, self.email = policy, email or EmailPolicy(enabled=True)
         self.lease = lease  # how long a claimed row is ours; after that a crashed sender's rows are taken over
         # Immediate sends wait here before claiming, so a flood of replies never holds claimed rows
         # in a pacing queue until their lease runs out (and another instance sends them again).
@@ -215,6 +217,9 @@ class Dispatcher:
             self.policy, opted_out=lead.opted_out_at is not None, owner=owner,
             timezone=lead.timezone, sent_today=sent_today, now=now,
         )  # fmt: skip
+        if verdict.action == "send" and row.channel == EMAIL:
+            blocked = email_block(lead, self.email)  # consent withdrawn, unsubscribed or bounced since it was queued
+            verdict = Verdict("skip", blocked) if blocked else verdict
         if verdict.action == "send":
             return True
         row.last_error, row.lease_until = verdict.reason, None

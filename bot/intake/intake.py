@@ -20,6 +20,7 @@ from bot.intake.replies import plan_replies, reply_deliveries
 from bot.intake.warm import WarmSignals, visitor_notice
 from flows import history
 from flows.clock import Clock
+from flows.consent import CONSENT, set_email_consent
 from flows.engine import Engine
 from flows.optout import is_opt_out, opt_out
 from flows.outgoing import Subscriptions
@@ -237,6 +238,7 @@ class Intake:
     ) -> tuple[list[Event], Event | bool]:
         """Contacts, points, stages, opt-out, flows. Returns the contact events and the opt-out (or a repeat)."""
         captured = await self._capture_contacts(session, lead, inbound, conversation, now)
+        await _consent(session, lead, inbound, now)  # after the contacts: consent is for the address just given
         happened = [event, *captured]
         webhooks = self.engine.webhooks if self.engine is not None else Subscriptions()
         for each in list(happened):
@@ -443,6 +445,13 @@ def _settle(future: asyncio.Future[Received], outcome: Received | Exception) -> 
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+async def _consent(session: AsyncSession, lead: Lead, inbound: Inbound, now: datetime) -> None:
+    """Email consent the inbound gives or withdraws (the widget's consent frame, the events API's `consent`)."""
+    consent = inbound.properties.get(CONSENT)
+    if isinstance(consent, bool):
+        await set_email_consent(session, lead, consent, "widget" if inbound.channel == "webchat" else "api", now)
 
 
 def _payload(inbound: Inbound) -> dict:

@@ -8,6 +8,8 @@ from typing import Any
 from sqlmodel import select
 
 from bot.config import Settings
+from flows.consent import email_state
+from flows.reach import EmailPolicy, email_block
 from flows.reactions import claim_text, lead_contacts, ledger
 from flows.scoring import explanation_text
 from storage.db import Sessions
@@ -57,6 +59,10 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
         "last_touch": lead.last_touch,
         "tags": lead.tags,
         "opted_out_at": lead.opted_out_at.isoformat() if lead.opted_out_at else None,
+        **email_state(lead),
+        "email_nurture_held": email_block(
+            lead, EmailPolicy(not settings.email.disabled(), settings.email.require_consent)
+        ),
         "enrollments": [
             {
                 "flow": e.flow_slug,
@@ -99,6 +105,7 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
                 "id": d.id,
                 "channel": d.channel,
                 "kind": d.kind,
+                "subject": d.subject,
                 "flow": d.flow_slug,
                 "step": d.step,
                 "text": d.text,
@@ -113,6 +120,10 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
     }
 
 
+def _email_policy(settings: Settings) -> EmailPolicy:
+    return EmailPolicy(not settings.email.disabled(), settings.email.require_consent)
+
+
 def format_lead(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     lines = [
@@ -120,6 +131,7 @@ def format_lead(report: dict[str, Any]) -> str:
         f"  email {report['email'] or '-'}   phone {report['phone'] or '-'}   locale {report['locale'] or '-'}   "
         f"time zone {report['timezone'] or '-'}",
         *[f"  {claim_text(claim)}" for claim in report["claims"]],
+        f"  {_email_line(report)}",
         f"  stage {report['stage']} since {report['stage_since']}",
         f"  score {report['score_explained']}",
         f"  first touch {_touch(report['first_touch'])}",
@@ -153,6 +165,15 @@ def format_lead(report: dict[str, Any]) -> str:
         *[f"  {webhook_line(w)}" for w in report["webhooks"]],
     ]
     return "\n".join(lines)
+
+
+def _email_line(report: dict[str, Any]) -> str:
+    """`email consent yes (widget, 2026-...)` or `email consent no`, and why nurture email is held, if it is."""
+    consent = (
+        f"yes ({report['email_consent_source']}, {report['email_consent_at']})" if report["email_consent"] else "no"
+    )
+    held = report["email_nurture_held"]
+    return f"email consent {consent}   nurture email: {'held: ' + held if held else 'allowed'}"
 
 
 def _delivery_line(d: dict) -> str:

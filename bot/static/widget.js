@@ -176,6 +176,20 @@
     transmit(frame);
   }
 
+  // Email consent: an address and an unticked "Email me" box; ticking or unticking it sends a consent frame.
+  function consentForm() {
+    var row = el("label", "kindling-consent");
+    var box = el("input", "", { type: "checkbox" });
+    var address = el("input", "", { type: "email", placeholder: "you@example.com", "aria-label": "Your email" });
+    row.appendChild(box); row.appendChild(document.createTextNode(" Email me updates ")); row.appendChild(address);
+    box.addEventListener("change", function () {
+      var email = address.value.trim() || null;
+      if (box.checked && !email) { box.checked = false; address.focus(); return; }
+      transmit({ type: "consent", id: uuid(), email: email, consent: box.checked });
+    });
+    return row;
+  }
+
   // An ack, the stored message coming back, or an error ends a message's time in the outbox.
   function settle(clientId, error) {
     var before = outbox.length;
@@ -293,7 +307,7 @@
     var sendButton = el("button", "kindling-send", { type: "submit", "aria-label": "Send" });
     sendButton.appendChild(icon("M3.4 20.4 21 12 3.4 3.6 3.4 10.2 15 12 3.4 13.8z"));
     form.appendChild(input); form.appendChild(sendButton);
-    panel.appendChild(header); panel.appendChild(list); panel.appendChild(form);
+    panel.appendChild(header); panel.appendChild(list); panel.appendChild(form); panel.appendChild(consentForm());
     var launcher = el("button", "kindling-launcher", { type: "button", "aria-label": "Open chat", "aria-expanded": "false", "aria-controls": "kindling-panel" });
     launcher.appendChild(icon("M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z"));
     var badge = el("span", "kindling-badge", { "aria-hidden": "true", hidden: "" });
