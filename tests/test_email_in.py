@@ -128,6 +128,8 @@ async def test_a_reply_lands_on_the_lead_as_a_message_and_ends_its_flow(app, db,
     assert event.payload["subject"] == "Re: Welcome aboard!" and event.dedup_key == "email:<r1@mail.example.com>"
     [enrollment] = await rows(db, Enrollment)
     assert (enrollment.status, enrollment.exit_reason) == ("exited", "reply")
+    [notice] = await rows(db, Delivery)  # "call me": a person is coming, and the lead hears so by email
+    assert (notice.channel, notice.address, notice.kind) == ("email", ANN, "system")
 
 
 async def test_a_forged_or_expired_token_is_refused_at_rcpt_and_nothing_is_stored(app, db, port):
@@ -149,6 +151,7 @@ async def test_the_same_message_id_twice_is_stored_once(app, db, port):
         await send(port, reply(address_of(app, conversation), "Only once, please."))
         await services_of(app).drain()
     assert await messages_of(db) == ["Only once, please."]
+    assert await rows(db, Delivery) == []  # no chat greeting or "got it" mailed back to a reply
 
 
 QUOTED = {
