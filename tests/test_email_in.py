@@ -145,6 +145,17 @@ async def test_a_forged_or_expired_token_is_refused_at_rcpt_and_nothing_is_store
     assert await messages_of(db) == []
 
 
+async def test_an_out_of_office_auto_reply_is_accepted_but_neither_stored_nor_ends_the_flow(app, db, port):
+    conversation = await signed_up(app, db)
+    message = reply(address_of(app, conversation), "I am out of the office until Monday, call me then.")
+    message["Auto-Submitted"] = "auto-replied"
+    await send(port, message)
+    await services_of(app).drain()
+    assert await messages_of(db) == []
+    [enrollment] = await rows(db, Enrollment)
+    assert enrollment.status == "active"
+
+
 async def test_the_same_message_id_twice_is_stored_once(app, db, port):
     conversation = await signed_up(app, db)
     for _ in range(2):

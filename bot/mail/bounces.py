@@ -41,8 +41,9 @@ def dsn_bounces(message: EmailMessage, key: str) -> list[Bounce]:
     for part in message.walk():
         if part.get_content_type() != "message/delivery-status":
             continue
-        for fields in part.get_payload():  # the per-message block, then one block per recipient
-            bounce = _recipient_bounce(fields, key)
+        blocks = part.get_payload()  # the per-message block, then one block per recipient
+        for fields in blocks if isinstance(blocks, list) else []:  # a report too broken to read is no report
+            bounce = _recipient_bounce(fields, key) if isinstance(fields, Message) else None
             if bounce is not None:
                 bounces.append(bounce)
     return bounces

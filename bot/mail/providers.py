@@ -28,7 +28,7 @@ from aiohttp import BodyPartReader, web
 
 from bot.mail.bounces import Bounce, record_bounces
 from bot.mail.receive import MAX_BYTES
-from bot.mail.replies import Mail, Refused, fingerprint, recipient, take_mail
+from bot.mail.replies import Mail, Refused, automatic, fingerprint, recipient, take_mail
 from bot.services import SERVICES, Services
 from bot.web.middlewares import json_error
 from bot.web.signing import same
@@ -79,8 +79,18 @@ async def mailgun_inbound(request: web.Request) -> web.Response:
         attachments=tuple(attachments),
         message_id=fields.get("Message-Id") or fields.get("message-id"),
         fingerprint=fingerprint(json.dumps(fields, sort_keys=True).encode()),
+        automatic=automatic(_mailgun_headers(fields)),
     )
     return await _taken(services, mail)
+
+
+def _mailgun_headers(fields: dict[str, str]) -> dict[str, str]:
+    """The mail's headers (names in lowercase) from `message-headers`, a JSON list of [name, value] pairs."""
+    try:
+        pairs = json.loads(fields.get("message-headers") or "[]")
+    except json.JSONDecodeError:
+        return {}
+    return {str(pair[0]).lower(): str(pair[1]) for pair in _list(pairs) if isinstance(pair, list) and len(pair) == 2}
 
 
 def _signature(fields: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -132,7 +142,7 @@ async def postmark_inbound(request: web.Request) -> web.Response:
     }
     to = [each.get("Email") for each in _list(body.get("ToFull")) if isinstance(each, dict)]
     attachments = [
-        (str(each.get("Name") or ""), int(each.get("ContentLength") or 0))
+        (str(each.get("Name") or ""), _size_of(each))
         for each in _list(body.get("Attachments"))
         if isinstance(each, dict)
     ]
@@ -146,6 +156,7 @@ async def postmark_inbound(request: web.Request) -> web.Response:
         attachments=tuple(attachments),
         message_id=headers.get("message-id") or (f"postmark:{body['MessageID']}" if body.get("MessageID") else None),
         fingerprint=fingerprint(json.dumps(body, sort_keys=True).encode()),
+        automatic=automatic(headers),
     )
     return await _taken(services, mail)
 
@@ -232,6 +243,15 @@ async def _size(part: BodyPartReader) -> int:
     while chunk := await part.read_chunk():
         size += len(chunk)
     return size
+
+
+def _size_of(attachment: dict[str, Any]) -> int:
+    """An attachment's ContentLength, else the size its base64 Content decodes to."""
+    length = attachment.get("ContentLength")
+    if isinstance(length, int) and length >= 0:
+        return length
+    content = attachment.get("Content")
+    return len(content) * 3 // 4 if isinstance(content, str) else 0
 
 
 def _list(value: Any) -> list:

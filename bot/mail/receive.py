@@ -19,7 +19,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from bot.mail.bounces import dsn_bounces, record_bounces
-from bot.mail.replies import Mail, Refused, fingerprint, recipient, take_mail
+from bot.mail.replies import Mail, Refused, automatic, fingerprint, recipient, take_mail
 from bot.services import Services
 from storage.db import DatabaseUnavailable
 
@@ -61,9 +61,10 @@ class Receiver:
     async def _take(self, message: EmailMessage, raw: bytes, address: str, envelope: Envelope) -> bool:
         """Take one recipient's copy in; False for `bounces@` (nothing but reports goes there)."""
         email, today = self.services.settings.email, self.services.clock.now().date()
-        if recipient(self.services.secret_key, email.reply_domain, address, today).kind == "bounces":  # type: ignore[union-attr]
+        found = recipient(self.services.secret_key, email.reply_domain, address, today)
+        if found is not None and found.kind == "bounces":
             return False
-        await take_mail(self.services, mail_of(message, raw, address, envelope.mail_from or ""))
+        await take_mail(self.services, mail_of(message, raw, address, envelope.mail_from or ""))  # refuses the rest
         return True
 
 
@@ -78,12 +79,23 @@ def mail_of(message: EmailMessage, raw: bytes, address: str, sender: str) -> Mai
         recipient=address,
         sender=str(message.get("From") or sender),
         subject=str(message.get("Subject") or ""),
-        plain=plain.get_content() if plain is not None else None,
-        html=html.get_content() if html is not None else None,
+        plain=_content(plain),
+        html=_content(html),
         attachments=tuple(attachments),
         message_id=str(message.get("Message-ID") or "") or None,
         fingerprint=fingerprint(raw),
+        automatic=automatic({name.lower(): str(value) for name, value in message.items()}),
     )
+
+
+def _content(part: Any) -> str | None:
+    """A text part's text; one in a charset Python does not know is read as UTF-8, whatever does not fit replaced."""
+    if part is None:
+        return None
+    try:
+        return part.get_content()
+    except (LookupError, UnicodeError):
+        return (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
 
 
 async def start_receiver(services: Services) -> asyncio.Server | None:

@@ -62,6 +62,7 @@ class Mail:
     attachments: tuple[tuple[str, int], ...] = ()  # (file name, bytes)
     message_id: str | None = None
     fingerprint: str = ""  # a hash of the message: its dedup key when it has no Message-ID
+    automatic: bool = False  # an out-of-office or other auto-reply (RFC 3834): no answer from the person
 
 
 def recipient(secret: bytes, domain: str | None, address: str, today: date) -> Recipient | None:
@@ -86,6 +87,9 @@ async def take_mail(services: Services, mail: Mail) -> str:
     found = recipient(services.secret_key, email.reply_domain, mail.recipient, services.clock.now().date())
     if found is None or found.kind == "bounces":
         raise Refused("no such mailbox here, or its token is forged or expired")
+    if mail.automatic and found.kind == "reply":  # "I'm away until Monday" must not end a flow or call a human
+        log.info("an auto-reply to conversation %s was dropped", found.id)
+        return "ignored"
     if found.kind == "unsubscribe":
         if not await transaction(services.sessions, lambda session: _unsubscribe(session, services, found.id)):
             raise Refused("no such lead")
@@ -95,6 +99,18 @@ async def take_mail(services: Services, mail: Mail) -> str:
         raise Refused("no such conversation")
     await services.inbox.accept(reply_inbound(mail, conversation, services))
     return "reply"
+
+
+def automatic(headers: dict[str, str]) -> bool:
+    """Whether headers (names in lowercase) mark an auto-reply: RFC 3834's Auto-Submitted, and what common
+    responders put instead."""
+    submitted = headers.get("auto-submitted", "no").strip().lower()
+    precedence = headers.get("precedence", "").strip().lower()
+    return (
+        not submitted.startswith("no")
+        or precedence in ("auto_reply", "bulk", "junk", "list")
+        or any(name in headers for name in ("x-autoreply", "x-autorespond"))
+    )
 
 
 def reply_inbound(mail: Mail, conversation: Conversation, services: Services) -> Inbound:
