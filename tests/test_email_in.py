@@ -128,6 +128,9 @@ async def test_a_reply_lands_on_the_lead_as_a_message_and_ends_its_flow(app, db,
     assert event.payload["subject"] == "Re: Welcome aboard!" and event.dedup_key == "email:<r1@mail.example.com>"
     [enrollment] = await rows(db, Enrollment)
     assert (enrollment.status, enrollment.exit_reason) == ("exited", "reply")
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    response = await app.get(f"/api/conversations/{conversation.id}/messages", headers=auth)
+    assert "Yes please, call me on Tuesday." in await response.text()  # what the console shows
     [notice] = await rows(db, Delivery)  # "call me": a person is coming, and the lead hears so by email
     assert (notice.channel, notice.address, notice.kind) == ("email", ANN, "system")
 
@@ -456,3 +459,22 @@ async def test_providers_without_their_secret_have_no_routes(make_client, settin
     for path in ("/webhooks/email/mailgun", "/webhooks/email/mailgun/events", "/webhooks/email/postmark"):
         assert (await app.post(path, json={})).status == 404
     assert await rows(db, Delivery) == []
+
+
+async def test_malformed_provider_posts_get_a_clear_answer_never_a_500(app, db):
+    await signed_up(app, db)
+    login = basic(POSTMARK_AUTH)
+    for path in ("/webhooks/email/postmark", "/webhooks/email/postmark/bounce"):
+        assert (await app.post(path, data=b"{not json", headers=login)).status == 400
+        assert (await app.post(path, json=[1, 2], headers=login)).status == 400
+    odd = {"OriginalRecipient": 7, "ToFull": "x", "Headers": [1], "Attachments": [{"ContentLength": "big"}]}
+    response = await app.post("/webhooks/email/postmark", json=odd, headers=login)
+    assert (response.status, (await response.json())["status"]) == (200, "ignored")
+    response = await app.post("/webhooks/email/postmark/bounce", json={"Email": 5, "Type": []}, headers=login)
+    assert (response.status, (await response.json())["status"]) == (200, "ignored")
+    signed = {"signature": mailgun_signature(), "event-data": "failed"}
+    response = await app.post("/webhooks/email/mailgun/events", json=signed)
+    assert (response.status, (await response.json())["status"]) == (200, "ignored")
+    assert (await app.post("/webhooks/email/mailgun/events", json={"signature": "x"})).status == 403
+    assert (await app.post("/webhooks/email/mailgun", data={"recipient": "x"})).status == 403
+    assert await messages_of(db) == [] and await rows(db, Event, Event.type == "email_soft_bounce") == []
