@@ -16,7 +16,7 @@ import aiohttp
 import aiosmtplib
 import pytest
 
-from bot.config import EmailSettings
+from bot.config import ConfigError, EmailSettings, load_settings
 from bot.mail.tokens import REPLY_DAYS, reply_address, unsubscribe_token
 from storage.leads import email_conversation
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead, Message
@@ -478,3 +478,11 @@ async def test_malformed_provider_posts_get_a_clear_answer_never_a_500(app, db):
     assert (await app.post("/webhooks/email/mailgun/events", json={"signature": "x"})).status == 403
     assert (await app.post("/webhooks/email/mailgun", data={"recipient": "x"})).status == 403
     assert await messages_of(db) == [] and await rows(db, Event, Event.type == "email_soft_bounce") == []
+
+
+def test_provider_secrets_come_from_the_environment_and_a_login_without_password_stops_start_up(tmp_path):
+    env = {"KINDLING_MAILGUN_SIGNING_KEY": MAILGUN_KEY, "KINDLING_POSTMARK_INBOUND_AUTH": POSTMARK_AUTH}
+    email = load_settings(tmp_path / "none.toml", env=env).email
+    assert (email.mailgun_signing_key, email.postmark_inbound_auth) == (MAILGUN_KEY, POSTMARK_AUTH)
+    with pytest.raises(ConfigError, match="KINDLING_POSTMARK_INBOUND_AUTH"):
+        load_settings(tmp_path / "none.toml", env={"KINDLING_POSTMARK_INBOUND_AUTH": "postmark"})
