@@ -22,6 +22,8 @@ from bot.handoff.handoffs import Handoffs
 from bot.handoff.notify import Notifier
 from bot.intake.intake import Intake
 from bot.intake.messages import SystemMessages
+from bot.mail import providers
+from bot.mail.receive import start_receiver
 from bot.services import SERVICES, Services
 from bot.web.middlewares import errors
 from flows.clock import Clock, SystemClock
@@ -93,6 +95,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
             continue
         channels[name] = adapter(services)
         channels[name].routes(app)
+    providers.routes(app, services)  # email replies and bounces from hosted providers' webhooks
     views.routes(app)
     api.routes(app)
     mount_console(app)
@@ -106,11 +109,15 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
             await channel.start()
         await services.webhooks.start()
         await services.inbox.start()  # takes in what a previous run left
+        receiver = await start_receiver(services)  # replies and bounces by SMTP (KINDLING_EMAIL_INBOUND)
         if notifier.room is None:
             log.info("telegram operators' group is disabled: %s", _no_room_reason(settings))
         scheduler = start_ticks(_jobs(services)) if ticks else None
         yield
         services.running = False  # jobs still going stop at their next batch
+        if receiver is not None:
+            receiver.close()
+            await receiver.wait_closed()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         await services.drain()

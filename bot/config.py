@@ -73,6 +73,8 @@ class EmailSettings:
     inbound: tuple[str, int] | None = None  # the built-in SMTP receiver's address, if on
     rate: float = 10.0  # messages a second: the relay's limit
     require_consent: bool = True  # nurture email only to leads who gave email consent
+    mailgun_signing_key: str | None = None  # Mailgun's webhook signing key: its routes' and webhooks' signature
+    postmark_inbound_auth: str | None = None  # user:pass Postmark's inbound and bounce webhooks log in with
 
     def disabled(self) -> str | None:
         """None when email can be sent, else why not (for the one log line at start)."""
@@ -391,7 +393,18 @@ def _email(section: _Section, env: Mapping[str, str]) -> EmailSettings:
         inbound=_host_port("KINDLING_EMAIL_INBOUND", env.get("KINDLING_EMAIL_INBOUND") or None),
         rate=float(rate),
         require_consent=section.get("require_consent", bool, True),
+        mailgun_signing_key=env.get("KINDLING_MAILGUN_SIGNING_KEY") or None,
+        postmark_inbound_auth=_user_pass("KINDLING_POSTMARK_INBOUND_AUTH", env.get("KINDLING_POSTMARK_INBOUND_AUTH")),
     )
+
+
+def _user_pass(name: str, text: str | None) -> str | None:
+    if not text:
+        return None
+    user, colon, password = text.partition(":")
+    if not (user and colon and password):
+        raise ConfigError(f"{name}: expected user:password")
+    return text
 
 
 def _smtp_url(url: str | None) -> str | None:

@@ -67,3 +67,25 @@ async def email_bounced(session: AsyncSession, lead_id: int, address: str, reaso
     )
     await session.flush()
     return event
+
+
+async def email_opt_out(session: AsyncSession, lead: Lead, how: str, now: datetime) -> Event | None:
+    """The lead wants no more nurture email (chat replies still work): queued nurture email is skipped;
+    None if it had opted out of email already. `how`: mailto, link, ..."""
+    if lead.email_opted_out_at is not None:
+        return None
+    lead.email_opted_out_at, lead.updated_at = now, now
+    event = Event(lead_id=lead.id, type="email_opt_out", payload={"how": how}, at=now)
+    session.add_all([lead, event])
+    await session.exec(
+        update(Delivery)
+        .where(
+            Delivery.lead_id == lead.id,
+            Delivery.channel == "email",
+            Delivery.kind == "nurture",
+            Delivery.status == "pending",
+        )
+        .values(status="skipped", last_error="opted out of email")
+    )
+    await session.flush()
+    return event

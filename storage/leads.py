@@ -252,3 +252,26 @@ async def insert_event(session: AsyncSession, event: Event) -> None:
 async def event_exists(session: AsyncSession, dedup_key: str) -> bool:
     """Whether an inbound with this dedup key was stored already."""
     return (await session.exec(select(Event.id).where(Event.dedup_key == dedup_key))).first() is not None
+
+
+async def email_conversation(session: AsyncSession, lead: Lead, now: datetime) -> Conversation | None:
+    """The lead's email conversation (channel "email", its address in lowercase), made if need be; None without
+    an address."""
+    if not lead.email:
+        return None
+    address = lead.email.lower()
+    conversation = await find_conversation(session, "email", address)
+    if conversation is None:
+        conversation = Conversation(lead_id=lead.id, channel="email", external_id=address, created_at=now)
+        session.add(conversation)
+        await session.flush()
+    return conversation
+
+
+async def lead_by_email(session: AsyncSession, address: str) -> int | None:
+    """The lead an email address reaches: its email conversation's, else the lead with that address."""
+    address = address.lower()
+    conversation = await find_conversation(session, "email", address)
+    if conversation is not None:
+        return conversation.lead_id
+    return (await session.exec(select(Lead.id).where(Lead.email == address).order_by(Lead.id))).first()

@@ -23,8 +23,10 @@ def plan_replies(
     first_message: bool,
     now: datetime,
 ) -> list[Delivery]:
-    """The bot's answers to `event`, or none while a human owns the conversation."""
-    if conversation.owner != "bot" or event.type not in ANSWERED:
+    """The bot's answers to `event`, or none while a human owns the conversation or on email."""
+    # An emailed reply to a nurture email is answered by a person or the next step, not by a chat greeting
+    # or "got it" mailed back (a handoff's notice and an opt-out's confirmation still go: see Intake._replies).
+    if conversation.owner != "bot" or event.type not in ANSWERED or conversation.channel == "email":
         return []
     # One answer per thing said: thanks for a contact (it greets too), a greeting for the conversation's first
     # message (a `/start` included), else "got it"; the contact request may follow.
