@@ -220,6 +220,7 @@ class Runner:
         if route.channel != EMAIL:
             return {"conversation_id": conversation.id, "channel": route.channel, "address": conversation.external_id}
         conversation = await email_conversation(session, lead, now)
+        assert conversation is not None  # an email route means the lead has an address
         if conversation.lead_id != lead.id:  # an address two leads claim: its replies belong to the other one
             _skipped(session, lead, spec, step, f"the email address is lead {conversation.lead_id}'s", now)
             return None

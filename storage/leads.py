@@ -213,20 +213,6 @@ async def find_conversation(session: AsyncSession, channel: str, external_id: st
     ).one_or_none()
 
 
-async def email_conversation(session: AsyncSession, lead: Any, now: datetime) -> Conversation:
-    """The conversation with the lead's email address (channel "email", lowercase), made on first use.
-
-    It may be another lead's, when two claim one address: the caller checks `lead_id`.
-    """
-    address = lead.email.lower()
-    found = await find_conversation(session, "email", address)
-    if found is None:
-        found = Conversation(lead_id=lead.id, channel="email", external_id=address, created_at=now)
-        session.add(found)
-        await session.flush()  # a concurrent first email breaks the unique key here; the step is retried
-    return found
-
-
 async def stored_event(session: AsyncSession, dedup_key: str) -> Event | None:
     """The inbound event stored with this dedup key, if any."""
     answers = known(session)
