@@ -37,3 +37,12 @@ async def mark_reached(
         .execution_options(synchronize_session=False)
     )
     return (await session.exec(statement)).rowcount
+
+
+async def reach_of(session: AsyncSession, delivery_ids: Sequence[int | None]) -> dict[int, Delivery]:
+    """The deliveries behind transcript messages, by id, in one query (their channel, status and dates)."""
+    wanted = [delivery_id for delivery_id in delivery_ids if delivery_id is not None]
+    if not wanted:
+        return {}
+    rows = await session.exec(select(Delivery).where(col(Delivery.id).in_(wanted)))
+    return {row.id: row for row in rows.all() if row.id is not None}

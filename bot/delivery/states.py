@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+
+from storage.models import Delivery
 
 # Channels whose client tells us what was shown on screen: the widget does; Telegram gives bots no read receipts.
 REPORTS_SEEN = frozenset({"webchat"})
@@ -24,3 +27,11 @@ def delivery_state(
     if delivered_at is not None:
         return "delivered, not seen" if sees else "delivered"
     return "sent, not seen" if sees else "sent, delivery unknown"
+
+
+def states_by_delivery(deliveries: Mapping[int, Delivery]) -> dict[int, str]:
+    """Each delivery's state by its id, for transcripts showing how far each outgoing message got."""
+    return {
+        delivery_id: delivery_state(d.channel, d.status, d.delivered_at, d.seen_at, d.bounced_at)
+        for delivery_id, d in deliveries.items()
+    }
