@@ -17,7 +17,7 @@ import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from bot.delivery.hub import message_frame
-from storage.models import Lead, Message
+from storage.models import Delivery, Lead, Message
 
 from conftest import rows, services_of
 
@@ -252,3 +252,59 @@ async def test_a_message_the_server_refuses_is_marked_not_sent_and_never_resent(
     await say(panel, "hello")
     await expect(panel.locator(".kindling-bubble")).to_have_text(["hello", GREETING])
     assert [m.text for m in await rows(db, Message, Message.direction == "in")] == ["hello"]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait (at most 5 s) for the browser's report to reach the database; a bounded wait for another party."""
+    for _ in range(100):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"never happened: {what}")
+
+
+async def test_a_message_counts_as_seen_only_once_shown_in_the_open_panel(client, db, page, clock):
+    await page.goto(str(client.make_url("/")))
+    panel = await open_chat(page)
+    await say(panel, "hello")
+    await expect(panel.locator(".kindling-bubble")).to_have_text(["hello", GREETING])
+
+    async def greeting_seen() -> bool:
+        [greeting] = await rows(db, Delivery)
+        return greeting.seen_at is not None and greeting.delivered_at is not None
+
+    await eventually(greeting_seen, "the greeting, shown in the open panel, is reported seen")
+
+    await page.get_by_role("button", name="Close chat").click()
+    await expect(panel).to_be_hidden()
+    [greeting] = await rows(db, Delivery)
+    async with db() as session:
+        note = Delivery(
+            lead_id=greeting.lead_id, conversation_id=greeting.conversation_id, channel="webchat",
+            address=greeting.address, kind="system", text="Your quote is ready.", idempotency_key="quote",
+            not_before=clock.now(), created_at=clock.now(),
+        )  # fmt: skip
+        session.add(note)
+        await session.commit()
+    await services_of(client).dispatcher.send_now([note.id])
+    await expect(page.locator(".kindling-badge")).to_have_text("1")
+
+    async def note_state() -> tuple:
+        [row] = await rows(db, Delivery, Delivery.idempotency_key == "quote")
+        return row.delivered_at is not None, row.seen_at is not None
+
+    await eventually(lambda: _is(note_state, (True, False)), "the widget reports the message received")
+    # Whatever the page does while the panel is closed (a scroll, the tab shown again), it is not seen.
+    await page.evaluate("() => document.querySelector('.kindling-list').dispatchEvent(new Event('scroll'))")
+    await page.evaluate("() => document.dispatchEvent(new Event('visibilitychange'))")
+    last = (await stored(page, "transcript"))[-1]
+    assert last["text"] == "Your quote is ready." and last.get("acked") and not last.get("shown")
+    assert await note_state() == (True, False)
+
+    panel = await open_chat(page)
+    await expect(panel.locator(".kindling-bubble").last).to_have_text("Your quote is ready.")
+    await eventually(lambda: _is(note_state, (True, True)), "the message, once shown, is reported seen")
+
+
+async def _is(read: Callable[[], Awaitable[tuple]], expected: tuple) -> bool:
+    return await read() == expected

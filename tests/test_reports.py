@@ -428,7 +428,7 @@ async def test_console_report_pages_draw_charts_for_marketers_only(app, clock, a
     assert "google" in text and "25.0%" in text
     await tick(app, clock, timedelta(minutes=10))  # the flow's first step goes out (a day later)
     flows = await (await app.get("/console/reports/flows?since=2026-01-06&until=2026-01-07")).text()
-    assert "<svg" in flows and "Pricing A/B" in flows and "2 sent, 0 answered" in flows
+    assert "<svg" in flows and "Pricing A/B" in flows and "2 sent, 0 reached, 0 seen, 0 answered" in flows
     handoffs = await (await app.get(f"/console/reports/handoffs?{DAY}")).text()
     assert "<svg" in handoffs and "0 handoffs" in handoffs
     bad = await app.get("/console/reports/funnel?since=someday")

@@ -71,6 +71,22 @@ async def test_a_text_message_becomes_a_lead_and_is_greeted(client, db, fake_tel
     assert delivery.status == "sent" and delivery.provider_message_id == "1001"
 
 
+async def test_a_message_the_bot_api_accepted_is_delivered_and_never_claims_to_be_seen(
+    client, db, fake_telegram, clock, run_kindling
+):
+    fake_telegram.fail_next("sendMessage", CHAT, 502, "Bad Gateway")
+    await post(client, payload("message_text"))
+    [delivery] = await rows(db, Delivery)
+    assert (delivery.status, delivery.delivered_at) == ("pending", None)  # not accepted: not delivered
+
+    clock.advance(delivery.not_before - clock.now())
+    await services_of(client).dispatcher.dispatch_due()
+    [delivery] = await rows(db, Delivery)
+    assert (delivery.status, delivery.delivered_at, delivery.seen_at) == ("sent", clock.now(), None)
+    status, out, _ = await run_kindling("lead", "show", str(delivery.lead_id))
+    assert status == 0 and f"#{delivery.id} telegram reply delivered: 'Hi Ann!" in out  # no read receipts for bots
+
+
 async def test_an_update_sent_twice_is_stored_and_answered_once(client, db, fake_telegram):
     first, second = payload("message_text"), payload("message_text", update_id=730118099, text="Hello?")
 

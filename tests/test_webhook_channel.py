@@ -121,13 +121,14 @@ async def test_a_provider_outage_is_retried_and_a_refusal_is_visible(acme, provi
     await post(acme, payload(), clock)
     await services_of(acme).drain()
     [delivery] = await rows(db, Delivery)
-    assert delivery.status == "pending" and "503" in delivery.last_error
+    assert delivery.status == "pending" and "503" in delivery.last_error and delivery.delivered_at is None
 
     provider.status = 200
     clock.advance(timedelta(seconds=31))
     await services_of(acme).dispatcher.dispatch_due()
     [delivery] = await rows(db, Delivery)
     assert delivery.status == "sent" and len(provider.replies) == 1
+    assert delivery.delivered_at == clock.now()  # the provider answered 2xx: it has the message
 
     provider.status = 400
     await post(acme, payload("d-2", "second"), clock)

@@ -361,7 +361,7 @@ class TelegramChannel:
             log.warning("telegram: button press not acknowledged: %s", self.describe(exc))
 
     async def send(self, delivery: Delivery) -> SendResult:
-        """Send a text with its buttons; map Telegram's answers to sent / retry / failed."""
+        """Send a text with its buttons; map Telegram's answers to delivered / retry / failed."""
         problem = await self.connect()
         if problem is not None:
             return SendResult.retry(f"Telegram Bot API unavailable: {problem}", after=30)
@@ -382,7 +382,8 @@ class TelegramChannel:
             return SendResult.failed(exc.message)
         except (NetworkError, InvalidToken) as exc:  # TimedOut is a NetworkError
             return SendResult.retry(self.describe(exc))
-        return SendResult.sent(provider_id=str(sent.message_id))
+        # The Bot API took it: Telegram has it. It gives bots no read receipts, so it never turns "seen".
+        return SendResult.sent(provider_id=str(sent.message_id), delivered=True)
 
 
 def keyboard(text: str, buttons: list[dict]) -> tuple[str, ReplyKeyboardMarkup | InlineKeyboardMarkup | None]:

@@ -5,7 +5,10 @@ Protocol (JSON frames). The client starts with
 and gets `{"type": "welcome", "visitor", "token", "conversation"}`, then every message after `since`.
 Then: `{"type": "message", "id": uuid, "text"}` (answered by `ack`, stored once per uuid),
 `{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`,
-`{"type": "consent", "id": uuid, "email": address|null, "consent": true|false}` (email consent, answered by `ack`).
+`{"type": "consent", "id": uuid, "email": address|null, "consent": true|false}` (email consent, answered by `ack`),
+and receipts (see `_receipt`): `{"type": "received", "ids": [message id, ...]}` once the widget has bot or
+operator messages (delivered), `{"type": "seen", "ids": [...]}` once it showed them on screen, in the open panel
+of a visible page (seen).
 The server pushes `{"type": "message", "id", "conversation", "from", "text", "buttons", "client_id", "at"}`
 (`bot.delivery.hub.message_frame`). A frame refused is answered `{"type": "error", "error", "id"}` with the id of the
 frame it answers when it has one (even one refused for a NUL or deep nesting), binary frames included;
@@ -44,9 +47,10 @@ from bot.web.jsonbody import parse_json
 from bot.web.ratelimit import PerMinute
 from bot.web.signing import same
 from flows.consent import CONSENT
-from storage.db import DatabaseUnavailable
+from storage.db import DatabaseUnavailable, transaction
 from storage.leadsearch import conversation_messages
 from storage.models import Delivery
+from storage.receipts import mark_reached
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -59,10 +63,15 @@ MAX_CLIENT_ID = 64  # an id echoed back in an error frame (the widget's are UUID
 _FRAME_ID = re.compile(r'"id"\s*:\s*"([0-9A-Fa-f-]{32,36})"')
 _VISITOR = re.compile(r"^[0-9a-f]{16}$")
 _TIMEZONES = frozenset(available_timezones())
+RECEIPTS = ("received", "seen")
 
 
 class WebchatChannel:
-    """Visitors on the website; a delivery is sent once it is in the conversation's transcript."""
+    """Visitors on the website; a delivery is sent once it is in the conversation's transcript.
+
+    Sent is all `send` can say: the message waits for the visitor. It is delivered when a widget acknowledges
+    the frame and seen when the widget showed it on screen (`_Session._receipt`), now or when they come back.
+    """
 
     name = "webchat"
 
@@ -88,7 +97,7 @@ class WebchatChannel:
 
     async def send(self, delivery: Delivery) -> SendResult:
         # The dispatcher stores the message and publishes it to the visitor's open sockets;
-        # an offline visitor gets it from the history when they come back.
+        # an offline visitor gets it from the history when they come back. Not delivered until a widget says so.
         return SendResult.sent()
 
     async def widget_js(self, request: web.Request) -> web.FileResponse:
@@ -216,8 +225,10 @@ class _Session:
             await self._message(data, kind)
         elif kind == "consent":
             await self._consent(data)
+        elif kind in RECEIPTS:
+            await self._receipt(data, kind)
         else:
-            await self._refuse(data, "unknown frame: expected message, button, page_view or consent")
+            await self._refuse(data, "unknown frame: expected message, button, page_view, consent, received or seen")
 
     async def _message(self, data: dict, kind: str) -> None:
         client_id, text = data.get("id"), data.get("text" if kind == "message" else "value")
@@ -275,6 +286,25 @@ class _Session:
         if received is not None:
             await self._send({"type": "ack", "id": client_id, "duplicate": received.duplicate})
             self.services.after_commit(received)
+
+    async def _receipt(self, data: dict, kind: str) -> None:
+        """The widget has these messages (`received`) or showed them (`seen`): date their deliveries.
+
+        By message id, within this socket's own conversation: ids of anyone else's messages change nothing.
+        Any instance can take it, whichever one sent the message: the row is in the shared database.
+        """
+        ids = data.get("ids")
+        if not isinstance(ids, list) or not 0 < len(ids) <= HISTORY or not all(map(_is_message_id, ids)):
+            await self._refuse(data, f"{kind} needs ids: 1 to {HISTORY} message ids")
+            return
+        now, conversation_id = self.services.clock.now(), self.conversation_id or 0
+        try:
+            await transaction(
+                self.services.sessions,
+                lambda session: mark_reached(session, conversation_id, ids, kind == "seen", now),
+            )
+        except DatabaseUnavailable as exc:  # a receipt is not the visitor's words: say so in the log, go on
+            log.warning("webchat %s receipt not stored: %s", kind, exc)
 
     async def _limited(self, client_id: str) -> bool:
         """Whether the visitor is over their messages per minute; if so, the message is refused before it is stored.
@@ -413,6 +443,10 @@ def _since(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         return 0
     return min(max(value, 0), MAX_MESSAGE_ID)
+
+
+def _is_message_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_MESSAGE_ID
 
 
 def _is_uuid(value: Any) -> bool:

@@ -86,7 +86,7 @@ class WebhookChannel:
         return None
 
     async def send(self, delivery: Delivery) -> SendResult:
-        """POST the reply to the source's URL, signed; 2xx sent, 429/5xx retry, other 4xx failed."""
+        """POST the reply to the source's URL, signed; 2xx delivered, 429/5xx retry, other 4xx failed."""
         source_name, _, conversation = delivery.address.partition(":")
         source = self.sources.get(source_name)
         if source is None or not source.url:
@@ -110,8 +110,8 @@ class WebhookChannel:
         assert self.http is not None, "channel not started"
         try:
             async with self.http.post(source.url, data=body, headers=headers) as response:
-                if response.status < 300:
-                    return SendResult.sent()
+                if response.status < 300:  # the provider has it: delivered, as far as we can tell
+                    return SendResult.sent(delivered=True)
                 error = f"{source.name} answered {response.status}"
                 if response.status == 429 or response.status >= 500:
                     return SendResult.retry(error, after=_retry_after(response.headers.get("Retry-After")))

@@ -9,12 +9,14 @@ from aiohttp import web
 from bot.console.auth import current, requires
 from bot.console.pages import render, wants_json
 from bot.delivery.hub import message_frame
+from bot.delivery.states import states_by_delivery
 from bot.handoff.handoffs import HandoffError, HandoffNotFound, NotHolder
 from bot.handoff.notify import summary
 from bot.services import SERVICES
 from bot.web.middlewares import json_error
 from storage.leadsearch import conversation_messages
 from storage.models import Handoff
+from storage.receipts import reach_of
 
 TRANSCRIPT_LIMIT = 200
 MAX_REPLY = 4000  # what the widget accepts; Telegram allows a little more
@@ -96,12 +98,13 @@ async def conversation_page(
         messages = []
         if handoff.conversation_id is not None:
             messages = await conversation_messages(session, handoff.conversation_id, 0, TRANSCRIPT_LIMIT)
+        states = states_by_delivery(await reach_of(session, [message.delivery_id for message in messages]))
     context: dict[str, Any] = {
         "handoff": info,
         "card": handoff.card,
         "outcome": (handoff.outcome, handoff.outcome_reason),
         "mine": handoff.status == "claimed" and handoff.claimed_by_id == current(request).operator.id,
-        "messages": [message_frame(message) for message in messages],
+        "messages": [{**message_frame(message), "state": states.get(message.delivery_id)} for message in messages],
         "flows": sorted((slug, spec.name) for slug, spec in services.library.flows.items()),
         "error": error,
         "draft": draft,

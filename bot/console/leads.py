@@ -49,7 +49,8 @@ async def lead_page(request: web.Request) -> web.Response:
     else:
         report = _without_conversations(report)
     skipped = [event for event in report["events"] if event["type"] == "step_skipped"]
-    context: dict[str, Any] = {"lead": report, "messages": messages, "skipped": skipped}
+    states = {delivery["id"]: delivery["state"] for delivery in report["deliveries"]}  # how far each one got
+    context: dict[str, Any] = {"lead": report, "messages": messages, "skipped": skipped, "states": states}
     return render(request, "lead.html", context)
 
 

@@ -57,12 +57,13 @@ def funnel_charts(report: dict) -> dict[str, BarChart]:
 
 
 def flow_charts(report: dict) -> dict[str, BarChart]:
-    """Per flow, a bar per step (and variant): messages sent, with how many were answered within 24 h."""
+    """Per flow, a bar per step (and variant): messages sent, with how many reached the lead, were seen, answered."""
     charts = {}
     for flow in report["flows"]:
         items = [
             (step["step"] + (f" ({step['variant']})" if step["variant"] else ""), step["sent"],
-             f"{step['sent']} sent, {step['replied_24h'] + step['buttons']} answered")
+             f"{step['sent']} sent, {step['reached']} reached, {step['seen']} seen, "
+             f"{step['replied_24h'] + step['buttons']} answered")
             for step in flow["steps"]
         ]  # fmt: skip
         charts[flow["flow"]] = bar_chart(items)

@@ -16,11 +16,15 @@ from storage.models import Delivery, Enrollment, Event
 
 RULE = (
     "Flow counts: enrollments that began in the period. Step counts: steps that came due in the period. "
-    "A reply, button press, handoff or opt-out counts for the last nurture message sent to the lead in the "
-    "24 hours before it, once per message. A lead reached the goal when it first got to the flow's goal "
-    "stage while in the flow or within 7 days after it ended. Variants compare leads sent each variant."
+    "Reached: sent messages the channel says the lead has (delivered or seen); seen: shown on the lead's screen "
+    "(the widget tells, Telegram does not). A reply, button press, handoff or opt-out counts for the last nurture "
+    "message sent to the lead in the 24 hours before it, once per message. A lead reached the goal when it first got "
+    "to the flow's goal stage while in the flow or within 7 days after it ended. Variants compare leads sent each "
+    "variant."
 )
-STEP_COUNTS = ("sent", "waiting", "skipped", "failed", "replied_24h", "buttons", "handed_off", "opted_out")
+STEP_COUNTS = (
+    "sent", "reached", "seen", "waiting", "skipped", "failed", "replied_24h", "buttons", "handed_off", "opted_out",
+)  # fmt: skip
 
 
 async def flows(session: AsyncSession, library: FlowLibrary, query: Query) -> dict[str, Any]:
@@ -115,6 +119,8 @@ async def _steps(session: AsyncSession, query: Query) -> tuple[dict, dict]:
             Delivery.status,
             why,
             func.count(),
+            func.count(func.coalesce(Delivery.delivered_at, Delivery.seen_at)),
+            func.count(Delivery.seen_at),
             func.count(Delivery.replied_at),
             func.count(Delivery.button_at),
             func.count(Delivery.handed_off_at),
@@ -128,13 +134,15 @@ async def _steps(session: AsyncSession, query: Query) -> tuple[dict, dict]:
     found: defaultdict[str, dict[tuple, dict[str, Any]]] = defaultdict(dict)
     variants: defaultdict[str, defaultdict[str, list]] = defaultdict(lambda: defaultdict(list))
     for row in await session.exec(statement):
-        slug, step, variant, status, reason, count, replied, buttons, handed_off, opted_out, responded, goal = row
+        slug, step, variant, status, reason, count = row[:6]
+        reached, seen, replied, buttons, handed_off, opted_out, responded, goal = row[6:]
         counts = found[slug].setdefault((step, variant), _blank_step())
         outcome = {"sent": "sent", "skipped": "skipped", "dead": "failed"}.get(status, "waiting")
         counts[outcome] += count
         if outcome == "skipped":
             _add_reason(counts, reason, count)
-        for name, value in (("replied_24h", replied), ("buttons", buttons), ("handed_off", handed_off)):
+        for name, value in (("reached", reached), ("seen", seen), ("replied_24h", replied), ("buttons", buttons),
+                            ("handed_off", handed_off)):  # fmt: skip
             counts[name] += value
         counts["opted_out"] += opted_out
         if variant is not None and status == "sent":

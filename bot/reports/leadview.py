@@ -8,6 +8,7 @@ from typing import Any
 from sqlmodel import select
 
 from bot.config import Settings
+from bot.delivery.states import delivery_state
 from flows.consent import email_state
 from flows.reach import EmailPolicy, email_block
 from flows.reactions import claim_text, lead_contacts, ledger
@@ -110,9 +111,12 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
                 "step": d.step,
                 "text": d.text,
                 "status": d.status,
+                "state": delivery_state(d.channel, d.status, d.delivered_at, d.seen_at, d.bounced_at),
                 "attempts": d.attempts,
                 "error": d.last_error,
-                "sent_at": d.sent_at.isoformat() if d.sent_at else None,
+                "sent_at": _iso(d.sent_at),
+                "delivered_at": _iso(d.delivered_at),
+                "seen_at": _iso(d.seen_at),
             }
             for d in deliveries
         ],
@@ -177,10 +181,14 @@ def _email_line(report: dict[str, Any]) -> str:
 
 
 def _delivery_line(d: dict) -> str:
-    """`#3 telegram nurture drip/two pending (quiet hours): 'Two.'`."""
+    """`#3 telegram nurture drip/two queued (quiet hours): 'Two.'`; a webchat one may be `sent, not seen`."""
     where = f" {d['flow']}/{d['step']}" if d["flow"] else ""
     why = f" ({d['error']})" if d["error"] else ""
-    return f"  #{d['id']} {d['channel']} {d['kind']}{where} {d['status']}{why}: {d['text'][:60]!r}"
+    return f"  #{d['id']} {d['channel']} {d['kind']}{where} {d['state']}{why}: {d['text'][:60]!r}"
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None
 
 
 def webhook_line(row: dict) -> str:

@@ -54,8 +54,9 @@ def funnel_rows(report: dict) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
-FLOW_HEADER = ["flow", "step", "variant", "enrolled", "reached_goal", "goal_conversion", "sent", "waiting", "skipped",
-               "failed", "replied_24h", "buttons", "handed_off", "opted_out", "skip_reasons"]  # fmt: skip
+FLOW_HEADER = ["flow", "step", "variant", "enrolled", "reached_goal", "goal_conversion", "sent", "reached", "seen",
+               "waiting", "skipped", "failed", "replied_24h", "buttons", "handed_off", "opted_out",
+               "skip_reasons"]  # fmt: skip
 
 
 def flow_rows(report: dict) -> tuple[list[str], list[list[Any]]]:
@@ -63,12 +64,12 @@ def flow_rows(report: dict) -> tuple[list[str], list[list[Any]]]:
     rows = []
     for flow in report["flows"]:
         rows.append([flow["flow"], "", "", flow["enrolled"], flow["reached_goal"], flow["goal_conversion"],
-                     "", "", "", "", "", "", flow["handed_off"], flow["opted_out"], ""])  # fmt: skip
+                     "", "", "", "", "", "", "", "", flow["handed_off"], flow["opted_out"], ""])  # fmt: skip
         for step in flow["steps"]:
             reasons = "; ".join(f"{why}={count}" for why, count in sorted(step["skip_reasons"].items()))
-            rows.append([flow["flow"], step["step"], step["variant"] or "", "", "", "", step["sent"], step["waiting"],
-                         step["skipped"], step["failed"], step["replied_24h"], step["buttons"], step["handed_off"],
-                         step["opted_out"], reasons])  # fmt: skip
+            rows.append([flow["flow"], step["step"], step["variant"] or "", "", "", "", step["sent"], step["reached"],
+                         step["seen"], step["waiting"], step["skipped"], step["failed"], step["replied_24h"],
+                         step["buttons"], step["handed_off"], step["opted_out"], reasons])  # fmt: skip
     return FLOW_HEADER, rows
 
 
@@ -152,13 +153,14 @@ def flows_table(report: dict) -> str:
                      f"{flow['active']} active, {flow['done']} done, exited: {exits}; {flow['handed_off']} handed off, "
                      f"{flow['opted_out']} opted out; {goal}")  # fmt: skip
         rows = [
-            [step["step"], step["variant"] or "", step["sent"], step["skipped"], step["failed"], step["replied_24h"],
+            [step["step"], step["variant"] or "", step["sent"], step["reached"], step["seen"], step["skipped"],
+             step["failed"], step["replied_24h"],
              step["buttons"], step["handed_off"], step["opted_out"],
              ", ".join(f"{why} {count}" for why, count in sorted(step["skip_reasons"].items()))]
             for step in flow["steps"]
         ]  # fmt: skip
-        header = ["step", "variant", "sent", "skipped", "failed", "replied 24h", "buttons", "handed off",
-                  "opted out", "skipped because"]  # fmt: skip
+        header = ["step", "variant", "sent", "reached", "seen", "skipped", "failed", "replied 24h", "buttons",
+                  "handed off", "opted out", "skipped because"]  # fmt: skip
         parts.append(table(header, rows) if rows else "  no steps came due")
         for block in flow["variants"]:
             rows = [[v["variant"], v["leads"], v["responded"], percent(v["response_rate"]), v["reached_goal"],

@@ -129,6 +129,7 @@
       attempt = 0;
       setOnline(true);
       outbox.forEach(transmit); // same ids: the server stores each message once
+      sendReceipts(); // what arrived or was shown while the socket was down
     } else if (frame.type === "message") {
       receive(frame);
     } else if (frame.type === "ack") {
@@ -164,6 +165,7 @@
     else draw(entry);
     if (isOpen()) markRead();
     updateBadge();
+    arrived();
   }
 
   function send(frame, text) {
@@ -225,6 +227,40 @@
   }
   function markRead() {
     if (since > readUpTo) { readUpTo = since; save("read", readUpTo); }
+  }
+
+  // --- Receipts: tell the server which bot/operator messages reached this widget, and which were on screen.
+  // Each transcript entry remembers (in localStorage) whether it was acknowledged (`acked`), shown in the open
+  // panel of a visible page (`shown`) and reported shown (`told`), so a report missed while offline goes later.
+  var receiptTimer = null;
+  function arrived() {
+    // A history replay brings many messages at once: one receipt for them all, just after.
+    if (!receiptTimer) receiptTimer = setTimeout(function () { receiptTimer = null; sendReceipts(); lookForSeen(); }, 100);
+  }
+
+  function lookForSeen() {
+    if (!isOpen() || document.visibilityState !== "visible") return;
+    var box = ui.list.getBoundingClientRect(), changed = false;
+    transcript.forEach(function (m) {
+      if (m.from === "visitor" || m.shown) return;
+      var row = ui.list.querySelector('[data-id="' + m.id + '"]');
+      var r = row && row.getBoundingClientRect();
+      if (r && r.height && r.bottom > box.top && r.top < box.bottom) { m.shown = true; changed = true; }
+    });
+    if (changed) { save("transcript", transcript); sendReceipts(); }
+  }
+
+  function sendReceipts() {
+    if (!online || !socket) return;
+    var received = [], seen = [];
+    transcript.forEach(function (m) {
+      if (m.from === "visitor") return;
+      if (!m.acked) { received.push(m.id); m.acked = true; }
+      if (m.shown && !m.told) { seen.push(m.id); m.told = true; }
+    });
+    if (received.length) transmit({ type: "received", ids: received });
+    if (seen.length) transmit({ type: "seen", ids: seen });
+    if (received.length || seen.length) save("transcript", transcript);
   }
 
   // --- The interface ----------------------------------------------------------------------------
@@ -325,6 +361,8 @@
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit(); }
     });
     input.addEventListener("input", grow);
+    list.addEventListener("scroll", lookForSeen, { passive: true });
+    document.addEventListener("visibilitychange", lookForSeen);
 
     transcript.forEach(draw);
     outbox.forEach(function (f) { drawPending(f.id, f.type === "button" ? f.value : f.text); });
@@ -437,6 +475,7 @@
     updateBadge();
     ui.list.scrollTop = ui.list.scrollHeight;
     ui.input.focus();
+    lookForSeen();
   }
 
   function close() {

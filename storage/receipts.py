@@ -1,0 +1,48 @@
+"""Receipts: a person's client says which messages reached it and which it showed on screen."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.models import Delivery, Message
+
+
+async def mark_reached(
+    session: AsyncSession, conversation_id: int, message_ids: Sequence[int], seen: bool, now: datetime
+) -> int:
+    """Date the deliveries behind these transcript messages delivered (and seen); returns how many rows changed.
+
+    Only messages of `conversation_id` count: a client reports for its own conversation, so ids of someone
+    else's messages change nothing. The first report wins; seen implies delivered.
+    """
+    own = select(Message.delivery_id).where(
+        Message.conversation_id == conversation_id,
+        col(Message.id).in_(list(message_ids)),
+        col(Message.delivery_id).is_not(None),
+    )
+    values = {"delivered_at": func.coalesce(Delivery.delivered_at, now)}
+    pending = col(Delivery.delivered_at).is_(None)
+    if seen:
+        values["seen_at"] = func.coalesce(Delivery.seen_at, now)
+        pending = col(Delivery.seen_at).is_(None)
+    statement = (
+        update(Delivery)
+        .where(col(Delivery.id).in_(own), Delivery.conversation_id == conversation_id, pending)
+        .values(values)
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.exec(statement)).rowcount
+
+
+async def reach_of(session: AsyncSession, delivery_ids: Sequence[int | None]) -> dict[int, Delivery]:
+    """The deliveries behind transcript messages, by id, in one query (their channel, status and dates)."""
+    wanted = [delivery_id for delivery_id in delivery_ids if delivery_id is not None]
+    if not wanted:
+        return {}
+    rows = await session.exec(select(Delivery).where(col(Delivery.id).in_(wanted)))
+    return {row.id: row for row in rows.all() if row.id is not None}
