@@ -22,6 +22,7 @@ from bot.handoff.handoffs import Handoffs
 from bot.handoff.notify import Notifier
 from bot.intake.intake import Intake
 from bot.intake.messages import SystemMessages
+from bot.mail import unsubscribe
 from bot.services import SERVICES, Services
 from bot.web.middlewares import errors
 from flows.clock import Clock, SystemClock
@@ -86,6 +87,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         channels[name] = adapter(services)
         channels[name].routes(app)
     views.routes(app)
+    unsubscribe.routes(app)  # even with email off: links in email already sent keep working
     api.routes(app)
     mount_console(app)
 
