@@ -23,6 +23,7 @@ from bot.mail.smtp import Pacer, Relay
 from bot.mail.tokens import reply_address, unsubscribe_token
 from bot.mail.unsubscribe import unsubscribe_url
 from bot.services import Services
+from storage.db import transaction
 from storage.leads import LeadNotFound, get_lead
 from storage.models import Delivery
 
@@ -85,9 +86,8 @@ class EmailChannel:
 
     async def _refusal(self, delivery: Delivery) -> str | None:
         """Why this lead must not get this email now (unsubscribed from nurture, address bounced), or None."""
-        try:
-            async with self.services.sessions() as session:
-                lead = await get_lead(session, delivery.lead_id)
+        try:  # through `transaction`: on SQLite it waits its turn instead of polling for the lock
+            lead = await transaction(self.services.sessions, lambda session: get_lead(session, delivery.lead_id))
         except LeadNotFound:
             return "the lead is gone"
         if lead.email_bounced_at is not None and (lead.email or "").lower() == delivery.address.lower():
