@@ -22,7 +22,7 @@ from bot.handoff.handoffs import Handoffs
 from bot.handoff.notify import Notifier
 from bot.intake.intake import Intake
 from bot.intake.messages import SystemMessages
-from bot.mail import providers
+from bot.mail import providers, unsubscribe
 from bot.mail.receive import start_receiver
 from bot.services import SERVICES, Services
 from bot.web.middlewares import errors
@@ -97,6 +97,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
         channels[name].routes(app)
     providers.routes(app, services)  # email replies and bounces from hosted providers' webhooks
     views.routes(app)
+    unsubscribe.routes(app)  # even with email off: links in email already sent keep working
     api.routes(app)
     mount_console(app)
 

@@ -70,9 +70,12 @@ async def email_bounced(session: AsyncSession, lead_id: int, address: str, reaso
 
 
 async def email_opt_out(session: AsyncSession, lead: Lead, how: str, now: datetime) -> Event | None:
-    """The lead wants no more nurture email (chat replies still work): queued nurture email is skipped;
-    None if it had opted out of email already. `how`: mailto, link, ..."""
-    if lead.email_opted_out_at is not None:
+    """The lead wants no more nurture email (chat and replies go on): date it, record `email_opt_out`, skip queued
+    nurture email; None if it had opted out of email already. `how`: link, mailto, ..."""
+    first = await session.exec(  # a conditional update: of two clicks at once, one records the opt-out
+        update(Lead).where(Lead.id == lead.id, Lead.email_opted_out_at.is_(None)).values(email_opted_out_at=now)
+    )
+    if first.rowcount != 1:
         return None
     lead.email_opted_out_at, lead.updated_at = now, now
     event = Event(lead_id=lead.id, type="email_opt_out", payload={"how": how}, at=now)
@@ -85,7 +88,7 @@ async def email_opt_out(session: AsyncSession, lead: Lead, how: str, now: dateti
             Delivery.kind == "nurture",
             Delivery.status == "pending",
         )
-        .values(status="skipped", last_error="opted out of email")
+        .values(status="skipped", last_error="unsubscribed from email")
     )
     await session.flush()
     return event

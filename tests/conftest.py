@@ -30,6 +30,7 @@ from storage import models  # noqa: F401
 from storage.db import create_engine, is_sqlite, sessionmaker
 from storage.migrate import recreate
 
+from fake_smtp import fake_smtp  # noqa: F401  (the SMTP relay fixture)
 from fake_telegram import TOKEN, FakeTelegram, fake_telegram  # noqa: F401  (the fake Bot API fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

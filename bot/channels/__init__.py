@@ -1,6 +1,6 @@
-"""Channel adapters: webchat, telegram, webhook (the registry is bot.channels.registry).
+"""Channel adapters: webchat, telegram, webhook, email (the registry is bot.channels.registry).
 
 The contract they implement lives below them (bot.intake.inbound for what comes in, bot.delivery.channel for
 sending), so the parts that use a channel never import one. May import bot.services, bot.config, bot.web,
-bot.intake, bot.delivery, bot.handoff and storage; only bot.app imports it.
+bot.intake, bot.delivery, bot.handoff, bot.mail and storage; only bot.app imports it.
 """

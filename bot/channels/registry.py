@@ -1,5 +1,6 @@
 """The channel registry: every adapter, by name, in one place."""
 
+from bot.channels.email import EmailChannel
 from bot.channels.telegram import TelegramChannel
 from bot.channels.webchat import WebchatChannel
 from bot.channels.webhook import WebhookChannel
@@ -8,4 +9,5 @@ CHANNELS = {
     WebchatChannel.name: WebchatChannel,
     TelegramChannel.name: TelegramChannel,
     WebhookChannel.name: WebhookChannel,
+    EmailChannel.name: EmailChannel,
 }

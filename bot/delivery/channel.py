@@ -12,7 +12,7 @@ from storage.models import Delivery
 
 @dataclass(frozen=True)
 class SendResult:
-    """How a send went: sent, retry (after `retry_after` seconds) or failed for good."""
+    """How a send went: sent, retry (after `retry_after` seconds), failed for good, or skipped (must not go)."""
 
     status: str
     retry_after: float | None = None
@@ -29,6 +29,11 @@ class SendResult:
     @classmethod
     def retry(cls, error: str, after: float = 5.0) -> SendResult:
         return cls("retry", retry_after=after, error=error)
+
+    @classmethod
+    def skipped(cls, reason: str) -> SendResult:
+        """Not sent, on purpose: the channel found at send time that this person must not get it."""
+        return cls("skipped", error=reason)
 
     @classmethod
     def failed(cls, error: str, blocked: bool = False, bounced: bool = False) -> SendResult:

@@ -253,6 +253,10 @@ class Dispatcher:
             await session.flush()
             return message
         row.last_error = result.error
+        if result.status == "skipped":
+            row.status, row.lease_until = "skipped", None
+            session.add(row)
+            return None
         if result.blocked:
             lead = await get_lead(session, row.lead_id)
             await opt_out(session, lead, f"blocked us on {row.channel}", now)

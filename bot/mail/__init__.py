@@ -2,5 +2,6 @@
 
 May import `bot.config`, `bot.web`, flows and storage; the email channel (`bot/channels/email.py`) and the
 routes that take replies and unsubscribes import it. The inbound side (receive, replies, providers, bounces)
-hands what it reads to the inbox as a channel does, so it also imports `bot.intake` and `bot.services`.
+and the unsubscribe routes hand what they read to the inbox or the database as a channel does, so they also
+import `bot.intake` and `bot.services`.
 """

@@ -1,0 +1,125 @@
+"""Email out: each email Delivery is composed (bot.mail.compose) and handed to the SMTP relay (bot.mail.smtp).
+
+On by `KINDLING_SMTP_URL`, `KINDLING_EMAIL_FROM` and `KINDLING_PUBLIC_URL` (a nurture email's unsubscribe link
+points there). Sends keep to `email.rate` messages a second per instance. The relay's answer decides the
+outcome: accepted is sent and delivered; a 4xx, a timeout or a relay that is down is retried later with
+backoff (the outbox sends each delivery once, and only a 250 after DATA counts as sent); a 5xx to RCPT is a
+bounce (no more email to that address); any other 5xx fails the delivery. The unsubscribe routes live in
+bot.mail.unsubscribe, on even when email is off, so old links keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import parseaddr
+
+from aiohttp import web
+from aiosmtplib import SMTPRecipientRefused, SMTPResponseException, SMTPServerDisconnected
+
+from bot.delivery.channel import SendResult, buttons_as_text
+from bot.mail.compose import Composer, Letter
+from bot.mail.smtp import Pacer, Relay
+from bot.mail.tokens import reply_address, unsubscribe_token
+from bot.mail.unsubscribe import unsubscribe_url
+from bot.services import Services
+from storage.db import transaction
+from storage.leads import LeadNotFound, get_lead
+from storage.models import Delivery
+
+log = logging.getLogger(__name__)
+# Headers folded only past RFC 5322's 998 characters: a List-Unsubscribe folded before its first link is valid,
+# but some mail clients read it wrong.
+WIRE = SMTP_POLICY.clone(max_line_length=998)
+BACKOFF = 30.0  # seconds before the first retry when the relay is down or says "later"; doubles each attempt
+MAX_BACKOFF = 3600.0
+
+
+class EmailChannel:
+    """Sends email through the configured SMTP relay, paced, over reused connections."""
+
+    name = "email"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings.email
+        self.composer = Composer(services.settings.templates)
+        self.pacer = Pacer(self.settings.rate)
+        self.relay: Relay | None = None
+        self.sender = parseaddr(self.settings.from_address or "")[1]
+
+    @staticmethod
+    def enabled(services: Services) -> str | None:
+        """None when the relay, the From address and the public URL (for unsubscribe links) are set."""
+        if reason := services.settings.email.disabled():
+            return reason
+        return None if services.settings.public_url else "KINDLING_PUBLIC_URL is not set (unsubscribe links need it)"
+
+    def routes(self, app: web.Application) -> None:
+        """None of its own: unsubscribe links are served whether or not email is on (bot.mail.unsubscribe)."""
+
+    async def start(self) -> None:
+        self.relay = Relay(self.settings.smtp_url or "")
+
+    async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.close()
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        """Compose, wait for a slot, hand the message to the relay; the relay's answer is the result."""
+        if (refusal := await self._refusal(delivery)) is not None:
+            return SendResult.skipped(refusal)
+        message = self.composer.compose(self._letter(delivery), buttons_as_text(delivery.text, delivery.buttons))
+        assert self.relay is not None, "channel not started"
+        await self.pacer.wait()
+        try:
+            await self.relay.send(self.sender, delivery.address, message.as_bytes(policy=WIRE))
+        except SMTPRecipientRefused as exc:
+            return _refused(exc, delivery, bounce=True)
+        except SMTPResponseException as exc:
+            return _refused(exc, delivery, bounce=False)
+        except (SMTPServerDisconnected, ConnectionError, TimeoutError, OSError) as exc:
+            return SendResult.retry(f"relay unreachable: {type(exc).__name__}: {exc}", after=_backoff(delivery))
+        except UnicodeEncodeError:
+            return SendResult.failed(f"{delivery.address} is not an ASCII address; the relay cannot take it")
+        return SendResult.sent(message["Message-ID"], delivered=True)
+
+    async def _refusal(self, delivery: Delivery) -> str | None:
+        """Why this lead must not get this email now (unsubscribed from nurture, address bounced), or None."""
+        try:  # through `transaction`: on SQLite it waits its turn instead of polling for the lock
+            lead = await transaction(self.services.sessions, lambda session: get_lead(session, delivery.lead_id))
+        except LeadNotFound:
+            return "the lead is gone"
+        if lead.email_bounced_at is not None and (lead.email or "").lower() == delivery.address.lower():
+            return "the address bounced"
+        if delivery.kind == "nurture" and lead.email_opted_out_at is not None:
+            return "unsubscribed from email"
+        return None
+
+    def _letter(self, delivery: Delivery) -> Letter:
+        """Headers for this delivery: Reply-To when replies have a domain; unsubscribe links on nurture."""
+        secret, domain, now = self.services.secret_key, self.settings.reply_domain, self.services.clock.now()
+        nurture = delivery.kind == "nurture"
+        token = unsubscribe_token(secret, delivery.lead_id)
+        return Letter(
+            sender=self.settings.from_address or "",
+            to=delivery.address,
+            subject=delivery.subject or "",
+            now=now,
+            key=delivery.idempotency_key,
+            reply_to=reply_address(secret, delivery.conversation_id, domain, now.date()) if domain else None,
+            unsubscribe_url=unsubscribe_url(self.services.settings.public_url, token) if nurture else None,
+            unsubscribe_mailto=f"mailto:unsubscribe+{token}@{domain}" if nurture and domain else None,
+        )
+
+
+def _refused(exc: SMTPResponseException, delivery: Delivery, bounce: bool) -> SendResult:
+    """A relay's refusal: 4xx is retried later, 5xx is final (a bounce when it refused the recipient)."""
+    error = f"relay answered {exc.code} {exc.message}"
+    if exc.code < 500:
+        return SendResult.retry(error, after=_backoff(delivery))
+    return SendResult.failed(error, bounced=bounce)
+
+
+def _backoff(delivery: Delivery) -> float:
+    return min(BACKOFF * 2 ** max(delivery.attempts - 1, 0), MAX_BACKOFF)
