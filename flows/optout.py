@@ -63,7 +63,7 @@ async def email_bounced(session: AsyncSession, lead_id: int, address: str, reaso
     await session.exec(
         update(Delivery)
         .where(Delivery.lead_id == lead.id, Delivery.channel == "email", Delivery.status == "pending")
-        .values(status="skipped", last_error="the address bounced")
+        .values(status="skipped", last_error="email bounced")
     )
     await session.flush()
     return event

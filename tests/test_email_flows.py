@@ -180,12 +180,14 @@ def test_lint_wants_a_subject_and_valid_links_in_email_steps(tmp_path):
     assert link.line == 5 and "'/pricing'" in link.message and str(link).startswith(str(templates / "flows"))
 
 
-def test_preview_shows_an_email_steps_subject_and_text(tmp_path):
+def test_preview_shows_an_email_steps_subject_text_and_html(tmp_path):
     templates = templates_with(tmp_path / "t", {"signup": SIGNUP})
     shown = run("preview", "signup", env={"KINDLING_TEMPLATES": str(templates)})
     assert shown.returncode == 0, shown.stderr
     assert "channel: email" in shown.stdout and "subject: Welcome, Ann!" in shown.stdout
     assert "Hi Ann, here is [your guide](https://acme.example/guide)." in shown.stdout
+    assert '<a href="https://acme.example/guide">your guide</a>' in shown.stdout  # the HTML part, in the layout
+    assert "/email/unsubscribe/" in shown.stdout.partition("-- HTML --")[2]
 
 
 def test_simulate_shows_the_channel_each_step_takes_and_why(tmp_path):

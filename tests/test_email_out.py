@@ -38,9 +38,13 @@ async def app(make_client, email_settings):
 
 
 async def email_lead(db, address: str = "ada@example.com") -> tuple[int, int]:
-    """A lead with an email conversation, as a flow or an operator would have it: (lead id, conversation id)."""
+    """A lead who gave email consent, with an email conversation, as a flow or an operator would have it:
+    (lead id, conversation id)."""
     async with db() as session:
-        lead = Lead(first_name="Ada", email=address, created_at=AT, updated_at=AT, stage_at=AT)
+        lead = Lead(
+            first_name="Ada", email=address, email_consent_at=AT, email_consent_source="api",
+            created_at=AT, updated_at=AT, stage_at=AT,
+        )  # fmt: skip
         session.add(lead)
         await session.flush()
         conversation = Conversation(lead_id=lead.id, channel="email", external_id=address, created_at=AT)
@@ -270,7 +274,7 @@ async def test_a_550_bounces_the_address_and_later_email_to_it_is_skipped(app, d
     await send_due(app)
     assert fake_smtp.messages == []
     skipped = await delivery(db, later)
-    assert skipped.status == "skipped" and skipped.last_error == "the address bounced"
+    assert skipped.status == "skipped" and skipped.last_error == "email bounced"
 
 
 async def test_other_5xx_answers_fail_the_delivery_without_a_bounce(app, db, fake_smtp):

@@ -23,8 +23,6 @@ from bot.mail.smtp import Pacer, Relay
 from bot.mail.tokens import reply_address, unsubscribe_token
 from bot.mail.unsubscribe import unsubscribe_url
 from bot.services import Services
-from storage.db import transaction
-from storage.leads import LeadNotFound, get_lead
 from storage.models import Delivery
 
 log = logging.getLogger(__name__)
@@ -66,9 +64,10 @@ class EmailChannel:
             await self.relay.close()
 
     async def send(self, delivery: Delivery) -> SendResult:
-        """Compose, wait for a slot, hand the message to the relay; the relay's answer is the result."""
-        if (refusal := await self._refusal(delivery)) is not None:
-            return SendResult.skipped(refusal)
+        """Compose, wait for a slot, hand the message to the relay; the relay's answer is the result.
+
+        Whether this lead may get it now (consent, unsubscribed, bounced) the dispatcher checked right before.
+        """
         message = self.composer.compose(self._letter(delivery), buttons_as_text(delivery.text, delivery.buttons))
         assert self.relay is not None, "channel not started"
         await self.pacer.wait()
@@ -83,18 +82,6 @@ class EmailChannel:
         except UnicodeEncodeError:
             return SendResult.failed(f"{delivery.address} is not an ASCII address; the relay cannot take it")
         return SendResult.sent(message["Message-ID"], delivered=True)
-
-    async def _refusal(self, delivery: Delivery) -> str | None:
-        """Why this lead must not get this email now (unsubscribed from nurture, address bounced), or None."""
-        try:  # through `transaction`: on SQLite it waits its turn instead of polling for the lock
-            lead = await transaction(self.services.sessions, lambda session: get_lead(session, delivery.lead_id))
-        except LeadNotFound:
-            return "the lead is gone"
-        if lead.email_bounced_at is not None and (lead.email or "").lower() == delivery.address.lower():
-            return "the address bounced"
-        if delivery.kind == "nurture" and lead.email_opted_out_at is not None:
-            return "unsubscribed from email"
-        return None
 
     def _letter(self, delivery: Delivery) -> Letter:
         """Headers for this delivery: Reply-To when replies have a domain; unsubscribe links on nurture."""

@@ -8,12 +8,14 @@ import tomllib
 from pathlib import Path
 
 from bot.config import Settings
+from bot.mail.compose import Composer, Letter
 from flows.clock import SystemClock
 from flows.engine import context as lead_context_for
 from flows.library import FlowLibrary
 from flows.lint import flow_files, lint_paths
 from flows.preview import preview, preview_text
 from flows.reach import EmailPolicy
+from flows.render import Rendered
 from flows.samples import sample_event, sample_lead
 from flows.simulate import happenings, simulate
 from flows.spec import FlowSpec
@@ -50,8 +52,15 @@ async def preview_flow(
         return 2
     ctx = {"lead": lead, "event": sample_event(spec.trigger), "now": now,
            "flow": {"slug": spec.slug, "name": spec.name}, "step": {"name": step or ""}}  # fmt: skip
-    # MERGE (mailout): an email step's HTML goes here: html=<bot/mail/compose.py's Markdown-in-layout renderer>.
-    print(preview_text(preview(spec, ctx, now, step), lead.get("timezone"), html=None))
+    composer = Composer(settings.templates)
+
+    def html(rendered: Rendered) -> str:  # the email layout as sent; each lead's unsubscribe link has its own token
+        unsubscribe = f"{settings.public_url or 'https://kindling.example'}/email/unsubscribe/TOKEN"
+        letter = Letter(sender="", to="", subject=rendered.subject or spec.name, now=now, key="preview",
+                        unsubscribe_url=unsubscribe)  # fmt: skip
+        return composer.html(letter, rendered.text)
+
+    print(preview_text(preview(spec, ctx, now, step), lead.get("timezone"), html=html))
     return 0
 
 

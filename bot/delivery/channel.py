@@ -31,11 +31,6 @@ class SendResult:
         return cls("retry", retry_after=after, error=error)
 
     @classmethod
-    def skipped(cls, reason: str) -> SendResult:
-        """Not sent, on purpose: the channel found at send time that this person must not get it."""
-        return cls("skipped", error=reason)
-
-    @classmethod
     def failed(cls, error: str, blocked: bool = False, bounced: bool = False) -> SendResult:
         return cls("failed", error=error, blocked=blocked, bounced=bounced)
 

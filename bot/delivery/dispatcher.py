@@ -162,6 +162,8 @@ class Dispatcher:
         if delivery.kind == "nurture":
             # Checked again right before the send: a human may have taken over since it was queued.
             go = await transaction(self.sessions, lambda session: self._nurture_allowed(session, delivery))
+        elif delivery.channel == EMAIL:  # an answer by email: not to an address that bounced since
+            go = await transaction(self.sessions, lambda session: self._email_allowed(session, delivery))
         else:
             go = await transaction(self.sessions, lambda session: self._renew(session, delivery))
         if not go:
@@ -191,6 +193,20 @@ class Dispatcher:
             .values(lease_until=self.clock.now() + self.lease)
         )
         return renewed.rowcount == 1
+
+    async def _email_allowed(self, session: AsyncSession, delivery: Delivery) -> bool:
+        """Renew our lease, then check the address still takes service email (it has not bounced)."""
+        if not await self._renew(session, delivery):
+            return False
+        blocked = email_block(await get_lead(session, delivery.lead_id), self.email, service=True)
+        if blocked is None:
+            return True
+        await session.exec(
+            update(Delivery)
+            .where(Delivery.id == delivery.id)
+            .values(status="skipped", last_error=blocked, lease_until=None, attempts=Delivery.attempts - 1)
+        )
+        return False
 
     async def _nurture_allowed(self, session: AsyncSession, delivery: Delivery) -> bool:
         """Renew our lease, then apply opt-out, owner, quiet hours and the daily cap; a held-back row says why."""
@@ -253,10 +269,6 @@ class Dispatcher:
             await session.flush()
             return message
         row.last_error = result.error
-        if result.status == "skipped":
-            row.status, row.lease_until = "skipped", None
-            session.add(row)
-            return None
         if result.blocked:
             lead = await get_lead(session, row.lead_id)
             await opt_out(session, lead, f"blocked us on {row.channel}", now)
