@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import Delivery, Event, Lead
+from flows.optout import skip_queued_email
+from storage.models import Event, Lead
 
 SOURCES = ("widget", "api", "operator")
 NO_CONSENT = "no email consent"
@@ -34,16 +34,7 @@ async def set_email_consent(
     event = Event(lead_id=lead.id, type=CONSENT, payload={"email": consent, "source": source}, at=now)
     session.add_all([lead, event])
     if not consent:
-        await session.exec(
-            update(Delivery)
-            .where(
-                Delivery.lead_id == lead.id,
-                Delivery.channel == "email",
-                Delivery.kind == "nurture",
-                Delivery.status == "pending",
-            )
-            .values(status="skipped", last_error=NO_CONSENT)
-        )
+        await skip_queued_email(session, lead.id, NO_CONSENT)
     await session.flush()
     return event
 

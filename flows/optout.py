@@ -60,12 +60,7 @@ async def email_bounced(session: AsyncSession, lead_id: int, address: str, reaso
     lead.email_bounced_at, lead.email_bounce_reason, lead.updated_at = now, reason, now
     event = Event(lead_id=lead.id, type="email_bounced", payload={"address": address, "reason": reason}, at=now)
     session.add_all([lead, event])
-    await session.exec(
-        update(Delivery)
-        .where(Delivery.lead_id == lead.id, Delivery.channel == "email", Delivery.status == "pending")
-        .values(status="skipped", last_error="email bounced")
-    )
-    await session.flush()
+    await skip_queued_email(session, lead.id, "email bounced", nurture_only=False)
     return event
 
 
@@ -80,15 +75,14 @@ async def email_opt_out(session: AsyncSession, lead: Lead, how: str, now: dateti
     lead.email_opted_out_at, lead.updated_at = now, now
     event = Event(lead_id=lead.id, type="email_opt_out", payload={"how": how}, at=now)
     session.add_all([lead, event])
-    await session.exec(
-        update(Delivery)
-        .where(
-            Delivery.lead_id == lead.id,
-            Delivery.channel == "email",
-            Delivery.kind == "nurture",
-            Delivery.status == "pending",
-        )
-        .values(status="skipped", last_error="unsubscribed from email")
-    )
-    await session.flush()
+    await skip_queued_email(session, lead.id, "unsubscribed from email")
     return event
+
+
+async def skip_queued_email(session: AsyncSession, lead_id: int, reason: str, nurture_only: bool = True) -> None:
+    """Skip the lead's email still waiting in the outbox (nurture only, or all of it), saying why."""
+    queued = [Delivery.lead_id == lead_id, Delivery.channel == "email", Delivery.status == "pending"]
+    if nurture_only:
+        queued.append(Delivery.kind == "nurture")
+    await session.exec(update(Delivery).where(*queued).values(status="skipped", last_error=reason))
+    await session.flush()
