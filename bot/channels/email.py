@@ -20,7 +20,7 @@ from aiosmtplib import SMTPRecipientRefused, SMTPResponseException, SMTPServerDi
 from bot.delivery.channel import SendResult, buttons_as_text
 from bot.mail.compose import Composer, Letter
 from bot.mail.smtp import Pacer, Relay
-from bot.mail.tokens import reply_address, unsubscribe_token
+from bot.mail.tokens import BOUNCES, reply_address, unsubscribe_token
 from bot.mail.unsubscribe import unsubscribe_url
 from bot.services import Services
 from storage.models import Delivery
@@ -44,7 +44,10 @@ class EmailChannel:
         self.composer = Composer(services.settings.templates)
         self.pacer = Pacer(self.settings.rate)
         self.relay: Relay | None = None
-        self.sender = parseaddr(self.settings.from_address or "")[1]
+        # The envelope sender is where relays send delivery reports: the built-in receiver takes them at
+        # bounces@ the reply domain (bot.mail.replies); without one, the From address gets them.
+        reply_domain = self.settings.reply_domain
+        self.sender = f"{BOUNCES}@{reply_domain}" if reply_domain else parseaddr(self.settings.from_address or "")[1]
 
     @staticmethod
     def enabled(services: Services) -> str | None:

@@ -24,7 +24,7 @@ from mailparser_reply.constants import MAIL_LANGUAGES
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.intake.inbound import Inbound
-from bot.mail.tokens import read_reply_token, read_unsubscribe_token, token_in_address
+from bot.mail.tokens import BOUNCES, read_reply_token, read_unsubscribe_token, token_in_address
 from bot.services import Services
 from flows.optout import email_opt_out
 from storage.db import transaction
@@ -32,7 +32,7 @@ from storage.models import Conversation, Lead
 
 log = logging.getLogger(__name__)
 MAX_TEXT = 10_000  # characters of a reply kept as the message: a reply is a few lines, never a whole book
-BOUNCE_LOCALS = ("bounces",)  # `bounces@<reply domain>`: an envelope sender whose mail may only be delivery reports
+BOUNCE_LOCALS = (BOUNCES,)  # `bounces@<reply domain>`: an envelope sender whose mail may only be delivery reports
 _PARSER = EmailReplyParser(languages=list(MAIL_LANGUAGES))
 _ATTRIBUTION = re.compile(r".*[:：]\s*$")  # "On Mon, ... wrote:", "пн, 7 дек. 2026 г. в 10:00, Acme <...>:"
 
@@ -77,7 +77,7 @@ def recipient(secret: bytes, domain: str | None, address: str, today: date) -> R
     if plus and tag.lower() == "unsubscribe":
         lead = read_unsubscribe_token(secret, token)
         return Recipient("unsubscribe", lead) if lead is not None else None
-    return Recipient("bounces") if local.lower() in BOUNCE_LOCALS else None
+    return Recipient(BOUNCES) if local.lower() in BOUNCE_LOCALS else None
 
 
 async def take_mail(services: Services, mail: Mail) -> str:

@@ -14,6 +14,7 @@ import re
 from datetime import date
 from email.utils import parseaddr
 
+BOUNCES = "bounces"  # bounces@<reply domain>: the envelope sender of our email, where delivery reports come back
 REPLY_DAYS = 400  # a year-old email can still be answered
 _EPOCH = date(1970, 1, 1)
 _REPLY = re.compile(r"([1-9][0-9]{0,15})-([0-9a-f]{1,6})-([0-9a-f]{20})")
