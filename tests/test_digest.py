@@ -9,6 +9,7 @@ from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from playwright.async_api import expect
 from sqlalchemy import update
 
 from bot.config import EmailSettings
@@ -17,6 +18,8 @@ from storage.models import Delivery, Handoff, Lead, Message
 
 from conftest import rows, services_of, templates_with
 from fake_smtp import FakeRelay
+from test_browser import browser, eventually, new_page, open_chat  # noqa: F401  (fixtures: headless Chromium)
+from test_browser import say as type_in
 from test_handoff import add_operator
 from test_webchat import next_from, say
 
@@ -204,3 +207,46 @@ async def test_nurture_alone_is_emailed_only_with_consent(app, db, clock, fake_s
     [received] = fake_smtp.messages
     assert received.message["Subject"] == "New messages from Acme"
     assert "Our spring sale starts today." in plain(received.message)
+
+
+async def test_in_a_browser_a_visitor_who_left_reads_the_answer_from_the_digest_link(
+    app, db, clock, fake_smtp, new_page
+):
+    page = await new_page()
+    await page.goto(str(app.make_url("/")))
+    panel = await open_chat(page)
+    await panel.get_by_role("textbox", name="Your email").fill(ADDRESS)
+    await panel.get_by_role("checkbox").check()
+    await type_in(panel, "Do you ship to Canada? Please call me")
+    await expect(panel.locator(".kindling-bubble").last).to_contain_text("bringing in a person")
+
+    async def gave_address() -> bool:
+        return [lead.email for lead in await rows(db, Lead)] == [ADDRESS]
+
+    await eventually(gave_address, "the address typed next to the consent box is stored")
+    await page.context.close()  # the visitor left
+
+    ana = await add_operator(db, "Ana")
+    [handoff] = await rows(db, Handoff)
+    await services_of(app).handoffs.claim(handoff.id, ana)
+    await services_of(app).handoffs.reply(handoff.id, ana, "Yes, we ship to Canada: 5 to 7 days.")
+    assert await run_job(app, clock) == 1
+    [received] = fake_smtp.messages
+    assert "Yes, we ship to Canada: 5 to 7 days." in plain(received.message)
+    link = urlsplit(re.search(r"\((https://kindling\.example/\?[^)]+)\)", plain(received.message)).group(1))
+    # The app under test serves on a loopback port, not at its public URL: same path and query, local origin.
+    local = app.make_url(f"{link.path}?{link.query}")
+
+    fresh = await new_page()  # another browser: nothing of the visitor's in its storage
+    await fresh.goto(str(local))
+    panel = fresh.get_by_role("dialog", name="Chat with us")
+    await expect(panel).to_be_visible()  # opened on the conversation
+    await expect(panel.locator(".kindling-bubble").last).to_have_text("Yes, we ship to Canada: 5 to 7 days.")
+    await expect(panel.locator(".kindling-bubble").first).to_have_text("Do you ship to Canada? Please call me")
+    assert "kindling=" not in fresh.url  # the link leaves the address bar
+
+    async def answer_seen() -> bool:
+        [answer] = await rows(db, Delivery, Delivery.kind == "operator")
+        return answer.seen_at is not None
+
+    await eventually(answer_seen, "the answer, shown in the widget opened from the email, is reported seen")
