@@ -209,9 +209,8 @@ async def test_nurture_alone_is_emailed_only_with_consent(app, db, clock, fake_s
     assert "Our spring sale starts today." in plain(received.message)
 
 
-async def test_in_a_browser_a_visitor_who_left_reads_the_answer_from_the_digest_link(
-    app, db, clock, fake_smtp, new_page
-):
+async def test_in_a_browser_the_digest_link_shows_the_answer(app, db, clock, fake_smtp, new_page):  # noqa: F811
+    """A visitor who gave an address and left reads the operator's answer through the digest email's link."""
     page = await new_page()
     await page.goto(str(app.make_url("/")))
     panel = await open_chat(page)
