@@ -23,6 +23,7 @@ from bot.handoff.notify import Notifier
 from bot.intake.intake import Intake
 from bot.intake.messages import SystemMessages
 from bot.mail import providers, unsubscribe
+from bot.mail.digest import DIGEST_SECONDS, send_digests
 from bot.mail.receive import start_receiver
 from bot.services import SERVICES, Services
 from bot.web.middlewares import errors
@@ -136,7 +137,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
 def _jobs(services: Services) -> list:
     """What the scheduler ticks: edited flows, due steps, the outbox, stuck leads, handoffs, webhooks, the inbox,
-    and (SQLite) checkpoints."""
+    missed widget messages by email, and (SQLite) checkpoints."""
 
     async def reload_flows() -> None:
         await asyncio.to_thread(services.library.reload)
@@ -151,6 +152,9 @@ def _jobs(services: Services) -> list:
         while services.running and await services.dispatcher.dispatch_due(SEND_BATCH):
             pass
 
+    async def email_missed() -> None:
+        await send_digests(services, services.clock.now())
+
     return [
         (reload_flows, FLOW_RELOAD_SECONDS),
         (run_steps, TICK_SECONDS),
@@ -159,6 +163,7 @@ def _jobs(services: Services) -> list:
         (services.notifier.tick, HANDOFF_SECONDS),
         (services.webhooks.send_due, WEBHOOK_SECONDS),
         (services.inbox.sweep, INBOX_SECONDS),
+        (email_missed, DIGEST_SECONDS),
         (services.checkpoints.run, Checkpoints.SECONDS),
     ]
 

@@ -101,6 +101,7 @@ class Settings:
     webchat_enabled: bool = True
     allowed_origins: tuple[str, ...] = ()
     webchat_messages_per_minute: int = 20
+    webchat_email_after: timedelta | None = timedelta(minutes=10)  # None: missed widget messages are not emailed
     telegram_token: str | None = None
     telegram_secret: str | None = None
     telegram_api_url: str = "https://api.telegram.org"
@@ -166,6 +167,7 @@ def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
         webchat_enabled=webchat.get("enabled", bool, True),
         allowed_origins=tuple(webchat.get("allowed_origins", list, [])),
         webchat_messages_per_minute=_positive(webchat, "messages_per_minute", 20),
+        webchat_email_after=_duration(webchat, "email_after", "10m", allow_off=True),
         telegram_token=token,
         telegram_secret=env.get("KINDLING_TELEGRAM_SECRET") or _derived_secret(token),
         telegram_api_url=_env(

@@ -150,6 +150,7 @@ class PointsEntry(SQLModel, table=True):
 
 
 _NURTURE = "kind = 'nurture'"
+_UNSEEN = "channel = 'webchat' AND seen_at IS NULL AND emailed_at IS NULL"  # what the missed-message digest scans
 
 
 class Delivery(SQLModel, table=True):
@@ -158,6 +159,7 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         Index("ix_delivery_due", "status", "not_before"),
         Index("ix_delivery_nurture", "created_at", sqlite_where=text(_NURTURE), postgresql_where=text(_NURTURE)),
+        Index("ix_delivery_unseen", "sent_at", sqlite_where=text(_UNSEEN), postgresql_where=text(_UNSEEN)),
         NEVER_REUSED,
     )
     id: int | None = Field(default=None, primary_key=True)
@@ -187,6 +189,8 @@ class Delivery(SQLModel, table=True):
     delivered_at: datetime | None = _time(nullable=True)
     seen_at: datetime | None = _time(nullable=True)
     bounced_at: datetime | None = _time(nullable=True)
+    # A widget message the visitor had not seen went by email in a missed-message digest (migration 0013).
+    emailed_at: datetime | None = _time(nullable=True)
     # What the flow report counts, filled as it happens (see flows.history): the A/B variant sent, and
     # what the lead did within 24 h of this nurture message, credited to the last one sent before it.
     variant: str | None = None

@@ -23,7 +23,6 @@ attach themselves to a visitor whose id they merely guessed.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import warnings
@@ -51,14 +50,13 @@ from telegram.warnings import PTBDeprecationWarning
 from bot.channels.telegram_check import wrong_field
 from bot.channels.telegram_operators import OperatorsGroup
 from bot.channels.telegram_plain import dedup_key, plain_message
-from bot.channels.webchat import visitor_link
 from bot.delivery.channel import SendResult, buttons_as_text
 from bot.intake.contacts import normalize_phone
 from bot.intake.inbound import Inbound, Profile, Touch
 from bot.services import Services
 from bot.web.jsonbody import parse_json
 from bot.web.middlewares import json_error
-from bot.web.signing import same
+from bot.web.signing import read_visitor_link, same
 from storage.db import is_sqlite
 from storage.models import Delivery
 from storage.pace import SharedPace, chat_key
@@ -330,8 +328,7 @@ class TelegramChannel:
 
     def _visitor(self, link: str) -> str | None:
         """The visitor id in a deep link, if its signature is ours."""
-        visitor = link.partition("-")[0]
-        return visitor if hmac.compare_digest(visitor_link(self.services.secret_key, visitor), link) else None
+        return read_visitor_link(self.services.secret_key, link)
 
     def _parse(self, data: dict) -> Update:
         """The update as python-telegram-bot reads it; raises Unreadable, or 400 for a field of the wrong type."""

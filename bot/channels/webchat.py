@@ -2,7 +2,9 @@
 
 Protocol (JSON frames). The client starts with
 `{"type": "hello", "visitor": id|null, "token": t|null, "since": last message id, "view": {...}}`
-and gets `{"type": "welcome", "visitor", "token", "conversation"}`, then every message after `since`.
+(plus `"link"`, a signed visitor link from a missed-message email, to continue that visitor's conversation;
+a forged one is ignored) and gets `{"type": "welcome", "visitor", "token", "conversation"}`, then every message
+after `since`.
 Then: `{"type": "message", "id": uuid, "text"}` (answered by `ack`, stored once per uuid),
 `{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`,
 `{"type": "consent", "id": uuid, "email": address|null, "consent": true|false}` (email consent, answered by `ack`),
@@ -21,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import re
@@ -45,7 +45,7 @@ from bot.intake.intake import Received
 from bot.services import Services
 from bot.web.jsonbody import parse_json
 from bot.web.ratelimit import PerMinute
-from bot.web.signing import same
+from bot.web.signing import read_visitor_link, same, token_for, visitor_link
 from flows.consent import CONSENT
 from storage.db import DatabaseUnavailable, transaction
 from storage.leadsearch import conversation_messages
@@ -121,16 +121,6 @@ class WebchatChannel:
         return token_for(self.services.secret_key, visitor)
 
 
-def token_for(secret: bytes, visitor: str) -> str:
-    """The visitor token: an HMAC of the visitor id."""
-    return hmac.new(secret, f"visitor:{visitor}".encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def visitor_link(secret: bytes, visitor: str) -> str:
-    """`<visitor>-<signature>`: short enough for a Telegram deep link, unguessable for another visitor."""
-    return f"{visitor}-{hmac.new(secret, f'link:{visitor}'.encode(), hashlib.sha256).hexdigest()[:12]}"
-
-
 class _Session:
     """One open widget connection."""
 
@@ -186,11 +176,8 @@ class _Session:
         return data
 
     async def _hello(self, hello: dict) -> bool:
-        visitor, token = str(hello.get("visitor") or ""), str(hello.get("token") or "")
         secret = self.services.secret_key
-        expected = token_for(secret, visitor) if _VISITOR.match(visitor) else ""
-        if not expected or not same(token, expected):
-            visitor = secrets.token_hex(8)  # unknown or forged: a new visitor
+        visitor = _linked(secret, hello.get("link")) or _known(secret, hello.get("visitor"), hello.get("token"))
         self.visitor = visitor
         self.locale = _short(hello.get("locale"), 35)
         tz = hello.get("timezone")
@@ -384,6 +371,19 @@ class _Session:
         async with self.send_lock:
             with contextlib.suppress(ConnectionError):
                 await self.ws.send_json(frame)
+
+
+def _linked(secret: bytes, link: Any) -> str | None:
+    """The visitor a signed link names (a missed-message email's `?kindling=`), None for none or a forged one."""
+    return read_visitor_link(secret, link) if isinstance(link, str) and _VISITOR.match(link[:16]) else None
+
+
+def _known(secret: bytes, visitor: Any, token: Any) -> str:
+    """The visitor the hello names, if its token is ours; else a new visitor (unknown or forged)."""
+    visitor, token = str(visitor or ""), str(token or "")
+    if _VISITOR.match(visitor) and same(token, token_for(secret, visitor)):
+        return visitor
+    return secrets.token_hex(8)
 
 
 def touch_from(url: str, referrer: str) -> Touch:

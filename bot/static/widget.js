@@ -64,6 +64,25 @@
     try { return Intl.DateTimeFormat().resolvedOptions().timeZone || null; } catch (e) { return null; }
   }
 
+  // A missed-message email links to the site with ?kindling=<signed visitor link>: the hello asks to continue
+  // that visitor's conversation (the server ignores a forged link) and the panel opens on it. The parameter
+  // leaves the address bar at once, so it is not reported as part of the page or shared with it.
+  var emailLink = takeEmailLink();
+  function takeEmailLink() {
+    try {
+      var url = new URL(location.href), value = url.searchParams.get("kindling");
+      if (value === null) return null;
+      url.searchParams.delete("kindling");
+      history.replaceState(history.state, "", url.href);
+      return value;
+    } catch (e) { return null; }
+  }
+  function continuedFromEmail() {
+    if (!emailLink) return;
+    emailLink = null;
+    open();
+  }
+
   // One view per page load; its id lets the server count a resent view only once.
   var view = { id: uuid(), url: location.href, referrer: document.referrer, title: document.title };
 
@@ -80,7 +99,7 @@
     socket = ws;
     ws.onopen = function () {
       ws.send(JSON.stringify({
-        type: "hello", visitor: visitor, token: token, since: since, view: view,
+        type: "hello", visitor: visitor, token: token, link: emailLink, since: since, view: view,
         locale: navigator.language || null, timezone: timezone()
       }));
     };
@@ -128,6 +147,7 @@
       if (resync) return reconnectNow();
       attempt = 0;
       setOnline(true);
+      continuedFromEmail();
       outbox.forEach(transmit); // same ids: the server stores each message once
       sendReceipts(); // what arrived or was shown while the socket was down
     } else if (frame.type === "message") {
