@@ -237,7 +237,9 @@ async def test_transactions_that_deadlock_each_other_both_commit_once(client, db
         transaction(db, lambda session: raise_both(session, "B", second, first, "A")),
     )  # raises if either was lost
 
-    assert sorted(runs) in (["A", "A", "B"], ["A", "B", "B"])  # one deadlocked, and ran once more
+    # One deadlocked and ran once more; on a busy machine its second run can take its first row back before the
+    # winner does, and deadlock again: still within the attempts, and still each committed once (below).
+    assert len(runs) > 2 and set(runs) == {"A", "B"}
     after = [lead.score for lead in await rows(db, Lead)]
     assert after == [score + 2 for score in before]  # each raised both once: nothing lost, nothing twice
     raised = sorted(event.name for event in await rows(db, Event, Event.name.like("raised by %")))  # type: ignore[union-attr]
