@@ -8,6 +8,7 @@ A connection the relay closed while idle is opened again before anything was sen
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote, urlsplit
 
@@ -43,11 +44,11 @@ class Pacer:
 class Relay:
     """A small pool of SMTP connections to one relay; `send` is one message to one recipient."""
 
-    def __init__(self, url: str, connections: int = CONNECTIONS) -> None:
+    def __init__(self, url: str, connections: int = CONNECTIONS, tls_context: ssl.SSLContext | None = None) -> None:
         self.url = url
         self.idle: asyncio.Queue[SMTP] = asyncio.Queue()
         for _ in range(connections):
-            self.idle.put_nowait(client(url))
+            self.idle.put_nowait(client(url, tls_context))
 
     async def send(self, sender: str, recipient: str, message: bytes) -> None:
         """Send over an idle connection; raises aiosmtplib's errors (SMTPRecipientRefused for a RCPT refusal)."""
@@ -75,8 +76,11 @@ class Relay:
                     smtp.close()
 
 
-def client(url: str) -> SMTP:
-    """An unconnected aiosmtplib client for `smtp://` (STARTTLS if offered) or `smtps://` (implicit TLS)."""
+def client(url: str, tls_context: ssl.SSLContext | None = None) -> SMTP:
+    """An unconnected aiosmtplib client for `smtp://` (STARTTLS if offered) or `smtps://` (implicit TLS).
+
+    `tls_context` replaces the system's trusted certificates (a benchmark's self-signed relay); None in the app.
+    """
     parts = urlsplit(url)
     implicit = parts.scheme == "smtps"
     return SMTP(
@@ -86,6 +90,7 @@ def client(url: str) -> SMTP:
         password=unquote(parts.password) if parts.password else None,
         use_tls=implicit,
         start_tls=False if implicit else None,
+        tls_context=tls_context,
         timeout=TIMEOUT,
     )
 
