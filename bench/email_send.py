@@ -44,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -85,6 +86,8 @@ def sink(port: int, out: Path, cert: Path | None) -> None:
     """
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    warnings.filterwarnings("ignore", "Session.login_data")  # aiosmtpd's own, once per AUTH
 
     seen: list[tuple[float, str]] = []
 
@@ -224,7 +227,7 @@ async def kindling(folder: Path, name: str, count: int, rate: float, outbox: boo
     channel = services.dispatcher.channels["email"]
     if cert is not None:
         await channel.relay.close()
-        channel.relay = Relay(sink_process.url, tls_context=trusting(cert))
+        channel.relay = Relay(sink_process.url, channel.pacer, tls_context=trusting(cert))
     async with services.sessions() as session:
         deliveries = iter((await session.exec(select(Delivery).order_by(Delivery.id))).all())
     results: list = []

@@ -42,19 +42,30 @@ class Pacer:
 
 
 class Relay:
-    """A small pool of SMTP connections to one relay; `send` is one message to one recipient."""
+    """A small pool of SMTP connections to one relay, paced; `send` is one message to one recipient."""
 
-    def __init__(self, url: str, connections: int = CONNECTIONS, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        pacer: Pacer,
+        connections: int = CONNECTIONS,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url
+        self.pacer = pacer
         self.idle: asyncio.Queue[SMTP] = asyncio.Queue()
         for _ in range(connections):
             self.idle.put_nowait(client(url, tls_context))
 
     async def send(self, sender: str, recipient: str, message: bytes) -> None:
-        """Send over an idle connection; raises aiosmtplib's errors (SMTPRecipientRefused for a RCPT refusal)."""
+        """Send over an idle connection; raises aiosmtplib's errors (SMTPRecipientRefused for a RCPT refusal).
+
+        The pacer's slot is taken once a connection is ours and open: a slot taken earlier (while waiting for a
+        connection, or connecting) would be spent late, and a queue of late slots reaches the relay as a burst.
+        """
         smtp = await self.idle.get()
         try:
-            await transfer(smtp, sender, recipient, message)
+            await transfer(smtp, sender, recipient, message, self.pacer.wait)
         except (SMTPServerDisconnected, ConnectionError, TimeoutError, OSError):
             smtp.close()
             raise
@@ -95,14 +106,20 @@ def client(url: str, tls_context: ssl.SSLContext | None = None) -> SMTP:
     )
 
 
-async def transfer(smtp: SMTP, sender: str, recipient: str, message: bytes) -> None:
-    """MAIL, RCPT, DATA on a connection, (re)connecting first; a refused step resets the envelope."""
-    if smtp.is_connected:
-        try:
-            await smtp.mail(sender)
-        except SMTPServerDisconnected:  # closed while idle: nothing was sent yet, so open it again
-            smtp.close()
-    if not smtp.is_connected:
+async def transfer(
+    smtp: SMTP, sender: str, recipient: str, message: bytes, pace: Callable[[], Awaitable[None]]
+) -> None:
+    """(Re)connect, wait for a send slot, then MAIL, RCPT, DATA on a connection; a refused step resets the envelope."""
+    reused = smtp.is_connected
+    if not reused:
+        await smtp.connect()
+    await pace()
+    try:
+        await smtp.mail(sender)
+    except SMTPServerDisconnected:
+        if not reused:
+            raise
+        smtp.close()  # closed while idle: nothing was sent yet, so open it again
         await smtp.connect()
         await smtp.mail(sender)
     try:
