@@ -2,7 +2,7 @@
 naive sender that opens one smtplib connection per message, in the same run, against two kinds of relay.
 
     .venv/bin/python bench/email_send.py [--messages 10000] [--outbox 2000] [--paced 1000] [--rate 50 200]
-                                         [--relay plain tls] [--quick]
+                                         [--relay plain tls] [--rtt 10 --distant 1000] [--quick]
 
 The sink is aiosmtpd in its own process (this file with `--sink`): it accepts everything and records, for
 each message, when it arrived (CLOCK_MONOTONIC, shared by every process on the machine) and its Message-ID.
@@ -26,6 +26,10 @@ Phases:
   * paced: M deliveries through the channel with `email.rate` = R; the rate the sink saw,
     (M - 1) / (last arrival - first arrival), against R.
 
+With `--rtt MS`, the channel and the naive sender run once more (`--distant` emails each) against the STARTTLS +
+AUTH sink holding back every reply MS milliseconds, as a relay that many milliseconds away answers each command
+(the TCP and TLS handshakes themselves are not delayed, so the naive sender pays less than it would).
+
 Checks: the sink received every message exactly once (N distinct Message-IDs, N messages), and every
 delivery is `sent`. Figures: messages/s for both senders and their ratio (target: at least 5x),
 and the pacing error (target: within 10%). Each phase prints a JSON line; the table follows.
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import smtplib
 import ssl
@@ -44,7 +49,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -79,15 +83,25 @@ def trusting(cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
 
 
-def sink(port: int, out: Path, cert: Path | None) -> None:
+def sink(port: int, out: Path, cert: Path | None, delay: float) -> None:
     """Accept every message on 127.0.0.1:port; on SIGTERM write `<arrival> <Message-ID>` lines to `out`.
 
     With `cert`, as a submission relay on port 587 is: STARTTLS required, then AUTH PLAIN/LOGIN (over TLS only).
+    `delay` (seconds) holds back every reply, as a relay that far away would be (one round trip per command).
     """
     from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import AuthResult, LoginPassword
+    from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-    warnings.filterwarnings("ignore", "Session.login_data")  # aiosmtpd's own, once per AUTH
+    class Distant(SMTP):
+        async def push(self, status: str) -> None:
+            await asyncio.sleep(delay)
+            await super().push(status)
+
+    class Sink(Controller):
+        def factory(self) -> SMTP:
+            return (Distant if delay else SMTP)(self.handler, **self.SMTP_kwargs)
+
+    logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd warns of its own deprecation at every AUTH
 
     seen: list[tuple[float, str]] = []
 
@@ -109,7 +123,7 @@ def sink(port: int, out: Path, cert: Path | None) -> None:
         context.load_cert_chain(cert, cert.with_name("key.pem"))
         secure = {"tls_context": context, "require_starttls": True, "auth_required": True,
                   "auth_require_tls": True, "authenticator": authenticator}  # fmt: skip
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port, server_hostname="sink.bench", **secure)
+    controller = Sink(Handler(), hostname="127.0.0.1", port=port, server_hostname="sink.bench", **secure)
     controller.start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -120,11 +134,11 @@ def sink(port: int, out: Path, cert: Path | None) -> None:
 
 
 class Sink:
-    """A sink process for one phase; `cert`: with STARTTLS and AUTH."""
+    """A sink process for one phase; `cert`: with STARTTLS and AUTH; `delay`: each reply held back that long."""
 
-    def __init__(self, folder: Path, name: str, cert: Path | None) -> None:
+    def __init__(self, folder: Path, name: str, cert: Path | None, delay: float = 0.0) -> None:
         self.port, self.out = free_port(), folder / f"{name}.sink"
-        command = [sys.executable, __file__, "--sink", str(self.port), str(self.out), *([str(cert)] if cert else [])]
+        command = [sys.executable, __file__, "--sink", str(self.port), str(self.out), str(cert or "-"), str(delay)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None and self.process.stdout.readline().strip() == "ready"
         credentials = f"{USER}:{PASSWORD}@" if cert else ""
@@ -191,7 +205,9 @@ def _address(i: int) -> str:
     return f"lead{i}@example.com"
 
 
-async def kindling(folder: Path, name: str, count: int, rate: float, outbox: bool, cert: Path | None) -> dict:
+async def kindling(
+    folder: Path, name: str, count: int, rate: float, outbox: bool, cert: Path | None, delay: float = 0.0
+) -> dict:
     """Send `count` nurture deliveries with the real app's EmailChannel (`outbox`: through the outbox loop).
 
     With `cert`, through a STARTTLS + AUTH sink: the channel's relay is made again with a TLS context that
@@ -211,7 +227,7 @@ async def kindling(folder: Path, name: str, count: int, rate: float, outbox: boo
     url = f"sqlite+aiosqlite:///{folder / f'{name}.db'}"
     await fresh_schema(url)
     await load(url, count)
-    sink_process = Sink(folder, name, cert)
+    sink_process = Sink(folder, name, cert, delay)
     env = {
         "KINDLING_DATABASE_URL": url,
         "KINDLING_TEMPLATES": str(ROOT / "templates"),
@@ -257,9 +273,9 @@ async def kindling(folder: Path, name: str, count: int, rate: float, outbox: boo
 # --- the naive baseline ------------------------------------------------------------------------------
 
 
-def naive(folder: Path, name: str, count: int, cert: Path | None) -> dict:
+def naive(folder: Path, name: str, count: int, cert: Path | None, delay: float = 0.0) -> dict:
     """One smtplib connection per message, one message at a time (with `cert`: STARTTLS and AUTH on each)."""
-    sink_process = Sink(folder, name, cert)
+    sink_process = Sink(folder, name, cert, delay)
     context = trusting(cert) if cert else None
     started = time.monotonic()
     for i in range(1, count + 1):
@@ -296,13 +312,15 @@ async def run(args: argparse.Namespace) -> int:
     try:
         cert = certificate(folder)
         results = [await relay_kind(folder, kind, cert if kind == "tls" else None, args) for kind in args.relay]
+        if args.rtt:
+            results.append(await distant(folder, cert, args))
     finally:
         remove(folder)
     phase_line("summary", {kind["relay"]: kind["ratio"] for kind in results} | {"machine": machine()})
     rows = [row for kind in results for row in kind["rows"]]
     print(table(("relay", "sender", "messages", "messages/s", "each exactly once"), rows))
     for kind in results:
-        errors = ", ".join(f"{rate:g}/s: {error:.1%}" for rate, error in kind["pacing"])
+        errors = ", ".join(f"{rate:g}/s: {error:.1%}" for rate, error in kind["pacing"]) or "not run"
         print(f"{kind['relay']}: kindling / naive {kind['ratio']:.2f}x (target >= 5x); pacing error {errors} (<= 10%)")
     ok = all(kind["ok"] for kind in results)
     return 0 if ok and all(kind["ratio"] >= 5 for kind in results) else 1
@@ -343,13 +361,31 @@ async def relay_kind(folder: Path, kind: str, cert: Path | None, args: argparse.
     return {"relay": kind, "ratio": ratio, "rows": rows, "pacing": pacing, "ok": ok}
 
 
+async def distant(folder: Path, cert: Path, args: argparse.Namespace) -> dict:
+    """Kindling's channel and the naive sender against a STARTTLS + AUTH sink that answers each command `--rtt` late."""
+    delay, label = args.rtt / 1000, f"STARTTLS + AUTH, replies {args.rtt:g} ms late"
+    log(f"[{label}] channel and naive: {args.distant} emails each")
+    ours = await kindling(folder, "distant-channel", args.distant, 1e9, outbox=False, cert=cert, delay=delay)
+    phase_line("distant-channel", ours)
+    baseline = await asyncio.to_thread(naive, folder, "distant-naive", args.distant, cert, delay)
+    phase_line("distant-naive", baseline)
+    rows = [
+        (label, "kindling EmailChannel", f"{ours['messages']:,}", f"{ours['per_second']:,.0f}", _once(ours)),
+        (label, "naive (smtplib per message)", f"{baseline['messages']:,}", f"{baseline['per_second']:,.1f}",
+         _once(baseline)),
+    ]  # fmt: skip
+    ok = ours["exactly_once"] and baseline["exactly_once"] and ours["sent"] == ours["messages"]
+    ratio = ours["per_second"] / baseline["per_second"]
+    return {"relay": f"tls, {args.rtt:g} ms", "ratio": ratio, "rows": rows, "pacing": [], "ok": ok}
+
+
 def _once(figures: dict) -> str:
     return "yes" if figures["exactly_once"] else f"NO ({figures['received']} received, {figures['distinct']} distinct)"
 
 
 def main() -> int:
-    if len(sys.argv) in (4, 5) and sys.argv[1] == "--sink":
-        sink(int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]) if len(sys.argv) == 5 else None)
+    if len(sys.argv) == 6 and sys.argv[1] == "--sink":
+        sink(int(sys.argv[2]), Path(sys.argv[3]), None if sys.argv[4] == "-" else Path(sys.argv[4]), float(sys.argv[5]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000, help="N: emails per sender")
@@ -358,6 +394,8 @@ def main() -> int:
                         help="the sink: plain TCP, and/or STARTTLS + AUTH as a relay on port 587 is")  # fmt: skip
     parser.add_argument("--paced", type=int, default=1_000, help="M: emails in the paced run")
     parser.add_argument("--outbox", type=int, default=2_000, help="emails in the run through the outbox")
+    parser.add_argument("--rtt", type=float, default=0.0, help="ms: also run both senders against a TLS sink this far")
+    parser.add_argument("--distant", type=int, default=1_000, help="emails per sender against the distant sink")
     parser.add_argument("--quick", action="store_true", help="N = 1000, M = 300, 300 through the outbox")
     args = parser.parse_args()
     if args.quick:
