@@ -60,20 +60,19 @@ class EmailChannel:
         """None of its own: unsubscribe links are served whether or not email is on (bot.mail.unsubscribe)."""
 
     async def start(self) -> None:
-        self.relay = Relay(self.settings.smtp_url or "")
+        self.relay = Relay(self.settings.smtp_url or "", self.pacer)
 
     async def stop(self) -> None:
         if self.relay is not None:
             await self.relay.close()
 
     async def send(self, delivery: Delivery) -> SendResult:
-        """Compose, wait for a slot, hand the message to the relay; the relay's answer is the result.
+        """Compose, hand the message to the relay (which paces it); the relay's answer is the result.
 
         Whether this lead may get it now (consent, unsubscribed, bounced) the dispatcher checked right before.
         """
         message = self.composer.compose(self._letter(delivery), buttons_as_text(delivery.text, delivery.buttons))
         assert self.relay is not None, "channel not started"
-        await self.pacer.wait()
         try:
             await self.relay.send(self.sender, delivery.address, message.as_bytes(policy=WIRE))
         except SMTPRecipientRefused as exc:

@@ -8,6 +8,7 @@ A connection the relay closed while idle is opened again before anything was sen
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote, urlsplit
 
@@ -41,19 +42,30 @@ class Pacer:
 
 
 class Relay:
-    """A small pool of SMTP connections to one relay; `send` is one message to one recipient."""
+    """A small pool of SMTP connections to one relay, paced; `send` is one message to one recipient."""
 
-    def __init__(self, url: str, connections: int = CONNECTIONS) -> None:
+    def __init__(
+        self,
+        url: str,
+        pacer: Pacer,
+        connections: int = CONNECTIONS,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url
+        self.pacer = pacer
         self.idle: asyncio.Queue[SMTP] = asyncio.Queue()
         for _ in range(connections):
-            self.idle.put_nowait(client(url))
+            self.idle.put_nowait(client(url, tls_context))
 
     async def send(self, sender: str, recipient: str, message: bytes) -> None:
-        """Send over an idle connection; raises aiosmtplib's errors (SMTPRecipientRefused for a RCPT refusal)."""
+        """Send over an idle connection; raises aiosmtplib's errors (SMTPRecipientRefused for a RCPT refusal).
+
+        The pacer's slot is taken once a connection is ours and open: a slot taken earlier (while waiting for a
+        connection, or connecting) would be spent late, and a queue of late slots reaches the relay as a burst.
+        """
         smtp = await self.idle.get()
         try:
-            await transfer(smtp, sender, recipient, message)
+            await transfer(smtp, sender, recipient, message, self.pacer.wait)
         except (SMTPServerDisconnected, ConnectionError, TimeoutError, OSError):
             smtp.close()
             raise
@@ -75,8 +87,11 @@ class Relay:
                     smtp.close()
 
 
-def client(url: str) -> SMTP:
-    """An unconnected aiosmtplib client for `smtp://` (STARTTLS if offered) or `smtps://` (implicit TLS)."""
+def client(url: str, tls_context: ssl.SSLContext | None = None) -> SMTP:
+    """An unconnected aiosmtplib client for `smtp://` (STARTTLS if offered) or `smtps://` (implicit TLS).
+
+    `tls_context` replaces the system's trusted certificates (a benchmark's self-signed relay); None in the app.
+    """
     parts = urlsplit(url)
     implicit = parts.scheme == "smtps"
     return SMTP(
@@ -86,18 +101,25 @@ def client(url: str) -> SMTP:
         password=unquote(parts.password) if parts.password else None,
         use_tls=implicit,
         start_tls=False if implicit else None,
+        tls_context=tls_context,
         timeout=TIMEOUT,
     )
 
 
-async def transfer(smtp: SMTP, sender: str, recipient: str, message: bytes) -> None:
-    """MAIL, RCPT, DATA on a connection, (re)connecting first; a refused step resets the envelope."""
-    if smtp.is_connected:
-        try:
-            await smtp.mail(sender)
-        except SMTPServerDisconnected:  # closed while idle: nothing was sent yet, so open it again
-            smtp.close()
-    if not smtp.is_connected:
+async def transfer(
+    smtp: SMTP, sender: str, recipient: str, message: bytes, pace: Callable[[], Awaitable[None]]
+) -> None:
+    """(Re)connect, wait for a send slot, then MAIL, RCPT, DATA on a connection; a refused step resets the envelope."""
+    reused = smtp.is_connected
+    if not reused:
+        await smtp.connect()
+    await pace()
+    try:
+        await smtp.mail(sender)
+    except SMTPServerDisconnected:
+        if not reused:
+            raise
+        smtp.close()  # closed while idle: nothing was sent yet, so open it again
         await smtp.connect()
         await smtp.mail(sender)
     try:
