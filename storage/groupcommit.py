@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.db import Sessions, transaction
+from storage.db import DatabaseUnavailable, Sessions, transaction
 
 T = TypeVar("T")
 Work = Callable[[AsyncSession], Awaitable[Any]]
@@ -25,8 +25,9 @@ class GroupCommit:
     A caller with nobody ahead gets a transaction of its own at once; callers that arrive while one is
     being written are written together in the next. On SQLite each transaction costs several thread round
     trips on top of its statements and holds the one write lock throughout, so one transaction for many
-    small works costs far less than one each. A work that raises fails its whole group (each caller gets
-    the error) and `transaction`'s retries run the whole group again, so works must be safe to run again.
+    small works costs far less than one each. `transaction`'s retries run a whole group again, so works must be
+    safe to run again; when a group fails all the same, each of its works is run in a transaction of its own,
+    so one work's failure (a record whose lead was erased meanwhile, say) is its caller's alone.
     """
 
     def __init__(self, sessions: Sessions, limit: int = GROUP) -> None:
@@ -58,16 +59,30 @@ class GroupCommit:
                     for _, future in [*group, *self._waiting]:
                         future.cancel()
                     raise
-                except Exception as exc:  # whatever it is, every caller of the group gets it
+                except DatabaseUnavailable as exc:  # the database is away for every one of them alike
                     for _, future in group:
                         if not future.done():
                             future.set_exception(exc)
+                except Exception:  # one work's failure must not fail the others: each runs on its own
+                    for work, future in group:
+                        await self._alone(work, future)
                 else:
                     for (_, future), result in zip(group, results, strict=True):
                         if not future.done():  # its caller may have given up (cancelled)
                             future.set_result(result)
         finally:
             self._writing -= 1
+
+    async def _alone(self, work: Work, future: asyncio.Future[Any]) -> None:
+        """Run one work in a transaction of its own; its caller gets what it returned or raised."""
+        try:
+            result = await transaction(self.sessions, work)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(result)
 
 
 async def _each(works: list[Work], session: AsyncSession) -> list[Any]:
