@@ -22,11 +22,12 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
+from test_two_instances import Server
 
 from conftest import PASSWORD, ROOT, shipped_templates
 from fake_telegram import TOKEN, FakeTelegram
@@ -38,45 +39,6 @@ TELEGRAM_SECRET = "deploy-test-telegram-secret"
 CHAT = 5550001
 
 pytestmark = pytest.mark.slow  # two servers and a TLS handshake per browser: some seconds
-
-
-@dataclass
-class Server:
-    """A child process whose output is read all along (so its pipe never fills) and kept for failures."""
-
-    name: str
-    process: asyncio.subprocess.Process
-    lines: list[str] = field(default_factory=list)
-    reader: asyncio.Task | None = None
-
-    @classmethod
-    async def start(cls, name: str, *command: str, env: dict[str, str], cwd: Path) -> Server:
-        process = await asyncio.create_subprocess_exec(
-            *command, cwd=cwd, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-        )
-        server = cls(name, process)
-        server.reader = asyncio.create_task(server._read())
-        return server
-
-    async def _read(self) -> None:
-        assert self.process.stderr is not None
-        async for line in self.process.stderr:
-            self.lines.append(line.decode(errors="replace"))
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), timeout=15)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-        if self.reader is not None:
-            await self.reader
 
 
 @dataclass
@@ -162,7 +124,7 @@ async def site(tmp_path: Path, database_url: str, fake_telegram: FakeTelegram) -
         "KINDLING_TELEGRAM_API_URL": fake_telegram.url,
     }
     await add_admin(env)
-    servers = [await Server.start("kindling", *KINDLING, "serve", env=env, cwd=ROOT)]
+    servers = [await Server.launch("kindling", *KINDLING, "serve", env=env, cwd=ROOT)]
     caddy_env = {
         **base_env(tmp_path),
         "KINDLING_DOMAIN": f"localhost:{https_port}",
@@ -172,7 +134,7 @@ async def site(tmp_path: Path, database_url: str, fake_telegram: FakeTelegram) -
     }
     caddyfile = str(DEPLOY / "Caddyfile")
     servers.append(
-        await Server.start(
+        await Server.launch(
             "caddy", caddy, "run", "--config", caddyfile, "--adapter", "caddyfile", env=caddy_env, cwd=tmp_path
         )
     )

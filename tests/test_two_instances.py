@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Self
 
 import pytest
 from aiohttp import web
@@ -87,30 +88,24 @@ async def telegram(aiohttp_server) -> TaggedTelegram:  # type: ignore[no-untyped
 
 
 @dataclass
-class Instance:
-    """One `python -m bot serve` process; its log is read all along so the pipe never fills."""
+class Server:
+    """A child process whose output is read all along (so its pipe never fills) and kept for failures."""
 
     name: str
-    port: int
     process: asyncio.subprocess.Process
     lines: list[str] = field(default_factory=list)
     reader: asyncio.Task | None = None
 
     @classmethod
-    async def start(cls, name: str, env: dict[str, str]) -> Instance:
-        port = free_port()
+    async def launch(cls, name: str, *command: str, env: dict[str, str], cwd: Path) -> Self:
         process = await asyncio.create_subprocess_exec(
-            *SERVE,
-            cwd=ROOT,
-            env={**env, "KINDLING_PORT": str(port)},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+            *command, cwd=cwd, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
         )
-        instance = cls(name, port, process)
-        instance.reader = asyncio.create_task(instance._read_log())
-        return instance
+        server = cls(name, process)
+        server.reader = asyncio.create_task(server._read())
+        return server
 
-    async def _read_log(self) -> None:
+    async def _read(self) -> None:
         assert self.process.stderr is not None
         async for line in self.process.stderr:
             self.lines.append(line.decode(errors="replace"))
@@ -118,12 +113,6 @@ class Instance:
     @property
     def log(self) -> str:
         return "".join(self.lines)
-
-    async def listening(self, everyone: list[Instance]) -> None:
-        """Wait until the server says it is listening; fail with the logs if it exits or takes too long."""
-        marker = f"Running on http://127.0.0.1:{self.port}"
-        if not await wait_until(lambda: marker in self.log, START_TIMEOUT, everyone):
-            pytest.fail(f"instance {self.name} not listening after {START_TIMEOUT:.0f} s\n{logs(everyone)}")
 
     async def stop(self) -> None:
         if self.process.returncode is None:
@@ -135,6 +124,26 @@ class Instance:
                 await self.process.wait()
         if self.reader is not None:
             await self.reader
+
+
+@dataclass
+class Instance(Server):
+    """One `python -m bot serve` process on a port of its own."""
+
+    port: int = 0
+
+    @classmethod
+    async def start(cls, name: str, env: dict[str, str]) -> Instance:
+        port = free_port()
+        instance = await cls.launch(name, *SERVE, env={**env, "KINDLING_PORT": str(port)}, cwd=ROOT)
+        instance.port = port
+        return instance
+
+    async def listening(self, everyone: list[Instance]) -> None:
+        """Wait until the server says it is listening; fail with the logs if it exits or takes too long."""
+        marker = f"Running on http://127.0.0.1:{self.port}"
+        if not await wait_until(lambda: marker in self.log, START_TIMEOUT, everyone):
+            pytest.fail(f"instance {self.name} not listening after {START_TIMEOUT:.0f} s\n{logs(everyone)}")
 
 
 def free_port() -> int:
