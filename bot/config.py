@@ -86,6 +86,51 @@ class EmailSettings:
 
 
 @dataclass(frozen=True)
+class WhatsAppTemplate:
+    """An approved WhatsApp message template: its name, language, body parameters and category."""
+
+    name: str
+    language: str
+    parameters: int = 0
+    category: str = "marketing"  # marketing | utility | authentication (Meta's categories, lower case)
+
+
+@dataclass(frozen=True)
+class MetaSettings:
+    """Meta's platforms (WhatsApp Cloud API, Messenger, Instagram): the Graph API and the webhooks' secrets."""
+
+    graph_api_url: str = "https://graph.facebook.com/v21.0"
+    app_secret: str | None = None  # signs every webhook POST (X-Hub-Signature-256)
+    verify_token: str | None = None  # what Meta's webhook verification GET must bring
+    whatsapp_token: str | None = None
+    whatsapp_phone_id: str | None = None
+    whatsapp_business_id: str | None = None  # the WhatsApp Business Account, for `kindling whatsapp templates`
+    whatsapp_rate: float = 80.0  # messages a second per phone number
+    whatsapp_recipient_gap: timedelta = timedelta(seconds=1)  # at least this between two messages to one person
+    whatsapp_templates: tuple[WhatsAppTemplate, ...] = ()
+    messenger_page_token: str | None = None
+
+    def whatsapp_missing(self) -> list[str]:
+        """The settings WhatsApp needs that are not set (empty: it is on)."""
+        needed = {
+            "KINDLING_WHATSAPP_TOKEN": self.whatsapp_token,
+            "KINDLING_WHATSAPP_PHONE_ID": self.whatsapp_phone_id,
+            "KINDLING_META_APP_SECRET": self.app_secret,
+            "KINDLING_META_VERIFY_TOKEN": self.verify_token,
+        }
+        return [name for name, value in needed.items() if not value]
+
+    def messenger_missing(self) -> list[str]:
+        """The settings Messenger and Instagram need that are not set (empty: they are on)."""
+        needed = {
+            "KINDLING_MESSENGER_PAGE_TOKEN": self.messenger_page_token,
+            "KINDLING_META_APP_SECRET": self.app_secret,
+            "KINDLING_META_VERIFY_TOKEN": self.verify_token,
+        }
+        return [name for name, value in needed.items() if not value]
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting Kindling uses, validated."""
 
@@ -116,6 +161,7 @@ class Settings:
     operators_chat: int | None = None
     outbox_lease: timedelta = timedelta(seconds=60)
     email: EmailSettings = EmailSettings()
+    meta: MetaSettings = MetaSettings()
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests, CLI flags)."""
@@ -183,6 +229,7 @@ def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
         operators_chat=_operators_chat(env.get("KINDLING_OPERATORS_CHAT")),
         outbox_lease=_duration(doc.section("outbox"), "lease", "60s"),
         email=_email(doc.section("email"), env),
+        meta=_meta(channels.section("meta"), channels.section("whatsapp"), env),
     )
     doc.reject_unknown()
     return settings
@@ -398,6 +445,49 @@ def _email(section: _Section, env: Mapping[str, str]) -> EmailSettings:
         mailgun_signing_key=env.get("KINDLING_MAILGUN_SIGNING_KEY") or None,
         postmark_inbound_auth=_user_pass("KINDLING_POSTMARK_INBOUND_AUTH", env.get("KINDLING_POSTMARK_INBOUND_AUTH")),
     )
+
+
+def _meta(meta: _Section, whatsapp: _Section, env: Mapping[str, str]) -> MetaSettings:
+    url = _env(env, "KINDLING_GRAPH_API_URL", meta.get("graph_api_url", str, MetaSettings.graph_api_url)).rstrip("/")
+    if not _is_http_url(url):
+        raise ConfigError(f"channels.meta.graph_api_url: expected an http(s) URL, got {url!r}")
+    rate = whatsapp.get("messages_per_second", (int, float), MetaSettings.whatsapp_rate)
+    if not rate > 0:
+        raise ConfigError("channels.whatsapp.messages_per_second: must be more than 0")
+    return MetaSettings(
+        graph_api_url=url,
+        app_secret=env.get("KINDLING_META_APP_SECRET") or None,
+        verify_token=env.get("KINDLING_META_VERIFY_TOKEN") or None,
+        whatsapp_token=env.get("KINDLING_WHATSAPP_TOKEN") or None,
+        whatsapp_phone_id=env.get("KINDLING_WHATSAPP_PHONE_ID") or None,
+        whatsapp_business_id=env.get("KINDLING_WHATSAPP_BUSINESS_ID") or None,
+        whatsapp_rate=float(rate),
+        whatsapp_recipient_gap=_duration(whatsapp, "recipient_gap", "1s"),
+        whatsapp_templates=_whatsapp_templates(whatsapp, "templates"),
+        messenger_page_token=env.get("KINDLING_MESSENGER_PAGE_TOKEN") or None,
+    )
+
+
+def _whatsapp_templates(section: _Section, name: str) -> tuple[WhatsAppTemplate, ...]:
+    """`[[channels.whatsapp.templates]]`: name, language, parameters, category."""
+    entries = section.get(name, list, [])
+    templates = []
+    for index, entry in enumerate(entries):
+        item = section.item(name, index, entry)
+        template = WhatsAppTemplate(
+            name=item.get("name", str, ""),
+            language=item.get("language", str, ""),
+            parameters=item.get("parameters", int, 0),
+            category=item.get("category", str, "marketing").lower(),
+        )
+        if not template.name or not template.language:
+            raise ConfigError(f"{item.path}: a template needs a name and a language")
+        if template.parameters < 0 or template.category not in ("marketing", "utility", "authentication"):
+            raise ConfigError(
+                f"{item.path}: parameters must be 0 or more, category marketing, utility or authentication"
+            )
+        templates.append(template)
+    return tuple(templates)
 
 
 def _user_pass(name: str, text: str | None) -> str | None:

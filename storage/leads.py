@@ -193,12 +193,25 @@ async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: d
     survivor.tags = sorted(set(survivor.tags) | set(other.tags))
     if other.opted_out_at is not None and survivor.opted_out_at is None:
         survivor.opted_out_at = other.opted_out_at  # a person who said stop stays opted out
+    if other.channel_marketing:  # an opt-out of marketing on a channel anywhere wins; consent is kept
+        survivor.channel_marketing = merged_channel_marketing(survivor.channel_marketing, other.channel_marketing)
     survivor.created_at = min(survivor.created_at, other.created_at)
     survivor.updated_at = now
     other.merged_into_id = survivor.id
     other.updated_at = now
     session.add_all([survivor, other])
     await session.flush()
+
+
+def merged_channel_marketing(survivor: dict, other: dict) -> dict:
+    """Two leads' per-channel marketing states (consent, opt-out) as one person's: what either has is kept."""
+    merged = {channel: dict(state) for channel, state in survivor.items()}
+    for channel, state in other.items():
+        mine = merged.setdefault(channel, {})
+        for key, value in state.items():
+            if value and not mine.get(key):
+                mine[key] = value
+    return merged
 
 
 async def find_conversation(session: AsyncSession, channel: str, external_id: str) -> Conversation | None:

@@ -72,6 +72,9 @@ class Lead(SQLModel, table=True):
     email_opted_out_at: datetime | None = _time(nullable=True)
     email_bounced_at: datetime | None = _time(nullable=True)
     email_bounce_reason: str | None = None
+    # Messengers (migration 0014): per channel, marketing consent and opt-out, as ISO times with how or why:
+    # {"whatsapp": {"consent_at", "consent_source", "opted_out_at", "opted_out_reason"}}. See flows.channel_consent.
+    channel_marketing: dict = _json(dict)
 
 
 class Identity(SQLModel, table=True):
@@ -180,7 +183,7 @@ class Delivery(SQLModel, table=True):
     not_before: datetime = _time()
     lease_until: datetime | None = _time(nullable=True)
     last_error: str | None = None
-    provider_message_id: str | None = None
+    provider_message_id: str | None = Field(default=None, index=True)  # migration 0014: statuses find it
     created_at: datetime = _time()
     sent_at: datetime | None = _time(nullable=True)
     subject: str | None = None  # an email's subject

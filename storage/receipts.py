@@ -46,3 +46,34 @@ async def reach_of(session: AsyncSession, delivery_ids: Sequence[int | None]) ->
         return {}
     rows = await session.exec(select(Delivery).where(col(Delivery.id).in_(wanted)))
     return {row.id: row for row in rows.all() if row.id is not None}
+
+
+async def mark_by_provider_id(
+    session: AsyncSession, channel: str, provider_id: str, state: str, at: datetime, error: str | None = None
+) -> Delivery | None:
+    """Apply a channel's status report (`delivered`, `read`, `failed`) to the delivery it sent as `provider_id`.
+
+    States only move forward and a repeat changes nothing: `read` implies delivered (a read reported before
+    its delivered ends as seen, dated by the first report); `failed` counts only for a message not yet
+    delivered or seen. Returns the delivery a `failed` report failed, else None.
+    """
+    row = (
+        await session.exec(
+            select(Delivery)
+            .where(Delivery.provider_message_id == provider_id, Delivery.channel == channel)
+            .with_for_update()
+        )
+    ).first()
+    if row is None or row.status != "sent":
+        return None
+    if state in ("delivered", "read"):
+        row.delivered_at = row.delivered_at or at
+        if state == "read":
+            row.seen_at = row.seen_at or at
+        session.add(row)
+        return None
+    if state == "failed" and row.delivered_at is None and row.seen_at is None:
+        row.status, row.last_error = "dead", (error or "failed")[:500]
+        session.add(row)
+        return row
+    return None

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from fake_graph import fake_graph  # noqa: F401  (the Graph API fixture)
 from sqlalchemy import text
 from sqlmodel import SQLModel, select
 

@@ -11,7 +11,7 @@ import pytest
 
 from bot.app import create_app
 from bot.cli import parser as cli_parser  # the one place the docs tests reach for the command line
-from bot.config import EmailSettings, load_settings, setting_keys, settings_from
+from bot.config import EmailSettings, MetaSettings, load_settings, setting_keys, settings_from
 
 from conftest import ROOT
 
@@ -208,7 +208,10 @@ def test_every_documented_command_and_option_exists():
 def routes(settings) -> set[tuple[str, str]]:
     """Every route of an app with every channel on: (method, path)."""
     email = EmailSettings(mailgun_signing_key="key", postmark_inbound_auth="user:pass")
-    settings = settings.with_(telegram_token="1:x", webhook_sources={"acme": object()}, email=email)
+    meta = MetaSettings(
+        app_secret="x", verify_token="x", whatsapp_token="x", whatsapp_phone_id="1", messenger_page_token="x"
+    )
+    settings = settings.with_(telegram_token="1:x", webhook_sources={"acme": object()}, email=email, meta=meta)
     app = create_app(settings)
     found = {(route.method, route.resource.canonical) for route in app.router.routes() if route.method != "HEAD"}
     assert ("POST", "/webhooks/telegram") in found

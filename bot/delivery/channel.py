@@ -21,6 +21,7 @@ class SendResult:
     blocked: bool = False  # the person blocked us on this channel: an opt-out
     delivered: bool = False  # sent, and the channel says it has it (a relay accepted the email, say)
     bounced: bool = False  # failed because the address does not exist: never try it again
+    marketing_off: bool = False  # the channel cannot reach the person (or they stopped its marketing): no nurture there
 
     @classmethod
     def sent(cls, provider_id: str | None = None, delivered: bool = False) -> SendResult:
@@ -31,8 +32,15 @@ class SendResult:
         return cls("retry", retry_after=after, error=error)
 
     @classmethod
-    def failed(cls, error: str, blocked: bool = False, bounced: bool = False) -> SendResult:
-        return cls("failed", error=error, blocked=blocked, bounced=bounced)
+    def failed(
+        cls, error: str, blocked: bool = False, bounced: bool = False, marketing_off: bool = False
+    ) -> SendResult:
+        return cls("failed", error=error, blocked=blocked, bounced=bounced, marketing_off=marketing_off)
+
+    @classmethod
+    def held(cls, reason: str) -> SendResult:
+        """Not sent, and it must not go as it is (a closed messaging window, say): skipped, with the reason."""
+        return cls("skipped", error=reason)
 
 
 class Channel(Protocol):

@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.delivery.channel import Channel, SendResult
 from bot.delivery.hub import Hub, message_frame
+from flows.channel_consent import marketing_opt_out
 from flows.clock import Clock
 from flows.optout import email_bounced, opt_out
 from flows.reach import EMAIL, EmailPolicy, email_block
@@ -273,6 +274,14 @@ class Dispatcher:
             await session.flush()
             return message
         row.last_error = result.error
+        if result.status == "skipped":  # held back by the channel: shown with its reason, never retried
+            row.status, row.lease_until = "skipped", None
+            row.attempts -= 1  # it was not an attempt that failed
+            session.add(row)
+            return None
+        if result.marketing_off:
+            lead = await get_lead(session, row.lead_id)
+            await marketing_opt_out(session, lead, row.channel, result.error or "cannot be reached", now)
         if result.blocked:
             lead = await get_lead(session, row.lead_id)
             await opt_out(session, lead, f"blocked us on {row.channel}", now)

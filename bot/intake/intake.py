@@ -35,6 +35,9 @@ from storage.rowids import number_rows
 log = logging.getLogger(__name__)
 BATCH = 50  # inbounds stored together in one transaction at most (group commit)
 CONTACT_KINDS = ("email", "phone")
+# An inbound's property naming the contact kind its channel's own id is (WhatsApp: "phone"): that identity
+# merges leads, but the person did not share it, so it is not recorded (nor thanked for) as shared.
+IMPLIED = "implied_contact"
 STUCK_SECONDS = 2.0  # a batch running this long no longer holds back other writers' inbounds of its people
 
 
@@ -365,7 +368,10 @@ class Intake:
         Verified ones (Telegram's contact button) are identities: `_resolve_lead` merged them already. One
         typed into a chat is only a claim (anyone can type anybody's address): see `_claim`.
         """
-        shared = [(kind, value, True) for kind, value in inbound.identities if kind in CONTACT_KINDS]
+        implied = inbound.properties.get(IMPLIED)  # the channel's own id is this contact (WhatsApp: the number)
+        shared = [
+            (kind, value, True) for kind, value in inbound.identities if kind in CONTACT_KINDS and kind != implied
+        ]
         if own_words(inbound):  # a forwarded text or someone else's card claims nothing for the sender
             text = inbound.text or ""
             typed = (("email", find_email(text)), ("phone", find_phone(text, lead.locale)))

@@ -1,0 +1,128 @@
+"""WhatsApp Cloud API: Meta's signed webhook in, the Graph API's `/{phone_id}/messages` out.
+
+Meta GETs `/webhooks/whatsapp` to verify it and POSTs notifications there, signed with the app secret
+(bot/channels/meta.py). One POST may carry several entries, changes, messages and statuses: each message
+becomes its own inbound, stored in the inbox (keyed by its `wamid`) before the 200, so Meta's retries are
+stored once; statuses move the deliveries they are about forward (delivered, read, failed) in the same
+request. Changes for another phone number, and every field but `messages`, are answered 200 and ignored.
+What a message says is read in `whatsapp_inbound.py`; what a delivery becomes in `whatsapp_send.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from bot.channels.meta import (
+    GraphClient,
+    GraphError,
+    Pace,
+    apply_statuses,
+    classify,
+    signed_json,
+    take_in,
+    verification,
+)
+from bot.channels.whatsapp_inbound import read_change
+from bot.delivery.channel import SendResult
+from bot.services import Services
+from storage.models import Delivery
+
+log = logging.getLogger(__name__)
+PATH = "/webhooks/whatsapp"
+
+
+class WhatsAppChannel:
+    """A WhatsApp Business phone number; a conversation's address is the person's `wa_id` (their number)."""
+
+    name = "whatsapp"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        meta = services.settings.meta
+        self.meta = meta
+        self.phone_id = meta.whatsapp_phone_id or ""
+        self.graph = GraphClient(meta.graph_api_url, meta.whatsapp_token or "")
+        self.pace = Pace(meta.whatsapp_rate, meta.whatsapp_recipient_gap)
+
+    @staticmethod
+    def enabled(services: Services) -> str | None:
+        """None when enabled, else the settings that are missing."""
+        missing = services.settings.meta.whatsapp_missing()
+        return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set" if missing else None
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get(PATH, verification(self.meta.verify_token))
+        app.router.add_post(PATH, self.webhook)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await self.graph.close()
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """Check the signature, store the messages and apply the statuses, then answer 200."""
+        data = await signed_json(request, self.meta.app_secret)
+        if isinstance(data, web.Response):
+            return data
+        now = self.services.clock.now()
+        inbounds, statuses, ignored = [], [], []
+        for change in _changes(data):
+            value = change.get("value")
+            if change.get("field") != "messages" or not isinstance(value, dict):
+                ignored.append(f"field {change.get('field')!r}")
+                continue
+            if (value.get("metadata") or {}).get("phone_number_id") not in (self.phone_id, None):
+                ignored.append("another phone number")
+                continue
+            read = read_change(value, now)
+            inbounds += read.inbounds
+            statuses += read.statuses
+            ignored += read.ignored
+        await take_in(self.services, inbounds)  # durable once this returns; taken in right after
+        await apply_statuses(self.services, self.name, statuses)
+        answer: dict[str, Any] = {"ok": True, "messages": len(inbounds), "statuses": len(statuses)}
+        if ignored:
+            answer["ignored"] = ignored
+        return web.json_response(answer)
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        """Send a delivery as a text message; Meta's errors become retry / held back / failed."""
+        payload = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": delivery.address,
+            "type": "text",
+            "text": {"preview_url": False, "body": delivery.text},
+        }
+        return await self.post(delivery.address, payload)
+
+    async def post(self, to: str, payload: dict[str, Any]) -> SendResult:
+        """POST one message to `/{phone_id}/messages`, paced; its `wamid` on success."""
+        await self.pace.wait(to)
+        try:
+            answer = await self.graph.post(f"{self.phone_id}/messages", payload)
+        except GraphError as exc:
+            result = classify(exc, self.name)
+            if result.status == "retry" and exc.status and exc.status < 500:
+                self.pace.slow_down(1.0)  # a throughput error: everyone waits a moment, not only this message
+            return result
+        messages = answer.get("messages")
+        wamid = (
+            messages[0].get("id") if isinstance(messages, list) and messages and isinstance(messages[0], dict) else None
+        )
+        return SendResult.sent(provider_id=wamid if isinstance(wamid, str) else None)
+
+
+def _changes(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every change of every entry (ill-formed ones left out)."""
+    return [
+        change
+        for entry in data["entry"]
+        if isinstance(entry, dict) and isinstance(entry.get("changes"), list)
+        for change in entry["changes"]
+        if isinstance(change, dict)
+    ]
