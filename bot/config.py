@@ -26,6 +26,7 @@ from flows.outgoing import WEBHOOK_EVENTS
 from flows.safety import Policy, QuietHours
 from flows.scoring import Cap, ScoreRule, Scoring
 from flows.stages import DEFAULT_ORDER, Stages
+from flows.whatsapp_rules import CATEGORIES, WhatsAppTemplate
 
 DEFAULT_PATH = Path("config.toml")
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -86,16 +87,6 @@ class EmailSettings:
 
 
 @dataclass(frozen=True)
-class WhatsAppTemplate:
-    """An approved WhatsApp message template: its name, language, body parameters and category."""
-
-    name: str
-    language: str
-    parameters: int = 0
-    category: str = "marketing"  # marketing | utility | authentication (Meta's categories, lower case)
-
-
-@dataclass(frozen=True)
 class MetaSettings:
     """Meta's platforms (WhatsApp Cloud API, Messenger, Instagram): the Graph API and the webhooks' secrets."""
 
@@ -108,6 +99,8 @@ class MetaSettings:
     whatsapp_rate: float = 80.0  # messages a second per phone number
     whatsapp_recipient_gap: timedelta = timedelta(seconds=1)  # at least this between two messages to one person
     whatsapp_templates: tuple[WhatsAppTemplate, ...] = ()
+    whatsapp_consent_buttons: tuple[str, ...] = ("Yes, send me offers",)  # pressed in chat: marketing consent
+    whatsapp_stop_buttons: tuple[str, ...] = ("Stop promotions",)  # Meta's opt-out button: consent withdrawn
     messenger_page_token: str | None = None
 
     def whatsapp_missing(self) -> list[str]:
@@ -464,8 +457,17 @@ def _meta(meta: _Section, whatsapp: _Section, env: Mapping[str, str]) -> MetaSet
         whatsapp_rate=float(rate),
         whatsapp_recipient_gap=_duration(whatsapp, "recipient_gap", "1s"),
         whatsapp_templates=_whatsapp_templates(whatsapp, "templates"),
+        whatsapp_consent_buttons=_labels(whatsapp, "consent_buttons", MetaSettings.whatsapp_consent_buttons),
+        whatsapp_stop_buttons=_labels(whatsapp, "stop_buttons", MetaSettings.whatsapp_stop_buttons),
         messenger_page_token=env.get("KINDLING_MESSENGER_PAGE_TOKEN") or None,
     )
+
+
+def _labels(section: _Section, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    labels = section.get(name, list, list(default))
+    if not all(isinstance(label, str) and label.strip() for label in labels):
+        raise ConfigError(f"{section.key(name)}: a list of button labels")
+    return tuple(labels)
 
 
 def _whatsapp_templates(section: _Section, name: str) -> tuple[WhatsAppTemplate, ...]:
@@ -482,7 +484,7 @@ def _whatsapp_templates(section: _Section, name: str) -> tuple[WhatsAppTemplate,
         )
         if not template.name or not template.language:
             raise ConfigError(f"{item.path}: a template needs a name and a language")
-        if template.parameters < 0 or template.category not in ("marketing", "utility", "authentication"):
+        if template.parameters < 0 or template.category not in CATEGORIES:
             raise ConfigError(
                 f"{item.path}: parameters must be 0 or more, category marketing, utility or authentication"
             )

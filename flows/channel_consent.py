@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage.models import Delivery, Event, Lead
 
 SOURCES = ("chat", "widget", "api", "operator")
+WHATSAPP_CONSENT = "whatsapp_consent"  # the key an inbound's properties carry WhatsApp marketing consent under
 CONSENT_EVENT = "channel_consent"
 OPT_OUT_EVENT = "marketing_opt_out"
 

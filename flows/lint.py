@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +16,7 @@ from flows.render import RenderError, describe, flow_environment, render_block
 from flows.samples import sample_contexts
 from flows.spec import FlowSpec, Problem
 from flows.stages import DEFAULT_ORDER
+from flows.whatsapp_rules import WhatsAppTemplate, button_problems, template_problem
 
 __all__ = [
     "Problem",
@@ -26,6 +27,7 @@ __all__ = [
     "lint_paths",
     "problems_text",
     "unsafe_parts",
+    "whatsapp_problems",
 ]
 _NONE = re.compile(r"\bNone\b")
 # Links in a step's Markdown: [text](target), <target>, and bare http(s) addresses.
@@ -64,9 +66,16 @@ def lint_folder(templates_root: Path, stages: tuple[str, ...] = DEFAULT_ORDER) -
 
 
 def lint_paths(
-    paths: Iterable[Path], templates_root: Path | None = None, stages: tuple[str, ...] = DEFAULT_ORDER
+    paths: Iterable[Path],
+    templates_root: Path | None = None,
+    stages: tuple[str, ...] = DEFAULT_ORDER,
+    whatsapp: Mapping[str, tuple[WhatsAppTemplate, ...]] | None = None,
 ) -> list[Problem]:
-    """Lint files (or folders of flows); the templates folder is guessed from each path when not given."""
+    """Lint files (or folders of flows); the templates folder is guessed from each path when not given.
+
+    `whatsapp`: the configured WhatsApp templates by name, when WhatsApp is on: steps that may go there are
+    checked against what WhatsApp allows (`whatsapp_problems`).
+    """
     problems: list[Problem] = []
     for path in map(Path, paths):
         root = Path(templates_root) if templates_root else _guess_root(path)
@@ -75,6 +84,21 @@ def lint_paths(
             files = sorted(p for p in path.glob("*.j2") if not p.name.startswith("_"))
         for file in files if files is not None else [path]:
             problems.extend(lint_file(file, root, stages))
+            if whatsapp is not None:
+                problems.extend(whatsapp_problems(read_flow(file, root, stages), whatsapp))
+    return sorted(problems) if whatsapp is not None else problems
+
+
+def whatsapp_problems(draft: Draft, templates: Mapping[str, tuple[WhatsAppTemplate, ...]]) -> list[Problem]:
+    """Steps that may go to WhatsApp: buttons it cannot show, and templates unlike the configured ones."""
+    problems = []
+    for step in draft.steps:
+        if not step.may_whatsapp:
+            continue
+        if step.buttons and (why := button_problems(step.buttons)) is not None:
+            problems.append(Problem(draft.file, step.line, f"step {step.name!r}: {why}"))
+        if step.whatsapp is not None and (why := template_problem(step.whatsapp, templates)) is not None:
+            problems.append(Problem(draft.file, step.line, f"step {step.name!r}: {why}"))
     return problems
 
 

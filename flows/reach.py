@@ -20,7 +20,8 @@ from datetime import timedelta
 from typing import Any
 
 EMAIL = "email"
-MESSENGERS = ("telegram", "webhook")  # chats a lead wrote from: they get what is sent there, wherever they are
+# Chats a lead wrote from: they get what is sent there, wherever they are.
+MESSENGERS = ("telegram", "webhook", "whatsapp")
 # A widget visitor whose page view or message is this recent counts as on the site, whichever instance holds
 # their socket: on several instances this process only knows its own sockets. Someone idle on one page longer
 # than this, connected to another instance, counts as gone and gets email instead, which still reaches them.

@@ -89,6 +89,7 @@ class Rendered:
     text: str
     buttons: tuple[str, ...] = ()
     subject: str | None = None
+    whatsapp: dict[str, Any] | None = None  # the WhatsApp template: name, language (or None), parameters rendered
 
 
 class StepExtension(Extension):
@@ -247,6 +248,7 @@ def render_block(template: Template, step: StepSpec, context: dict[str, Any]) ->
                     raise RenderError(file, step.line, too_much)
                 chunks.append(chunk)
             subject = _subject(template, step, values)
+            whatsapp = _whatsapp(template, step, values)
     except RenderError:
         raise
     except Exception as exc:  # template code is user code: any failure is a render error with a place
@@ -262,7 +264,20 @@ def render_block(template: Template, step: StepSpec, context: dict[str, Any]) ->
         raise RenderError(file, step.line, f"step {step.name!r} renders an empty subject")
     if subject is not None and len(subject) > MAX_SUBJECT:
         raise RenderError(file, step.line, f"step {step.name!r}: the subject is over {MAX_SUBJECT} characters")
-    return Rendered(text, step.buttons, subject)
+    if whatsapp is not None and not all(whatsapp["parameters"]):
+        raise RenderError(file, step.line, f"step {step.name!r}: a WhatsApp template parameter renders empty")
+    return Rendered(text, step.buttons, subject, whatsapp)
+
+
+def _whatsapp(template: Template, step: StepSpec, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The step's WhatsApp template with its parameters rendered like the subject (one line each)."""
+    if step.whatsapp is None:
+        return None
+    parameters = [
+        " ".join(_subject_template(template.environment, source).render(values)[:MAX_OUTPUT].split())
+        for source in step.whatsapp.parameters
+    ]
+    return {"name": step.whatsapp.name, "language": step.whatsapp.language, "parameters": parameters}
 
 
 def _subject(template: Template, step: StepSpec, values: dict[str, Any]) -> str | None:

@@ -316,6 +316,7 @@ def _outbox_row(spec, step, enrollment, lead, rendered: Rendered, now: datetime,
         "not_before": now,
         "created_at": now,
         "subject": None,
+        "template": rendered.whatsapp if route.get("channel") == "whatsapp" else None,
         **route,
     }
 

@@ -18,6 +18,8 @@ from flows.safety import Policy, local_day_start
 from flows.spec import FlowSpec, StepSpec
 from flows.stages import Stages
 
+WHATSAPP_WINDOW = timedelta(hours=24)  # bot.channels.meta.WINDOW: Meta's customer-service window
+
 
 @dataclass(frozen=True)
 class Happening:
@@ -72,6 +74,8 @@ def simulate(
         sent_at, note = _send_time(due, sent_days, policy, zone)
         outcome = _outcome(spec, step, {**ctx, "lead": lead})
         channel = _channel(step, lead, sent_at - active <= LIVE_WINDOW, email or EmailPolicy(), consent, start)
+        if channel.startswith("whatsapp:"):
+            channel += f"; {whatsapp_window(step, sent_at - active)}"
         lines.append(f"{sent_at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}  {name}: {outcome}{note}  [{channel}]")
         if step.action is not None and step.action.kind == "stage":
             lead["stage"] = step.action.value
@@ -118,6 +122,15 @@ def _channel(step: StepSpec, lead: dict, online: bool, email: EmailPolicy, conse
     )
     route = choose(step.channels, person, [conversation], {1} if online else set(), email)
     return f"{route.channel}: {route.why}" if isinstance(route, Route) else f"not sent: {route}"
+
+
+def whatsapp_window(step: StepSpec, since_last_message: timedelta) -> str:
+    """How a step goes on WhatsApp this long after the lead's last message: free-form, as its template, or held."""
+    if since_last_message < WHATSAPP_WINDOW:
+        return "inside the 24-hour window: free-form"
+    if step.whatsapp is not None:
+        return f"window closed: goes as template {step.whatsapp.name!r}"
+    return "held back: outside WhatsApp's 24-hour window; the step has no template"
 
 
 def _exit(spec: FlowSpec, stages: Stages, lead: dict, happening: Happening) -> str | None:

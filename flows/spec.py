@@ -14,9 +14,10 @@ from jinja2 import Template
 from flows.durations import Delay
 from flows.expressions import Predicate, compile_predicate
 from flows.stages import Stages
+from flows.whatsapp_rules import TemplateStep
 
 EVENT_TRIGGERS = ("message", "page_view", "button", "contact_shared", "custom", "start")
-CHANNELS = ("webchat", "telegram", "webhook", "email")
+CHANNELS = ("webchat", "telegram", "webhook", "email", "whatsapp")
 REACTIVE_EXITS = ("reply", "handoff", "opt_out")
 
 
@@ -116,6 +117,12 @@ class StepSpec:
     action: Action | None = None
     variant: str | None = None
     subject: str | None = None  # an email's subject, Jinja like the body
+    whatsapp: TemplateStep | None = None  # the WhatsApp template it goes as outside the 24-hour window
+
+    @property
+    def may_whatsapp(self) -> bool:
+        """Whether the step can go to WhatsApp (it names it, or leaves the channel to the engine)."""
+        return not self.channels or "whatsapp" in self.channels
 
     @property
     def may_email(self) -> bool:

@@ -12,8 +12,21 @@ from flows.durations import parse_delay
 from flows.expressions import ExpressionError
 from flows.render import step_call
 from flows.spec import CHANNELS, Action, Expression, Problem, StepSpec
+from flows.whatsapp_rules import TemplateStep
 
-OPTIONS = ("after", "at", "when", "channel", "subject", "buttons", "action", "variant")
+OPTIONS = (
+    "after",
+    "at",
+    "when",
+    "channel",
+    "subject",
+    "buttons",
+    "action",
+    "variant",
+    "whatsapp_template",
+    "whatsapp_language",
+    "whatsapp_parameters",
+)
 MAX_BUTTON = 64
 _TOP_LEVEL_OK = (nodes.Macro, nodes.Import, nodes.FromImport, nodes.Assign, nodes.AssignBlock)
 _SCORE = re.compile(r"^score:([+-]\d+(?:\.\d+)?)$")
@@ -129,6 +142,7 @@ def _build(name: str, line: int, options: dict[str, Any], stages: tuple[str, ...
         action=parse_action(_text(options, "action", None), stages),
         variant=_text(options, "variant", None),
         subject=_subject(options),
+        whatsapp=_whatsapp(options),
     )
 
 
@@ -171,6 +185,22 @@ def _subject(options: dict[str, Any]) -> str | None:
     if subject is not None and channels and "email" not in channels:
         raise ValueError('`subject` is only for email: add "email" to `channel`, or drop the subject')
     return subject
+
+
+def _whatsapp(options: dict[str, Any]) -> TemplateStep | None:
+    """A step's WhatsApp template: its name, and optionally its language and Jinja parameters."""
+    name = _text(options, "whatsapp_template", None)
+    if name is None:
+        if "whatsapp_language" in options or "whatsapp_parameters" in options:
+            raise ValueError("`whatsapp_language` and `whatsapp_parameters` need `whatsapp_template`")
+        return None
+    channels = _channels(options.get("channel"))
+    if channels and "whatsapp" not in channels:
+        raise ValueError('`whatsapp_template` is only for WhatsApp: add "whatsapp" to `channel`, or drop it')
+    parameters = options.get("whatsapp_parameters", [])
+    if not isinstance(parameters, list) or not all(isinstance(p, str) for p in parameters):
+        raise ValueError("`whatsapp_parameters` must be a list of texts (Jinja), one per {{1}}, {{2}}... of its body")
+    return TemplateStep(name, _text(options, "whatsapp_language", None), tuple(parameters))
 
 
 def _buttons(value: Any) -> tuple[str, ...]:

@@ -187,6 +187,8 @@ class Delivery(SQLModel, table=True):
     created_at: datetime = _time()
     sent_at: datetime | None = _time(nullable=True)
     subject: str | None = None  # an email's subject
+    # A WhatsApp template to send instead outside the 24-hour window (migration 0014): name, language, parameters.
+    template: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     # How far it got, as far as its channel can tell (migration 0012): the channel has it (the relay accepted
     # the email, the widget got the frame, the Bot API took the message), the person saw it, or it bounced.
     delivered_at: datetime | None = _time(nullable=True)

@@ -34,6 +34,7 @@ from bot.services import SERVICES
 from bot.web.jsonbody import parse_json
 from bot.web.middlewares import json_error
 from bot.web.times import in_utc
+from flows.channel_consent import WHATSAPP_CONSENT
 from flows.consent import CONSENT
 from storage.leads import get_lead as find_lead
 from storage.models import Event
@@ -87,12 +88,15 @@ def event_inbound(body: Any, now: datetime) -> Inbound:
 
 
 def _consent(consent: Any) -> dict[str, bool]:
-    """`"consent": {"email": true}` (given on your site) or false (withdrawn), as the inbound carries it."""
+    """`"consent": {"email": true, "whatsapp": true}` (given on your site) or false (withdrawn), for the inbound."""
     if consent is None:
         return {}
-    if not isinstance(consent, dict) or set(consent) != {"email"} or not isinstance(consent["email"], bool):
-        raise ValueError('\'consent\' must be {"email": true} (given) or {"email": false} (withdrawn)')
-    return {CONSENT: consent["email"]}
+    kinds = {"email": CONSENT, "whatsapp": WHATSAPP_CONSENT}
+    if not isinstance(consent, dict) or not consent or not set(consent) <= set(kinds):
+        raise ValueError('\'consent\' must be like {"email": true, "whatsapp": true} (given) or false (withdrawn)')
+    if not all(isinstance(value, bool) for value in consent.values()):
+        raise ValueError('\'consent\' must be like {"email": true, "whatsapp": true} (given) or false (withdrawn)')
+    return {kinds[kind]: value for kind, value in consent.items()}
 
 
 def _lead_keys(lead: dict) -> tuple[int | None, Profile, tuple[tuple[str, str], ...]]:
@@ -224,10 +228,10 @@ _EVENT_BODY = {
         "at": {"type": "string", "format": "date-time"},
         "consent": {
             "type": "object",
-            "description": "email consent the lead gave (true) or withdrew (false) on your site",
-            "required": ["email"],
+            "description": "email or WhatsApp marketing consent the lead gave (true) or withdrew (false) on your site",
+            "minProperties": 1,
             "additionalProperties": False,
-            "properties": {"email": {"type": "boolean"}},
+            "properties": {"email": {"type": "boolean"}, "whatsapp": {"type": "boolean"}},
         },
     },
 }

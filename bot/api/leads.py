@@ -36,6 +36,7 @@ from bot.api.spec import (
 from bot.services import SERVICES
 from bot.web.jsonbody import parse_json
 from bot.web.middlewares import json_error
+from flows.channel_consent import set_channel_consent
 from flows.consent import email_state, set_email_consent
 from flows.engine import Engine
 from flows.reactions import lead_contacts, set_stage
@@ -47,7 +48,7 @@ from storage.models import Lead
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 TAG_SCHEMA = {"type": "string", "pattern": TAG.pattern, "description": "letters, digits, _ . : - (up to 64)"}
 MAX_TAGS = 50  # per add_tags or remove_tags list
-CHANGES = ("stage", "add_tags", "remove_tags", "email_consent")
+CHANGES = ("stage", "add_tags", "remove_tags", "email_consent", "whatsapp_consent")
 
 
 def lead_item(lead: Lead) -> dict[str, Any]:
@@ -95,6 +96,7 @@ class LeadChange:
     add_tags: frozenset[str]
     remove_tags: frozenset[str]
     email_consent: bool | None = None
+    whatsapp_consent: bool | None = None
 
 
 def lead_change(body: Any, stages: tuple[str, ...]) -> LeadChange:
@@ -109,9 +111,11 @@ def lead_change(body: Any, stages: tuple[str, ...]) -> LeadChange:
     stage, consent = body.get("stage"), body.get("email_consent")
     if stage is not None and stage not in stages:
         raise ValueError(f"unknown stage {stage!r}: the stages are {', '.join(stages)}")
-    if consent is not None and not isinstance(consent, bool):
-        raise ValueError("'email_consent' must be true (given) or false (withdrawn)")
-    return LeadChange(stage, _tags(body, "add_tags"), _tags(body, "remove_tags"), consent)
+    for name in ("email_consent", "whatsapp_consent"):
+        if body.get(name) is not None and not isinstance(body[name], bool):
+            raise ValueError(f"'{name}' must be true (given) or false (withdrawn)")
+    tags = _tags(body, "add_tags"), _tags(body, "remove_tags")
+    return LeadChange(stage, *tags, consent, body.get("whatsapp_consent"))
 
 
 def _tags(body: dict, field: str) -> frozenset[str]:
@@ -147,6 +151,8 @@ async def _apply(session: AsyncSession, engine: Engine, lead_id: int, change: Le
         session.add(lead)
     if change.email_consent is not None:  # an operator's word: the lead said so on the phone, in a form, ...
         await set_email_consent(session, lead, change.email_consent, "operator", now)
+    if change.whatsapp_consent is not None:
+        await set_channel_consent(session, lead, "whatsapp", change.whatsapp_consent, "operator", now)
     if change.stage is not None and change.stage != lead.stage:
         moved = await set_stage(session, engine.stages, engine.webhooks, lead, change.stage, "api", now)
         await engine.react(session, lead, [moved], now)  # exits like `stage >= sql`, flows on `stage:<name>`
@@ -220,6 +226,10 @@ OPENAPI = {
                     "add_tags": _TAG_LIST,
                     "remove_tags": _TAG_LIST,
                     "email_consent": {"type": "boolean", "description": "give (true) or withdraw (false)"},
+                    "whatsapp_consent": {
+                        "type": "boolean",
+                        "description": "give (true) or withdraw (false) consent to WhatsApp marketing templates",
+                    },
                 },
             },
             example={"stage": "sql", "add_tags": ["vip"], "remove_tags": ["cold"], "email_consent": True},

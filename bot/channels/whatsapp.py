@@ -24,11 +24,15 @@ from bot.channels.meta import (
     signed_json,
     take_in,
     verification,
+    window_open,
 )
-from bot.channels.whatsapp_inbound import read_change
+from bot.channels.whatsapp_inbound import Buttons, read_change
+from bot.channels.whatsapp_send import message
 from bot.delivery.channel import SendResult
 from bot.services import Services
-from storage.models import Delivery
+from flows.whatsapp_rules import by_name
+from storage.leads import get_lead
+from storage.models import Conversation, Delivery
 
 log = logging.getLogger(__name__)
 PATH = "/webhooks/whatsapp"
@@ -46,6 +50,8 @@ class WhatsAppChannel:
         self.phone_id = meta.whatsapp_phone_id or ""
         self.graph = GraphClient(meta.graph_api_url, meta.whatsapp_token or "")
         self.pace = Pace(meta.whatsapp_rate, meta.whatsapp_recipient_gap)
+        self.templates = by_name(meta.whatsapp_templates)
+        self.buttons = Buttons(meta.whatsapp_consent_buttons, meta.whatsapp_stop_buttons)
 
     @staticmethod
     def enabled(services: Services) -> str | None:
@@ -78,7 +84,7 @@ class WhatsAppChannel:
             if (value.get("metadata") or {}).get("phone_number_id") not in (self.phone_id, None):
                 ignored.append("another phone number")
                 continue
-            read = read_change(value, now)
+            read = read_change(value, now, self.buttons)
             inbounds += read.inbounds
             statuses += read.statuses
             ignored += read.ignored
@@ -90,14 +96,15 @@ class WhatsAppChannel:
         return web.json_response(answer)
 
     async def send(self, delivery: Delivery) -> SendResult:
-        """Send a delivery as a text message; Meta's errors become retry / held back / failed."""
-        payload = {
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "to": delivery.address,
-            "type": "text",
-            "text": {"preview_url": False, "body": delivery.text},
-        }
+        """Free-form inside the 24-hour window, a template outside it, else held back with the reason."""
+        async with self.services.sessions() as session:
+            conversation = await session.get(Conversation, delivery.conversation_id)
+            lead = await get_lead(session, delivery.lead_id)
+        last = conversation.last_message_at if conversation is not None else None
+        inside = window_open(last, self.services.clock.now())
+        payload = message(delivery, inside, lead, self.templates)
+        if isinstance(payload, str):
+            return SendResult.held(payload)
         return await self.post(delivery.address, payload)
 
     async def post(self, to: str, payload: dict[str, Any]) -> SendResult:

@@ -25,6 +25,8 @@ from bot.channels.meta import Status, from_timestamp
 from bot.intake.contacts import normalize_email, normalize_phone
 from bot.intake.inbound import Inbound, Profile, Touch
 from bot.intake.intake import IMPLIED
+from flows.channel_consent import WHATSAPP_CONSENT
+from flows.optout import normalize
 
 MEDIA = ("image", "document", "audio", "video", "sticker")
 STATES = ("sent", "delivered", "read", "failed")
@@ -40,12 +42,29 @@ class Change:
     ignored: list[str] = field(default_factory=list)
 
 
-def read_change(value: dict[str, Any], now: datetime) -> Change:
+@dataclass(frozen=True)
+class Buttons:
+    """Button labels that give (`consent`) or withdraw (`stop`) WhatsApp marketing consent when pressed."""
+
+    consent: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+
+    def consent_of(self, label: str) -> bool | None:
+        """True for a consent button, False for a stop one, else None."""
+        said = normalize(label)
+        if said in {normalize(each) for each in self.consent}:
+            return True
+        if said in {normalize(each) for each in self.stop}:
+            return False
+        return None
+
+
+def read_change(value: dict[str, Any], now: datetime, buttons: Buttons = Buttons()) -> Change:
     """The inbounds and statuses of one `messages` change's `value`."""
     change = Change()
     names = _profile_names(value.get("contacts"))
     for message in _dicts(value.get("messages")):
-        inbound = read_message(message, names, now)
+        inbound = read_message(message, names, now, buttons)
         if inbound is None:
             change.ignored.append("a message without a sender or id")
         else:
@@ -57,7 +76,9 @@ def read_change(value: dict[str, Any], now: datetime) -> Change:
     return change
 
 
-def read_message(message: dict[str, Any], names: dict[str, str], now: datetime) -> Inbound | None:
+def read_message(
+    message: dict[str, Any], names: dict[str, str], now: datetime, buttons: Buttons = Buttons()
+) -> Inbound | None:
     """One message as an inbound; None without a sender or an id."""
     sender, wamid, kind = message.get("from"), message.get("id"), message.get("type")
     if not isinstance(sender, str) or not sender.isdigit() or not isinstance(wamid, str) or not wamid:
@@ -71,6 +92,8 @@ def read_message(message: dict[str, Any], names: dict[str, str], now: datetime) 
     fields.setdefault("kind", "message")
     if kind != "contacts" or "contact_card" not in fields.get("properties", {}):  # not their own card: not shared
         fields["properties"] = {**fields.get("properties", {}), IMPLIED: "phone"}
+    if fields["kind"] == "button" and (consent := buttons.consent_of(fields.get("text") or "")) is not None:
+        fields["properties"] = {**fields["properties"], WHATSAPP_CONSENT: consent}
     text = fields.get("text")
     return Inbound(
         channel="whatsapp",

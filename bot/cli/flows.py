@@ -19,6 +19,7 @@ from flows.render import Rendered
 from flows.samples import sample_event, sample_lead
 from flows.simulate import happenings, simulate
 from flows.spec import FlowSpec
+from flows.whatsapp_rules import by_name
 from storage.db import create_engine, sessionmaker
 from storage.leads import get_lead
 
@@ -26,7 +27,9 @@ from storage.leads import get_lead
 def lint(settings: Settings, files: list[Path]) -> int:
     """Print `file:line: message` for every problem; 1 if there was any."""
     targets = files or flow_files(settings.templates)
-    problems = lint_paths(targets, None if files else settings.templates, settings.stages.order)
+    meta = settings.meta
+    whatsapp = by_name(meta.whatsapp_templates) if meta.whatsapp_templates or not meta.whatsapp_missing() else None
+    problems = lint_paths(targets, None if files else settings.templates, settings.stages.order, whatsapp)
     for problem in problems:
         print(problem)
     checked = len(targets)

@@ -19,6 +19,7 @@ from bot.intake.readahead import identity_keys, read_ahead
 from bot.intake.replies import plan_replies, reply_deliveries
 from bot.intake.warm import WarmSignals, visitor_notice
 from flows import history
+from flows.channel_consent import WHATSAPP_CONSENT, set_channel_consent
 from flows.clock import Clock
 from flows.consent import CONSENT, set_email_consent
 from flows.engine import Engine
@@ -456,8 +457,12 @@ def _settle(future: asyncio.Future[Received], outcome: Received | Exception) -> 
 async def _consent(session: AsyncSession, lead: Lead, inbound: Inbound, now: datetime) -> None:
     """Email consent the inbound gives or withdraws (the widget's consent frame, the events API's `consent`)."""
     consent = inbound.properties.get(CONSENT)
+    source = {"webchat": "widget", "api": "api"}.get(inbound.channel, "chat")
     if isinstance(consent, bool):
         await set_email_consent(session, lead, consent, "widget" if inbound.channel == "webchat" else "api", now)
+    whatsapp = inbound.properties.get(WHATSAPP_CONSENT)  # a consent button in WhatsApp, the events API, the widget
+    if isinstance(whatsapp, bool):
+        await set_channel_consent(session, lead, "whatsapp", whatsapp, source, now)
 
 
 def _payload(inbound: Inbound) -> dict:

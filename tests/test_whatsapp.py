@@ -1,0 +1,348 @@
+"""WhatsApp: every message type Meta documents, ads as the first touch, the 24-hour window, templates, consent."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fake_graph import meta_settings
+from test_meta import SENDER, payload, post
+
+from bot.config import MetaSettings
+from flows.lint import lint_paths
+from flows.whatsapp_rules import WhatsAppTemplate, by_name
+from storage.models import Delivery, Event, Handoff, Identity, Lead, Message
+
+from conftest import API_KEY, rows, services_of, templates_with
+
+FOLLOW_UP = WhatsAppTemplate("follow_up", "en_US", parameters=1, category="marketing")
+ORDER_UPDATE = WhatsAppTemplate("order_update", "en_US", parameters=0, category="utility")
+FLOW = """+++
+name = "WhatsApp follow-up"
+trigger = "message"
++++
+{% step "almost-a-day", after="1439m" %}Still thinking about the Pro plan, {{ lead.first_name or "you" }}?{% endstep %}
+{% step "next-day", after="2m"TEMPLATE %}Here is 20% off the Pro plan, {{ lead.first_name or "there" }}.{% endstep %}
+"""
+TEMPLATE = ', whatsapp_template="follow_up", whatsapp_parameters=["{{ lead.first_name or \'there\' }}"]'
+
+
+def flow(template: str = "") -> dict[str, str]:
+    return {"whatsapp-follow-up": FLOW.replace("TEMPLATE", template)}
+
+
+@pytest.fixture
+def wa(settings, fake_graph):  # type: ignore[no-untyped-def]
+    """Settings with WhatsApp on the fake Graph API, two templates configured."""
+    return settings.with_(meta=meta_settings(fake_graph, whatsapp_templates=(FOLLOW_UP, ORDER_UPDATE)))
+
+
+@pytest.fixture
+async def client(make_client, wa):  # type: ignore[no-untyped-def]
+    return await make_client(wa)
+
+
+async def tick(client, clock, by: timedelta) -> None:  # type: ignore[no-untyped-def]
+    """Time passes: due steps run and the outbox is sent."""
+    clock.advance(by)
+    services = services_of(client)
+    await services.runner.run_due()
+    await services.dispatcher.dispatch_due()
+    await services.drain()
+
+
+async def in_messages(db) -> list[Message]:  # type: ignore[no-untyped-def]
+    return await rows(db, Message, Message.direction == "in")
+
+
+# --- what comes in ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "text"),
+    [
+        ("text", "message", "Hi, how much is the Pro plan?"),
+        ("interactive_button_reply", "button", "Talk to a human"),
+        ("interactive_list_reply", "button", "Pro plan"),
+        ("button", "button", "Yes, send me offers"),
+        ("location", "message", "(location: Meta Headquarters, 1 Hacker Way, Menlo Park, CA 94025)"),
+        ("image", "message", "(an image) This is the error I get"),
+        ("document", "message", "(a document: requirements.pdf) Our requirements"),
+        ("audio", "message", "(an audio)"),
+        ("video", "message", "(a video) How it looks on my side"),
+        ("sticker", "message", "(a sticker)"),
+        ("order", "message", "(an order: 1 x pro-plan-annual, 2 x onboarding) Please deliver on Friday"),
+    ],
+)
+async def test_each_message_type_is_taken_in_as_people_read_it(client, db, name, kind, text):
+    response = await post(client, payload(name))
+
+    assert response.status == 200
+    [event] = await rows(db, Event, Event.type == kind)
+    assert event.payload["channel"] == "whatsapp" and event.payload["text"] == text
+    [message] = await in_messages(db)
+    assert message.text == text
+
+
+async def test_media_and_orders_keep_what_came_with_them(client, db):
+    await post(client, payload("document"))
+    await post(client, payload("order"))
+    [document, order] = await rows(db, Event, Event.type == "message")
+    assert document.payload["media"] == {
+        "type": "document",
+        "id": "1003383421387257",
+        "mime_type": "application/pdf",
+        "filename": "requirements.pdf",
+        "caption": "Our requirements",
+    }
+    assert [item["product_retailer_id"] for item in order.payload["order"]["items"]] == [
+        "pro-plan-annual",
+        "onboarding",
+    ]
+
+
+async def test_a_reaction_is_an_event_not_a_message_and_unknown_types_are_kept_and_ignored(client, db):
+    assert (await post(client, payload("reaction"))).status == 200
+    assert (await post(client, payload("unsupported"))).status == 200
+
+    [reaction] = await rows(db, Event, Event.type == "reaction")
+    assert reaction.payload["reaction"]["emoji"] == "\U0001f44d"
+    [unsupported] = await rows(db, Event, Event.type == "unsupported")
+    assert unsupported.payload["errors"] == [{"code": 131051, "title": "Message type unknown"}]
+    assert await in_messages(db) == []
+    assert len(await rows(db, Lead)) == 1  # the same person both times
+
+
+async def test_someone_elses_contact_card_is_a_claim_and_ones_own_is_not(client, db):
+    await post(client, payload("contacts"))
+    claims = {
+        (e.payload["kind"], e.payload["value"], e.payload["verified"])
+        for e in await rows(db, Event, Event.type == "contact_shared")
+    }
+    assert claims == {("phone", "+14155552671", False), ("email", "ann.lee@example.com", False)}
+    assert ("phone", "+14155552671") not in {(i.kind, i.value) for i in await rows(db, Identity)}  # never merges
+
+    await post(client, payload("contacts_own"))
+    verified = [e.payload for e in await rows(db, Event, Event.type == "contact_shared") if e.payload["verified"]]
+    assert [(p["kind"], p["value"]) for p in verified] == [("phone", "+16505551234")]
+    assert len(await rows(db, Lead)) == 1
+
+
+async def test_a_whatsapp_number_merges_with_the_lead_the_site_already_knows_by_phone(client, db):
+    event = {"type": "signup", "lead": {"phone": "+16505551234", "email": "kerry@example.com"}}
+    response = await client.post("/api/events", json=event, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status in (200, 201)
+
+    await post(client, payload("text"))
+
+    [lead] = await rows(db, Lead, Lead.merged_into_id.is_(None))
+    assert lead.email == "kerry@example.com"
+    assert {i.kind for i in await rows(db, Identity, Identity.lead_id == lead.id)} >= {"whatsapp", "phone", "email"}
+
+
+async def test_an_ad_that_opened_the_chat_is_the_leads_first_touch(client, db, run_kindling):
+    await post(client, payload("referral"))
+
+    [lead] = await rows(db, Lead)
+    touch = lead.first_touch
+    assert (touch["source"], touch["medium"], touch["channel"]) == ("whatsapp_ad", "paid_social", "whatsapp")
+    assert touch["campaign"] == "Spring sale: Pro plan 20% off" and touch["content"] == "6462812960130"
+    period = ("--since", "2026-01-05", "--until", "2026-01-05")
+    status, out, _ = await run_kindling("report", "funnel", *period, "--by", "source", "--format", "csv")
+    assert status == 0 and "whatsapp_ad" in out
+
+
+# --- the 24-hour window -------------------------------------------------------------------------
+
+
+async def test_a_step_due_at_23h59m_goes_free_form_and_one_at_24h01m_without_a_template_is_held_back(
+    make_client, wa, tmp_path, db, clock, fake_graph, run_kindling
+):
+    client = await make_client(wa.with_(templates=templates_with(tmp_path / "t", flow())))
+    await post(client, payload("text"))
+    await tick(client, clock, timedelta(minutes=1439))
+    await tick(client, clock, timedelta(minutes=2))
+
+    assert fake_graph.whatsapp_texts(SENDER)[-1] == "Still thinking about the Pro plan, Kerry?"
+    [late] = await rows(db, Delivery, Delivery.step == "next-day")
+    assert late.status == "skipped"
+    assert late.last_error == "outside WhatsApp's 24-hour window; the step has no template"
+    assert len(fake_graph.sends) == 2  # the greeting and the first step: nothing went out for the held one
+    status, out, _ = await run_kindling("lead", "show", str(late.lead_id))
+    assert status == 0 and "outside WhatsApp's 24-hour window; the step has no template" in out
+
+
+async def test_a_step_at_24h01m_goes_as_its_template_with_rendered_parameters_to_a_lead_who_opted_in(
+    make_client, wa, tmp_path, db, clock, fake_graph
+):
+    client = await make_client(wa.with_(templates=templates_with(tmp_path / "t", flow(TEMPLATE))))
+    await post(client, payload("text"))
+    await post(client, payload("button"))  # "Yes, send me offers": consent to WhatsApp marketing
+    await tick(client, clock, timedelta(minutes=1439))
+    await tick(client, clock, timedelta(minutes=2))
+
+    [lead] = await rows(db, Lead)
+    assert lead.channel_marketing["whatsapp"]["consent_source"] == "chat"
+    [sent] = [body for body in fake_graph.delivered() if body["type"] == "template"]
+    assert sent["template"] == {
+        "name": "follow_up",
+        "language": {"code": "en_US"},
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "Kerry"}]}],
+    }
+    [late] = await rows(db, Delivery, Delivery.step == "next-day")
+    assert late.status == "sent"
+    [early] = await rows(db, Delivery, Delivery.step == "almost-a-day")
+    assert (early.status, early.template) == ("sent", None)  # inside the window: free-form
+
+
+async def test_a_marketing_template_is_held_back_without_whatsapp_consent_and_stop_promotions_withdraws_it(
+    make_client, wa, tmp_path, db, clock, fake_graph
+):
+    client = await make_client(wa.with_(templates=templates_with(tmp_path / "t", flow(TEMPLATE))))
+    await post(client, payload("text"))
+    await tick(client, clock, timedelta(minutes=1439))
+    await tick(client, clock, timedelta(minutes=2))
+
+    [late] = await rows(db, Delivery, Delivery.step == "next-day")
+    assert late.status == "skipped" and late.last_error == (
+        "a marketing template needs WhatsApp consent: no whatsapp marketing consent"
+    )
+    assert [body["type"] for body in fake_graph.delivered()].count("template") == 0
+
+    stop = payload("button")
+    pressed = stop["entry"][0]["changes"][0]["value"]["messages"][0]
+    pressed["id"] += "stop"  # another message than the consent press
+    pressed["button"] = {"payload": "STOP", "text": "Stop promotions"}
+    await post(client, payload("button"))
+    await post(client, stop)
+    [lead] = await rows(db, Lead)
+    assert not lead.channel_marketing["whatsapp"]["consent_at"]
+    assert [e.payload["consent"] for e in await rows(db, Event, Event.type == "channel_consent")] == [True, False]
+
+
+async def test_whatsapp_consent_from_the_sites_backend_and_an_operator(client, db):
+    await post(client, payload("text"))
+    [lead] = await rows(db, Lead)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    event = {"type": "newsletter", "lead": {"phone": "+16505551234"}, "consent": {"whatsapp": True}}
+    assert (await client.post("/api/events", json=event, headers=headers)).status in (200, 201)
+    [lead] = await rows(db, Lead)
+    assert lead.channel_marketing["whatsapp"]["consent_source"] == "api"
+
+    response = await client.patch(f"/api/leads/{lead.id}", json={"whatsapp_consent": False}, headers=headers)
+    assert response.status == 200
+    [lead] = await rows(db, Lead)
+    assert not lead.channel_marketing["whatsapp"]["consent_at"]
+
+
+async def test_stop_opts_out_on_whatsapp_as_everywhere(client, db, fake_graph):
+    stop = payload("text")
+    stop["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] = "STOP"
+    await post(client, stop)
+    [lead] = await rows(db, Lead)
+    assert lead.opted_out_at is not None
+    assert len(fake_graph.whatsapp_texts(SENDER)) == 1  # only the confirmation
+
+
+# --- sending ------------------------------------------------------------------------------------
+
+
+async def test_step_buttons_go_as_reply_buttons_when_whatsapp_can_show_them_else_as_text(
+    make_client, wa, tmp_path, clock, fake_graph
+):
+    flows = {
+        "buttons": """+++
+name = "Buttons"
+trigger = "message"
++++
+{% step "three", after="1m", buttons=["Pricing", "A demo", "Talk to a human"] %}What next?{% endstep %}
+{% step "four", after="1m", buttons=["Pricing", "A demo", "Case studies", "Talk to a human"] %}And now?{% endstep %}
+"""
+    }
+    client = await make_client(wa.with_(templates=templates_with(tmp_path / "t", flows)))
+    await post(client, payload("text"))
+    await tick(client, clock, timedelta(minutes=1))
+    await tick(client, clock, timedelta(minutes=1))
+
+    three, four = [body for body in fake_graph.delivered() if "What next" in str(body) or "And now" in str(body)]
+    assert three["type"] == "interactive"
+    assert [b["reply"]["title"] for b in three["interactive"]["action"]["buttons"]] == [
+        "Pricing",
+        "A demo",
+        "Talk to a human",
+    ]
+    assert four["type"] == "text" and "- Case studies" in four["text"]["body"]
+
+
+async def test_pressing_a_reply_button_reads_like_pressing_it_anywhere(client, db):
+    await post(client, payload("interactive_button_reply"))
+    [button] = await rows(db, Event, Event.type == "button")
+    assert button.payload["value"] == "Talk to a human"
+    assert len(await rows(db, Handoff)) == 1  # "Talk to a human" calls a human, as on every channel
+
+
+# --- lint and simulate --------------------------------------------------------------------------
+
+
+def test_lint_checks_whatsapp_buttons_and_templates_against_the_configured_ones(tmp_path):
+    source = """+++
+name = "Lint me"
+trigger = "message"
++++
+{% step "many", after="1m", buttons=["One", "Two", "Three", "Four"] %}Hi{% endstep %}
+{% step "long", after="1m", buttons=["A button label that is too long"] %}Hi{% endstep %}
+{% step "unknown", after="1d", whatsapp_template="no_such_template" %}Hi{% endstep %}
+{% step "language", after="1d", whatsapp_template="follow_up", whatsapp_language="de",
+   whatsapp_parameters=["x"] %}Hi{% endstep %}
+{% step "count", after="1d", whatsapp_template="follow_up" %}Hi{% endstep %}
+{% step "fine", after="1d", whatsapp_template="follow_up",
+   whatsapp_parameters=["{{ lead.first_name or 'there' }}"] %}Hi{% endstep %}
+{% step "telegram-only", after="1m", channel="telegram", buttons=["One", "Two", "Three", "Four"] %}Hi{% endstep %}
+"""
+    root = templates_with(tmp_path / "t", {"lint-me": source})
+    problems = [p.message for p in lint_paths([root / "flows" / "lint-me.j2"], root, whatsapp=by_name((FOLLOW_UP,)))]
+
+    assert problems == [
+        "step 'many': WhatsApp shows at most 3 buttons (this step has 4): they would go as text",
+        "step 'long': WhatsApp buttons take 20 characters; 'A button label that is too long' is longer: "
+        "they would go as text",
+        "step 'unknown': WhatsApp template 'no_such_template' is not configured ([[channels.whatsapp.templates]]; "
+        "`kindling whatsapp templates` lists Meta's): known: follow_up",
+        "step 'language': WhatsApp template 'follow_up' has no language 'de' (it has en_US)",
+        "step 'count': WhatsApp template 'follow_up' (en_US) takes 1 parameters; the step gives 0",
+    ]
+    assert lint_paths([root / "flows" / "lint-me.j2"], root) == []  # WhatsApp off: nothing to say
+
+
+async def test_simulate_shows_which_steps_go_free_form_as_a_template_or_are_held_back(
+    tmp_path, run_kindling, monkeypatch
+):
+    flows = flow()
+    flows["with-template"] = FLOW.replace("TEMPLATE", TEMPLATE)
+    root = templates_with(tmp_path / "t", flows)
+    monkeypatch.setenv("KINDLING_TEMPLATES", str(root))
+    monkeypatch.setenv("KINDLING_QUIET_HOURS", "off")  # quiet hours could push a step out of the window too
+    sample = tmp_path / "lead.json"
+    sample.write_text(json.dumps({"first_name": "Kerry", "first_touch": {"channel": "whatsapp"}}))
+
+    status, out, err = await run_kindling("simulate", "whatsapp-follow-up", "--days", "3", "--sample", str(sample))
+    assert status == 0, err
+    lines = out.splitlines()
+    assert "inside the 24-hour window: free-form" in next(line for line in lines if "almost-a-day" in line)
+    assert "held back: outside WhatsApp's 24-hour window; the step has no template" in next(
+        line for line in lines if "next-day" in line
+    )
+    status, out, err = await run_kindling("simulate", "with-template", "--days", "3", "--sample", str(sample))
+    assert "window closed: goes as template 'follow_up'" in next(
+        line for line in out.splitlines() if "next-day" in line
+    )
+
+
+def test_meta_settings_name_every_missing_one():
+    assert MetaSettings(whatsapp_token="x", app_secret="y").whatsapp_missing() == [
+        "KINDLING_WHATSAPP_PHONE_ID",
+        "KINDLING_META_VERIFY_TOKEN",
+    ]
+    assert Path(__file__).parent.joinpath("payloads", "whatsapp", "text.json").exists()
