@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from fake_graph import fake_graph  # noqa: F401  (the Graph API fixture)
 from sqlalchemy import text
 from sqlmodel import SQLModel, select
 
@@ -31,6 +30,7 @@ from storage import models  # noqa: F401
 from storage.db import create_engine, is_sqlite, sessionmaker
 from storage.migrate import recreate
 
+from fake_graph import fake_graph  # noqa: F401  (the Graph API fixture)
 from fake_smtp import fake_smtp  # noqa: F401  (the SMTP relay fixture)
 from fake_telegram import TOKEN, FakeTelegram, fake_telegram  # noqa: F401  (the fake Bot API fixture)
 

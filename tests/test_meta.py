@@ -8,12 +8,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from fake_graph import APP_SECRET, ERRORS, PHONE_ID, VERIFY_TOKEN, meta_settings
 
 from bot.channels.meta import signature
 from storage.models import Delivery, Event, Identity, Lead, Message
 
 from conftest import rows, services_of
+from fake_graph import APP_SECRET, ERRORS, PHONE_ID, VERIFY_TOKEN, meta_settings
 
 PAYLOADS = Path(__file__).parent / "payloads" / "whatsapp"
 SENDER = "16505551234"

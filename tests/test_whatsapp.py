@@ -7,8 +7,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from fake_graph import meta_settings
-from test_meta import SENDER, payload, post
 
 from bot.config import MetaSettings
 from flows.lint import lint_paths
@@ -16,6 +14,11 @@ from flows.whatsapp_rules import WhatsAppTemplate, by_name
 from storage.models import Delivery, Event, Handoff, Identity, Lead, Message
 
 from conftest import API_KEY, rows, services_of, templates_with
+from fake_graph import WABA_ID, WHATSAPP_TOKEN, meta_settings
+from test_console_auth import csrf_of, log_in
+from test_console_queue import operator
+from test_console_queue import post as console_post
+from test_meta import SENDER, payload, post
 
 FOLLOW_UP = WhatsAppTemplate("follow_up", "en_US", parameters=1, category="marketing")
 ORDER_UPDATE = WhatsAppTemplate("order_update", "en_US", parameters=0, category="utility")
@@ -346,3 +349,85 @@ def test_meta_settings_name_every_missing_one():
         "KINDLING_META_VERIFY_TOKEN",
     ]
     assert Path(__file__).parent.joinpath("payloads", "whatsapp", "text.json").exists()
+
+
+async def test_whatsapp_templates_prints_the_approved_ones_as_config_tables(fake_graph, run_kindling, monkeypatch):
+    fake_graph.templates = [
+        {
+            "name": "follow_up",
+            "components": [
+                {"type": "HEADER", "format": "TEXT", "text": "Pro plan"},
+                {"type": "BODY", "text": "Hi {{1}}! Still interested in the Pro plan? {{2}} off until Friday."},
+                {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "Stop promotions"}]},
+            ],
+            "language": "en_US",
+            "status": "APPROVED",
+            "category": "MARKETING",
+            "id": "1152544135489041",
+        },
+        {
+            "name": "order_update",
+            "components": [{"type": "BODY", "text": "Your order is on its way."}],
+            "language": "en_US",
+            "status": "PENDING",
+            "category": "UTILITY",
+            "id": "1152544135489042",
+        },
+    ]
+    monkeypatch.setenv("KINDLING_GRAPH_API_URL", fake_graph.url)
+    monkeypatch.setenv("KINDLING_WHATSAPP_TOKEN", WHATSAPP_TOKEN)
+    monkeypatch.setenv("KINDLING_WHATSAPP_BUSINESS_ID", WABA_ID)
+
+    status, out, err = await run_kindling("whatsapp", "templates")
+
+    assert status == 0, err
+    assert out == (
+        '[[channels.whatsapp.templates]]\nname = "follow_up"\nlanguage = "en_US"\nparameters = 2\n'
+        'category = "marketing"\n\n'
+    )
+    status, out, _ = await run_kindling("whatsapp", "templates", "--all", "--format", "json")
+    assert [(t["name"], t["status"]) for t in json.loads(out)] == [
+        ("follow_up", "APPROVED"),
+        ("order_update", "PENDING"),
+    ]
+    monkeypatch.setenv("KINDLING_WHATSAPP_TOKEN", "a-token-meta-does-not-know")
+    status, _, err = await run_kindling("whatsapp", "templates")
+    assert status == 1 and "190" in err and "Invalid OAuth access token" in err
+
+
+# --- the console --------------------------------------------------------------------------------
+
+
+async def again(client) -> str:  # type: ignore[no-untyped-def]
+    """Ann logs in again; her CSRF token."""
+    assert (await log_in(client, "ann")).status == 303
+    return await csrf_of(client, "/console/leads")
+
+
+async def test_an_operator_reply_outside_the_window_is_refused_and_a_template_offered_and_sent(
+    client, db, clock, fake_graph, add_operator
+):
+    await post(client, payload("interactive_button_reply"))  # "Talk to a human"
+    csrf = await operator(client, add_operator, "ann")
+    [handoff] = await rows(db, Handoff)
+    page = f"/console/handoffs/{handoff.id}"
+    assert (await console_post(client, f"{page}/take", csrf)).status == 303
+    clock.advance(timedelta(hours=23))
+    csrf = await again(client)  # a console session lasts 12 hours
+    assert (await console_post(client, f"{page}/reply", csrf, text="Hi Kerry, Ann here")).status == 303
+
+    clock.advance(timedelta(hours=2))  # 25 hours since Kerry's last message
+    csrf = await again(client)
+    refused = await console_post(client, f"{page}/reply", csrf, text="Are you still there?")
+    assert refused.status == 422
+    shown = await refused.text()
+    assert "outside WhatsApp&#39;s 24-hour window: only an approved template may go" in shown
+    assert 'action="/console/handoffs/1/template"' in shown and "order_update (en_US, utility, 0 parameters)" in shown
+
+    sent = await console_post(client, f"{page}/template", csrf, template="order_update:en_US", parameters="")
+    assert sent.status == 303
+    await services_of(client).drain()
+    assert fake_graph.whatsapp_texts(SENDER)[-2:] == ["Hi Kerry, Ann here", "template:order_update"]
+    assert "Are you still there?" not in str(fake_graph.delivered())
+    wrong = await console_post(client, f"{page}/template", csrf, template="follow_up:en_US", parameters="")
+    assert wrong.status == 422 and "takes 1 parameters" in await wrong.text()

@@ -11,6 +11,7 @@ What a message says is read in `whatsapp_inbound.py`; what a delivery becomes in
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -27,10 +28,10 @@ from bot.channels.meta import (
     window_open,
 )
 from bot.channels.whatsapp_inbound import Buttons, read_change
-from bot.channels.whatsapp_send import message
+from bot.channels.whatsapp_send import OPERATOR_OUTSIDE, message
 from bot.delivery.channel import SendResult
 from bot.services import Services
-from flows.whatsapp_rules import by_name
+from flows.whatsapp_rules import WhatsAppTemplate, by_name
 from storage.leads import get_lead
 from storage.models import Conversation, Delivery
 
@@ -94,6 +95,15 @@ class WhatsAppChannel:
         if ignored:
             answer["ignored"] = ignored
         return web.json_response(answer)
+
+    def refuses(self, conversation: Conversation, now: datetime) -> str | None:
+        """Why an operator's free-form reply cannot go now: the 24-hour window has closed (None: it is open)."""
+        return None if window_open(conversation.last_message_at, now) else OPERATOR_OUTSIDE
+
+    @property
+    def offers(self) -> list[WhatsAppTemplate]:
+        """The templates an operator may send instead when the window is closed."""
+        return list(self.meta.whatsapp_templates)
 
     async def send(self, delivery: Delivery) -> SendResult:
         """Free-form inside the 24-hour window, a template outside it, else held back with the reason."""

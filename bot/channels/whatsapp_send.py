@@ -20,7 +20,7 @@ from flows.whatsapp_rules import MAX_BUTTON_CHARS, MAX_BUTTONS, WhatsAppTemplate
 from storage.models import Delivery, Lead
 
 OUTSIDE_WINDOW = "outside WhatsApp's 24-hour window; the step has no template"
-OPERATOR_OUTSIDE = "outside WhatsApp's 24-hour window: only a template may go (the console offers them)"
+OPERATOR_OUTSIDE = "outside WhatsApp's 24-hour window: only an approved template may go; choose one below"
 MAX_BODY = 4096  # characters of a text message (1024 of an interactive one's body)
 MAX_INTERACTIVE_BODY = 1024
 
@@ -29,7 +29,7 @@ def message(
     delivery: Delivery, inside: bool, lead: Lead, templates: Mapping[str, tuple[WhatsAppTemplate, ...]]
 ) -> dict[str, Any] | str:
     """The Graph API message for a delivery, or why it is held back."""
-    if inside:
+    if inside and not (delivery.template and delivery.kind == "operator"):  # an operator's chosen template goes as one
         return free_form(delivery)
     if not delivery.template:
         return OUTSIDE_WINDOW if delivery.kind == "nurture" else OPERATOR_OUTSIDE
@@ -37,7 +37,7 @@ def message(
     language = delivery.template.get("language")
     template = next((t for t in known if language in (None, t.language)), None)
     category = template.category if template is not None else "marketing"  # unknown: treated as the strictest
-    if category == "marketing" and delivery.kind == "nurture" and (blocked := marketing_block(lead, "whatsapp")):
+    if category == "marketing" and (blocked := marketing_block(lead, "whatsapp")):
         return f"a marketing template needs WhatsApp consent: {blocked}"
     language = language or (template.language if template else "en_US")
     return template_message(delivery.address, delivery.template, language)

@@ -1,6 +1,6 @@
 """The `kindling` command line: its parser, serve, migrate and lead show; each other group has its module.
 
-Commands: serve, migrate, lint, preview, simulate, report, lead, operator, apikey, webhooks.
+Commands: serve, migrate, lint, preview, simulate, report, lead, operator, apikey, webhooks, whatsapp.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import create_app
-from bot.cli import apikeys, operators, privacy, reports, webhooks
+from bot.cli import apikeys, operators, privacy, reports, webhooks, whatsapp
 from bot.cli.flows import lint, preview_flow, simulate_flow
 from bot.config import ConfigError, Settings, load_settings
 from bot.intake.messages import MessageError
@@ -71,6 +71,7 @@ def parser() -> argparse.ArgumentParser:
     operators.add_command(commands)
     apikeys.add_command(commands)
     webhooks.add_command(commands)
+    whatsapp.add_command(commands)
     return top
 
 
@@ -109,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(apikeys.run(settings, args))
         if args.command == "webhooks":
             return asyncio.run(webhooks.run(settings, args))
+        if args.command == "whatsapp":
+            return asyncio.run(whatsapp.run(settings, args))
         return asyncio.run(lead(settings, args))
     except LeadErased as exc:
         print(exc, file=sys.stderr)

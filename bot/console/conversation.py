@@ -15,7 +15,7 @@ from bot.handoff.notify import summary
 from bot.services import SERVICES
 from bot.web.middlewares import json_error
 from storage.leadsearch import conversation_messages
-from storage.models import Handoff
+from storage.models import Conversation, Handoff
 from storage.receipts import reach_of
 
 TRANSCRIPT_LIMIT = 200
@@ -26,6 +26,7 @@ def routes(console: web.Application) -> None:
     """Mount /console/handoffs/{id} with its reply and hand-back forms."""
     console.router.add_get("/handoffs/{id}", handoff_page)
     console.router.add_post("/handoffs/{id}/reply", reply)
+    console.router.add_post("/handoffs/{id}/template", send_template)
     console.router.add_post("/handoffs/{id}/hand-back", hand_back)
 
 
@@ -65,6 +66,33 @@ async def reply(request: web.Request) -> web.StreamResponse:
 
 
 @requires("conversations.reply")
+async def send_template(request: web.Request) -> web.StreamResponse:
+    """Send a chosen WhatsApp template (outside the 24-hour window the only thing that may go)."""
+    found, form = handoff_id(request), await request.post()
+    chosen = str(form.get("template", ""))
+    name, _, language = chosen.partition(":")
+    parameters = [line.strip() for line in str(form.get("parameters", "")).splitlines() if line.strip()]
+    services = request.app[SERVICES]
+    known = {(t.name, t.language): t for t in services.settings.meta.whatsapp_templates}
+    try:
+        template = known.get((name, language))
+        if template is None:
+            raise HandoffError(f"no WhatsApp template {chosen!r} is configured")
+        if len(parameters) != template.parameters:
+            raise HandoffError(
+                f"template {name} takes {template.parameters} parameters, one a line; got {len(parameters)}"
+            )
+        text = f"(template {name}{': ' + ', '.join(parameters) if parameters else ''})"
+        chosen_template = {"name": name, "language": language, "parameters": parameters}
+        await services.handoffs.reply(found, current(request).operator.id, text, template=chosen_template)
+    except HandoffNotFound:
+        raise
+    except HandoffError as exc:
+        return await conversation_page(request, found, error=str(exc), status=_refused(exc))
+    raise web.HTTPSeeOther(f"/console/handoffs/{found}")
+
+
+@requires("conversations.reply")
 async def hand_back(request: web.Request) -> web.StreamResponse:
     """Close the handoff with won / nurture (optionally into a flow) / lost (with a reason)."""
     found, form = handoff_id(request), await request.post()
@@ -99,6 +127,9 @@ async def conversation_page(
         if handoff.conversation_id is not None:
             messages = await conversation_messages(session, handoff.conversation_id, 0, TRANSCRIPT_LIMIT)
         states = states_by_delivery(await reach_of(session, [message.delivery_id for message in messages]))
+        conversation = await session.get(Conversation, handoff.conversation_id) if handoff.conversation_id else None
+    refused = services.handoffs.refusal(conversation) if conversation is not None else None
+    channel = services.dispatcher.channels.get(conversation.channel) if conversation is not None else None
     context: dict[str, Any] = {
         "handoff": info,
         "card": handoff.card,
@@ -108,5 +139,7 @@ async def conversation_page(
         "flows": sorted((slug, spec.name) for slug, spec in services.library.flows.items()),
         "error": error,
         "draft": draft,
+        "refused": refused,  # why a free-form reply cannot go now (WhatsApp's window has closed)
+        "offers": getattr(channel, "offers", []) if refused else [],  # the templates that may go instead
     }
     return render(request, "handoff.html", context, status=status)

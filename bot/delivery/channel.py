@@ -44,7 +44,12 @@ class SendResult:
 
 
 class Channel(Protocol):
-    """A channel adapter: mounts its routes, sends deliveries, starts and stops with the app."""
+    """A channel adapter: mounts its routes, sends deliveries, starts and stops with the app.
+
+    A channel with a messaging window (WhatsApp, Messenger) may also have `refuses(conversation, now)`:
+    why an operator's free-form reply cannot go in that conversation now (None: it can); the console asks it
+    before storing the reply (`bot.handoff.handoffs`), and `templates`: what it may send instead.
+    """
 
     name: str
 

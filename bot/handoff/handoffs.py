@@ -97,16 +97,27 @@ class Handoffs:
             await self.notifier.changed("claimed", handoff_id)
         return result
 
-    async def reply(self, handoff_id: int, operator_id: int, text: str, key: str | None = None) -> int:
-        """Send `text` to the lead on their channel now; returns the delivery id. Raises NotHolder."""
+    async def reply(
+        self, handoff_id: int, operator_id: int, text: str, key: str | None = None, template: dict | None = None
+    ) -> int:
+        """Send `text` (or a WhatsApp `template`: name, language, parameters) to the lead on their channel now.
+
+        Returns the delivery id. Raises NotHolder, or HandoffError when the channel refuses a free-form
+        reply now (WhatsApp's window has closed) and says why.
+        """
         if not text.strip():
             raise HandoffError("an empty reply")
         key = key or f"operator:{handoff_id}:{uuid.uuid4().hex}"
         delivery_id = await transaction(
-            self.sessions, lambda session: self._reply(session, handoff_id, operator_id, text, key)
+            self.sessions, lambda session: self._reply(session, handoff_id, operator_id, text, key, template)
         )
         await self.dispatcher.send_now([delivery_id])
         return delivery_id
+
+    def refusal(self, conversation: Conversation) -> str | None:
+        """Why the conversation's channel refuses an operator's free-form reply now (a closed window), or None."""
+        refuses = getattr(self.dispatcher.channels.get(conversation.channel), "refuses", None)
+        return refuses(conversation, self.clock.now()) if refuses is not None else None
 
     async def hand_back(
         self, handoff_id: int, operator_id: int, outcome: str, reason: str | None = None, flow: str | None = None
@@ -177,17 +188,21 @@ class Handoffs:
         session.add(Event(lead_id=handoff.lead_id, type="handoff_claimed", payload=payload, at=now))
         return ClaimResult(True, handoff.id, operator.name, f"you took lead #{handoff.lead_id}")
 
-    async def _reply(self, session: AsyncSession, handoff_id: int, operator_id: int, text: str, key: str) -> int:
+    async def _reply(
+        self, session: AsyncSession, handoff_id: int, operator_id: int, text: str, key: str, template: dict | None
+    ) -> int:
         handoff, operator = await _held(session, handoff_id, operator_id)
         earlier = (await session.exec(select(Delivery.id).where(Delivery.idempotency_key == key))).first()
         if earlier is not None:
             return earlier  # the same reply again (a retried Telegram update): sent once
         conversation = await self._conversation(session, handoff)
+        if template is None and (refused := self.refusal(conversation)) is not None:
+            raise HandoffError(refused)
         now = self.clock.now()
         delivery = Delivery(
             lead_id=handoff.lead_id, conversation_id=conversation.id, channel=conversation.channel,
             address=conversation.external_id, kind="operator", priority=0, text=text,
-            idempotency_key=key, not_before=now, created_at=now,
+            idempotency_key=key, not_before=now, created_at=now, template=template,
         )  # fmt: skip
         session.add(delivery)
         await session.flush()
