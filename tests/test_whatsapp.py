@@ -175,6 +175,8 @@ async def test_a_step_due_at_23h59m_goes_free_form_and_one_at_24h01m_without_a_t
     assert len(fake_graph.sends) == 2  # the greeting and the first step: nothing went out for the held one
     status, out, _ = await run_kindling("lead", "show", str(late.lead_id))
     assert status == 0 and "outside WhatsApp's 24-hour window; the step has no template" in out
+    status, out, _ = await run_kindling("report", "flows", "--since", "2026-01-05", "--until", "2026-01-06")
+    assert status == 0 and "outside WhatsApp's 24-hour window; the step has no template" in out
 
 
 async def test_a_step_at_24h01m_goes_as_its_template_with_rendered_parameters_to_a_lead_who_opted_in(

@@ -38,6 +38,7 @@ from flows.channel_consent import marketing_opt_out
 from storage.db import transaction
 from storage.leads import get_lead
 from storage.models import Delivery
+from storage.pace import SharedPace
 from storage.receipts import mark_by_provider_id
 
 log = logging.getLogger(__name__)
@@ -210,18 +211,25 @@ def from_timestamp(value: Any, now: datetime) -> datetime:
 
 
 class Pace:
-    """Sends paced in this process: at most `rate` a second overall, and `gap` between two to one recipient.
+    """Sends paced: at most `rate` a second overall, and `gap` between two to one recipient.
 
     A recipient's wait comes first and takes no overall slot, so one person's gap never holds up the others.
+    With `shared` (PostgreSQL: any number of instances) the budgets are rows of the database (storage.pace),
+    named `<name>` overall and `<name>:<recipient>`; otherwise (SQLite: one instance) they are kept here.
     """
 
-    def __init__(self, rate: float, gap: timedelta) -> None:
+    def __init__(self, rate: float, gap: timedelta, name: str = "meta", shared: SharedPace | None = None) -> None:
         self.interval, self.gap = 1 / rate, gap.total_seconds()
+        self.name, self.shared = name, shared
         self.next_at = 0.0  # the loop time of the next overall slot
         self.recipients: dict[str, float] = {}  # the loop time each recipient's next message may go
 
     async def wait(self, recipient: str) -> None:
         """Wait for this recipient's turn, then for the next overall slot."""
+        if self.shared is not None:
+            await self.shared.wait(f"{self.name}:{recipient}", self.gap)
+            await self.shared.wait(self.name, self.interval)
+            return
         loop = asyncio.get_running_loop()
         now = loop.time()
         if len(self.recipients) > 10_000:  # forget idle recipients so the table does not grow forever

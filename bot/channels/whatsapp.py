@@ -32,8 +32,10 @@ from bot.channels.whatsapp_send import OPERATOR_OUTSIDE, message
 from bot.delivery.channel import SendResult
 from bot.services import Services
 from flows.whatsapp_rules import WhatsAppTemplate, by_name
+from storage.db import is_sqlite
 from storage.leads import get_lead
 from storage.models import Conversation, Delivery
+from storage.pace import SharedPace
 
 log = logging.getLogger(__name__)
 PATH = "/webhooks/whatsapp"
@@ -50,7 +52,8 @@ class WhatsAppChannel:
         self.meta = meta
         self.phone_id = meta.whatsapp_phone_id or ""
         self.graph = GraphClient(meta.graph_api_url, meta.whatsapp_token or "")
-        self.pace = Pace(meta.whatsapp_rate, meta.whatsapp_recipient_gap)
+        shared = None if is_sqlite(services.settings.database_url) else SharedPace(services.sessions)
+        self.pace = Pace(meta.whatsapp_rate, meta.whatsapp_recipient_gap, f"whatsapp:{self.phone_id}", shared)
         self.templates = by_name(meta.whatsapp_templates)
         self.buttons = Buttons(meta.whatsapp_consent_buttons, meta.whatsapp_stop_buttons)
 
