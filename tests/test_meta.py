@@ -187,3 +187,15 @@ async def test_whatsapp_without_its_settings_is_off_with_one_line_naming_what_is
         "KINDLING_META_APP_SECRET, KINDLING_META_VERIFY_TOKEN are not set"
     ]
     assert PHONE_ID  # the fake's phone number id is what the settings name
+
+
+async def test_ill_formed_parts_of_a_notification_are_answered_200_and_store_nothing(client, db):
+    odd = payload("text")
+    value = odd["entry"][0]["changes"][0]["value"]
+    value["metadata"] = "not an object"
+    value["messages"] = [{"id": "wamid.no-sender", "type": "text", "text": {"body": "hi"}}, "not a message", 7]
+    value["statuses"] = [{"status": "read"}, None]
+    odd["entry"].append({"id": "1", "changes": "not a list"})
+    response = await post(client, odd)
+    assert response.status == 200 and (await response.json())["ignored"] == ["a message without a sender or id"]
+    assert await rows(db, Lead) == []

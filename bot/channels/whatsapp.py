@@ -85,7 +85,8 @@ class WhatsAppChannel:
             if change.get("field") != "messages" or not isinstance(value, dict):
                 ignored.append(f"field {change.get('field')!r}")
                 continue
-            if (value.get("metadata") or {}).get("phone_number_id") not in (self.phone_id, None):
+            metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
+            if metadata.get("phone_number_id") not in (self.phone_id, None):
                 ignored.append("another phone number")
                 continue
             read = read_change(value, now, self.buttons)
