@@ -203,7 +203,7 @@ async def test_a_step_at_24h01m_goes_as_its_template_with_rendered_parameters_to
 
 
 async def test_a_marketing_template_is_held_back_without_whatsapp_consent_and_stop_promotions_withdraws_it(
-    make_client, wa, tmp_path, db, clock, fake_graph
+    make_client, wa, tmp_path, db, clock, fake_graph, run_kindling
 ):
     client = await make_client(wa.with_(templates=templates_with(tmp_path / "t", flow(TEMPLATE))))
     await post(client, payload("text"))
@@ -225,6 +225,8 @@ async def test_a_marketing_template_is_held_back_without_whatsapp_consent_and_st
     [lead] = await rows(db, Lead)
     assert not lead.channel_marketing["whatsapp"]["consent_at"]
     assert [e.payload["consent"] for e in await rows(db, Event, Event.type == "channel_consent")] == [True, False]
+    status, out, _ = await run_kindling("lead", "show", str(lead.id))
+    assert status == 0 and "whatsapp marketing consent no" in out
 
 
 async def test_whatsapp_consent_from_the_sites_backend_and_an_operator(client, db):
@@ -235,6 +237,8 @@ async def test_whatsapp_consent_from_the_sites_backend_and_an_operator(client, d
     assert (await client.post("/api/events", json=event, headers=headers)).status in (200, 201)
     [lead] = await rows(db, Lead)
     assert lead.channel_marketing["whatsapp"]["consent_source"] == "api"
+    answer = await client.get(f"/api/leads/{lead.id}", headers=headers)
+    assert (await answer.json())["channel_marketing"]["whatsapp"]["consent_source"] == "api"
 
     response = await client.patch(f"/api/leads/{lead.id}", json={"whatsapp_consent": False}, headers=headers)
     assert response.status == 200

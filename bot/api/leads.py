@@ -65,6 +65,7 @@ def lead_item(lead: Lead) -> dict[str, Any]:
         "last_touch": lead.last_touch,
         "opted_out_at": lead.opted_out_at.isoformat() if lead.opted_out_at else None,
         **email_state(lead),
+        "channel_marketing": lead.channel_marketing,
         "created_at": lead.created_at.isoformat(),
         "updated_at": lead.updated_at.isoformat(),
     }
@@ -183,6 +184,11 @@ LEAD = {
         "email_consent_source": {"type": ["string", "null"], "enum": ["widget", "api", "operator", None]},
         "email_opted_out_at": {**NULLABLE_TIME, "description": "unsubscribed from email"},
         "email_bounced_at": {**NULLABLE_TIME, "description": "the address hard-bounced"},
+        "channel_marketing": {
+            "type": "object",
+            "description": "per messenger (whatsapp): consent_at, consent_source, opted_out_at, opted_out_reason",
+            "additionalProperties": {"type": "object"},
+        },
         "created_at": TIME,
         "updated_at": TIME,
     },

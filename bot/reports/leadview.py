@@ -61,6 +61,7 @@ async def lead_report(sessions: Sessions, settings: Settings, lead_id: int, now:
         "tags": lead.tags,
         "opted_out_at": lead.opted_out_at.isoformat() if lead.opted_out_at else None,
         **email_state(lead),
+        "channel_marketing": lead.channel_marketing,
         "email_nurture_held": email_block(
             lead, EmailPolicy(not settings.email.disabled(), settings.email.require_consent)
         ),
@@ -136,6 +137,7 @@ def format_lead(report: dict[str, Any]) -> str:
         f"time zone {report['timezone'] or '-'}",
         *[f"  {claim_text(claim)}" for claim in report["claims"]],
         f"  {_email_line(report)}",
+        *[f"  {_marketing_line(channel, state)}" for channel, state in sorted(report["channel_marketing"].items())],
         f"  stage {report['stage']} since {report['stage_since']}",
         f"  score {report['score_explained']}",
         f"  first touch {_touch(report['first_touch'])}",
@@ -178,6 +180,15 @@ def _email_line(report: dict[str, Any]) -> str:
     )
     held = report["email_nurture_held"]
     return f"email consent {consent}   nurture email: {'held: ' + held if held else 'allowed'}"
+
+
+def _marketing_line(channel: str, state: dict[str, Any]) -> str:
+    """`whatsapp marketing consent yes (chat, 2026-...)`, and whether it stopped (and why)."""
+    consent = f"yes ({state.get('consent_source')}, {state['consent_at']})" if state.get("consent_at") else "no"
+    stopped = (
+        f"   stopped {state['opted_out_at']}: {state.get('opted_out_reason')}" if state.get("opted_out_at") else ""
+    )
+    return f"{channel} marketing consent {consent}{stopped}"
 
 
 def _delivery_line(d: dict) -> str:
