@@ -44,6 +44,14 @@ ERRORS: dict[str, tuple[int, int, int | None, str, str]] = {
     ),
     "reengagement": (400, 131047, None, "OAuthException", "(#131047) Re-engagement message"),
     "undeliverable": (400, 131026, None, "OAuthException", "(#131026) Message Undeliverable."),
+    "marketing_stopped": (
+        400,
+        131050,
+        None,
+        "OAuthException",
+        "(#131050) Unable to deliver the message. This recipient has chosen to stop receiving marketing messages"
+        " on WhatsApp from your business",
+    ),
     "invalid_parameter": (400, 100, 2494010, "OAuthException", "(#100) Invalid parameter"),
     "template_missing": (
         404,

@@ -163,6 +163,7 @@ async def test_a_body_that_is_no_notification_is_400_never_500(client, db):
         ("unavailable", "pending", "131016"),
         ("invalid_parameter", "dead", "100"),
         ("undeliverable", "dead", "131026"),
+        ("marketing_stopped", "dead", "131050"),
         ("reengagement", "skipped", "24-hour window"),
     ],
 )
@@ -174,7 +175,8 @@ async def test_each_graph_error_is_retried_held_back_or_final(client, db, fake_g
     assert reply.status == status and remark in reply.last_error
     assert fake_graph.sends[0].status == ERRORS[error][0]
     [lead] = await rows(db, Lead)
-    assert bool(lead.channel_marketing.get("whatsapp", {}).get("opted_out_at")) == (error == "undeliverable")
+    stopped = bool(lead.channel_marketing.get("whatsapp", {}).get("opted_out_at"))
+    assert stopped == (error in ("undeliverable", "marketing_stopped"))
 
 
 async def test_whatsapp_without_its_settings_is_off_with_one_line_naming_what_is_missing(make_client, settings, caplog):
@@ -199,3 +201,22 @@ async def test_ill_formed_parts_of_a_notification_are_answered_200_and_store_not
     response = await post(client, odd)
     assert response.status == 200 and (await response.json())["ignored"] == ["a message without a sender or id"]
     assert await rows(db, Lead) == []
+
+
+async def test_a_failed_status_for_the_closed_window_holds_the_message_back_and_a_throughput_one_retries(client, db):
+    await post(client, payload("text"))
+    [reply] = await rows(db, Delivery)
+    await post(client, payload("status_failed_reengagement", wamid=reply.provider_message_id))
+    [reply] = await rows(db, Delivery)
+    assert reply.status == "skipped" and "outside WhatsApp's 24-hour window" in reply.last_error
+
+    throttled = payload("status_failed")
+    [status] = throttled["entry"][0]["changes"][0]["value"]["statuses"]
+    status["errors"] = [{"code": 130429, "title": "Rate limit hit", "message": "Rate limit hit"}]
+    await post(client, payload("text"))  # no new reply: a repeat
+    await post(client, payload("referral"))  # a second message, answered
+    second = (await rows(db, Delivery))[-1]
+    status["id"] = second.provider_message_id
+    await post(client, throttled)
+    [second] = await rows(db, Delivery, Delivery.id == second.id)
+    assert second.status == "pending" and "130429" in second.last_error and second.provider_message_id is None

@@ -49,7 +49,8 @@ TIMEOUT = aiohttp.ClientTimeout(total=20)
 # Throughput: WhatsApp's 130429 (the number's rate), 131056 (too many to one recipient), 80007 (WhatsApp
 # Business Account rate); Messenger's 4 (the app's calls), 613 and 32 (rate limits).
 THROUGHPUT = frozenset({130429, 131056, 80007, 4, 32, 613})
-UNREACHABLE = frozenset({131026})  # not on WhatsApp, an old app, or they have not accepted the terms
+# Not on WhatsApp, an old app, or the terms not accepted (131026); asked to stop this business's marketing (131050).
+UNREACHABLE = frozenset({131026, 131050})
 REENGAGEMENT = frozenset({131047})  # more than 24 hours since the person's last message
 OUTSIDE_WINDOW = "outside WhatsApp's 24-hour window; the step has no template"
 THROUGHPUT_BACKOFF = 30.0  # seconds before a throughput-limited send is tried again
