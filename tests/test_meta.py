@@ -220,3 +220,12 @@ async def test_a_failed_status_for_the_closed_window_holds_the_message_back_and_
     await post(client, throttled)
     [second] = await rows(db, Delivery, Delivery.id == second.id)
     assert second.status == "pending" and "130429" in second.last_error and second.provider_message_id is None
+
+
+async def test_a_graph_api_that_cannot_be_reached_is_tried_again_later(make_client, settings, fake_graph, db):
+    unreachable = meta_settings(fake_graph, graph_api_url="http://127.0.0.1:9/v21.0")  # the discard port: refused
+    client = await make_client(settings.with_(meta=unreachable))
+    await post(client, payload("text"))
+    [reply] = await rows(db, Delivery)
+    assert reply.status == "pending" and reply.last_error.startswith("the Graph API cannot be reached")
+    assert fake_graph.sends == []

@@ -68,6 +68,8 @@ class GraphError(Exception):
     trace: str | None = None  # `fbtrace_id`, for Meta's support
 
     def __str__(self) -> str:
+        if self.status == 0:
+            return f"the Graph API cannot be reached: {self.message}"[:500]
         code = f" {self.code}" + (f"/{self.subcode}" if self.subcode else "") if self.code else ""
         return f"Graph API error{code} (HTTP {self.status}): {self.message}"[:500]
 
