@@ -20,7 +20,7 @@ from flows.whatsapp_rules import MAX_BUTTON_CHARS, MAX_BUTTONS, WhatsAppTemplate
 from storage.models import Delivery, Lead
 
 OUTSIDE_WINDOW = "outside WhatsApp's 24-hour window; the step has no template"
-OPERATOR_OUTSIDE = "outside WhatsApp's 24-hour window: only an approved template may go; choose one below"
+OPERATOR_OUTSIDE = "outside WhatsApp's 24-hour window: only an approved template may go (the console sends them)"
 MAX_BODY = 4096  # characters of a text message (1024 of an interactive one's body)
 MAX_INTERACTIVE_BODY = 1024
 
