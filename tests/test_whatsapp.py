@@ -161,7 +161,7 @@ async def test_an_ad_that_opened_the_chat_is_the_leads_first_touch(client, db, r
 
 
 async def test_a_step_due_at_23h59m_goes_free_form_and_one_at_24h01m_without_a_template_is_held_back(
-    make_client, wa, tmp_path, db, clock, fake_graph, run_kindling
+    make_client, wa, tmp_path, db, clock, fake_graph, run_kindling, add_operator
 ):
     client = await make_client(wa.with_(templates=templates_with(tmp_path / "t", flow())))
     await post(client, payload("text"))
@@ -177,6 +177,10 @@ async def test_a_step_due_at_23h59m_goes_free_form_and_one_at_24h01m_without_a_t
     assert status == 0 and "outside WhatsApp's 24-hour window; the step has no template" in out
     status, out, _ = await run_kindling("report", "flows", "--since", "2026-01-05", "--until", "2026-01-06")
     assert status == 0 and "outside WhatsApp's 24-hour window; the step has no template" in out
+    await add_operator("ann", "operator")
+    assert (await log_in(client, "ann")).status == 303
+    page = await (await client.get(f"/console/leads/{late.lead_id}")).text()
+    assert "outside WhatsApp&#39;s 24-hour window; the step has no template" in page
 
 
 async def test_a_step_at_24h01m_goes_as_its_template_with_rendered_parameters_to_a_lead_who_opted_in(
