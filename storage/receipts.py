@@ -48,6 +48,16 @@ async def reach_of(session: AsyncSession, delivery_ids: Sequence[int | None]) ->
     return {row.id: row for row in rows.all() if row.id is not None}
 
 
+async def known_provider_ids(session: AsyncSession, channel: str, provider_ids: Sequence[str]) -> set[str]:
+    """Which of these provider message ids a delivery on `channel` was sent as."""
+    if not provider_ids:
+        return set()
+    statement = select(Delivery.provider_message_id).where(
+        Delivery.channel == channel, col(Delivery.provider_message_id).in_(list(provider_ids))
+    )
+    return {found for found in (await session.exec(statement)).all() if found is not None}
+
+
 async def mark_by_provider_id(
     session: AsyncSession, channel: str, provider_id: str, state: str, at: datetime, error: str | None = None
 ) -> Delivery | None:

@@ -229,3 +229,17 @@ async def test_a_graph_api_that_cannot_be_reached_is_tried_again_later(make_clie
     [reply] = await rows(db, Delivery)
     assert reply.status == "pending" and reply.last_error.startswith("the Graph API cannot be reached")
     assert fake_graph.sends == []
+
+
+async def test_a_status_that_comes_before_its_send_is_recorded_is_asked_again_and_an_old_stranger_ignored(
+    client, db, clock
+):
+    await post(client, payload("text"))
+    early = await post(client, payload("status_read", wamid="wamid.not-recorded-yet"))
+    assert early.status == 503  # Meta sends it again; by then the send is recorded
+
+    clock.advance(timedelta(minutes=5))  # a status of a message some other tool sent on this number
+    late = await post(client, payload("status_read", wamid="wamid.not-recorded-yet"))
+    assert late.status == 200
+    [reply] = await rows(db, Delivery)
+    assert reply.seen_at is None

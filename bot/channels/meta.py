@@ -39,7 +39,7 @@ from storage.db import transaction
 from storage.leads import get_lead
 from storage.models import Delivery
 from storage.pace import SharedPace
-from storage.receipts import mark_by_provider_id
+from storage.receipts import known_provider_ids, mark_by_provider_id
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -54,6 +54,7 @@ UNREACHABLE = frozenset({131026, 131050})
 REENGAGEMENT = frozenset({131047})  # more than 24 hours since the person's last message
 OUTSIDE_WINDOW = "outside WhatsApp's 24-hour window; the step has no template"
 THROUGHPUT_BACKOFF = 30.0  # seconds before a throughput-limited send is tried again
+EARLY = timedelta(seconds=60)  # a status this recent about a message no delivery knows yet: asked again (503)
 
 
 @dataclass(frozen=True)
@@ -269,25 +270,34 @@ async def take_in(services: Services, inbounds: list[Inbound]) -> None:
         await asyncio.gather(*(services.inbox.accept(inbound) for inbound in inbounds))
 
 
-async def apply_statuses(services: Services, channel: str, statuses: list[Status]) -> None:
+async def apply_statuses(services: Services, channel: str, statuses: list[Status]) -> int:
     """Move the deliveries the statuses are about forward, in one transaction, before the webhook's answer.
 
     A repeat changes nothing (states only move forward). A message that failed because the person cannot be
     reached opts them out of marketing on the channel; one refused for the closed window is held back.
+    Returns how many statuses came too early: about a message of the last EARLY that no delivery was
+    recorded as yet (the send's answer and its record may trail Meta's webhook by a moment). The webhook
+    then answers 503, so that Meta sends them again; a status about a message older than that which no
+    delivery knows (sent by another tool on the same number) is ignored.
     """
     if not statuses:
-        return
+        return 0
     now = services.clock.now()
 
-    async def work(session: AsyncSession) -> None:
+    async def work(session: AsyncSession) -> int:
+        known = await known_provider_ids(session, channel, [status.provider_id for status in statuses])
+        early = [s for s in statuses if s.provider_id not in known and now - s.at < EARLY]
         for status in statuses:
+            if status.provider_id not in known:
+                continue
             failed = await mark_by_provider_id(
                 session, channel, status.provider_id, status.state, status.at, status.error
             )
             if failed is not None:
                 await _failed(session, channel, failed, status, now)
+        return len(early)
 
-    await transaction(services.sessions, work)
+    return await transaction(services.sessions, work)
 
 
 async def _failed(session: AsyncSession, channel: str, row: Delivery, status: Status, now: datetime) -> None:

@@ -31,6 +31,7 @@ from bot.channels.whatsapp_inbound import Buttons, read_change
 from bot.channels.whatsapp_send import OPERATOR_OUTSIDE, message
 from bot.delivery.channel import SendResult
 from bot.services import Services
+from bot.web.middlewares import json_error
 from flows.whatsapp_rules import WhatsAppTemplate, by_name
 from storage.db import is_sqlite
 from storage.leads import get_lead
@@ -94,7 +95,8 @@ class WhatsAppChannel:
             statuses += read.statuses
             ignored += read.ignored
         await take_in(self.services, inbounds)  # durable once this returns; taken in right after
-        await apply_statuses(self.services, self.name, statuses)
+        if await apply_statuses(self.services, self.name, statuses):  # its messages are stored: they come once
+            return json_error(503, "a status came before its message was recorded as sent; send it again")
         answer: dict[str, Any] = {"ok": True, "messages": len(inbounds), "statuses": len(statuses)}
         if ignored:
             answer["ignored"] = ignored
