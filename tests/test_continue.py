@@ -8,14 +8,16 @@ from datetime import timedelta
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from playwright.async_api import expect
 
 from bot.channels.continuation import build_payload, claim_code, find_code, read_payload
 from bot.config import ConfigError, settings_from
 from bot.intake.inbound import Touch
 from storage.models import ContinueCode, Identity, Lead
 
-from conftest import rows, services_of
+from conftest import API_KEY, rows, services_of
 from fake_telegram import TOKEN
+from test_browser import browser, new_page, open_chat  # noqa: F401  (the browser fixtures)
 from test_telegram import SECRET, payload, post
 from test_webchat import hello
 
@@ -181,6 +183,18 @@ async def test_a_made_up_code_names_nobody(client, db, clock):
     assert find_code("Hi! REMEMBER me") is None
 
 
+async def test_erasing_the_visitor_erases_their_codes_and_their_link_then_leads_nowhere(client, db):
+    welcome = await welcome_of(client)
+    await click_whatsapp(client, welcome)
+
+    erased = await client.delete(f"/api/leads/{welcome['lead']}", headers={"Authorization": f"Bearer {API_KEY}"})
+
+    assert erased.status == 200 and (await erased.json())["removed"]["continue_code"] == 1
+    assert await rows(db, ContinueCode) == []
+    again = await client.get("/" + by_channel(welcome)["whatsapp"], allow_redirects=False)
+    assert again.status == 410
+
+
 async def test_a_changed_whatsapp_link_is_refused_and_makes_no_code(client, db):
     first, second = await welcome_of(client), await welcome_of(client)
     query = parse_qs(urlsplit(by_channel(first)["whatsapp"]).query)
@@ -226,6 +240,26 @@ async def test_the_telegram_link_makes_the_visitor_one_lead_with_their_source(
     assert {(i.kind, i.value) for i in await rows(db, Identity)} >= {("visitor", welcome["visitor"])}
     assert {i.kind for i in await rows(db, Identity)} == {"visitor", "telegram"}
     assert lead.last_touch["source"] == "newsletter" and lead.last_touch["campaign"] == "june"
+
+
+async def test_the_widget_shows_the_links_and_its_whatsapp_link_leads_to_wa_me(client, new_page):  # noqa: F811
+    page = await new_page()
+    await page.goto(str(client.make_url("/?utm_source=newsletter")))
+    panel = await open_chat(page)
+
+    links = panel.get_by_role("link")
+    await expect(links).to_have_text(["WhatsApp", "Messenger", "Telegram"])
+    await expect(panel.locator(".kindling-continue")).to_have_text(
+        "Continue on WhatsApp \u00b7 Messenger \u00b7 Telegram"
+    )
+    start = await page.evaluate("Kindling.telegramStart()")  # v-<signed visitor link>
+    await expect(links.nth(2)).to_have_attribute("href", f"https://t.me/acme_bot?start={start}_s-newsletter")
+    whatsapp = await links.nth(0).get_attribute("href")
+    assert whatsapp.startswith(str(client.make_url("/continue/whatsapp?")))
+    response = await page.request.get(whatsapp, max_redirects=0)
+    location = urlsplit(response.headers["location"])
+    assert response.status == 302 and location.netloc == "wa.me"
+    assert re.fullmatch(r"Hi! \(ref [2-9A-Z]{8}\)", parse_qs(location.query)["text"][0])
 
 
 @pytest.mark.parametrize(
