@@ -8,9 +8,11 @@ from datetime import timedelta
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from playwright.async_api import expect
 
-from bot.channels.continuation import build_payload, claim_code, find_code, read_payload
+from bot.channels.continuation import build_payload, claim_code, find_code, parse_payload, read_payload
 from bot.config import ConfigError, settings_from
 from bot.intake.inbound import Touch
 from storage.models import ContinueCode, Identity, Lead
@@ -278,6 +280,18 @@ def test_a_payload_fits_telegrams_64_characters_of_a_to_z_digits_dash_and_unders
 
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", made)
     assert made.startswith(f"v-{link}")
+
+
+@given(st.text(max_size=80), st.text(max_size=80), st.text(max_size=80))
+def test_any_source_medium_and_campaign_come_back_as_a_prefix_of_what_telegram_can_carry(source, medium, campaign):
+    link, sent = "0123456789abcdef-0a1b2c3d4e5f", Touch(source=source, medium=medium, campaign=campaign)
+
+    found_link, found = parse_payload(build_payload(link, sent))
+
+    assert found_link == link
+    for name, value in (found.as_dict() if found else {}).items():
+        carried = re.sub(r"[^A-Za-z0-9-]+", "-", getattr(sent, name)).strip("-")
+        assert carried.startswith(value) and re.fullmatch(r"[A-Za-z0-9-]+", value)
 
 
 @pytest.mark.parametrize(

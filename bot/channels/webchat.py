@@ -215,8 +215,9 @@ class _Session:
             received = await self._receive(view)
             if received is not None:
                 self.services.after_commit(received)  # a page view may make the lead warm
-                if view.touch is not None and view.touch.source:  # links carry the newest source the visitor has
-                    await self._send({"type": "continue", "links": self._continue_links(view.touch)})
+                links = self._continue_links(view.touch) if view.touch is not None and view.touch.source else []
+                if links:  # they carry the newest source the visitor has
+                    await self._send({"type": "continue", "links": links})
         elif kind in ("message", "button"):
             await self._message(data, kind)
         elif kind == "consent":
