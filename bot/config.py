@@ -124,6 +124,17 @@ class MetaSettings:
 
 
 @dataclass(frozen=True)
+class ContinueSettings:
+    """Where the widget's "continue on WhatsApp / Messenger / Telegram" links lead; none: that link is not offered."""
+
+    telegram_username: str | None = None  # the bot's username, without the @: t.me/<username>
+    messenger_page: str | None = None  # the Facebook Page's username or id: m.me/<page>
+    whatsapp_number: str | None = None  # the business number in international digits: wa.me/<number>
+    whatsapp_text: str = "Hi! (ref {code})"  # the prefilled WhatsApp message; {code} is the visitor's short code
+    code_lifetime: timedelta = timedelta(days=7)  # how long a WhatsApp code can be claimed
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting Kindling uses, validated."""
 
@@ -155,6 +166,7 @@ class Settings:
     outbox_lease: timedelta = timedelta(seconds=60)
     email: EmailSettings = EmailSettings()
     meta: MetaSettings = MetaSettings()
+    continue_on: ContinueSettings = ContinueSettings()
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests, CLI flags)."""
@@ -223,6 +235,7 @@ def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
         outbox_lease=_duration(doc.section("outbox"), "lease", "60s"),
         email=_email(doc.section("email"), env),
         meta=_meta(channels.section("meta"), channels.section("whatsapp"), env),
+        continue_on=_continue_on(channels, env),
     )
     doc.reject_unknown()
     return settings
@@ -248,8 +261,13 @@ class _Section:
         return value
 
     def section(self, name: str) -> _Section:
+        """The table `name`; asked for twice (two parts read one table), the same one, so both parts' keys count."""
         self.read.add(name)
-        child = _Section(self.data.get(name, {}), self.key(name))
+        key = self.key(name)
+        for child in self.children:
+            if child.path == key:
+                return child
+        child = _Section(self.data.get(name, {}), key)
         self.children.append(child)
         return child
 
@@ -532,6 +550,35 @@ def _host_port(name: str, text: str | None) -> tuple[str, int] | None:
     if not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise ConfigError(f"{name}: expected host:port, e.g. 0.0.0.0:2525, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+_TELEGRAM_USERNAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{4,31}")
+_PAGE = re.compile(r"[A-Za-z0-9.]{1,100}")
+
+
+def _continue_on(channels: _Section, env: Mapping[str, str]) -> ContinueSettings:
+    telegram, messenger = channels.section("telegram"), channels.section("messenger")
+    whatsapp = channels.section("whatsapp")
+    username = _env(env, "KINDLING_TELEGRAM_USERNAME", telegram.get("username", str, "")).strip().removeprefix("@")
+    page = _env(env, "KINDLING_MESSENGER_PAGE", messenger.get("page", str, "")).strip()
+    number = _env(env, "KINDLING_WHATSAPP_NUMBER", whatsapp.get("number", str, ""))
+    digits = re.sub(r"[\s()+.-]", "", number)
+    text = whatsapp.get("prefilled_text", str, ContinueSettings.whatsapp_text)
+    if username and not _TELEGRAM_USERNAME.fullmatch(username):
+        raise ConfigError(f"channels.telegram.username: a bot's username like kindling_bot, got {username!r}")
+    if page and not _PAGE.fullmatch(page):
+        raise ConfigError(f"channels.messenger.page: the Page's username or id (m.me/<page>), got {page!r}")
+    if digits and not re.fullmatch(r"[1-9][0-9]{6,14}", digits):
+        raise ConfigError(f"channels.whatsapp.number: an international number like +1 555 010 0199, got {number!r}")
+    if text.count("{code}") != 1 or len(text) > 500:
+        raise ConfigError("channels.whatsapp.prefilled_text: a message of up to 500 characters with {code} once in it")
+    return ContinueSettings(
+        telegram_username=username or None,
+        messenger_page=page or None,
+        whatsapp_number=digits or None,
+        whatsapp_text=text,
+        code_lifetime=_duration(whatsapp, "code_lifetime", "7d"),
+    )
 
 
 def _console(section: _Section) -> ConsoleSettings:

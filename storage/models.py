@@ -441,3 +441,21 @@ class InboxEntry(SQLModel, table=True):
     lease_until: datetime = _time(index=True)  # until then the process that received it takes it in
     attempts: int = 0  # times a sweep took it over
     error: str | None = None  # why taking it in failed last time
+
+
+class ContinueCode(SQLModel, table=True):
+    """A short code in a prefilled WhatsApp message: the web visitor who clicked, their page's source, until when.
+
+    Made when the visitor clicks the widget's WhatsApp link; claimed by the first message of one WhatsApp
+    number (bot/channels/continuation.py).
+    """
+
+    __tablename__ = "continue_code"
+    code: str = Field(primary_key=True)  # 8 characters from an alphabet without look-alikes
+    visitor: str = Field(index=True)  # the widget's visitor id
+    lead_id: int = Field(foreign_key="lead.id", index=True)  # the visitor's lead then (so erasure takes it)
+    touch: dict = _json(dict)  # source, medium, campaign of the page the link was on
+    created_at: datetime = _time()
+    expires_at: datetime = _time(index=True)
+    claimed_at: datetime | None = _time(nullable=True)
+    claimed_by: str | None = None  # the WhatsApp number (wa_id) whose first message carried it

@@ -10,21 +10,17 @@ including types Telegram adds later, are ignored; an update python-telegram-bot 
 objects grew a field it requires, say) is kept as it came in the inbox, with why (`Inbox.keep`). Only a body
 that is no update at all (not JSON, no integer `update_id`) or has a field of the wrong type is refused (400).
 
-Deep links `https://t.me/<bot>?start=<payload>` arrive as `/start <payload>`. Telegram allows only
-`A-Za-z0-9_-` and 64 characters there, so the payload is `<key>-<value>` pairs joined by `_`:
-`v` = the widget's visitor link (`<visitor id>-<signature>`, given to the widget in its welcome frame),
-`s` = utm source, `m` = utm medium, `c` = utm campaign; e.g.
-`/start v-0123456789abcdef-0a1b2c3d4e5f_s-google_c-spring`. Unknown keys are ignored; a malformed
-payload is ignored as a whole (it is still a start). A correctly signed visitor id becomes the
-identity ("visitor", id), so a web visitor who continues in Telegram stays one lead, and nobody can
-attach themselves to a visitor whose id they merely guessed.
+Deep links `https://t.me/<bot>?start=<payload>` arrive as `/start <payload>`: the widget's signed visitor link
+and the page's source/UTM, in the format `bot.channels.continuation` owns (shared with Messenger's `ref`); e.g.
+`/start v-0123456789abcdef-0a1b2c3d4e5f_s-google_c-spring`. A malformed payload is ignored as a whole (it is
+still a start). A correctly signed visitor id becomes the identity ("visitor", id), so a web visitor who
+continues in Telegram stays one lead, and nobody can attach themselves to a visitor whose id they merely guessed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import warnings
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -47,12 +43,13 @@ from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, Re
 from telegram.ext import AIORateLimiter, Application
 from telegram.warnings import PTBDeprecationWarning
 
+from bot.channels.continuation import parse_payload as parse_deep_link
 from bot.channels.telegram_check import wrong_field
 from bot.channels.telegram_operators import OperatorsGroup
 from bot.channels.telegram_plain import dedup_key, plain_message
 from bot.delivery.channel import SendResult, buttons_as_text
 from bot.intake.contacts import normalize_phone
-from bot.intake.inbound import Inbound, Profile, Touch
+from bot.intake.inbound import Inbound, Profile
 from bot.services import Services
 from bot.web.jsonbody import parse_json
 from bot.web.middlewares import json_error
@@ -65,9 +62,6 @@ log = logging.getLogger(__name__)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "callback_query", "my_chat_member"]
 MAX_CALLBACK_BYTES = 64
-_PAYLOAD = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: match() and $ would let a trailing newline in
-_VISITOR_LINK = re.compile(r"[0-9a-f]{16}-[0-9a-f]{12}")
-_TOUCH_KEYS = {"s": "source", "m": "medium", "c": "campaign"}
 _BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError)
 
 
@@ -521,13 +515,3 @@ def _inbound(
         at=now,
         **fields,
     )
-
-
-def parse_deep_link(payload: str) -> tuple[str | None, Touch | None]:
-    """The visitor link and source/UTM in a `/start` payload (format in the module docstring)."""
-    if not _PAYLOAD.fullmatch(payload):
-        return None, None
-    pairs = dict(pair.partition("-")[::2] for pair in payload.split("_"))
-    visitor = pairs.get("v") if _VISITOR_LINK.fullmatch(pairs.get("v", "")) else None
-    utm = {name: pairs[key] for key, name in _TOUCH_KEYS.items() if pairs.get(key)}
-    return visitor, Touch(**utm) if utm else None

@@ -3,8 +3,10 @@
 Protocol (JSON frames). The client starts with
 `{"type": "hello", "visitor": id|null, "token": t|null, "since": last message id, "view": {...}}`
 (plus `"link"`, a signed visitor link from a missed-message email, to continue that visitor's conversation;
-a forged one is ignored) and gets `{"type": "welcome", "visitor", "token", "conversation"}`, then every message
-after `since`.
+a forged one is ignored) and gets `{"type": "welcome", "visitor", "token", "conversation", "lead", "link",
+"continue"}`, then every message after `since`. `continue` is a list of `{"channel", "label", "url"}`: links that
+continue the chat on WhatsApp, Messenger or Telegram as the same lead, with the page's source
+(`bot.channels.continuation`); a later page view with a source of its own sends `{"type": "continue", "links"}`.
 Then: `{"type": "message", "id": uuid, "text"}` (answered by `ack`, stored once per uuid),
 `{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`,
 `{"type": "consent", "id": uuid, "email": address|null, "consent": true|false}` (email consent, answered by `ack`),
@@ -37,6 +39,7 @@ from zoneinfo import available_timezones
 
 from aiohttp import WSMsgType, web
 
+from bot.channels import continuation
 from bot.delivery.channel import SendResult
 from bot.delivery.hub import ERASED, message_frame
 from bot.intake.contacts import normalize_email
@@ -88,6 +91,7 @@ class WebchatChannel:
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/widget.js", self.widget_js)
         app.router.add_get("/chat/ws", self.websocket)
+        continuation.routes(app)  # the widget's "continue on WhatsApp" link
 
     async def start(self) -> None:
         pass
@@ -182,7 +186,8 @@ class _Session:
         self.locale = _short(hello.get("locale"), 35)
         tz = hello.get("timezone")
         self.timezone = tz if isinstance(tz, str) and tz in _TIMEZONES else None
-        received = await self._receive(self._page_view(hello.get("view")))
+        view = self._page_view(hello.get("view"))
+        received = await self._receive(view)
         if received is None:
             return False
         self.conversation_id = received.conversation_id
@@ -194,6 +199,7 @@ class _Session:
                 "conversation": self.conversation_id,
                 "lead": received.lead_id,
                 "link": visitor_link(secret, visitor),  # for Telegram deep links: ?start=v-<link>
+                "continue": self._continue_links(view.touch),
             }
         )
         self.services.after_commit(received)
@@ -205,9 +211,13 @@ class _Session:
         if problem is not None:
             await self._refuse(raw, problem)
         elif kind == "page_view":
-            received = await self._receive(self._page_view(data.get("view")))
+            view = self._page_view(data.get("view"))
+            received = await self._receive(view)
             if received is not None:
                 self.services.after_commit(received)  # a page view may make the lead warm
+                links = self._continue_links(view.touch) if view.touch is not None and view.touch.source else []
+                if links:  # they carry the newest source the visitor has
+                    await self._send({"type": "continue", "links": links})
         elif kind in ("message", "button"):
             await self._message(data, kind)
         elif kind == "consent":
@@ -239,6 +249,10 @@ class _Session:
             return
         await self._send({"type": "ack", "id": client_id, "duplicate": received.duplicate})
         self.services.after_commit(received)  # also shows the message live (the visitor's echo, operators)
+
+    def _continue_links(self, touch: Touch | None) -> list[dict[str, str]]:
+        services = self.services
+        return continuation.continue_links(services.settings, services.secret_key, self.visitor, touch)
 
     @contextlib.contextmanager
     def _present(self) -> Iterator[None]:

@@ -11,11 +11,13 @@ What a message says is read in `whatsapp_inbound.py`; what a delivery becomes in
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
+from bot.channels.continuation import claim_code, find_code
 from bot.channels.meta import (
     GraphClient,
     GraphError,
@@ -30,10 +32,11 @@ from bot.channels.meta import (
 from bot.channels.whatsapp_inbound import Buttons, read_change
 from bot.channels.whatsapp_send import OPERATOR_OUTSIDE, message
 from bot.delivery.channel import SendResult
+from bot.intake.inbound import Inbound
 from bot.services import Services
 from bot.web.middlewares import json_error
 from flows.whatsapp_rules import WhatsAppTemplate, by_name
-from storage.db import is_sqlite
+from storage.db import is_sqlite, transaction
 from storage.leads import get_lead
 from storage.models import Conversation, Delivery
 from storage.pace import SharedPace
@@ -94,6 +97,7 @@ class WhatsAppChannel:
             inbounds += read.inbounds
             statuses += read.statuses
             ignored += read.ignored
+        inbounds = [await self._continued(inbound) for inbound in inbounds]
         await take_in(self.services, inbounds)  # durable once this returns; taken in right after
         if await apply_statuses(self.services, self.name, statuses):  # its messages are stored: they come once
             return json_error(503, "a status came before its message was recorded as sent; send it again")
@@ -101,6 +105,24 @@ class WhatsAppChannel:
         if ignored:
             answer["ignored"] = ignored
         return web.json_response(answer)
+
+    async def _continued(self, inbound: Inbound) -> Inbound:
+        """A message carrying the code of the widget's "continue on WhatsApp" link joins that web visitor.
+
+        The code came from our widget to the visitor's own browser, which opened WhatsApp with it prefilled:
+        the visitor becomes a verified identity of the sender, and the page's source their touch. A code is
+        claimed by the first number that sends it (`continuation.claim_code`); Meta's redelivery of the same
+        message finds the same claim. Only texts that hold something shaped like a code cost a transaction.
+        """
+        if inbound.kind != "message" or not inbound.text or find_code(inbound.text) is None:
+            return inbound
+        text, sender, now = inbound.text, inbound.external_id, self.services.clock.now()
+        claim = lambda session: claim_code(session, text, sender, now)  # noqa: E731
+        visitor, touch = await transaction(self.services.sessions, claim)
+        if visitor is None:
+            return inbound
+        identities = (*inbound.identities, ("visitor", visitor))
+        return replace(inbound, identities=identities, touch=inbound.touch or touch)
 
     def refuses(self, conversation: Conversation, now: datetime) -> str | None:
         """Why an operator's free-form reply cannot go now: the 24-hour window has closed (None: it is open)."""

@@ -38,6 +38,7 @@
 
   var visitor = load("visitor", null, isString), token = load("token", null, isString);
   var link = load("link", null, isString); // signed visitor id for Telegram deep links
+  var continueLinks = []; // "continue on WhatsApp / Messenger / Telegram": built by the server, sent with the welcome
   var conversation = load("conversation", null, isNumber);
   // The transcript and `since` (the newest message id in it) go together: the server sends only
   // what came after `since`, and what came before is drawn from this copy.
@@ -143,6 +144,7 @@
       if (changed) { forgetTranscript(); conversation = frame.conversation; save("conversation", conversation); }
       visitor = frame.visitor; token = frame.token; link = frame.link;
       save("visitor", visitor); save("token", token); save("link", link);
+      showContinue(frame["continue"]);
       // The hello asked for messages after an id of the old conversation: ask again from the start.
       if (resync) return reconnectNow();
       attempt = 0;
@@ -152,6 +154,8 @@
       sendReceipts(); // what arrived or was shown while the socket was down
     } else if (frame.type === "message") {
       receive(frame);
+    } else if (frame.type === "continue") {
+      showContinue(frame.links); // a page view brought a new source: the links carry it
     } else if (frame.type === "ack") {
       settle(frame.id, null);
     } else if (frame.type === "error") {
@@ -212,6 +216,25 @@
     return row;
   }
 
+  // "Continue on WhatsApp · Messenger · Telegram": the server's links (a relative one is on the server itself).
+  function showContinue(links) {
+    continueLinks = isArray(links) ? links.filter(function (l) { return l && isString(l.url) && isString(l.label); }) : [];
+    if (!ui) return;
+    var row = ui.continueRow;
+    while (row.firstChild) row.removeChild(row.firstChild);
+    var shown = 0;
+    continueLinks.forEach(function (l) {
+      var url;
+      try { url = new URL(l.url, base); } catch (e) { return; }
+      if (url.protocol !== "https:" && url.protocol !== "http:") return;
+      row.appendChild(document.createTextNode(shown++ ? " \u00b7 " : "Continue on "));
+      var a = el("a", "kindling-continue-" + String(l.channel || "link"), { href: url.href, target: "_blank", rel: "noopener" });
+      a.textContent = l.label;
+      row.appendChild(a);
+    });
+    row.hidden = shown === 0;
+  }
+
   // An ack, the stored message coming back, or an error ends a message's time in the outbox.
   function settle(clientId, error) {
     var before = outbox.length;
@@ -230,6 +253,7 @@
     erased = true;
     forgetTranscript();
     visitor = token = link = conversation = null; outbox = [];
+    showContinue([]);
     ["visitor", "token", "link", "conversation", "outbox"].forEach(function (key) {
       try { localStorage.removeItem("kindling." + key); } catch (e) { /* storage disabled */ }
     });
@@ -320,6 +344,8 @@
     "#kindling-root .kindling-input:focus{outline:none;border-color:#4f46e5;box-shadow:0 0 0 3px rgba(79,70,229,.15)}",
     "#kindling-root .kindling-send{display:flex;align-items:center;justify-content:center;width:40px;height:40px;border-radius:50%;background:#4f46e5;color:#fff;cursor:pointer}",
     "#kindling-root button:focus-visible{outline:2px solid #a5b4fc;outline-offset:2px}",
+    "#kindling-root .kindling-continue{padding:0 12px 10px;background:#fff;color:#64748b;font-size:12px;text-align:center}",
+    "#kindling-root .kindling-continue a{color:#4f46e5;text-decoration:underline;cursor:pointer}",
     "@media (max-width:480px){#kindling-root .kindling-panel{position:fixed;inset:0;width:100%;height:100%;max-height:none;border-radius:0}#kindling-root.kindling-open .kindling-launcher{display:none}}",
     "@media (prefers-reduced-motion:reduce){#kindling-root *{animation:none;transition:none}}"
   ].join("\n");
@@ -363,14 +389,17 @@
     var sendButton = el("button", "kindling-send", { type: "submit", "aria-label": "Send" });
     sendButton.appendChild(icon("M3.4 20.4 21 12 3.4 3.6 3.4 10.2 15 12 3.4 13.8z"));
     form.appendChild(input); form.appendChild(sendButton);
+    var continueRow = el("p", "kindling-continue", { hidden: "" });
     panel.appendChild(header); panel.appendChild(list); panel.appendChild(form); panel.appendChild(consentForm());
+    panel.appendChild(continueRow);
     var launcher = el("button", "kindling-launcher", { type: "button", "aria-label": "Open chat", "aria-expanded": "false", "aria-controls": "kindling-panel" });
     launcher.appendChild(icon("M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z"));
     var badge = el("span", "kindling-badge", { "aria-hidden": "true", hidden: "" });
     launcher.appendChild(badge);
     root.appendChild(panel); root.appendChild(launcher);
     document.body.appendChild(root);
-    ui = { root: root, panel: panel, list: list, input: input, launcher: launcher, badge: badge, state: state };
+    ui = { root: root, panel: panel, list: list, input: input, launcher: launcher, badge: badge, state: state,
+      continueRow: continueRow };
 
     launcher.addEventListener("click", function () { isOpen() ? close() : open(); });
     closer.addEventListener("click", function () { close(); launcher.focus(); });
@@ -385,6 +414,7 @@
     document.addEventListener("visibilitychange", lookForSeen);
 
     transcript.forEach(draw);
+    showContinue(continueLinks);
     outbox.forEach(function (f) { drawPending(f.id, f.type === "button" ? f.value : f.text); });
     setOnline(online);
     updateBadge();
