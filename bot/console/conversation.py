@@ -15,7 +15,7 @@ from bot.handoff.notify import summary
 from bot.services import SERVICES
 from bot.web.middlewares import json_error
 from storage.leadsearch import conversation_messages
-from storage.models import Handoff
+from storage.models import Conversation, Handoff
 from storage.receipts import reach_of
 
 TRANSCRIPT_LIMIT = 200
@@ -95,9 +95,11 @@ async def conversation_page(
         if handoff is None:
             raise HandoffNotFound(f"no handoff {found}")
         info = await summary(session, handoff, services.clock.now())
-        messages = []
+        messages, window = [], None
         if handoff.conversation_id is not None:
             messages = await conversation_messages(session, handoff.conversation_id, 0, TRANSCRIPT_LIMIT)
+            conversation = await session.get(Conversation, handoff.conversation_id)
+            window = services.dispatcher.window(conversation) if conversation is not None else None
         states = states_by_delivery(await reach_of(session, [message.delivery_id for message in messages]))
     context: dict[str, Any] = {
         "handoff": info,
@@ -108,5 +110,6 @@ async def conversation_page(
         "flows": sorted((slug, spec.name) for slug, spec in services.library.flows.items()),
         "error": error,
         "draft": draft,
+        "window": window,  # a messenger's window: open until when, or closed
     }
     return render(request, "handoff.html", context, status=status)

@@ -183,6 +183,9 @@ class Handoffs:
         if earlier is not None:
             return earlier  # the same reply again (a retried Telegram update): sent once
         conversation = await self._conversation(session, handoff)
+        refused = self.dispatcher.refusal(conversation, "operator")  # a messenger's window closed, say
+        if refused is not None:
+            raise HandoffError(refused)
         now = self.clock.now()
         delivery = Delivery(
             lead_id=handoff.lead_id, conversation_id=conversation.id, channel=conversation.channel,
