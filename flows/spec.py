@@ -16,7 +16,7 @@ from flows.expressions import Predicate, compile_predicate
 from flows.stages import Stages
 
 EVENT_TRIGGERS = ("message", "page_view", "button", "contact_shared", "custom", "start")
-CHANNELS = ("webchat", "telegram", "webhook", "email")
+CHANNELS = ("webchat", "telegram", "webhook", "email", "messenger", "instagram")
 REACTIVE_EXITS = ("reply", "handoff", "opt_out")
 
 
