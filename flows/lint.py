@@ -12,6 +12,8 @@ from jinja2 import TemplateError, TemplateSyntaxError, nodes
 from jinja2.parser import Parser
 
 from flows.flowfile import Draft, parse_tree, read_flow
+from flows.messenger_rules import CHANNELS as MESSENGER_CHANNELS
+from flows.messenger_rules import may_go_there, quick_reply_problem
 from flows.render import RenderError, describe, flow_environment, render_block
 from flows.samples import sample_contexts
 from flows.spec import FlowSpec, Problem
@@ -24,6 +26,7 @@ __all__ = [
     "lint_file",
     "lint_folder",
     "lint_paths",
+    "messenger_problems",
     "problems_text",
     "unsafe_parts",
 ]
@@ -64,9 +67,16 @@ def lint_folder(templates_root: Path, stages: tuple[str, ...] = DEFAULT_ORDER) -
 
 
 def lint_paths(
-    paths: Iterable[Path], templates_root: Path | None = None, stages: tuple[str, ...] = DEFAULT_ORDER
+    paths: Iterable[Path],
+    templates_root: Path | None = None,
+    stages: tuple[str, ...] = DEFAULT_ORDER,
+    messenger: bool = False,
 ) -> list[Problem]:
-    """Lint files (or folders of flows); the templates folder is guessed from each path when not given."""
+    """Lint files (or folders of flows); the templates folder is guessed from each path when not given.
+
+    `messenger`: Messenger and Instagram are on: steps that may go there are checked against their quick
+    replies (`messenger_problems`; a step naming one of them is checked either way).
+    """
     problems: list[Problem] = []
     for path in map(Path, paths):
         root = Path(templates_root) if templates_root else _guess_root(path)
@@ -75,6 +85,19 @@ def lint_paths(
             files = sorted(p for p in path.glob("*.j2") if not p.name.startswith("_"))
         for file in files if files is not None else [path]:
             problems.extend(lint_file(file, root, stages))
+            problems.extend(messenger_problems(read_flow(file, root, stages), messenger))
+    return problems
+
+
+def messenger_problems(draft: Draft, enabled: bool = True) -> list[Problem]:
+    """Steps that may go to Messenger or Instagram with buttons they cannot show as quick replies."""
+    problems = []
+    for step in draft.steps:
+        named = any(channel in MESSENGER_CHANNELS for channel in step.channels)
+        if not step.buttons or not (named or (enabled and may_go_there(step.channels))):
+            continue
+        if (why := quick_reply_problem(step.buttons)) is not None:
+            problems.append(Problem(draft.file, step.line, f"step {step.name!r}: {why}"))
     return problems
 
 

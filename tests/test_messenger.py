@@ -11,6 +11,7 @@ import pytest
 from fake_graph import APP_SECRET, ERRORS, VERIFY_TOKEN, meta_settings
 
 from bot.channels.meta import signature
+from flows.lint import lint_paths
 from storage.models import Conversation, Delivery, Event, Handoff, Identity, Lead, Message
 
 from conftest import rows, services_of, templates_with
@@ -425,3 +426,42 @@ async def test_messenger_without_its_settings_is_off_with_one_line_naming_what_i
         "channel messenger is disabled: KINDLING_MESSENGER_PAGE_TOKEN, KINDLING_META_APP_SECRET, "
         "KINDLING_META_VERIFY_TOKEN are not set"
     ]
+
+
+MANY = ", ".join(f'"Option {n}"' for n in range(1, 15))
+BUTTONY = f"""+++
+name = "Buttons"
+trigger = "message"
++++
+{{% step "many", after="1h", channel="messenger", buttons=[{MANY}] %}}Pick one.{{% endstep %}}
+{{% step "long", after="2h", buttons=["Send me the full price list"] %}}Want it?{{% endstep %}}
+{{% step "fine", after="3h", channel="instagram", buttons=["Yes please", "Not now"] %}}OK?{{% endstep %}}
+"""
+
+
+async def test_lint_warns_about_buttons_messenger_and_instagram_cannot_show(run_kindling, tmp_path):
+    flow = templates_with(tmp_path / "templates", {"buttons": BUTTONY}) / "flows" / "buttons.j2"
+
+    status, out, _ = await run_kindling("lint", str(flow))  # Messenger is off: only the step naming it
+    assert status == 1
+    assert out.splitlines() == [
+        f"{flow}:5: step 'many': Messenger and Instagram show at most 13 quick replies (this step has 14): "
+        "they would go as a list in the text"
+    ]
+
+    problems = [str(p) for p in lint_paths([flow], messenger=True)]  # on: every step that may go there
+    assert len(problems) == 2 and "'Send me the full price list' is longer" in problems[1]
+
+
+async def test_buttons_that_do_not_fit_go_as_a_list_in_the_text(
+    make_client, ms_settings, tmp_path, db, fake_graph, clock
+):
+    templates = templates_with(tmp_path / "templates", {"buttons": BUTTONY})
+    client = await make_client(ms_settings.with_(templates=templates))
+    await post(client, payload("messenger/text"))
+    clock.advance(timedelta(hours=1, minutes=1))
+    await services_of(client).runner.run_due()
+    await services_of(client).dispatcher.dispatch_due()
+
+    [sent] = [body for body in sends(fake_graph) if body["message"]["text"].startswith("Pick one.")]
+    assert "quick_replies" not in sent["message"] and "- Option 14" in sent["message"]["text"]
