@@ -325,10 +325,10 @@ async def test_a_nurture_step_goes_inside_the_24_hour_window_and_is_held_back_af
         assert status == 0 and "outside Messenger's 24-hour window" in out
 
 
-async def _held_by_ann(client, db, add_operator) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    """A Messenger lead who asked for a person, taken by Ann; her CSRF token and the handoff's page."""
+async def _held_by_ann(client, db, add_operator, channel: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A Messenger or Instagram lead who asked for a person, taken by Ann; her CSRF token and the handoff's page."""
     csrf = await operator(client, add_operator, "ann")
-    await post(client, said("messenger/text", HUMAN))
+    await post(client, said(f"{channel}/text", HUMAN, sender=PSID if channel == "messenger" else IGSID))
     [handoff] = await rows(db, Handoff)
     page = f"/console/handoffs/{handoff.id}"
     assert (await console_post(client, f"{page}/take", csrf)).status == 303
@@ -341,17 +341,18 @@ async def _log_in_again(client) -> str:  # type: ignore[no-untyped-def]
     return await csrf_of(client, "/console/leads")
 
 
+@pytest.mark.parametrize(("channel", "name"), [("messenger", "Messenger"), ("instagram", "Instagram")])
 async def test_an_operator_reply_on_day_6_goes_as_a_human_agent_and_on_day_8_is_refused(
-    client, db, fake_graph, clock, add_operator
+    client, db, fake_graph, clock, add_operator, channel, name
 ):
-    csrf, page = await _held_by_ann(client, db, add_operator)
+    csrf, page = await _held_by_ann(client, db, add_operator, channel)
+    text = await (await client.get(page)).text()
+    assert f"{name}&#39;s 24-hour window is open until 2026-01-06 12:00 UTC" in text
 
     clock.advance(timedelta(days=6))
     csrf = await _log_in_again(client)
     text = await (await client.get(page)).text()
-    assert (
-        "Messenger&#39;s 24-hour window closed at" in text and "an operator may reply (as a human agent) until" in text
-    )
+    assert f"{name}&#39;s 24-hour window closed at" in text and "an operator may reply (as a human agent) until" in text
     assert (await console_post(client, f"{page}/reply", csrf, text="Sorry for the wait!")).status == 303
     [sent] = [body for body in sends(fake_graph) if body["message"]["text"] == "Sorry for the wait!"]
     assert sent["messaging_type"] == "MESSAGE_TAG" and sent["tag"] == "HUMAN_AGENT"
@@ -360,7 +361,7 @@ async def test_an_operator_reply_on_day_6_goes_as_a_human_agent_and_on_day_8_is_
     csrf = await _log_in_again(client)
     refused = await console_post(client, f"{page}/reply", csrf, text="Still there?")
     text = await refused.text()
-    assert refused.status == 422 and "more than 7 days since the person&#39;s last message on Messenger" in text
+    assert refused.status == 422 and f"more than 7 days since the person&#39;s last message on {name}" in text
     assert "Still there?" in text  # the draft is kept
     assert not [body for body in sends(fake_graph) if body["message"]["text"] == "Still there?"]
     assert await rows(db, Delivery, Delivery.text == "Still there?") == []
@@ -389,6 +390,9 @@ async def test_an_operator_reply_queued_in_time_but_sent_after_7_days_is_held_ba
     ("error", "status", "remark"),
     [
         ("messenger_rate_limit", "pending", "(#4)"),
+        ("messenger_call_limit", "pending", "(#613)"),
+        ("messenger_page_limit", "pending", "(#32)"),
+        ("unavailable", "pending", "131016"),
         ("server_error", "pending", "131000"),
         ("messenger_outside_window", "skipped", "24-hour window"),
         ("messenger_unavailable", "dead", "551"),

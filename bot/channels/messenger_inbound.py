@@ -136,7 +136,7 @@ def _postback(channel: str, sender: str, event: dict[str, Any], visitor: Visitor
         touch, extra = _referral(channel, postback["referral"], visitor)
         properties |= _ref(postback)
         return {"kind": "start", "dedup_key": key, "touch": touch, "extra": extra, "properties": properties}
-    return {"kind": "button", "dedup_key": key, "text": payload or title, "properties": properties}
+    return {"kind": "button", "dedup_key": key, "text": title or payload, "properties": properties}
 
 
 def _reports(sender: str, event: dict[str, Any], now: datetime, into: Notification) -> None:
