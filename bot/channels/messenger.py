@@ -33,11 +33,11 @@ from bot.channels import messenger_send as rules
 from bot.channels.messenger_inbound import read_notification
 from bot.channels.meta import (
     GraphClient,
-    GraphError,
     Pace,
     apply_statuses,
     apply_watermarks,
-    classify,
+    disabled,
+    paced_post,
     signed_json,
     take_in,
     verification,
@@ -68,8 +68,7 @@ class MessengerChannel:
     @staticmethod
     def enabled(services: Services) -> str | None:
         """None when enabled, else the settings that are missing."""
-        missing = services.settings.meta.messenger_missing()
-        return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set" if missing else None
+        return disabled(services.settings.meta.messenger_missing())
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get(PATH, verification(self.meta.verify_token))
@@ -127,14 +126,9 @@ class MessengerChannel:
 
     async def post(self, to: str, payload: dict[str, Any]) -> SendResult:
         """POST one message to `/me/messages`, paced; its `message_id` on success."""
-        await self.pace.wait(to)
-        try:
-            answer = await self.graph.post("me/messages", payload)
-        except GraphError as exc:
-            result = classify(exc, self.name)
-            if result.status == "retry" and exc.status and exc.status < 500:
-                self.pace.slow_down(1.0)  # a rate limit: everyone waits a moment, not only this message
-            return result
+        answer = await paced_post(self.graph, self.pace, self.name, "me/messages", to, payload)
+        if isinstance(answer, SendResult):
+            return answer
         mid = answer.get("message_id")
         return SendResult.sent(provider_id=mid if isinstance(mid, str) else None)
 

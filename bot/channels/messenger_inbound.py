@@ -33,7 +33,14 @@ from bot.intake.contacts import normalize_email, normalize_phone
 from bot.intake.inbound import Inbound, Touch
 
 MAX_TEXT = 4096
-FIELDS = ("messages", "messaging_postbacks", "messaging_referrals", "message_deliveries", "message_reads")
+FIELDS = (
+    "messages",
+    "messaging_postbacks",
+    "messaging_referrals",
+    "message_deliveries",
+    "message_reads",
+    "messaging_seen",
+)
 Visitor = Callable[[str], "str | None"]  # the visitor id in a signed visitor link, or None
 
 

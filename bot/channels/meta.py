@@ -156,6 +156,28 @@ class GraphClient:
             await self._session.close()
 
 
+def disabled(missing: list[str]) -> str | None:
+    """A channel's `enabled` answer: None when nothing is missing, else which settings are not set."""
+    return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set" if missing else None
+
+
+async def paced_post(
+    graph: GraphClient, pace: Pace, channel: str, path: str, to: str, payload: dict[str, Any]
+) -> dict[str, Any] | SendResult:
+    """POST one message after the recipient's and the sender's pacing; Meta's answer, or how the send went on.
+
+    A throughput error slows every send down a moment, not only this message's retry.
+    """
+    await pace.wait(to)
+    try:
+        return await graph.post(path, payload)
+    except GraphError as exc:
+        result = classify(exc, channel)
+        if result.status == "retry" and exc.status and exc.status < 500:
+            pace.slow_down(1.0)
+        return result
+
+
 def verification(verify_token: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:
     """The GET handler answering Meta's webhook verification: the challenge as text, or 403."""
 
