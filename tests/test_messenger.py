@@ -469,3 +469,18 @@ async def test_buttons_that_do_not_fit_go_as_a_list_in_the_text(
 
     [sent] = [body for body in sends(fake_graph) if body["message"]["text"].startswith("Pick one.")]
     assert "quick_replies" not in sent["message"] and "- Option 14" in sent["message"]["text"]
+
+
+async def test_the_funnel_report_breaks_down_by_messenger_and_instagram(client, run_kindling):
+    await post(client, payload("messenger/text"))
+    await post(client, payload("instagram/text"))
+    await post(client, said("messenger/text", "Hi from someone else", sender="2345678901234567"))
+
+    period = ("--since", "2026-01-01", "--until", "2026-01-31")  # the test clock's month
+    status, out, _ = await run_kindling("report", "funnel", *period, "--by", "channel", "--format", "csv")
+    assert status == 0
+    rows_by = {line.split(",")[0]: line for line in out.splitlines()[1:] if ",visitor," in line}
+    assert {"messenger", "instagram"} <= set(rows_by)
+    assert rows_by["messenger"].startswith("messenger,visitor,2") and rows_by["instagram"].startswith(
+        "instagram,visitor,1"
+    )
