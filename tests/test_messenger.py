@@ -484,3 +484,14 @@ async def test_the_funnel_report_breaks_down_by_messenger_and_instagram(client, 
     assert rows_by["messenger"].startswith("messenger,visitor,2") and rows_by["instagram"].startswith(
         "instagram,visitor,1"
     )
+
+
+async def test_a_reply_to_an_earlier_message_reads_as_its_text_and_an_unsupported_one_is_kept(client, db):
+    await post(client, payload("messenger/reply_to"))
+    [message] = await rows(db, Message, Message.direction == "in")
+    assert message.text == "hello, world!"
+
+    response = await post(client, payload("instagram/unsupported"))
+    assert response.status == 200
+    [kept] = await rows(db, Event, Event.type == "unsupported")
+    assert kept.payload["mid"].endswith("unsupported")
