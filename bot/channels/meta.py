@@ -48,6 +48,7 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 MAX_BODY_BYTES = 3 * 1024 * 1024  # Meta's batched webhook payloads go up to 3 MB
 WINDOW = timedelta(hours=24)
 HUMAN_AGENT_WINDOW = timedelta(days=7)  # Messenger and Instagram: a human agent's reply, tagged HUMAN_AGENT
+WATERMARK_SLACK = timedelta(seconds=1)  # Meta's clock against ours, for "every message sent before this"
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 # Throughput: WhatsApp's 130429 (the number's rate), 131056 (too many to one recipient), 80007 (WhatsApp
 # Business Account rate); Messenger's 4 (the app's calls), 613 and 32 (rate limits).
@@ -324,9 +325,6 @@ async def apply_watermarks(services: Services, channel: str, marks: list[Waterma
                 await mark_until(session, conversation.lead_id, conversation.id, until, seen, mark.until)
 
     await transaction(services.sessions, work)
-
-
-WATERMARK_SLACK = timedelta(seconds=1)
 
 
 async def apply_statuses(services: Services, channel: str, statuses: list[Status]) -> None:
