@@ -68,7 +68,8 @@ MAX_CALLBACK_BYTES = 64
 _PAYLOAD = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: match() and $ would let a trailing newline in
 _VISITOR_LINK = re.compile(r"[0-9a-f]{16}-[0-9a-f]{12}")
 _TOUCH_KEYS = {"s": "source", "m": "medium", "c": "campaign"}
-_BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError)
+# OSError: datetime.fromtimestamp refuses a date far out of range with it on some platforms ("Value too large").
+_BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError, OSError)
 
 
 CHAT_INTERVAL = 1.0  # seconds between two messages to one private chat
