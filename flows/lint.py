@@ -12,6 +12,8 @@ from jinja2 import TemplateError, TemplateSyntaxError, nodes
 from jinja2.parser import Parser
 
 from flows.flowfile import Draft, parse_tree, read_flow
+from flows.messenger_rules import CHANNELS as MESSENGER_CHANNELS
+from flows.messenger_rules import may_go_there, quick_reply_problem
 from flows.render import RenderError, describe, flow_environment, render_block
 from flows.samples import sample_contexts
 from flows.spec import FlowSpec, Problem
@@ -25,6 +27,7 @@ __all__ = [
     "lint_file",
     "lint_folder",
     "lint_paths",
+    "messenger_problems",
     "problems_text",
     "unsafe_parts",
     "whatsapp_problems",
@@ -70,11 +73,14 @@ def lint_paths(
     templates_root: Path | None = None,
     stages: tuple[str, ...] = DEFAULT_ORDER,
     whatsapp: Mapping[str, tuple[WhatsAppTemplate, ...]] | None = None,
+    messenger: bool = False,
 ) -> list[Problem]:
     """Lint files (or folders of flows); the templates folder is guessed from each path when not given.
 
     `whatsapp`: the configured WhatsApp templates by name, when WhatsApp is on: steps that may go there are
-    checked against what WhatsApp allows (`whatsapp_problems`).
+    checked against what WhatsApp allows (`whatsapp_problems`). `messenger`: Messenger and Instagram are on:
+    steps that may go there are checked against their quick replies (`messenger_problems`; a step naming one
+    of them is checked either way).
     """
     problems: list[Problem] = []
     for path in map(Path, paths):
@@ -84,9 +90,11 @@ def lint_paths(
             files = sorted(p for p in path.glob("*.j2") if not p.name.startswith("_"))
         for file in files if files is not None else [path]:
             problems.extend(lint_file(file, root, stages))
+            draft = read_flow(file, root, stages)
             if whatsapp is not None:
-                problems.extend(whatsapp_problems(read_flow(file, root, stages), whatsapp))
-    return sorted(problems) if whatsapp is not None else problems
+                problems.extend(whatsapp_problems(draft, whatsapp))
+            problems.extend(messenger_problems(draft, messenger))
+    return sorted(problems) if whatsapp is not None or messenger else problems
 
 
 def whatsapp_problems(draft: Draft, templates: Mapping[str, tuple[WhatsAppTemplate, ...]]) -> list[Problem]:
@@ -98,6 +106,18 @@ def whatsapp_problems(draft: Draft, templates: Mapping[str, tuple[WhatsAppTempla
         if step.buttons and (why := button_problems(step.buttons)) is not None:
             problems.append(Problem(draft.file, step.line, f"step {step.name!r}: {why}"))
         if step.whatsapp is not None and (why := template_problem(step.whatsapp, templates)) is not None:
+            problems.append(Problem(draft.file, step.line, f"step {step.name!r}: {why}"))
+    return problems
+
+
+def messenger_problems(draft: Draft, enabled: bool = True) -> list[Problem]:
+    """Steps that may go to Messenger or Instagram with buttons they cannot show as quick replies."""
+    problems = []
+    for step in draft.steps:
+        named = any(channel in MESSENGER_CHANNELS for channel in step.channels)
+        if not step.buttons or not (named or (enabled and may_go_there(step.channels))):
+            continue
+        if (why := quick_reply_problem(step.buttons)) is not None:
             problems.append(Problem(draft.file, step.line, f"step {step.name!r}: {why}"))
     return problems
 

@@ -20,8 +20,9 @@ from datetime import timedelta
 from typing import Any
 
 EMAIL = "email"
-# Chats a lead wrote from: they get what is sent there, wherever they are.
-MESSENGERS = ("telegram", "webhook", "whatsapp")
+# Chats a lead wrote from: they get what is sent there, wherever they are (Messenger and Instagram while their
+# window is open: their channel holds back what it may not send, saying why).
+MESSENGERS = ("telegram", "webhook", "whatsapp", "messenger", "instagram")
 # A widget visitor whose page view or message is this recent counts as on the site, whichever instance holds
 # their socket: on several instances this process only knows its own sockets. Someone idle on one page longer
 # than this, connected to another instance, counts as gone and gets email instead, which still reaches them.

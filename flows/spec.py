@@ -17,7 +17,7 @@ from flows.stages import Stages
 from flows.whatsapp_rules import TemplateStep
 
 EVENT_TRIGGERS = ("message", "page_view", "button", "contact_shared", "custom", "start")
-CHANNELS = ("webchat", "telegram", "webhook", "email", "whatsapp")
+CHANNELS = ("webchat", "telegram", "webhook", "email", "whatsapp", "messenger", "instagram")
 REACTIVE_EXITS = ("reply", "handoff", "opt_out")
 
 

@@ -87,3 +87,30 @@ async def mark_by_provider_id(
         session.add(row)
         return row
     return None
+
+
+async def mark_until(
+    session: AsyncSession, lead_id: int, conversation_id: int, until: datetime, seen: bool, at: datetime
+) -> int:
+    """Date delivered (and seen) every message of a conversation sent by `until` (a channel's watermark).
+
+    The first report wins; seen implies delivered. Returns how many rows changed.
+    """
+    values = {"delivered_at": func.coalesce(Delivery.delivered_at, at)}
+    pending = col(Delivery.delivered_at).is_(None)
+    if seen:
+        values["seen_at"] = func.coalesce(Delivery.seen_at, at)
+        pending = col(Delivery.seen_at).is_(None)
+    statement = (
+        update(Delivery)
+        .where(
+            Delivery.lead_id == lead_id,  # indexed: a lead has few deliveries
+            Delivery.conversation_id == conversation_id,
+            Delivery.status == "sent",
+            col(Delivery.sent_at) <= until,
+            pending,
+        )
+        .values(values)
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.exec(statement)).rowcount

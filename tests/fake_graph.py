@@ -71,6 +71,14 @@ ERRORS: dict[str, tuple[int, int, int | None, str, str]] = {
     "unavailable": (503, 131016, None, "OAuthException", "(#131016) Service unavailable"),
     "messenger_rate_limit": (400, 4, 2018022, "OAuthException", "(#4) Application request limit reached"),
     "messenger_waba_rate": (400, 80007, None, "OAuthException", "(#80007) Rate limit issues"),
+    "messenger_call_limit": (
+        400,
+        613,
+        None,
+        "OAuthException",
+        "(#613) Calls to this api have exceeded the rate limit.",
+    ),
+    "messenger_page_limit": (400, 32, None, "OAuthException", "(#32) Page request limit reached"),
     "messenger_outside_window": (
         400,
         10,

@@ -95,7 +95,7 @@ def through_ptb(data: object) -> Inbound | str:
     """What the webhook makes of an update through python-telegram-bot: an Inbound, or why it refuses it."""
     try:
         update = Update.de_json(data, None) if isinstance(data, dict) else None
-    except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError, OSError):
         return "400"
     if update is None or wrong_field(update) is not None:
         return "400"
@@ -137,7 +137,7 @@ def test_inbound_from_raises_only_ignored_for_any_update_that_passes_the_type_ch
     or refused with the documented exception: never an AttributeError or TypeError."""
     try:
         update = Update.de_json(data, None) if isinstance(data, dict) else None
-    except (AttributeError, KeyError, TypeError, ValueError, OverflowError):  # the webhook answers 400
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError, OSError):  # the webhook answers 400
         update = None
     assume(update is not None and wrong_field(update) is None)
     try:

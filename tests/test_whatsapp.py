@@ -433,6 +433,8 @@ async def test_an_operator_reply_outside_the_window_is_refused_and_a_template_of
     shown = await refused.text()
     assert "outside WhatsApp&#39;s 24-hour window: only an approved template may go" in shown
     assert 'action="/console/handoffs/1/template"' in shown and "order_update (en_US, utility, 0 parameters)" in shown
+    assert "WhatsApp&#39;s 24-hour window closed at 2026-01-06 12:00 UTC" in shown
+    assert "Are you still there?" in shown  # the draft, not sent, is kept on the page
 
     sent = await console_post(client, f"{page}/template", csrf, template="order_update:en_US", parameters="")
     assert sent.status == 303

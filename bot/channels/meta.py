@@ -9,7 +9,10 @@
   throughput errors, 5xx and network errors are retried with backoff; a recipient who cannot be reached is
   opted out of marketing on that channel; a closed window holds the message back; any other 4xx is final.
 - The customer-service window: 24 hours from the person's last message (intake sets the conversation's
-  `last_message_at` to it), within which anything may be sent.
+  `last_message_at` to it), within which anything may be sent; on Messenger and Instagram a human agent's
+  reply may go for 7 days (`HUMAN_AGENT`). `window_note` says so for people (the console).
+- Watermarks: Messenger reports delivered and read up to a moment ("every message before it"), not per
+  message; `apply_watermarks` dates every delivery to that person sent by then.
 """
 
 from __future__ import annotations
@@ -36,22 +39,27 @@ from bot.web.middlewares import json_error
 from bot.web.signing import same
 from flows.channel_consent import marketing_opt_out
 from storage.db import transaction
-from storage.leads import get_lead
+from storage.leads import find_conversation, get_lead
 from storage.models import Delivery
 from storage.pace import SharedPace
-from storage.receipts import known_provider_ids, mark_by_provider_id
+from storage.receipts import known_provider_ids, mark_by_provider_id, mark_until
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 MAX_BODY_BYTES = 3 * 1024 * 1024  # Meta's batched webhook payloads go up to 3 MB
 WINDOW = timedelta(hours=24)
+HUMAN_AGENT_WINDOW = timedelta(days=7)  # Messenger and Instagram: a human agent's reply, tagged HUMAN_AGENT
+WATERMARK_SLACK = timedelta(seconds=1)  # Meta's clock against ours, for "every message sent before this"
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 # Throughput: WhatsApp's 130429 (the number's rate), 131056 (too many to one recipient), 80007 (WhatsApp
 # Business Account rate); Messenger's 4 (the app's calls), 613 and 32 (rate limits).
 THROUGHPUT = frozenset({130429, 131056, 80007, 4, 32, 613})
-# Not on WhatsApp, an old app, or the terms not accepted (131026); asked to stop this business's marketing (131050).
-UNREACHABLE = frozenset({131026, 131050})
+# WhatsApp's 131026: not on WhatsApp, an old app, or the terms not accepted; 131050: they asked to stop this
+# business's marketing; Messenger's 551: "This person isn't available right now" (they blocked the Page or
+# deleted their account).
+UNREACHABLE = frozenset({131026, 131050, 551})
 REENGAGEMENT = frozenset({131047})  # more than 24 hours since the person's last message
+WINDOW_SUBCODES = frozenset({2018278})  # Messenger's (#10) "This message is sent outside of allowed window"
 OUTSIDE_WINDOW = "outside WhatsApp's 24-hour window; the step has no template"
 THROUGHPUT_BACKOFF = 30.0  # seconds before a throughput-limited send is tried again
 EARLY = timedelta(seconds=60)  # a status this recent about a message no delivery knows yet: asked again (503)
@@ -97,7 +105,7 @@ def classify(error: GraphError, channel: str) -> SendResult:
         return SendResult.retry(text, after=10)
     if error.code in THROUGHPUT or error.subcode in THROUGHPUT or error.status == 429:
         return SendResult.retry(text, after=THROUGHPUT_BACKOFF)
-    if error.code in REENGAGEMENT:
+    if error.code in REENGAGEMENT or error.subcode in WINDOW_SUBCODES:
         return SendResult.held(f"outside {_name(channel)}'s 24-hour window ({text})")
     if error.code in UNREACHABLE:
         return SendResult.failed(f"cannot be reached on {_name(channel)}: {text}", marketing_off=True)
@@ -154,6 +162,28 @@ class GraphClient:
             await self._session.close()
 
 
+def disabled(missing: list[str]) -> str | None:
+    """A channel's `enabled` answer: None when nothing is missing, else which settings are not set."""
+    return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set" if missing else None
+
+
+async def paced_post(
+    graph: GraphClient, pace: Pace, channel: str, path: str, to: str, payload: dict[str, Any]
+) -> dict[str, Any] | SendResult:
+    """POST one message after the recipient's and the sender's pacing; Meta's answer, or how the send went on.
+
+    A throughput error slows every send down a moment, not only this message's retry.
+    """
+    await pace.wait(to)
+    try:
+        return await graph.post(path, payload)
+    except GraphError as exc:
+        result = classify(exc, channel)
+        if result.status == "retry" and exc.status and exc.status < 500:
+            pace.slow_down(1.0)
+        return result
+
+
 def verification(verify_token: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:
     """The GET handler answering Meta's webhook verification: the challenge as text, or 403."""
 
@@ -197,6 +227,17 @@ def window_open(last_message_at: datetime | None, now: datetime) -> bool:
 def window_closes(last_message_at: datetime) -> datetime:
     """When the window the person's last message opened closes."""
     return last_message_at + WINDOW
+
+
+def window_note(channel: str, last_message_at: datetime | None, now: datetime) -> str:
+    """For people (the console): whether the channel's 24-hour window is open, and until when."""
+    name = _name(channel)
+    if last_message_at is None:
+        return f"{name}'s 24-hour window is closed: the person has not written yet"
+    closes = window_closes(last_message_at)
+    if now < closes:
+        return f"{name}'s 24-hour window is open until {closes:%Y-%m-%d %H:%M} UTC"
+    return f"{name}'s 24-hour window closed at {closes:%Y-%m-%d %H:%M} UTC"
 
 
 def from_timestamp(value: Any, now: datetime) -> datetime:
@@ -268,6 +309,34 @@ async def take_in(services: Services, inbounds: list[Inbound]) -> None:
     """Store a notification's inbounds in the inbox (one group commit); raises DatabaseUnavailable."""
     if inbounds:
         await asyncio.gather(*(services.inbox.accept(inbound) for inbound in inbounds))
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Messenger's report on every message to one person sent up to `until`: `delivered`, or `read`."""
+
+    address: str  # the person's id on the channel (PSID, IGSID): the conversation's external id
+    state: str
+    until: datetime
+
+
+async def apply_watermarks(services: Services, channel: str, marks: list[Watermark]) -> None:
+    """Date delivered (and seen, for `read`) every delivery to each person sent by its watermark; one transaction.
+
+    A watermark is Meta's clock and `sent_at` ours, taken just after Meta answered: a message read at once can
+    carry a watermark a moment before our `sent_at`, so `WATERMARK_SLACK` is allowed.
+    """
+    if not marks:
+        return
+
+    async def work(session: AsyncSession) -> None:
+        for mark in marks:
+            conversation = await find_conversation(session, channel, mark.address)
+            if conversation is not None and conversation.id is not None:
+                until, seen = mark.until + WATERMARK_SLACK, mark.state == "read"
+                await mark_until(session, conversation.lead_id, conversation.id, until, seen, mark.until)
+
+    await transaction(services.sessions, work)
 
 
 async def apply_statuses(services: Services, channel: str, statuses: list[Status]) -> int:

@@ -1,6 +1,7 @@
 """The channel registry: every adapter, by name, in one place."""
 
 from bot.channels.email import EmailChannel
+from bot.channels.messenger import InstagramChannel, MessengerChannel
 from bot.channels.telegram import TelegramChannel
 from bot.channels.webchat import WebchatChannel
 from bot.channels.webhook import WebhookChannel
@@ -12,4 +13,6 @@ CHANNELS = {
     WebhookChannel.name: WebhookChannel,
     EmailChannel.name: EmailChannel,
     WhatsAppChannel.name: WhatsAppChannel,
+    MessengerChannel.name: MessengerChannel,
+    InstagramChannel.name: InstagramChannel,
 }

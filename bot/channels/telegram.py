@@ -62,7 +62,8 @@ log = logging.getLogger(__name__)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "callback_query", "my_chat_member"]
 MAX_CALLBACK_BYTES = 64
-_BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError)
+# OSError: datetime.fromtimestamp refuses a date far out of range with it on some platforms ("Value too large").
+_BAD_UPDATE = (AttributeError, KeyError, TypeError, ValueError, OverflowError, OSError)
 
 
 CHAT_INTERVAL = 1.0  # seconds between two messages to one private chat

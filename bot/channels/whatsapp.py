@@ -27,6 +27,7 @@ from bot.channels.meta import (
     signed_json,
     take_in,
     verification,
+    window_note,
     window_open,
 )
 from bot.channels.whatsapp_inbound import Buttons, read_change
@@ -124,9 +125,18 @@ class WhatsAppChannel:
         identities = (*inbound.identities, ("visitor", visitor))
         return replace(inbound, identities=identities, touch=inbound.touch or touch)
 
-    def refuses(self, conversation: Conversation, now: datetime) -> str | None:
-        """Why an operator's free-form reply cannot go now: the 24-hour window has closed (None: it is open)."""
-        return None if window_open(conversation.last_message_at, now) else OPERATOR_OUTSIDE
+    def can_send(self, conversation: Conversation, kind: str, now: datetime) -> str | None:
+        """Why a message of `kind` may not be queued now: an operator's free-form reply after the 24-hour window.
+
+        Nurture is never refused here: `send` sends it as its template outside the window, or holds it back.
+        """
+        if kind == "operator" and not window_open(conversation.last_message_at, now):
+            return OPERATOR_OUTSIDE
+        return None
+
+    def window(self, conversation: Conversation, now: datetime) -> str:
+        """For people (the console): whether the 24-hour window is open, and until when."""
+        return window_note(self.name, conversation.last_message_at, now)
 
     @property
     def offers(self) -> list[WhatsAppTemplate]:

@@ -10,10 +10,8 @@ is held back with the reason, which `kindling lead show`, the console and the fl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
-from bot.channels.meta import window_closes, window_open
 from bot.delivery.channel import buttons_as_text
 from flows.channel_consent import marketing_block
 from flows.whatsapp_rules import MAX_BUTTON_CHARS, MAX_BUTTONS, WhatsAppTemplate
@@ -66,12 +64,3 @@ def template_message(to: str, template: Mapping[str, Any], language: str) -> dic
 
 def _base(to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:
     return {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": kind, kind: content}
-
-
-def window_note(last_message_at: datetime | None, now: datetime) -> str:
-    """For people: whether the window is open, and until when."""
-    if last_message_at is None:
-        return "WhatsApp window closed: the person has not written yet"
-    if window_open(last_message_at, now):
-        return f"WhatsApp window open until {window_closes(last_message_at):%Y-%m-%d %H:%M} UTC"
-    return f"WhatsApp window closed since {window_closes(last_message_at):%Y-%m-%d %H:%M} UTC"

@@ -29,7 +29,8 @@ def lint(settings: Settings, files: list[Path]) -> int:
     targets = files or flow_files(settings.templates)
     meta = settings.meta
     whatsapp = by_name(meta.whatsapp_templates) if meta.whatsapp_templates or not meta.whatsapp_missing() else None
-    problems = lint_paths(targets, None if files else settings.templates, settings.stages.order, whatsapp)
+    messenger = not meta.messenger_missing()  # steps that may go there: their quick replies checked
+    problems = lint_paths(targets, None if files else settings.templates, settings.stages.order, whatsapp, messenger)
     for problem in problems:
         print(problem)
     checked = len(targets)

@@ -123,13 +123,15 @@ async def conversation_page(
         if handoff is None:
             raise HandoffNotFound(f"no handoff {found}")
         info = await summary(session, handoff, services.clock.now())
-        messages = []
+        messages, conversation = [], None
         if handoff.conversation_id is not None:
             messages = await conversation_messages(session, handoff.conversation_id, 0, TRANSCRIPT_LIMIT)
+            conversation = await session.get(Conversation, handoff.conversation_id)
         states = states_by_delivery(await reach_of(session, [message.delivery_id for message in messages]))
-        conversation = await session.get(Conversation, handoff.conversation_id) if handoff.conversation_id else None
-    refused = services.handoffs.refusal(conversation) if conversation is not None else None
-    channel = services.dispatcher.channels.get(conversation.channel) if conversation is not None else None
+    dispatcher = services.dispatcher
+    window = dispatcher.window(conversation) if conversation is not None else None
+    refused = dispatcher.refusal(conversation, "operator") if conversation is not None else None
+    channel = dispatcher.channels.get(conversation.channel) if conversation is not None else None
     context: dict[str, Any] = {
         "handoff": info,
         "card": handoff.card,
@@ -139,7 +141,8 @@ async def conversation_page(
         "flows": sorted((slug, spec.name) for slug, spec in services.library.flows.items()),
         "error": error,
         "draft": draft,
-        "refused": refused,  # why a free-form reply cannot go now (WhatsApp's window has closed)
+        "refused": refused,  # why a reply cannot go now (a messenger's window has closed)
         "offers": getattr(channel, "offers", []) if refused else [],  # the templates that may go instead
+        "window": window,  # a messenger's window: open until when, or closed
     }
     return render(request, "handoff.html", context, status=status)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from storage.models import Delivery
+from storage.models import Conversation, Delivery
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,8 @@ class SendResult:
 class Channel(Protocol):
     """A channel adapter: mounts its routes, sends deliveries, starts and stops with the app.
 
-    A channel with a messaging window (WhatsApp, Messenger) may also have `refuses(conversation, now)`:
-    why an operator's free-form reply cannot go in that conversation now (None: it can); the console asks it
-    before storing the reply (`bot.handoff.handoffs`), and `templates`: what it may send instead.
+    A channel with a messaging window (WhatsApp, Messenger, Instagram) is also `Gated`, and WhatsApp's has
+    `offers`: the templates an operator may send instead when its window has closed.
     """
 
     name: str
@@ -60,6 +60,34 @@ class Channel(Protocol):
     async def stop(self) -> None: ...
 
     async def send(self, delivery: Delivery) -> SendResult: ...
+
+
+class Gated(Protocol):
+    """A channel that refuses some messages before they are queued (a closed messaging window, say).
+
+    The console and the operators' group ask before queueing an operator's reply (`refusal`), and the
+    channel's `send` holds back, with the same reason, whatever was queued before the window closed.
+    """
+
+    def can_send(self, conversation: Conversation, kind: str, now: datetime) -> str | None:
+        """Why a message of `kind` (reply, system, nurture, operator) may not go now, or None."""
+        ...
+
+    def window(self, conversation: Conversation, now: datetime) -> str | None:
+        """For people: the conversation's messaging window, open until when (None: the channel has none)."""
+        ...
+
+
+def refusal(channel: Any, conversation: Conversation, kind: str, now: datetime) -> str | None:
+    """Why `channel` would refuse a message of `kind` now (None: it would take it, or it is not Gated)."""
+    check = getattr(channel, "can_send", None)
+    return check(conversation, kind, now) if check is not None else None
+
+
+def window_of(channel: Any, conversation: Conversation, now: datetime) -> str | None:
+    """The channel's note on the conversation's messaging window, if it has one."""
+    note = getattr(channel, "window", None)
+    return note(conversation, now) if note is not None else None
 
 
 def buttons_as_text(text: str, buttons: list[dict]) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.delivery.channel import Channel, SendResult
+from bot.delivery.channel import Channel, SendResult, refusal, window_of
 from bot.delivery.hub import Hub, message_frame
 from flows.channel_consent import marketing_opt_out
 from flows.clock import Clock
@@ -75,6 +75,14 @@ class Dispatcher:
         self.group = GroupCommit(sessions)
         self._soon: list[int] = []  # fresh deliveries waiting for `send_queued`
         self._sending_soon = False
+
+    def refusal(self, conversation: Conversation, kind: str) -> str | None:
+        """Why the conversation's channel would refuse a message of `kind` now (its window closed), or None."""
+        return refusal(self.channels.get(conversation.channel), conversation, kind, self.clock.now())
+
+    def window(self, conversation: Conversation) -> str | None:
+        """The conversation's messaging window for people (open until when), if its channel has one."""
+        return window_of(self.channels.get(conversation.channel), conversation, self.clock.now())
 
     def queue(self, delivery_ids: Iterable[int]) -> bool:
         """Queue fresh deliveries to be sent right away; True when the caller must start `send_queued`.

@@ -114,11 +114,6 @@ class Handoffs:
         await self.dispatcher.send_now([delivery_id])
         return delivery_id
 
-    def refusal(self, conversation: Conversation) -> str | None:
-        """Why the conversation's channel refuses an operator's free-form reply now (a closed window), or None."""
-        refuses = getattr(self.dispatcher.channels.get(conversation.channel), "refuses", None)
-        return refuses(conversation, self.clock.now()) if refuses is not None else None
-
     async def hand_back(
         self, handoff_id: int, operator_id: int, outcome: str, reason: str | None = None, flow: str | None = None
     ) -> None:
@@ -196,7 +191,8 @@ class Handoffs:
         if earlier is not None:
             return earlier  # the same reply again (a retried Telegram update): sent once
         conversation = await self._conversation(session, handoff)
-        if template is None and (refused := self.refusal(conversation)) is not None:
+        refused = None if template else self.dispatcher.refusal(conversation, "operator")  # a closed window, say
+        if refused is not None:
             raise HandoffError(refused)
         now = self.clock.now()
         delivery = Delivery(
