@@ -75,6 +75,7 @@ PAIR_INTERVAL, PAIR_BURST = 6.0, 45  # Meta's pair rate limit: one message every
 FIRST_WA_ID = 16_505_550_000  # recipients' wa_ids (phone numbers without the +)
 NAIVE_WAIT = 0.1  # seconds the naive sender waits after a throughput error before sending the same message again
 PREFIX = "bench nurture "
+CEILING = 100_000  # messages a second for --ceiling runs: a limit that never binds
 
 
 def workload(n: int, recipients: int, seed: int = 7) -> list[int]:
@@ -133,10 +134,10 @@ def analyse(calls: list[dict], n: int, order: list[int], pair: bool) -> dict:
     }
 
 
-async def start_fake(pair: bool) -> tuple[Child, str]:
+async def start_fake(pair: bool, rate: int = RATE) -> tuple[Child, str]:
     """fake_graph_api.py on a free port; returns it and its base URL (with the version)."""
     port = free_port()
-    command = [sys.executable, str(BENCH / "fake_graph_api.py"), "--port", str(port), "--rate", str(RATE)]
+    command = [sys.executable, str(BENCH / "fake_graph_api.py"), "--port", str(port), "--rate", str(rate)]
     if pair:
         command += ["--pair-interval", str(PAIR_INTERVAL), "--pair-burst", str(PAIR_BURST)]
     child = await Child.start("fake Graph API", command)
@@ -176,9 +177,11 @@ def save_calls(name: str, calls: list[dict]) -> None:
         (CALLS_DIR / f"{name}.json").write_text(json.dumps(calls))
 
 
-def whatsapp_env(database_url: str, folder: Path, graph_url: str) -> dict:
-    """The benchmarks' server settings, with WhatsApp on (pointed at the fake) and Telegram off."""
+def whatsapp_env(database_url: str, folder: Path, graph_url: str, rate: int = RATE) -> dict:
+    """The benchmarks' server settings, with WhatsApp on (pointed at the fake, `rate` a second) and Telegram off."""
     env = server_env(database_url, folder, "http://127.0.0.1:9")
+    with (folder / "config.toml").open("a", encoding="utf-8") as config:
+        config.write(f"\n[channels.whatsapp]\nmessages_per_second = {rate}\n")
     for key in ("KINDLING_TELEGRAM_TOKEN", "KINDLING_TELEGRAM_SECRET", "KINDLING_TELEGRAM_API_URL"):
         env.pop(key)
     env.update(
@@ -191,16 +194,16 @@ def whatsapp_env(database_url: str, folder: Path, graph_url: str) -> dict:
     return env
 
 
-async def run_kindling(url: str, n: int, recipients: int, pair: bool, timeout: float) -> dict:
+async def run_kindling(url: str, n: int, recipients: int, pair: bool, timeout: float, rate: int = RATE) -> dict:
     order = workload(n, recipients)
     ensure_database(url)
     await fresh_schema(url)
     await load_backlog(url, recipients, order, channel="whatsapp", first=FIRST_WA_ID)
-    fake, base = await start_fake(pair)
+    fake, base = await start_fake(pair, rate)
     folder = fresh_folder("kindling-wa-pacing-")
     server = None
     try:
-        server, _ = await start_kindling(whatsapp_env(url, folder, f"{base}/{VERSION}"))
+        server, _ = await start_kindling(whatsapp_env(url, folder, f"{base}/{VERSION}", rate))
         started = time.monotonic()
         calls = await wait_for_sends(base, n, timeout, server)
         elapsed = time.monotonic() - started
@@ -222,6 +225,7 @@ async def run_kindling(url: str, n: int, recipients: int, pair: bool, timeout: f
         n=n,
         recipients=recipients,
         pair=pair,
+        ceiling=rate != RATE,
         delivery_statuses=statuses,
         delivery_errors=errors,
         server_cpu_s=cpu,
@@ -298,7 +302,8 @@ def report(results: list[dict]) -> None:
 def label(result: dict) -> str:
     if result["sender"] == "naive":
         return "naive (one at a time)"
-    return f"Kindling on {result['database'].split(' ')[0]}"
+    unpaced = ", no limit" if result.get("ceiling") else ""
+    return f"Kindling on {result['database'].split(' ')[0]}{unpaced}"
 
 
 def secs(value: float | None) -> str:
@@ -336,7 +341,7 @@ def checks(results: list[dict]) -> bool:
         print("CHECK FAILED:", problem)
     if not problems:
         print("checks: every message accepted exactly once, to its recipient; every Kindling delivery row is sent")
-    targets = [r for r in results if r["sender"] == "kindling"]
+    targets = [r for r in results if r["sender"] == "kindling" and not r.get("ceiling")]
     for r in targets:
         rate_ok = (r["of_allowed"] or 0) >= 0.9
         errors_ok = (r["share_130429"] or 0) <= 0.001
@@ -361,6 +366,11 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
             result = await run_kindling(url, n, recipients, args.pair, timeout)
             phase_line("kindling", result)
             results.append(result)
+            if args.ceiling:
+                log(f"Kindling on {database_name(url)} with no limit to pace for ({CEILING:,}/s)")
+                result = await run_kindling(url, n, recipients, args.pair, timeout, CEILING)
+                phase_line("kindling ceiling", result)
+                results.append(result)
         log(f"naive sender, {n:,} messages")
         result = await run_naive(n, recipients, args.pair, timeout)
         phase_line("naive", result)
@@ -376,6 +386,11 @@ def main() -> None:
     parser.add_argument("--recipients", type=int, default=2_000, help="recipients (default 2,000)")
     parser.add_argument("--pg", default="", help="also run Kindling on this PostgreSQL database")
     parser.add_argument("--pair", action="store_true", help="the fake also enforces the pair rate limit (131056)")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help=f"also run Kindling with the fake and itself at {CEILING:,}/s: how fast it sends when nothing binds",
+    )
     parser.add_argument("--quick", action="store_true", help="N = 1,000 to 200 recipients")
     parser.add_argument("--timeout", type=float, default=0.0, help="give up on a run after this many seconds")
     parser.add_argument("--json", default="", help="also write the results here")
