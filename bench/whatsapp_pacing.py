@@ -360,16 +360,13 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     results = []
     try:
         for url in urls:
-            if url == "sqlite":
-                url = f"sqlite+aiosqlite:///{folder / 'kindling.db'}"
-            log(f"Kindling on {database_name(url)}, {n:,} messages to {recipients:,} recipients")
-            result = await run_kindling(url, n, recipients, args.pair, timeout)
-            phase_line("kindling", result)
-            results.append(result)
-            if args.ceiling:
-                log(f"Kindling on {database_name(url)} with no limit to pace for ({CEILING:,}/s)")
-                result = await run_kindling(url, n, recipients, args.pair, timeout, CEILING)
-                phase_line("kindling ceiling", result)
+            for rate in (RATE, *([CEILING] if args.ceiling else [])):
+                if url.startswith("sqlite"):  # a new file for each run
+                    url = f"sqlite+aiosqlite:///{folder / f'kindling-{rate}.db'}"
+                unpaced = f" with no limit to pace for ({rate:,}/s)" if rate != RATE else ""
+                log(f"Kindling on {database_name(url)}{unpaced}, {n:,} messages to {recipients:,} recipients")
+                result = await run_kindling(url, n, recipients, args.pair, timeout, rate)
+                phase_line("kindling" if rate == RATE else "kindling ceiling", result)
                 results.append(result)
         log(f"naive sender, {n:,} messages")
         result = await run_naive(n, recipients, args.pair, timeout)
