@@ -217,7 +217,7 @@ async def run_kindling(url: str, n: int, recipients: int, pair: bool, timeout: f
     errors = await rows(
         url, "SELECT last_error, count(*) FROM delivery WHERE last_error IS NOT NULL GROUP BY last_error LIMIT 5"
     )
-    save_calls(f"kindling-{database_name(url).split(' ')[0]}", calls)
+    save_calls(f"kindling-{database_name(url).split(' ')[0]}-{rate}", calls)
     figures = analyse(calls, n, order, pair)
     figures.update(
         sender="kindling",
