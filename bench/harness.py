@@ -273,10 +273,13 @@ FIRST_CHAT = 5_000_000_000  # private chats (Telegram user ids) of the backlog's
 CHUNK = 5_000
 
 
-async def load_backlog(url: str, chats: int, messages: list[int]) -> dict:
-    """`chats` Telegram leads (with an identity and a bot-owned conversation), then one pending nurture
-    delivery per entry of `messages` (the entry is the lead's index), due a minute ago, text
-    "bench nurture <i>" and key "bench:<i>", in that order of id. Returns the chat id of each lead."""
+async def load_backlog(
+    url: str, chats: int, messages: list[int], channel: str = "telegram", first: int = FIRST_CHAT
+) -> dict:
+    """`chats` leads on `channel` (with an identity and a bot-owned conversation whose lead wrote just now;
+    lead i's address is `first + i`), then one pending nurture delivery per entry of `messages` (the entry
+    is the lead's index), due a minute ago, text "bench nurture <i>" and key "bench:<i>", in that order of
+    id."""
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy import text
@@ -322,8 +325,8 @@ async def load_backlog(url: str, chats: int, messages: list[int]) -> dict:
                         {
                             "id": i + 1,
                             "lead_id": i + 1,
-                            "kind": "telegram",
-                            "value": str(FIRST_CHAT + i),
+                            "kind": channel,
+                            "value": str(first + i),
                             "created_at": now,
                         }  # fmt: skip
                         for i in range(start, stop)
@@ -335,8 +338,8 @@ async def load_backlog(url: str, chats: int, messages: list[int]) -> dict:
                         {
                             "id": i + 1,
                             "lead_id": i + 1,
-                            "channel": "telegram",
-                            "external_id": str(FIRST_CHAT + i),
+                            "channel": channel,
+                            "external_id": str(first + i),
                             "owner": "bot",
                             "contact_requested": True,
                             "created_at": now,
@@ -354,8 +357,8 @@ async def load_backlog(url: str, chats: int, messages: list[int]) -> dict:
                             "id": i + 1,
                             "lead_id": lead + 1,
                             "conversation_id": lead + 1,
-                            "channel": "telegram",
-                            "address": str(FIRST_CHAT + lead),
+                            "channel": channel,
+                            "address": str(first + lead),
                             "kind": "nurture",
                             "priority": 2,
                             "text": f"bench nurture {i}",

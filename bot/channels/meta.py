@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,8 @@ WINDOW_SUBCODES = frozenset({2018278})  # Messenger's (#10) "This message is sen
 OUTSIDE_WINDOW = "outside WhatsApp's 24-hour window; the step has no template"
 THROUGHPUT_BACKOFF = 30.0  # seconds before a throughput-limited send is tried again
 EARLY = timedelta(seconds=60)  # a status this recent about a message no delivery knows yet: asked again (503)
+# A second, as Pace counts it: Meta counts messages when they arrive, a little after they leave here.
+PACE_SECOND = 1.03
 
 
 @dataclass(frozen=True)
@@ -261,20 +264,31 @@ class Pace:
     A recipient's wait comes first and takes no overall slot, so one person's gap never holds up the others.
     With `shared` (PostgreSQL: any number of instances) the budgets are rows of the database (storage.pace),
     named `<name>` overall and `<name>:<recipient>`; otherwise (SQLite: one instance) they are kept here.
+    Slots are evenly spaced, and on top of them this process sends at most `rate` messages in any
+    PACE_SECOND, counted when they go: after a late wake-up (the event loop was busy) the slots that came
+    due meanwhile would otherwise all go at once, and Meta answers the ones past its window with 130429.
     """
 
     def __init__(self, rate: float, gap: timedelta, name: str = "meta", shared: SharedPace | None = None) -> None:
-        self.interval, self.gap = 1 / rate, gap.total_seconds()
+        self.interval, self.gap = PACE_SECOND / rate, gap.total_seconds()
         self.name, self.shared = name, shared
         self.next_at = 0.0  # the loop time of the next overall slot
         self.recipients: dict[str, float] = {}  # the loop time each recipient's next message may go
+        self.sent: deque[float] = deque(maxlen=max(1, int(rate)))  # when the last `rate` messages went
 
     async def wait(self, recipient: str) -> None:
-        """Wait for this recipient's turn, then for the next overall slot."""
+        """Wait for this recipient's turn, then for the next overall slot, then for room in the last second."""
         if self.shared is not None:
             await self.shared.wait(f"{self.name}:{recipient}", self.gap)
             await self.shared.wait(self.name, self.interval)
-            return
+        else:
+            await self._slot(recipient)
+        loop = asyncio.get_running_loop()
+        while len(self.sent) == self.sent.maxlen and (delay := self.sent[0] + PACE_SECOND - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        self.sent.append(loop.time())
+
+    async def _slot(self, recipient: str) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if len(self.recipients) > 10_000:  # forget idle recipients so the table does not grow forever
