@@ -212,7 +212,8 @@ class Runner:
     async def _route(self, session, spec, step, lead, reach, rendered: Rendered, now: datetime) -> dict | None:  # type: ignore[no-untyped-def]
         """Where the step goes (conversation, channel, address, subject), or None when skipped with the reason."""
         conversations, live = reach
-        route = choose(step.channels, lead, conversations, live, self.engine.email)
+        template = step.whatsapp is not None  # a WhatsApp template may go after WhatsApp's window
+        route = choose(step.channels, lead, conversations, live, self.engine.email, now, template)
         if isinstance(route, str):
             _skipped(session, lead, spec, step, route, now)
             return None

@@ -12,13 +12,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from flows.durations import parse_delay
-from flows.reach import LIVE_WINDOW, EmailPolicy, Route, choose
+from flows.reach import LIVE_WINDOW, WINDOW, EmailPolicy, Route, choose
 from flows.render import RenderError, render_step
 from flows.safety import Policy, local_day_start
 from flows.spec import FlowSpec, StepSpec
 from flows.stages import Stages
-
-WHATSAPP_WINDOW = timedelta(hours=24)  # bot.channels.meta.WINDOW: Meta's customer-service window
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,7 @@ def _channel(step: StepSpec, lead: dict, online: bool, email: EmailPolicy, conse
 
 def whatsapp_window(step: StepSpec, since_last_message: timedelta) -> str:
     """How a step goes on WhatsApp this long after the lead's last message: free-form, as its template, or held."""
-    if since_last_message < WHATSAPP_WINDOW:
+    if since_last_message < WINDOW:
         return "inside the 24-hour window: free-form"
     if step.whatsapp is not None:
         return f"window closed: goes as template {step.whatsapp.name!r}"

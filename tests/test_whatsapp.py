@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import MetaSettings
+from bot.config import EmailSettings, MetaSettings
 from flows.lint import lint_paths
 from flows.whatsapp_rules import WhatsAppTemplate, by_name
 from storage.models import Delivery, Event, Handoff, Identity, Lead, Message
@@ -29,6 +29,7 @@ trigger = "message"
 {% step "almost-a-day", after="1439m" %}Still thinking about the Pro plan, {{ lead.first_name or "you" }}?{% endstep %}
 {% step "next-day", after="2m"TEMPLATE %}Here is 20% off the Pro plan, {{ lead.first_name or "there" }}.{% endstep %}
 """
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 TEMPLATE = ', whatsapp_template="follow_up", whatsapp_parameters=["{{ lead.first_name or \'there\' }}"]'
 
 
@@ -181,6 +182,26 @@ async def test_a_step_due_at_23h59m_goes_free_form_and_one_at_24h01m_without_a_t
     assert (await log_in(client, "ann")).status == 303
     page = await (await client.get(f"/console/leads/{late.lead_id}")).text()
     assert "outside WhatsApp&#39;s 24-hour window; the step has no template" in page
+
+
+async def test_after_the_window_a_step_without_a_channel_goes_by_email_to_a_lead_who_consented(
+    make_client, wa, tmp_path, db, clock, fake_graph, fake_smtp
+):
+    email = EmailSettings(smtp_url=fake_smtp.url, from_address="Acme <hello@acme.example>")
+    templates = templates_with(tmp_path / "t", flow())
+    client = await make_client(wa.with_(templates=templates, email=email, public_url="https://acme.example"))
+    event = {"type": "signup", "lead": {"phone": "+16505551234", "email": "kerry@example.com"}}
+    answer = await client.post("/api/events", json=event | {"consent": {"email": True}}, headers=AUTH)
+    assert answer.status in (200, 201)
+    await post(client, payload("text"))
+    await tick(client, clock, timedelta(minutes=1439))
+    await tick(client, clock, timedelta(minutes=2))
+
+    assert fake_graph.whatsapp_texts(SENDER)[-1] == "Still thinking about the Pro plan, Kerry?"
+    [late] = await rows(db, Delivery, Delivery.step == "next-day")
+    assert (late.channel, late.status, late.address, late.last_error) == ("email", "sent", "kerry@example.com", None)
+    assert [m.message["To"] for m in fake_smtp.messages] == ["kerry@example.com"]
+    assert "Here is 20% off the Pro plan, Kerry." in fake_smtp.messages[0].message.get_body(("plain",)).get_content()
 
 
 async def test_a_step_at_24h01m_goes_as_its_template_with_rendered_parameters_to_a_lead_who_opted_in(

@@ -39,6 +39,7 @@ from bot.web.jsonbody import parse_json
 from bot.web.middlewares import json_error
 from bot.web.signing import same
 from flows.channel_consent import marketing_opt_out
+from flows.reach import WINDOW
 from storage.db import transaction
 from storage.leads import find_conversation, get_lead
 from storage.models import Delivery
@@ -48,7 +49,6 @@ from storage.receipts import known_provider_ids, mark_by_provider_id, mark_until
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 MAX_BODY_BYTES = 3 * 1024 * 1024  # Meta's batched webhook payloads go up to 3 MB
-WINDOW = timedelta(hours=24)
 HUMAN_AGENT_WINDOW = timedelta(days=7)  # Messenger and Instagram: a human agent's reply, tagged HUMAN_AGENT
 WATERMARK_SLACK = timedelta(seconds=1)  # Meta's clock against ours, for "every message sent before this"
 TIMEOUT = aiohttp.ClientTimeout(total=20)
