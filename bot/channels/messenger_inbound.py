@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.channels.continuation import parse_payload
-from bot.channels.meta import Status, Watermark, from_timestamp
+from bot.channels.meta import Status, Watermark, dicts, from_timestamp, obj, text_of
 from bot.intake.contacts import normalize_email, normalize_phone
 from bot.intake.inbound import Inbound, Touch
 
@@ -57,10 +57,10 @@ class Notification:
 def read_notification(channel: str, entries: list[Any], now: datetime, visitor: Visitor) -> Notification:
     """Every event of every entry (`messaging`, or `changes` of the messaging fields)."""
     read = Notification()
-    for entry in _dicts(entries):
-        events = _dicts(entry.get("messaging"))
-        changes = _dicts(entry.get("changes"))
-        events += [_obj(change.get("value")) for change in changes if change.get("field") in FIELDS]
+    for entry in dicts(entries):
+        events = dicts(entry.get("messaging"))
+        changes = dicts(entry.get("changes"))
+        events += [obj(change.get("value")) for change in changes if change.get("field") in FIELDS]
         for event in events:
             read_event(channel, event, now, visitor, read)
     return read
@@ -68,7 +68,7 @@ def read_notification(channel: str, entries: list[Any], now: datetime, visitor: 
 
 def read_event(channel: str, event: dict[str, Any], now: datetime, visitor: Visitor, into: Notification) -> None:
     """One event into `into`: an inbound, a report, or a reason it was ignored."""
-    sender = _str(_obj(event.get("sender")).get("id"))
+    sender = text_of(obj(event.get("sender")).get("id"))
     if not sender:
         into.ignored.append("an event without a sender id")
         return
@@ -108,7 +108,7 @@ def _fields(channel: str, sender: str, event: dict[str, Any], visitor: Visitor) 
 
 def _message(channel: str, sender: str, event: dict[str, Any], visitor: Visitor) -> dict[str, Any] | str:
     message = event["message"]
-    mid = _str(message.get("mid"))
+    mid = text_of(message.get("mid"))
     if message.get("is_echo"):
         return "an echo of the Page's own message"
     if not mid:
@@ -117,12 +117,12 @@ def _message(channel: str, sender: str, event: dict[str, Any], visitor: Visitor)
         return "a message the person deleted"
     touch, extra = _referral(channel, message.get("referral") or event.get("referral"), visitor)
     base = {"dedup_key": f"{channel}:{mid}", "touch": touch, "extra": extra}
-    text = _str(message.get("text"))
-    payload = _str(_obj(message.get("quick_reply")).get("payload"))
+    text = text_of(message.get("text"))
+    payload = text_of(obj(message.get("quick_reply")).get("payload"))
     if payload and not _an_address(payload):  # a quick reply Kindling sent: its payload is the button's label
         return {**base, "kind": "button", "text": text or payload, "properties": {"value": payload, "mid": mid}}
     notes, kept = _attachments(message.get("attachments"))
-    story = _obj(_obj(message.get("reply_to")).get("story"))
+    story = obj(obj(message.get("reply_to")).get("story"))
     if story:
         notes.insert(0, "(a reply to your story)")
         kept.append({"type": "story_reply", **{k: story.get(k) for k in ("id", "url") if story.get(k)}})
@@ -135,8 +135,8 @@ def _message(channel: str, sender: str, event: dict[str, Any], visitor: Visitor)
 
 def _postback(channel: str, sender: str, event: dict[str, Any], visitor: Visitor) -> dict[str, Any]:
     postback = event["postback"]
-    title, payload = _str(postback.get("title")), _str(postback.get("payload"))
-    mid = _str(postback.get("mid"))
+    title, payload = text_of(postback.get("title")), text_of(postback.get("payload"))
+    mid = text_of(postback.get("mid"))
     key = f"{channel}:{mid}" if mid else f"{channel}:postback:{sender}:{event.get('timestamp')}"
     properties = {"value": payload or title, "title": title, **({"mid": mid} if mid else {})}
     if isinstance(postback.get("referral"), dict):  # a new thread opened from a link or an ad: a start
@@ -148,7 +148,7 @@ def _postback(channel: str, sender: str, event: dict[str, Any], visitor: Visitor
 
 def _reports(sender: str, event: dict[str, Any], now: datetime, into: Notification) -> None:
     """`delivery` (mids and a watermark) and `read` (a watermark; Instagram: one mid)."""
-    for state, report in (("delivered", _obj(event.get("delivery"))), ("read", _obj(event.get("read")))):
+    for state, report in (("delivered", obj(event.get("delivery"))), ("read", obj(event.get("read")))):
         if not report:
             continue
         at = from_timestamp(event.get("timestamp") or report.get("watermark"), now)
@@ -177,18 +177,18 @@ ATTACHMENT_NOTES = {
 def _attachments(value: Any) -> tuple[list[str], list[dict[str, Any]]]:
     """Each attachment as a note for the transcript, and what is kept of it."""
     notes, kept = [], []
-    for attachment in _dicts(value):
-        kind, payload = _str(attachment.get("type")) or "attachment", _obj(attachment.get("payload"))
+    for attachment in dicts(value):
+        kind, payload = text_of(attachment.get("type")) or "attachment", obj(attachment.get("payload"))
         item = {"type": kind, **{k: payload[k] for k in ("url", "title", "sticker_id") if payload.get(k)}}
         if kind == "location":
-            spot = _obj(payload.get("coordinates"))
+            spot = obj(payload.get("coordinates"))
             item |= {k: spot[k] for k in ("lat", "long") if k in spot}
-            where = _str(attachment.get("title")) or f"{spot.get('lat')}, {spot.get('long')}"
+            where = text_of(attachment.get("title")) or f"{spot.get('lat')}, {spot.get('long')}"
             notes.append(f"(a location: {where})")
         elif kind == "fallback":  # a shared link Messenger has no type for
-            link = _str(payload.get("url")) or _str(attachment.get("url"))
-            item |= {k: v for k, v in (("url", link), ("title", _str(attachment.get("title")))) if v}
-            notes.append(f"(a link: {_str(attachment.get('title')) or link or 'unsupported'})")
+            link = text_of(payload.get("url")) or text_of(attachment.get("url"))
+            item |= {k: v for k, v in (("url", link), ("title", text_of(attachment.get("title")))) if v}
+            notes.append(f"(a link: {text_of(attachment.get('title')) or link or 'unsupported'})")
         else:
             notes.append(f"({ATTACHMENT_NOTES.get(kind, kind)})")
         kept.append(item)
@@ -199,17 +199,17 @@ def _referral(channel: str, referral: Any, visitor: Visitor) -> tuple[Touch | No
     """The touch (and the web visitor, when the ref carries our signed link) of an `m.me` link or an ad."""
     if not isinstance(referral, dict):
         return None, ()
-    ref = _str(referral.get("ref"))
+    ref = text_of(referral.get("ref"))
     link, utm = parse_payload(ref) if ref else (None, None)
     visitor_id = visitor(link) if link else None
     extra = (("visitor", visitor_id),) if visitor_id else ()
-    if _str(referral.get("source")).upper() == "ADS":
-        ad = _obj(referral.get("ads_context_data"))
+    if text_of(referral.get("source")).upper() == "ADS":
+        ad = obj(referral.get("ads_context_data"))
         found = {
             "source": f"{channel}_ad",
             "medium": "paid_social",
-            "campaign": _str(ad.get("ad_title"))[:200] or None,
-            "content": _str(referral.get("ad_id")) or None,
+            "campaign": text_of(ad.get("ad_title"))[:200] or None,
+            "content": text_of(referral.get("ad_id")) or None,
         }
     elif utm is None and ref:  # a ref of someone else's making: kept as the campaign
         found = {"source": f"{channel}_link", "medium": "referral", "campaign": ref[:200]}
@@ -222,7 +222,7 @@ def _referral(channel: str, referral: Any, visitor: Visitor) -> tuple[Touch | No
 
 def _ref(holder: dict[str, Any]) -> dict[str, Any]:
     """A referral's details for the event: ref, source, type, ad id."""
-    referral = _obj(holder.get("referral"))
+    referral = obj(holder.get("referral"))
     kept = {key: referral[key] for key in ("ref", "source", "type", "ad_id") if isinstance(referral.get(key), str)}
     return {"referral": kept}
 
@@ -230,15 +230,3 @@ def _ref(holder: dict[str, Any]) -> dict[str, Any]:
 def _an_address(payload: str) -> bool:
     """Whether a quick reply's payload is the person's phone or email (Meta's user_phone_number / user_email)."""
     return normalize_email(payload) is not None or (payload.startswith("+") and normalize_phone(payload) is not None)
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""

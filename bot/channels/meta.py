@@ -394,3 +394,21 @@ async def _failed(session: AsyncSession, channel: str, row: Delivery, status: St
         session.add(row)
     elif result.marketing_off:
         await marketing_opt_out(session, await get_lead(session, row.lead_id), channel, result.error or "", now)
+
+
+# --- reading Meta's payloads: what is not of the documented type counts as absent ----------------------
+
+
+def dicts(value: Any) -> list[dict[str, Any]]:
+    """The objects of a JSON list (a missing or ill-formed one: none)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def obj(value: Any) -> dict[str, Any]:
+    """A JSON object, or an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def text_of(value: Any) -> str:
+    """A JSON string, stripped, or an empty one."""
+    return value.strip() if isinstance(value, str) else ""

@@ -24,6 +24,7 @@ from bot.channels.meta import (
     Pace,
     apply_statuses,
     classify,
+    disabled,
     signed_json,
     take_in,
     verification,
@@ -65,8 +66,7 @@ class WhatsAppChannel:
     @staticmethod
     def enabled(services: Services) -> str | None:
         """None when enabled, else the settings that are missing."""
-        missing = services.settings.meta.whatsapp_missing()
-        return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set" if missing else None
+        return disabled(services.settings.meta.whatsapp_missing())
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get(PATH, verification(self.meta.verify_token))

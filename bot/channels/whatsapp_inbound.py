@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bot.channels.meta import Status, from_timestamp
+from bot.channels.meta import Status, dicts, from_timestamp, obj, text_of
 from bot.intake.contacts import normalize_email, normalize_phone
 from bot.intake.inbound import Inbound, Profile, Touch
 from bot.intake.intake import IMPLIED
@@ -63,13 +63,13 @@ def read_change(value: dict[str, Any], now: datetime, buttons: Buttons = Buttons
     """The inbounds and statuses of one `messages` change's `value`."""
     change = Change()
     names = _profile_names(value.get("contacts"))
-    for message in _dicts(value.get("messages")):
+    for message in dicts(value.get("messages")):
         inbound = read_message(message, names, now, buttons)
         if inbound is None:
             change.ignored.append("a message without a sender or id")
         else:
             change.inbounds.append(inbound)
-    for status in _dicts(value.get("statuses")):
+    for status in dicts(value.get("statuses")):
         read = read_status(status, now)
         if read is not None:
             change.statuses.append(read)
@@ -112,84 +112,84 @@ def read_status(status: dict[str, Any], now: datetime) -> Status | None:
     wamid, state = status.get("id"), status.get("status")
     if not isinstance(wamid, str) or state not in STATES or state == "sent":
         return None
-    errors = _dicts(status.get("errors"))
+    errors = dicts(status.get("errors"))
     error = errors[0] if errors else {}
-    detail = _obj(error.get("error_data")).get("details") if isinstance(error.get("error_data"), dict) else None
+    detail = obj(error.get("error_data")).get("details") if isinstance(error.get("error_data"), dict) else None
     text = " ".join(str(part) for part in (error.get("code"), error.get("title"), detail) if part) or None
     code = error.get("code") if type(error.get("code")) is int else None
     return Status(wamid, state, from_timestamp(status.get("timestamp"), now), text, code)
 
 
 def _text(message: dict[str, Any], sender: str) -> dict[str, Any]:
-    return {"text": _str(_obj(message.get("text")).get("body"))}
+    return {"text": text_of(obj(message.get("text")).get("body"))}
 
 
 def _interactive(message: dict[str, Any], sender: str) -> dict[str, Any]:
-    interactive = _obj(message.get("interactive"))
+    interactive = obj(message.get("interactive"))
     reply = interactive.get(interactive.get("type")) if isinstance(interactive.get("type"), str) else None
     if not isinstance(reply, dict):
         return _unsupported(message, sender)
-    title = _str(reply.get("title")) or _str(reply.get("id"))
-    return {"kind": "button", "text": title, "properties": {"value": title, "id": _str(reply.get("id"))}}
+    title = text_of(reply.get("title")) or text_of(reply.get("id"))
+    return {"kind": "button", "text": title, "properties": {"value": title, "id": text_of(reply.get("id"))}}
 
 
 def _button(message: dict[str, Any], sender: str) -> dict[str, Any]:
-    button = _obj(message.get("button"))
-    title = _str(button.get("text")) or _str(button.get("payload"))
-    return {"kind": "button", "text": title, "properties": {"value": title, "payload": _str(button.get("payload"))}}
+    button = obj(message.get("button"))
+    title = text_of(button.get("text")) or text_of(button.get("payload"))
+    return {"kind": "button", "text": title, "properties": {"value": title, "payload": text_of(button.get("payload"))}}
 
 
 def _contacts(message: dict[str, Any], sender: str) -> dict[str, Any]:
     """A card of the sender's own number says that number; anyone else's is a claim of what it holds."""
-    cards = _dicts(message.get("contacts"))
-    phones = [phone for card in cards for phone in _dicts(card.get("phones"))]
+    cards = dicts(message.get("contacts"))
+    phones = [phone for card in cards for phone in dicts(card.get("phones"))]
     if any(phone.get("wa_id") == sender for phone in phones):
         return {"text": f"+{sender}", "properties": {"contact_card": "own"}}
-    numbers = [normalize_phone(_str(phone.get("phone"))) for phone in phones]
-    emails = [normalize_email(_str(email.get("email"))) for card in cards for email in _dicts(card.get("emails"))]
-    names = [_str(_obj(card.get("name")).get("formatted_name")) for card in cards]
+    numbers = [normalize_phone(text_of(phone.get("phone"))) for phone in phones]
+    emails = [normalize_email(text_of(email.get("email"))) for card in cards for email in dicts(card.get("emails"))]
+    names = [text_of(obj(card.get("name")).get("formatted_name")) for card in cards]
     said = [*filter(None, names), *filter(None, numbers), *filter(None, emails)]
     kept = [{"name": name, "phones": [n for n in numbers if n], "emails": [e for e in emails if e]} for name in names]
     return {"text": " ".join(said) or "(a contact card)", "properties": {"contacts": kept}}
 
 
 def _location(message: dict[str, Any], sender: str) -> dict[str, Any]:
-    place = _obj(message.get("location"))
-    where = ", ".join(_str(place.get(key)) for key in ("name", "address") if _str(place.get(key)))
+    place = obj(message.get("location"))
+    where = ", ".join(text_of(place.get(key)) for key in ("name", "address") if text_of(place.get(key)))
     spot = {key: place.get(key) for key in ("latitude", "longitude", "name", "address", "url") if place.get(key)}
     return {"text": f"(location: {where or 'a pin on the map'})", "properties": {"location": spot}}
 
 
 def _media(message: dict[str, Any], sender: str) -> dict[str, Any]:
     kind = message["type"]
-    media = _obj(message.get(kind))
-    caption = _str(media.get("caption"))
+    media = obj(message.get(kind))
+    caption = text_of(media.get("caption"))
     kept = {key: media.get(key) for key in ("id", "mime_type", "filename", "caption") if media.get(key)}
-    filename = _str(media.get("filename"))
+    filename = text_of(media.get("filename"))
     note = f"({'an' if kind[0] in 'aeiou' else 'a'} {kind}{': ' + filename if filename else ''})"
     return {"text": f"{note} {caption}".strip(), "properties": {"media": {"type": kind, **kept}}}
 
 
 def _reaction(message: dict[str, Any], sender: str) -> dict[str, Any]:
-    reaction = _obj(message.get("reaction"))
-    kept = {"message_id": _str(reaction.get("message_id")), "emoji": _str(reaction.get("emoji"))}
+    reaction = obj(message.get("reaction"))
+    kept = {"message_id": text_of(reaction.get("message_id")), "emoji": text_of(reaction.get("emoji"))}
     return {"kind": "reaction", "text": kept["emoji"] or None, "properties": {"reaction": kept}}
 
 
 def _order(message: dict[str, Any], sender: str) -> dict[str, Any]:
-    order = _obj(message.get("order"))
+    order = obj(message.get("order"))
     items = [
         {key: item.get(key) for key in ("product_retailer_id", "quantity", "item_price", "currency")}
-        for item in _dicts(order.get("product_items"))
+        for item in dicts(order.get("product_items"))
     ]
     listed = ", ".join(f"{item.get('quantity') or 1} x {item.get('product_retailer_id')}" for item in items)
-    text = f"(an order: {listed})" + (f" {_str(order.get('text'))}" if order.get("text") else "")
-    return {"text": text, "properties": {"order": {"catalog_id": _str(order.get("catalog_id")), "items": items}}}
+    text = f"(an order: {listed})" + (f" {text_of(order.get('text'))}" if order.get("text") else "")
+    return {"text": text, "properties": {"order": {"catalog_id": text_of(order.get("catalog_id")), "items": items}}}
 
 
 def _unsupported(message: dict[str, Any], sender: str) -> dict[str, Any]:
-    errors = [{key: error.get(key) for key in ("code", "title")} for error in _dicts(message.get("errors"))]
-    return {"kind": "unsupported", "text": None, "properties": {"type": _str(message.get("type")), "errors": errors}}
+    errors = [{key: error.get(key) for key in ("code", "title")} for error in dicts(message.get("errors"))]
+    return {"kind": "unsupported", "text": None, "properties": {"type": text_of(message.get("type")), "errors": errors}}
 
 
 READERS = {
@@ -208,32 +208,20 @@ def _referral(referral: Any) -> Touch | None:
     """A click-to-WhatsApp ad as a touch: source `whatsapp_ad` (or the ad's type), campaign the headline."""
     if not isinstance(referral, dict):
         return None
-    source_type = _str(referral.get("source_type")) or "ad"
+    source_type = text_of(referral.get("source_type")) or "ad"
     return Touch(
         source=f"whatsapp_{source_type}",
         medium="paid_social" if source_type == "ad" else "social",
-        campaign=_str(referral.get("headline"))[:200] or None,
-        content=_str(referral.get("source_id")) or None,
-        term=_str(referral.get("ctwa_clid"))[:200] or None,
-        landing=_str(referral.get("source_url"))[:500] or None,
+        campaign=text_of(referral.get("headline"))[:200] or None,
+        content=text_of(referral.get("source_id")) or None,
+        term=text_of(referral.get("ctwa_clid"))[:200] or None,
+        landing=text_of(referral.get("source_url"))[:500] or None,
     )
 
 
 def _profile_names(contacts: Any) -> dict[str, str]:
     return {
-        contact["wa_id"]: _str(_obj(contact.get("profile")).get("name"))
-        for contact in _dicts(contacts)
+        contact["wa_id"]: text_of(obj(contact.get("profile")).get("name"))
+        for contact in dicts(contacts)
         if isinstance(contact.get("wa_id"), str)
     }
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
