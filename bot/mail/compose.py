@@ -176,8 +176,9 @@ def headers(letter: Letter) -> list[tuple[str, str]]:
 def _header(name: str, value: str) -> str:
     """One header as the generator writes it with WIRE: as given when that is what it would write."""
     pattern = _AS_IS.get(name.lower())
-    if pattern is not None and pattern.fullmatch(value) and "=?" not in value and len(name) + 2 + len(value) <= _LONGEST:
-        return f"{name}: {value}\r\n"
+    line = f"{name}: {value}"
+    if pattern is not None and pattern.fullmatch(value) and "=?" not in value and len(line) <= _LONGEST:
+        return line + "\r\n"
     return _folded(name, value)
 
 
