@@ -117,6 +117,9 @@ class Composer:
     def __init__(self, templates: Path) -> None:
         self.env = SandboxedEnvironment(loader=FileSystemLoader(templates), autoescape=True)
         self.markdown = MarkdownIt("commonmark", {"html": False})
+        # Normalizing a link's URL (parse, punycode, percent-encode) is a pure function of it and a sixth of the
+        # rendering; the links in a flow's steps are the same for every lead, so each is normalized once.
+        self.markdown.normalizeLink = lru_cache(maxsize=256)(self.markdown.normalizeLink)  # type: ignore[method-assign]
         self._warned = False
 
     def compose(self, letter: Letter, markdown: str) -> EmailMessage:
