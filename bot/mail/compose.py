@@ -11,12 +11,15 @@ directly, because building and flattening an `EmailMessage` was most of the CPU 
 2.2 ms: every header value is parsed into a token tree when set and folded again from it when written, the
 generator compiles a regular expression for every new MIME boundary). `wire` writes a header as
 `Name: value` only when the value is one the standard library would write back unchanged (a pattern per
-header below, narrower than what it accepts); any other value, and every part body, goes through the
-standard library's own code. tests/test_email_out.py checks the two byte for byte.
+header below, narrower than what it accepts); any other value goes through the standard library's own code.
+A part's body is encoded as `set_content` encodes it (its choice of 7bit, 8bit, quoted-printable or base64,
+made the same way), the quoted-printable lines with the standard library's encoder, each distinct line once.
+tests/test_email_out.py checks the two byte for byte, in all four encodings.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import logging
 import random
@@ -24,9 +27,9 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime
-from email.contentmanager import _encode_text  # what set_content encodes a text part with (see Composer.wire)
+from email import quoprimime
 from email.headerregistry import BaseHeader, HeaderRegistry
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.policy import SMTP, default
 from email.utils import format_datetime, parseaddr
 from functools import lru_cache
@@ -193,11 +196,37 @@ def _folded(name: str, value: str) -> str:
 
 def _part(subtype: str, content: str, extra: str = "") -> str:
     """A text part as the generator writes it: headers, a blank line, the body encoded as set_content does."""
-    encoding, body = _encode_text(content, "utf-8", None, POLICY)
+    encoding, body = _encoded(subtype, content)
     return (
-        f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {encoding}\r\n{extra}\r\n'
-        + _NEWLINE.sub("\r\n", body)
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {encoding}\r\n{extra}\r\n{body}'
     )
+
+
+def _encoded(subtype: str, content: str) -> tuple[str, str]:
+    """The part's transfer encoding and its body with CRLF line ends, as `set_content` and the generator make them.
+
+    `set_content` (email.contentmanager) writes lines that fit in 78 bytes as they are (7bit, or 8bit when not
+    ASCII); otherwise it quoted-printable-encodes the first 10 lines and picks base64 if that is shorter. The
+    quoted-printable encoder works line by line, so each line is encoded once, and the layout's lines are the
+    same in every message. Base64 (long non-Latin lines) is left to `set_content` itself.
+    """
+    lines = content.encode().splitlines()
+    if max(map(len, lines), default=0) <= POLICY.max_line_length:
+        body = b"\r\n".join(lines) + b"\r\n"
+        return ("7bit", body.decode("ascii")) if body.isascii() else ("8bit", body.decode("ascii", "surrogateescape"))
+    encoded = [_quoted_printable(line.decode("latin-1")) for line in lines]
+    first = encoded[:10]
+    if sum(map(len, first)) + len(first) > len(binascii.b2a_base64(b"\n".join(lines[:10]) + b"\n")):
+        part = MIMEPart(policy=POLICY)
+        part.set_content(content, subtype=subtype)
+        return part["Content-Transfer-Encoding"], _NEWLINE.sub("\r\n", part.get_payload())
+    return "quoted-printable", "\r\n".join(encoded) + "\r\n"
+
+
+@lru_cache(maxsize=1024)
+def _quoted_printable(line: str) -> str:
+    """One line (no line end), as `quoprimime.body_encode` writes it in a body, soft line breaks as CRLF."""
+    return quoprimime.body_encode(line, POLICY.max_line_length, eol="\r\n")
 
 
 def _boundary(content: str) -> str:
