@@ -31,12 +31,14 @@ DROP = "drop"  # an answer that closes the connection instead of replying
 
 @dataclass(frozen=True)
 class Received:
-    """One message the relay accepted: the envelope, the parsed message, and when it arrived (loop time)."""
+    """One message the relay accepted: the envelope, the parsed message, when it arrived (loop time), and its
+    bytes as they came (CRLF line ends)."""
 
     mail_from: str
     rcpt_tos: tuple[str, ...]
     message: EmailMessage
     at: float
+    data: bytes = b""
 
 
 class _Server(SMTP):
@@ -123,10 +125,11 @@ class FakeRelay:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if (reply := self._scripted("DATA", server)) is not None:
             return reply
-        raw = (envelope.original_content or b"").replace(b"\r\n", b"\n")  # as a mailbox stores it
+        data = envelope.original_content or b""
+        raw = data.replace(b"\r\n", b"\n")  # as a mailbox stores it
         message = email.message_from_bytes(raw, policy=email.policy.default)
         at = asyncio.get_running_loop().time()
-        self.messages.append(Received(envelope.mail_from or "", tuple(envelope.rcpt_tos), message, at))
+        self.messages.append(Received(envelope.mail_from or "", tuple(envelope.rcpt_tos), message, at, data))
         return "250 2.0.0 queued"
 
 

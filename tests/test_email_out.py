@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
 
 from bot.config import EmailSettings
+from bot.mail.compose import WIRE
 from bot.mail.smtp import CONNECTIONS, Pacer
 from bot.mail.tokens import read_reply_token, unsubscribe_token
 from flows.clock import FrozenClock
@@ -53,15 +55,23 @@ async def email_lead(db, address: str = "ada@example.com") -> tuple[int, int]:
         return lead.id, conversation.id
 
 
-async def queue(db, lead: tuple[int, int], kind: str = "nurture", text: str = STEP, channel: str = "email") -> int:
+async def queue(
+    db,
+    lead: tuple[int, int],
+    kind: str = "nurture",
+    text: str = STEP,
+    channel: str = "email",
+    subject: str | None = None,
+) -> int:
     """An outbox row for the lead's email (or another channel), due now; its id."""
     count = len(await rows(db, Delivery))
     async with db() as session:
         address = (await session.get(Conversation, lead[1])).external_id
         delivery = Delivery(
             lead_id=lead[0], conversation_id=lead[1], channel=channel, address=address, kind=kind,
-            priority={"operator": 0, "nurture": 2}.get(kind, 1), text=text, subject=f"About pricing ({kind})",
-            idempotency_key=f"test:{lead[0]}:{count}", not_before=AT, created_at=AT,
+            priority={"operator": 0, "nurture": 2}.get(kind, 1), text=text,
+            subject=subject or f"About pricing ({kind})", idempotency_key=f"test:{lead[0]}:{count}",
+            not_before=AT, created_at=AT,
         )  # fmt: skip
         session.add(delivery)
         await session.commit()
@@ -145,6 +155,43 @@ async def test_a_broken_layout_falls_back_to_the_built_in_one_logged_once(
     assert len(fake_smtp.messages) == 2
     assert all("<strong>Ada</strong>" in parts(received.message)[1] for received in fake_smtp.messages)
     assert len([r for r in caplog.records if "layout" in r.getMessage()]) == 1
+
+
+# What arrives is byte for byte what the standard library's email package writes for the same message
+# (bot.mail.compose writes the bytes itself, for speed): plain and non-ASCII text, long lines (quoted-printable),
+# subjects it must encode or fold, a display name it must quote, service email without the unsubscribe headers.
+SAMPLES = [
+    ("nurture", "About pricing", STEP),
+    ("nurture", "Цены для вас, Ада", "Привет, **Ада**! Вот [наши цены](https://acme.example/ru/pricing).\n\nДо связи."),
+    ("reply", "关于价格", "你好 **Ada**，这是我们的[价格](https://acme.example/zh)。"),
+    ("nurture", "=?utf-8?q?looks_encoded?= but  is   not", "A line " + "that goes on and on " * 12 + "\n\n. a dot"),
+    ("operator", "A subject " + "long " * 250, "Tabs\tand trailing spaces   \nand a \r\nCRLF, \u2028 a separator"),
+    ("system", "Naïve café", "--===============0000000000000000001==\n\nA boundary look-alike, and 100% = fine"),
+]
+
+
+@pytest.mark.parametrize("sender", [FROM, "Acme, Inc. — Sales <hello@acme.example>"])
+async def test_every_email_is_byte_for_byte_what_the_standard_library_writes(
+    make_client, email_settings, db, fake_smtp, sender
+):
+    settings = email_settings.with_(email=replace(email_settings.email, from_address=sender))
+    app = await make_client(settings)
+    for number, (kind, subject, text) in enumerate(SAMPLES):
+        await queue(db, await email_lead(db, f"lead{number}@example.com"), kind, text, subject=subject)
+    await send_due(app)
+
+    channel = services_of(app).dispatcher.channels["email"]
+    received = {r.rcpt_tos[0]: r for r in fake_smtp.messages}
+    assert len(received) == len(SAMPLES)
+    for row in await rows(db, Delivery):
+        assert row.status == "sent"
+        data = received[row.address].data
+        reference = channel.composer.compose(channel._letter(row), row.text)
+        reference.set_boundary(received[row.address].message.get_boundary())  # the one random part
+        assert data == reference.as_bytes(policy=WIRE), row.subject
+        assert row.provider_message_id == reference["Message-ID"] == received[row.address].message["Message-ID"]
+    encodings = {part["Content-Transfer-Encoding"] for r in fake_smtp.messages for part in r.message.iter_parts()}
+    assert encodings == {"7bit", "8bit", "quoted-printable", "base64"}  # every way a part can be written
 
 
 async def test_email_is_off_with_one_log_line_without_a_relay(make_client, settings, caplog):

@@ -11,14 +11,13 @@ bot.mail.unsubscribe, on even when email is off, so old links keep working.
 from __future__ import annotations
 
 import logging
-from email.policy import SMTP as SMTP_POLICY
 from email.utils import parseaddr
 
 from aiohttp import web
 from aiosmtplib import SMTPRecipientRefused, SMTPResponseException, SMTPServerDisconnected
 
 from bot.delivery.channel import SendResult, buttons_as_text
-from bot.mail.compose import Composer, Letter
+from bot.mail.compose import Composer, Letter, message_id
 from bot.mail.smtp import Pacer, Relay
 from bot.mail.tokens import BOUNCES, reply_address, unsubscribe_token
 from bot.mail.unsubscribe import unsubscribe_url
@@ -26,9 +25,6 @@ from bot.services import Services
 from storage.models import Delivery
 
 log = logging.getLogger(__name__)
-# Headers folded only past RFC 5322's 998 characters: a List-Unsubscribe folded before its first link is valid,
-# but some mail clients read it wrong.
-WIRE = SMTP_POLICY.clone(max_line_length=998)
 BACKOFF = 30.0  # seconds before the first retry when the relay is down or says "later"; doubles each attempt
 MAX_BACKOFF = 3600.0
 
@@ -71,10 +67,11 @@ class EmailChannel:
 
         Whether this lead may get it now (consent, unsubscribed, bounced) the dispatcher checked right before.
         """
-        message = self.composer.compose(self._letter(delivery), buttons_as_text(delivery.text, delivery.buttons))
+        letter = self._letter(delivery)
         assert self.relay is not None, "channel not started"
         try:
-            await self.relay.send(self.sender, delivery.address, message.as_bytes(policy=WIRE))
+            message = self.composer.wire(letter, buttons_as_text(delivery.text, delivery.buttons))  # bytes as sent
+            await self.relay.send(self.sender, delivery.address, message)
         except SMTPRecipientRefused as exc:
             return _refused(exc, delivery, bounce=True)
         except SMTPResponseException as exc:
@@ -83,7 +80,7 @@ class EmailChannel:
             return SendResult.retry(f"relay unreachable: {type(exc).__name__}: {exc}", after=_backoff(delivery))
         except UnicodeEncodeError:
             return SendResult.failed(f"{delivery.address} is not an ASCII address; the relay cannot take it")
-        return SendResult.sent(message["Message-ID"], delivered=True)
+        return SendResult.sent(message_id(letter.key, letter.sender), delivered=True)
 
     def _letter(self, delivery: Delivery) -> Letter:
         """Headers for this delivery: Reply-To when replies have a domain; unsubscribe links on nurture."""

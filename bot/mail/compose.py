@@ -4,17 +4,33 @@ The HTML part is the Markdown rendered by markdown-it-py with raw HTML off (a `<
 shown as text, never run), inside `templates/_email/layout.html.j2`, rendered in a sandboxed, autoescaping
 Jinja environment. A layout that fails to render is logged once and the built-in one is used, so a typo in
 it never stops mail.
+
+Two ways to the same bytes. `Composer.compose` builds an `EmailMessage` with the standard library, and
+`message.as_bytes(policy=WIRE)` is the message as sent: the reference. `Composer.wire` writes those bytes
+directly, because building and flattening an `EmailMessage` was most of the CPU an email cost (about 1.8 of
+2.2 ms: every header value is parsed into a token tree when set and folded again from it when written, the
+generator compiles a regular expression for every new MIME boundary). `wire` writes a header as
+`Name: value` only when the value is one the standard library would write back unchanged (a pattern per
+header below, narrower than what it accepts); any other value goes through the standard library's own code.
+A part's body is encoded as `set_content` encodes it (its choice of 7bit, 8bit, quoted-printable or base64,
+made the same way), the quoted-printable lines with the standard library's encoder, each distinct line once.
+tests/test_email_out.py checks the two byte for byte, in all four encodings.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import logging
+import random
+import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime
+from email import quoprimime
 from email.headerregistry import BaseHeader, HeaderRegistry
-from email.message import EmailMessage
-from email.policy import default
+from email.message import EmailMessage, MIMEPart
+from email.policy import SMTP, default
 from email.utils import format_datetime, parseaddr
 from functools import lru_cache
 from pathlib import Path
@@ -60,6 +76,28 @@ class Headers(HeaderRegistry):
 
 
 POLICY = default.clone(header_factory=Headers())  # the default policy, only faster
+# The message as sent: CRLF line ends, headers folded only past RFC 5322's 998 characters (a List-Unsubscribe
+# folded before its first link is valid, but some mail clients read it wrong).
+WIRE = SMTP.clone(max_line_length=998)
+
+# Header values the standard library writes back as given (parsing and folding them changes nothing), so
+# `wire` can write them without either; anything else (non-ASCII, quoting, folding, encoded words) is the
+# standard library's to write. Checked against it in tests/test_email_out.py.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDRESS = rf"{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*"  # dot-atom@dot-atom: nothing to quote
+_TEXT = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII, single spaces, no encoded word (checked apart)
+_AS_IS = {
+    "to": re.compile(_ADDRESS),
+    "reply-to": re.compile(_ADDRESS),
+    "message-id": re.compile(rf"<{_ADDRESS}>"),
+    "date": re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d [A-Z][a-z][a-z] \d{4} \d\d:\d\d:\d\d [+-]\d{4}"),
+    "subject": _TEXT,
+    "list-unsubscribe": _TEXT,
+    "list-unsubscribe-post": _TEXT,
+}
+_LONGEST = 998  # RFC 5322's line limit, WIRE's: a header line up to this long is not folded
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # what the generator writes as CRLF in a part's body
+_WIDTH = len(repr(sys.maxsize - 1))  # the generator's boundary: 15 "=", a random number this wide, "=="
 
 
 @dataclass(frozen=True)
@@ -77,30 +115,41 @@ class Letter:
 
 
 class Composer:
-    """Builds EmailMessages; one per app, since it keeps the layout's Jinja environment."""
+    """Builds emails (the bytes as sent, or an EmailMessage); one per app, since it keeps the layout's Jinja
+    environment."""
 
     def __init__(self, templates: Path) -> None:
         self.env = SandboxedEnvironment(loader=FileSystemLoader(templates), autoescape=True)
         self.markdown = MarkdownIt("commonmark", {"html": False})
+        # Normalizing a link's URL (parse, punycode, percent-encode) is a pure function of it and a sixth of the
+        # rendering; the links in a flow's steps are the same for every lead, so each is normalized once.
+        self.markdown.normalizeLink = lru_cache(maxsize=256)(self.markdown.normalizeLink)  # type: ignore[method-assign]
         self._warned = False
 
     def compose(self, letter: Letter, markdown: str) -> EmailMessage:
         """The whole message: headers, a text/plain part, and its text/html alternative."""
         message = EmailMessage(policy=POLICY)
-        message["From"] = letter.sender
-        message["To"] = letter.to
-        message["Subject"] = letter.subject
-        message["Date"] = format_datetime(letter.now)
-        message["Message-ID"] = message_id(letter.key, letter.sender)
-        if letter.reply_to:
-            message["Reply-To"] = letter.reply_to
-        if letter.unsubscribe_url:
-            links = [letter.unsubscribe_url, *([letter.unsubscribe_mailto] if letter.unsubscribe_mailto else [])]
-            message["List-Unsubscribe"] = ", ".join(f"<{link}>" for link in links)
-            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"  # RFC 8058
+        for name, value in headers(letter):
+            message[name] = value
         message.set_content(plain(markdown, letter.unsubscribe_url))
         message.add_alternative(self.html(letter, markdown), subtype="html")
         return message
+
+    def wire(self, letter: Letter, markdown: str) -> bytes:
+        """The message as sent: what `compose(...).as_bytes(policy=WIRE)` gives, but for its random boundary.
+
+        Written the way the standard library's generator writes this message (multipart/alternative, a text
+        part, then an HTML part that carries its own MIME-Version, as `add_alternative` leaves it): headers in
+        the same order, each part's body encoded as `set_content` encodes it (7bit, 8bit, quoted-printable or
+        base64, chosen the same way) with CRLF line ends, a boundary of the same form. About 6x faster.
+        """
+        text = _part("plain", plain(markdown, letter.unsubscribe_url))
+        html = _part("html", self.html(letter, markdown), "MIME-Version: 1.0\r\n")
+        boundary = _boundary(text + html)
+        top = [*(_header(name, value) for name, value in headers(letter)), "MIME-Version: 1.0\r\n",
+               f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n']  # fmt: skip
+        body = f"\r\n--{boundary}\r\n{text}\r\n--{boundary}\r\n{html}\r\n--{boundary}--\r\n"
+        return ("".join(top) + body).encode("ascii", "surrogateescape")  # as BytesGenerator: 8bit bodies as is
 
     def html(self, letter: Letter, markdown: str) -> str:
         """The Markdown rendered into the layout (or the built-in one, if the layout is broken)."""
@@ -118,6 +167,77 @@ class Composer:
             return self.env.from_string(BUILT_IN).render(values)
 
 
+def headers(letter: Letter) -> list[tuple[str, str]]:
+    """The message's own headers, in order (the MIME ones follow)."""
+    items = [("From", letter.sender), ("To", letter.to), ("Subject", letter.subject),
+             ("Date", format_datetime(letter.now)), ("Message-ID", message_id(letter.key, letter.sender))]  # fmt: skip
+    if letter.reply_to:
+        items.append(("Reply-To", letter.reply_to))
+    if letter.unsubscribe_url:
+        links = [letter.unsubscribe_url, *([letter.unsubscribe_mailto] if letter.unsubscribe_mailto else [])]
+        items.append(("List-Unsubscribe", ", ".join(f"<{link}>" for link in links)))
+        items.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))  # RFC 8058
+    return items
+
+
+def _header(name: str, value: str) -> str:
+    """One header as the generator writes it with WIRE: as given when that is what it would write."""
+    pattern = _AS_IS.get(name.lower())
+    line = f"{name}: {value}"
+    if pattern is not None and pattern.fullmatch(value) and "=?" not in value and len(line) <= _LONGEST:
+        return line + "\r\n"
+    return _folded(name, value)
+
+
+@lru_cache(maxsize=RECURRING)  # From, the same in every message, is folded once
+def _folded(name: str, value: str) -> str:
+    """The standard library's header (parsed as `compose` sets it: a line break is a ValueError), folded."""
+    return POLICY.header_store_parse(name, value)[1].fold(policy=WIRE)
+
+
+def _part(subtype: str, content: str, extra: str = "") -> str:
+    """A text part as the generator writes it: headers, a blank line, the body encoded as set_content does."""
+    encoding, body = _encoded(subtype, content)
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {encoding}\r\n{extra}\r\n{body}'
+    )
+
+
+def _encoded(subtype: str, content: str) -> tuple[str, str]:
+    """The part's transfer encoding and its body with CRLF line ends, as `set_content` and the generator make them.
+
+    `set_content` (email.contentmanager) writes lines that fit in 78 bytes as they are (7bit, or 8bit when not
+    ASCII); otherwise it quoted-printable-encodes the first 10 lines and picks base64 if that is shorter. The
+    quoted-printable encoder works line by line, so each line is encoded once, and the layout's lines are the
+    same in every message. Base64 (long non-Latin lines) is left to `set_content` itself.
+    """
+    lines = content.encode().splitlines()
+    if max(map(len, lines), default=0) <= POLICY.max_line_length:
+        body = b"\r\n".join(lines) + b"\r\n"
+        return ("7bit", body.decode("ascii")) if body.isascii() else ("8bit", body.decode("ascii", "surrogateescape"))
+    encoded = [_quoted_printable(line.decode("latin-1")) for line in lines]
+    first = encoded[:10]
+    if sum(map(len, first)) + len(first) > len(binascii.b2a_base64(b"\n".join(lines[:10]) + b"\n")):
+        part = MIMEPart(policy=POLICY)
+        part.set_content(content, subtype=subtype)
+        return part["Content-Transfer-Encoding"], _NEWLINE.sub("\r\n", part.get_payload())
+    return "quoted-printable", "\r\n".join(encoded) + "\r\n"
+
+
+@lru_cache(maxsize=1024)
+def _quoted_printable(line: str) -> str:
+    """One line (no line end), as `quoprimime.body_encode` writes it in a body, soft line breaks as CRLF."""
+    return quoprimime.body_encode(line, POLICY.max_line_length, eol="\r\n")
+
+
+def _boundary(content: str) -> str:
+    """A boundary of the generator's form that the parts do not contain (it tries the next number instead)."""
+    while True:
+        boundary = "=" * 15 + f"{random.randrange(sys.maxsize):0{_WIDTH}d}" + "=="
+        if f"--{boundary}" not in content:
+            return boundary
+
+
 def plain(markdown: str, unsubscribe_url: str | None) -> str:
     """The text part: the Markdown as written (links stay readable), and the unsubscribe link under it."""
     text = markdown.rstrip() + "\n"
@@ -128,5 +248,9 @@ def plain(markdown: str, unsubscribe_url: str | None) -> str:
 
 def message_id(key: str, sender: str) -> str:
     """`<hash of the delivery's key@the From domain>`: the same for every attempt at one delivery."""
-    domain = parseaddr(sender)[1].rpartition("@")[2] or "kindling.invalid"
-    return f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@{domain}>"
+    return f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@{_domain(sender)}>"
+
+
+@lru_cache(maxsize=RECURRING)  # the From address is the same in every message: parsed once
+def _domain(sender: str) -> str:
+    return parseaddr(sender)[1].rpartition("@")[2] or "kindling.invalid"
