@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from test_console_auth import csrf_of, log_in
 from test_console_queue import operator
 from test_console_queue import post as console_post
 from test_meta import SENDER, payload, post
+from test_webchat import hello
 
 FOLLOW_UP = WhatsAppTemplate("follow_up", "en_US", parameters=1, category="marketing")
 ORDER_UPDATE = WhatsAppTemplate("order_update", "en_US", parameters=0, category="utility")
@@ -269,6 +271,24 @@ async def test_whatsapp_consent_from_the_sites_backend_and_an_operator(client, d
     assert response.status == 200
     [lead] = await rows(db, Lead)
     assert not lead.channel_marketing["whatsapp"]["consent_at"]
+
+
+async def test_whatsapp_consent_from_the_widget_and_a_frame_without_any_consent_is_refused(client, db):
+    ws = await client.ws_connect("/chat/ws")
+    await hello(ws)
+    await ws.send_json({"type": "consent", "id": str(uuid.uuid4()), "email": None})
+    refused = await ws.receive_json(timeout=5)
+    assert refused["type"] == "error" and "whatsapp (true or false)" in refused["error"]
+
+    frame_id = str(uuid.uuid4())
+    await ws.send_json({"type": "consent", "id": frame_id, "whatsapp": True})
+    while (frame := await ws.receive_json(timeout=5))["type"] != "ack":
+        assert frame["type"] != "error", frame
+    await ws.close()
+
+    [lead] = await rows(db, Lead)
+    assert lead.channel_marketing["whatsapp"]["consent_source"] == "widget"
+    assert lead.email_consent_at is None  # WhatsApp consent is not email consent
 
 
 async def test_stop_opts_out_on_whatsapp_as_everywhere(client, db, fake_graph):

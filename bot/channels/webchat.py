@@ -9,7 +9,8 @@ continue the chat on WhatsApp, Messenger or Telegram as the same lead, with the 
 (`bot.channels.continuation`); a later page view with a source of its own sends `{"type": "continue", "links"}`.
 Then: `{"type": "message", "id": uuid, "text"}` (answered by `ack`, stored once per uuid),
 `{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`,
-`{"type": "consent", "id": uuid, "email": address|null, "consent": true|false}` (email consent, answered by `ack`),
+`{"type": "consent", "id": uuid, "email": address|null, "consent": true|false, "whatsapp": true|false}` (email
+consent and/or WhatsApp marketing consent, each optional but one needed; answered by `ack`),
 and receipts (see `_receipt`): `{"type": "received", "ids": [message id, ...]}` once the widget has bot or
 operator messages (delivered), `{"type": "seen", "ids": [...]}` once it showed them on screen, in the open panel
 of a visible page (seen).
@@ -49,6 +50,7 @@ from bot.services import Services
 from bot.web.jsonbody import parse_json
 from bot.web.ratelimit import PerMinute
 from bot.web.signing import read_visitor_link, same, token_for, visitor_link
+from flows.channel_consent import WHATSAPP_CONSENT
 from flows.consent import CONSENT
 from storage.db import DatabaseUnavailable, transaction
 from storage.leadsearch import conversation_messages
@@ -265,23 +267,32 @@ class _Session:
             presence.closed(WebchatChannel.name, self.visitor)
 
     async def _consent(self, data: dict) -> None:
-        """Email consent from the widget's checkbox or button, with the address typed next to it (a claim)."""
+        """Email consent from the widget's checkbox or button, with the address typed next to it (a claim), and/or
+        WhatsApp marketing consent (`"whatsapp": true|false`), which WhatsApp needs before marketing templates."""
         client_id, email, consent = data.get("id"), data.get("email"), data.get("consent")
+        whatsapp = data.get("whatsapp")
         if not _is_uuid(client_id):
             await self._refuse(data, "a consent frame needs an id (a UUID)")
             return
         valid_email = email is None or (isinstance(email, str) and normalize_email(email) is not None)
-        if not isinstance(consent, bool) or not valid_email:
-            error = "a consent frame needs consent (true or false) and, if any, a valid email address"
+        given = [value for value in (consent, whatsapp) if value is not None]
+        if not given or not all(isinstance(value, bool) for value in given) or not valid_email:
+            error = (
+                "a consent frame needs consent (true or false) for email and/or whatsapp (true or false) and, "
+                "if any, a valid email address"
+            )
             await self._send({"type": "error", "id": client_id, "error": error})
             return
         if await self._limited(client_id):
             return
+        properties = {
+            key: value for key, value in ((CONSENT, consent), (WHATSAPP_CONSENT, whatsapp)) if value is not None
+        }
         inbound = self._inbound(
             "consent",
             dedup_key=f"webchat:consent:{self.visitor}:{client_id}",
             text=email,
-            properties={CONSENT: consent},
+            properties=properties,
         )
         received = await self._receive(inbound, client_id)
         if received is not None:
