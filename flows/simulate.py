@@ -71,9 +71,12 @@ def simulate(
             return [*lines, f"(the simulation ends after {days} days; next step {name!r} would be due later)"]
         sent_at, note = _send_time(due, sent_days, policy, zone)
         outcome = _outcome(spec, step, {**ctx, "lead": lead})
-        channel = _channel(step, lead, sent_at - active <= LIVE_WINDOW, email or EmailPolicy(), consent, start)
+        online = sent_at - active <= LIVE_WINDOW
+        channel = _channel(step, lead, online, email or EmailPolicy(), consent, active, sent_at)
         if channel.startswith("whatsapp:"):
             channel += f"; {whatsapp_window(step, sent_at - active)}"
+        elif channel.startswith(("messenger:", "instagram:")):
+            channel += f"; {messenger_window(channel.split(':')[0], sent_at - active)}"
         lines.append(f"{sent_at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}  {name}: {outcome}{note}  [{channel}]")
         if step.action is not None and step.action.kind == "stage":
             lead["stage"] = step.action.value
@@ -108,8 +111,10 @@ def _outcome(spec: FlowSpec, step: StepSpec, ctx: dict[str, Any]) -> str:
     return (repr(text[:70] + ("..." if len(text) > 70 else "")) if text else "(no message)") + action
 
 
-def _channel(step: StepSpec, lead: dict, online: bool, email: EmailPolicy, consent: bool, since: datetime) -> str:
-    """The channel the step would take for the made-up lead, and why (`flows.reach.choose`)."""
+def _channel(
+    step: StepSpec, lead: dict, online: bool, email: EmailPolicy, consent: bool, since: datetime, at: datetime
+) -> str:
+    """The channel the step would take at `at` for the made-up lead who last wrote at `since` (`flows.reach.choose`)."""
     came_from = (lead.get("first_touch") or {}).get("channel") or "webchat"
     conversation = SimpleNamespace(id=1, channel=came_from, last_message_at=since, created_at=since)
     person = SimpleNamespace(
@@ -118,7 +123,8 @@ def _channel(step: StepSpec, lead: dict, online: bool, email: EmailPolicy, conse
         email_opted_out_at=None,
         email_consent_at=since if consent else None,
     )
-    route = choose(step.channels, person, [conversation], {1} if online else set(), email)
+    template = step.whatsapp is not None
+    route = choose(step.channels, person, [conversation], {1} if online else set(), email, at, template)
     return f"{route.channel}: {route.why}" if isinstance(route, Route) else f"not sent: {route}"
 
 
@@ -129,6 +135,13 @@ def whatsapp_window(step: StepSpec, since_last_message: timedelta) -> str:
     if step.whatsapp is not None:
         return f"window closed: goes as template {step.whatsapp.name!r}"
     return "held back: outside WhatsApp's 24-hour window; the step has no template"
+
+
+def messenger_window(channel: str, since_last_message: timedelta) -> str:
+    """How a step goes on Messenger or Instagram this long after the lead's last message: sent, or held back."""
+    if since_last_message < WINDOW:
+        return "inside the 24-hour window"
+    return f"held back: outside {channel.capitalize()}'s 24-hour window"
 
 
 def _exit(spec: FlowSpec, stages: Stages, lead: dict, happening: Happening) -> str | None:

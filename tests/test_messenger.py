@@ -495,3 +495,27 @@ async def test_a_reply_to_an_earlier_message_reads_as_its_text_and_an_unsupporte
     assert response.status == 200
     [kept] = await rows(db, Event, Event.type == "unsupported")
     assert kept.payload["mid"].endswith("unsupported")
+
+
+async def test_simulate_shows_which_steps_messenger_would_hold_back_and_where_the_default_goes_instead(
+    tmp_path, run_kindling, monkeypatch
+):
+    steps = (
+        '{% step "same-day", after="23h" %}Any questions about the Pro plan?{% endstep %}\n'
+        '{% step "next-day", after="2h" %}Here is 20% off the Pro plan.{% endstep %}\n'
+        '{% step "only-messenger", after="1h", channel="messenger" %}Still there?{% endstep %}\n'
+    )
+    root = templates_with(tmp_path / "t", {"later": NURTURE.split("+++\n{%")[0] + "+++\n" + steps})
+    monkeypatch.setenv("KINDLING_TEMPLATES", str(root))
+    monkeypatch.setenv("KINDLING_QUIET_HOURS", "off")
+    sample = tmp_path / "lead.json"
+    sample.write_text(json.dumps({"first_name": "Ann", "first_touch": {"channel": "messenger"}}))
+
+    status, out, err = await run_kindling("simulate", "later", "--days", "3", "--sample", str(sample))
+
+    assert status == 0, err
+    line = {name: next(line for line in out.splitlines() if f"{name}:" in line) for name in ("same-day", "next-day")}
+    assert "[messenger: wrote from messenger; inside the 24-hour window]" in line["same-day"]
+    assert "messenger's 24-hour window has closed" in line["next-day"]  # the default looks elsewhere, and says why
+    only = next(line for line in out.splitlines() if "only-messenger:" in line)
+    assert "held back: outside Messenger's 24-hour window" in only
