@@ -95,6 +95,10 @@ def exit_reason(spec: FlowSpec, stages: Stages, lead: Lead, events: Sequence[Eve
             return "reply"
         if event.type in ("handoff", "opt_out") and spec.exits_on(event.type):
             return event.type
+        moved_to = event.payload.get("to") if event.type == "stage_changed" else None
+        matched = next((rule for rule in spec.exits if rule.matches_event(event.type, event.name, moved_to)), None)
+        if matched is not None:
+            return matched.source
     return condition_exit(spec, stages, lead, events[0] if events else None, now)
 
 

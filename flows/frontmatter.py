@@ -20,6 +20,10 @@ _TOML_WHERE = re.compile(r"\s*\(at (?:line (\d+), column \d+|end of document)\)\
 _STAGE_EXIT = re.compile(r"^stage\s*(>=|==|>)\s*([\w-]+)$")
 _SCORE = re.compile(r"^score\s*>=\s*(-?\d+(?:\.\d+)?)$")
 _WORD = re.compile(r"^[a-z][\w-]*$")
+_EXIT_WORDS = (
+    f"reply, handoff, opt_out, stage >= <stage>, an event type ({', '.join(EVENT_TRIGGERS)}), "
+    "custom:<name>, stage:<stage>, score >= N, or an expression like \"'vip' in lead.tags\""
+)
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,7 @@ class _Checker:
         )
 
     def exits(self, value: Any) -> list[ExitRule]:
-        """The `exit` list: reply, handoff, opt_out, `stage >= X` or expressions."""
+        """The `exit` list: reply, handoff, opt_out, `stage >= X`, what triggers accept, or expressions."""
         entries = [value] if isinstance(value, str) else value
         if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
             self.fail("exit", '`exit` must be a list of texts, like ["reply", "stage >= sql"]')
@@ -200,9 +204,28 @@ class _Checker:
         stage = _STAGE_EXIT.match(entry)
         if stage:
             return ExitRule("stage", entry, op=stage.group(1), stage=self.stage(stage.group(2)))
+        kind, colon, rest = entry.partition(":")
+        if entry in EVENT_TRIGGERS or (colon and kind in ("custom", "stage", "stuck", "schedule")):
+            return self.event_exit(entry, kind, rest)
+        score = _SCORE.match(entry)
+        if score:
+            return ExitRule("expression", entry, expression=self.expression(f"lead.score >= {score.group(1)}"))
         if re.fullmatch(r"[a-z_]+", entry) and entry not in ("true", "false"):
-            raise ValueError("unknown exit: use reply, handoff, opt_out, stage >= <stage>, or an expression")
-        return ExitRule("expression", entry, expression=self.expression(entry))
+            raise ValueError(f"unknown exit: use {_EXIT_WORDS}")
+        try:
+            return ExitRule("expression", entry, expression=self.expression(entry))
+        except ValueError as exc:
+            raise ValueError(f"{exc} (an exit is {_EXIT_WORDS})") from exc
+
+    def event_exit(self, entry: str, kind: str, rest: str) -> ExitRule:
+        """An exit in the trigger vocabulary: an event type, `custom:<name>` or `stage:<stage>`."""
+        if kind == "stage":
+            return ExitRule("event", entry, event="stage_changed", stage=self.stage(rest))
+        if kind in ("stuck", "schedule"):
+            raise ValueError(f"{kind}: is a trigger only; an exit is {_EXIT_WORDS}")
+        if kind == "custom" and rest and not _WORD.match(rest):
+            raise ValueError(f"custom event {rest!r}: use lowercase letters, digits, - and _, like custom:purchase")
+        return ExitRule("event", entry, event=kind, name=rest or None)
 
     def audience_rules(self, trigger: Trigger | None, audience: Expression | None, given: bool) -> None:
         """`audience` is required by schedule triggers and meaningless elsewhere."""

@@ -194,7 +194,7 @@ def _expressions(draft: Draft) -> Iterator[tuple[int, str, str]]:
                 yield lines.get(key, 1), f"`{key}`", expression.source
         for rule in header.exits:
             if rule.expression is not None:
-                yield lines.get("exit", 1), f"`exit` {rule.source!r}", rule.source
+                yield lines.get("exit", 1), f"`exit` {rule.source!r}", rule.expression.source
     for step in draft.steps:
         if step.when is not None:
             yield step.line, f"step {step.name!r} `when`", step.when.source

@@ -80,13 +80,24 @@ class Trigger:
 
 @dataclass(frozen=True)
 class ExitRule:
-    """Why a lead leaves a flow: `reply`, `handoff`, `opt_out`, `stage` (op, stage) or `expression`."""
+    """Why a lead leaves a flow: `reply`, `handoff`, `opt_out`, `stage` (op, stage), `event` (the trigger
+    vocabulary: event type and custom name, or `stage_changed` to a stage) or `expression`."""
 
     kind: str
     source: str
     op: str | None = None
     stage: str | None = None
     expression: Expression | None = None
+    event: str | None = None
+    name: str | None = None
+
+    def matches_event(self, event_type: str, event_name: str | None, moved_to: str | None = None) -> bool:
+        """For an `event` rule: whether this event (a custom one's name; a stage change's new stage) ends the flow."""
+        if self.kind != "event" or self.event != event_type:
+            return False
+        if event_type == "stage_changed":
+            return moved_to == self.stage
+        return self.name is None or self.name == event_name
 
     def stage_reached(self, stages: Stages, current: str) -> bool:
         """For a `stage` rule: whether a lead at stage `current` has left."""

@@ -449,6 +449,33 @@ async def test_steps_act_on_the_lead_and_a_later_step_in_the_same_batch_sees_it(
     assert (acts.status, acts.exit_reason, acts.step_index) == ("exited", "step stop ends the flow", 3)
 
 
+UNTIL_PURCHASE = """+++
+name = "Until they buy"
+trigger = "custom:signup"
+exit = ["custom:purchase"]
++++
+{% step "nudge", after="1d" %}Ready to buy?{% endstep %}
+"""
+
+
+async def test_a_custom_event_named_as_an_exit_ends_the_flow(app, clock, db, templates):
+    (templates / "flows" / "until.j2").write_text(UNTIL_PURCHASE)
+    services_of(app).library.reload()
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    for name in ("signup", "cart"):
+        body = {"type": name, "lead": {"email": "buyer@example.com"}}
+        response = await app.post("/api/events", json=body, headers=auth)
+        assert response.status < 300, await response.text()
+    [enrollment] = await rows(db, Enrollment, Enrollment.flow_slug == "until")
+    assert enrollment.status == "active"  # a cart is not a purchase
+    body = {"type": "purchase", "lead": {"email": "buyer@example.com"}, "properties": {"amount": 49}}
+    assert (await app.post("/api/events", json=body, headers=auth)).status < 300
+    await tick(app, clock, timedelta(days=2))
+    [enrollment] = await rows(db, Enrollment, Enrollment.flow_slug == "until")
+    assert (enrollment.status, enrollment.exit_reason) == ("exited", "custom:purchase")
+    assert await rows(db, Event, Event.type == "step_skipped") == []  # the nudge was never due
+
+
 async def test_a_leads_messages_go_out_one_at_a_time_in_order_whichever_sender_claims_them(app, clock, db):
     ws = await visitor_on_pricing(app)
     [conversation] = await rows(db, Conversation)

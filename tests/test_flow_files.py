@@ -125,6 +125,18 @@ def test_triggers_and_exits_parse_into_typed_values(templates):
     assert Trigger("event", "custom:signup", event="custom", name="signup").matches_event("custom", "signup")
 
 
+def test_exits_take_the_trigger_vocabulary_as_well_as_expressions(templates):
+    front = FRONT.replace('["reply"]', '["custom:purchase", "page_view", "stage:customer", "score >= 80", "button"]')
+    spec = parse_flow(write_flow(templates, '{% step "a", after="1d" %}Hi{% endstep %}\n', front=front), templates)
+    purchase, page_view, customer, score, button = spec.exits
+    assert purchase.matches_event("custom", "purchase") and not purchase.matches_event("custom", "cart")
+    assert page_view.matches_event("page_view", None) and button.matches_event("button", None)
+    assert customer.matches_event("stage_changed", None, "customer")
+    assert not customer.matches_event("stage_changed", None, "sql")
+    assert score.expression.holds(lead={**SAMPLE_LEAD, "score": 80}, event={}, now=SAMPLE_NOW)
+    assert not score.expression.holds(lead=SAMPLE_LEAD, event={}, now=SAMPLE_NOW)
+
+
 # --- writing flows -----------------------------------------------------------------------------
 
 
@@ -192,6 +204,10 @@ def test_an_unknown_trigger_is_reported_at_its_line(templates):
         ('name = "x"\ntrigger = "schedule:0 10 * * 1"\n', 3, "needs an `audience`"),
         ('name = "x"\ntrigger = "message"\naudience = "true"\n', 4, "only for schedule: triggers"),
         ('name = "x"\ntrigger = "message"\nexit = ["replied"]\n', 4, "unknown exit"),
+        ('name = "x"\ntrigger = "message"\nexit = ["stage:gold"]\n', 4, "unknown stage 'gold'"),
+        ('name = "x"\ntrigger = "message"\nexit = ["custom:Big Sale"]\n', 4, "like custom:purchase"),
+        ('name = "x"\ntrigger = "message"\nexit = ["stuck:mql:7d"]\n', 4, "stuck: is a trigger only"),
+        ('name = "x"\ntrigger = "message"\nexit = ["lead.score >="]\n', 4, "an exit is reply, handoff"),
         ('name = "x"\ntrigger = "message"\nreenter = "sometimes"\n', 4, '"after <duration>"'),
         ('name = "x"\ntrigger = "message"\nwhen = "lead.scroe > 5"\n', 4, "has no attribute 'scroe'"),
         ('name = "x"\ntrigger = message\n', 3, "not valid TOML: Invalid value"),
