@@ -6,37 +6,65 @@ opt-out and stage, step actions on the stage, quiet hours and the daily cap (thi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 from flows.durations import parse_delay
+from flows.engine import REPLIES
 from flows.reach import LIVE_WINDOW, WINDOW, EmailPolicy, Route, choose
 from flows.render import RenderError, render_step
 from flows.safety import Policy, local_day_start
-from flows.spec import FlowSpec, StepSpec
+from flows.samples import BLANK_EVENT
+from flows.spec import EVENT_TRIGGERS, FlowSpec, StepSpec
 from flows.stages import Stages
+
+_FIELDS = ("text", "path", "url", "value", "channel", "properties")
+_KINDS = (*EVENT_TRIGGERS, "opt_out", "stage")
 
 
 @dataclass(frozen=True)
 class Happening:
-    """Something the hypothetical lead does `after` the enrollment: reply, opt_out, or reach a stage."""
+    """Something the hypothetical lead does `after` the enrollment: an event (with its fields), opt out, or a stage."""
 
     at: datetime
     type: str
     stage: str | None = None
+    name: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def event(self) -> dict[str, Any]:
+        """What exits and stage rules see as `event`, every key present."""
+        kind = "stage_changed" if self.type == "stage" else self.type
+        return {**BLANK_EVENT, "type": kind, "name": self.name, **self.fields}
 
 
 def happenings(raw: list[dict], start: datetime) -> list[Happening]:
-    """Read `[{"after": "2d", "type": "message"}, {"after": "5d", "type": "stage", "to": "sql"}]`."""
-    found = []
-    for item in raw:
-        kind = item.get("type")
-        if kind not in ("message", "opt_out", "stage"):
-            raise ValueError(f"event type {kind!r}: use message, opt_out or stage (with 'to')")
-        found.append(Happening(parse_delay(str(item.get("after", "0m"))).due(start), kind, item.get("to")))
-    return sorted(found, key=lambda happening: happening.at)
+    """Read `[{"after": "2d", "type": "message", "text": "Hi"}, {"after": "5d", "type": "custom:purchase",
+    "properties": {"amount": 49}}, {"after": "6d", "type": "stage", "to": "sql"}]`."""
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise ValueError('--events must be a JSON list of objects like [{"after": "2d", "type": "message"}]')
+    return sorted((_happening(item, start) for item in raw), key=lambda happening: happening.at)
+
+
+def _happening(item: dict, start: datetime) -> Happening:
+    given = item.get("type")
+    kind, colon, name = str(given).partition(":")
+    if kind not in _KINDS or (colon and (kind != "custom" or not name)):
+        uses = f"{', '.join(_KINDS[:-2])}, custom:<name> (like custom:purchase), opt_out or stage (with 'to')"
+        raise ValueError(f"event type {given!r}: use {uses}")
+    if kind == "stage" and not isinstance(item.get("to"), str):
+        raise ValueError('a stage event needs the stage it reaches: {"after": "5d", "type": "stage", "to": "sql"}')
+    unknown = sorted(set(item) - {"after", "type", "name", "to", *_FIELDS})
+    if unknown:
+        raise ValueError(f"event {given!r}: unknown key(s) {', '.join(unknown)} (an event has {', '.join(_FIELDS)})")
+    if not isinstance(item.get("properties", {}), dict):
+        raise ValueError(f"event {given!r}: 'properties' must be an object")
+    fields = {key: item[key] for key in _FIELDS if key in item}
+    name = name or item.get("name")
+    return Happening(parse_delay(str(item.get("after", "0m"))).due(start), kind, item.get("to"), name, fields)
 
 
 def simulate(
@@ -63,9 +91,11 @@ def simulate(
         due = step.delay.due(due, lead.get("timezone"))
         while pending and pending[0].at <= due:
             happening = pending.pop(0)
-            lines.append(f"{happening.at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}  lead: {_describe(happening)}")
-            active = happening.at if happening.type == "message" else active
-            if (reason := _exit(spec, stages, lead, happening)) is not None:
+            moved, reason = _exit(spec, stages, lead, happening)
+            moves = f"; moves to stage {moved}" if moved and happening.type != "stage" else ""
+            lines.append(f"{happening.at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}  lead: {_describe(happening)}{moves}")
+            active = happening.at if happening.type in REPLIES else active
+            if reason is not None:
                 return [*lines, f"{'':>24}  exits the flow ({reason})"]
         if due > end:
             return [*lines, f"(the simulation ends after {days} days; next step {name!r} would be due later)"]
@@ -144,16 +174,40 @@ def messenger_window(channel: str, since_last_message: timedelta) -> str:
     return f"held back: outside {channel.capitalize()}'s 24-hour window"
 
 
-def _exit(spec: FlowSpec, stages: Stages, lead: dict, happening: Happening) -> str | None:
-    if happening.type == "message" and spec.exits_on("reply"):
-        return "reply"
+def _exit(spec: FlowSpec, stages: Stages, lead: dict, happening: Happening) -> tuple[str | None, str | None]:
+    """(the stage the lead moves to, why the flow ends), as the engine decides on the event; updates `lead`."""
     if happening.type == "opt_out":
-        return "opt_out"
-    if happening.type == "stage" and happening.stage:
-        lead["stage"] = happening.stage
-        return next((rule.source for rule in spec.exits if rule.stage_reached(stages, lead["stage"])), None)
-    return None
+        return None, "opt_out"
+    event = happening.event()
+    if happening.type == "stage":
+        moved = happening.stage
+    else:
+        rule = stages.advance(lead["stage"], lead, event)
+        moved = rule.stage if rule is not None else None
+    lead["stage"] = moved or lead["stage"]
+    if happening.type in REPLIES and spec.exits_on("reply"):
+        return moved, "reply"
+    seen = [(event["type"], event["name"], None)] + ([("stage_changed", None, moved)] if moved else [])
+    for rule in spec.exits:
+        if any(rule.matches_event(*kinds) for kinds in seen):
+            return moved, rule.source
+    for rule in spec.exits:
+        if rule.stage_reached(stages, lead["stage"]):
+            return moved, rule.source
+        if rule.expression is not None and rule.expression.holds(lead=lead, event=event, now=happening.at):
+            return moved, rule.source
+    return moved, None
 
 
 def _describe(happening: Happening) -> str:
-    return {"message": "replies", "opt_out": "says stop"}.get(happening.type, f"reaches stage {happening.stage}")
+    fields = happening.fields
+    what = {
+        "message": f"replies {fields['text']!r}" if fields.get("text") else "replies",
+        "opt_out": "says stop",
+        "stage": f"reaches stage {happening.stage}",
+        "page_view": f"views {fields.get('path') or fields.get('url') or 'a page'}",
+        "button": f"presses {fields.get('value') or fields.get('text') or 'a button'!r}",
+        "custom": f"custom event {happening.name or '(no name)'}",
+    }.get(happening.type, happening.type.replace("_", " "))
+    properties = fields.get("properties")
+    return f"{what} {json.dumps(properties)}" if properties else what

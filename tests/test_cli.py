@@ -168,7 +168,29 @@ def test_simulate_prints_the_timeline_in_the_leads_zone_and_ends_it_on_a_reply(t
     bad = tmp_path / "bad.json"
     bad.write_text('[{"after": "3d", "type": "dance"}]')
     refused = run("simulate", "new-lead-7-in-7", "--events", str(bad))
-    assert refused.returncode == 2 and "use message, opt_out or stage" in refused.stderr
+    assert refused.returncode == 2 and "custom:<name> (like custom:purchase), opt_out or stage" in refused.stderr
+
+
+def test_simulate_events_can_be_any_event_type_with_its_properties(tmp_path):
+    sample = tmp_path / "lead.json"
+    sample.write_text('{"score": 0, "timezone": "UTC"}')
+    events = tmp_path / "events.json"
+    events.write_text(
+        '[{"after": "1d", "type": "page_view", "path": "/pricing"},'
+        ' {"after": "2d", "type": "custom:purchase", "properties": {"amount": 49}}]'
+    )
+    result = run("simulate", "new-lead-7-in-7", "--sample", str(sample), "--events", str(events))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.endswith("lead: views /pricing") for line in lines), lines
+    purchase = next(line for line in lines if "lead: custom event purchase" in line)
+    assert purchase.endswith('purchase {"amount": 49}; moves to stage customer'), lines  # the stage rule applies
+    assert lines[-1].strip() == "exits the flow (stage >= mql)"
+
+    typo = tmp_path / "typo.json"
+    typo.write_text('[{"after": "1d", "type": "page_view", "pth": "/pricing"}]')
+    refused = run("simulate", "new-lead-7-in-7", "--events", str(typo))
+    assert refused.returncode == 2 and "unknown key(s) pth" in refused.stderr
 
 
 async def test_operator_add_without_a_terminal_says_to_pipe_the_password_in(database_url):
