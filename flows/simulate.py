@@ -89,7 +89,8 @@ def simulate(
     for name in spec.step_names:
         step = spec.step_for(name, lead["id"])
         due = step.delay.due(due, lead.get("timezone"))
-        while pending and pending[0].at <= due:
+        sent_at, note = _send_time(due, sent_days, policy, zone)
+        while pending and pending[0].at <= (sent_at if due <= end else due):  # what the lead does first comes first
             happening = pending.pop(0)
             moved, reason = _exit(spec, stages, lead, happening)
             moves = f"; moves to stage {moved}" if moved and happening.type != "stage" else ""
@@ -99,7 +100,6 @@ def simulate(
                 return [*lines, f"{'':>24}  exits the flow ({reason})"]
         if due > end:
             return [*lines, f"(the simulation ends after {days} days; next step {name!r} would be due later)"]
-        sent_at, note = _send_time(due, sent_days, policy, zone)
         outcome = _outcome(spec, step, {**ctx, "lead": lead})
         online = sent_at - active <= LIVE_WINDOW
         channel = _channel(step, lead, online, email or EmailPolicy(), consent, active, sent_at)

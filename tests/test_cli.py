@@ -8,13 +8,14 @@ import os
 import socket
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from flows.clock import FrozenClock
+from flows.durations import parse_delay
 
 from conftest import API_KEY, ROOT, shipped_templates, templates_with
 from test_flow_engine import SNEAKY
@@ -191,6 +192,31 @@ def test_simulate_events_can_be_any_event_type_with_its_properties(tmp_path):
     typo.write_text('[{"after": "1d", "type": "page_view", "pth": "/pricing"}]')
     refused = run("simulate", "new-lead-7-in-7", "--events", str(typo))
     assert refused.returncode == 2 and "unknown key(s) pth" in refused.stderr
+
+
+NIGHT_OWL = """+++
+name = "Night owl"
+trigger = "page_view"
+exit = ["reply"]
++++
+{% step "early", after="1d", at="03:00" %}Good morning.{% endstep %}
+"""
+
+
+def test_simulate_lists_a_reply_before_a_step_quiet_hours_held_back_and_ends_the_flow_there(tmp_path):
+    templates = templates_with(tmp_path / "templates", {"night-owl": NIGHT_OWL})
+    sample = tmp_path / "lead.json"
+    sample.write_text('{"timezone": "UTC"}')
+    now = datetime.now(UTC)
+    due = parse_delay("1d", at="03:00").due(now, "UTC")  # 03:00 UTC, held by quiet hours (21:00-09:00) until 09:00
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps([{"after": f"{(due - now) // timedelta(minutes=1) + 84}m", "type": "message"}]))
+    env = {"KINDLING_TEMPLATES": str(templates)}
+    result = run("simulate", "night-owl", "--sample", str(sample), "--events", str(events), env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].split()[2].startswith("04:") and "lead: replies" in lines[1], lines  # 04:24, give or take
+    assert lines[2].strip() == "exits the flow (reply)" and "early" not in result.stdout, lines
 
 
 async def test_operator_add_without_a_terminal_says_to_pipe_the_password_in(database_url):
