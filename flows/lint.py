@@ -12,6 +12,7 @@ from jinja2 import TemplateError, TemplateSyntaxError, nodes
 from jinja2.parser import Parser
 
 from flows.flowfile import Draft, parse_tree, read_flow
+from flows.hints import field_hints, with_hint
 from flows.messenger_rules import CHANNELS as MESSENGER_CHANNELS
 from flows.messenger_rules import may_go_there, quick_reply_problem
 from flows.render import RenderError, describe, flow_environment, render_block
@@ -48,8 +49,20 @@ def check_flow(
     unsafe = _safety_problems(draft, templates_root)
     flagged = {(problem.file, problem.line) for problem in unsafe}
     rendered = [problem for problem in _render_problems(draft) if (problem.file, problem.line) not in flagged]
-    found = sorted({*draft.problems, *unsafe, *_expression_problems(draft, templates_root), *rendered})
+    found = {*draft.problems, *unsafe, *_expression_problems(draft, templates_root), *rendered}
+    hints = field_hints(_trees(draft, templates_root))
+    found = sorted({with_hint(problem, hints) for problem in found})
     return (draft.spec() if not found else None), found
+
+
+def _trees(draft: Draft, root: Path) -> list[nodes.Node]:
+    """The flow's Jinja: its steps, and each expression of its header and steps."""
+    env = flow_environment(root)
+    trees = [Parser(env, source, state="variable").parse_expression() for _, _, source in _expressions(draft)]
+    try:
+        return [parse_tree(draft.body, draft.path.name, draft.file, root), *trees]
+    except TemplateSyntaxError:
+        return trees  # already reported by read_flow
 
 
 def lint_file(path: Path, templates_root: Path, stages: tuple[str, ...] = DEFAULT_ORDER) -> list[Problem]:

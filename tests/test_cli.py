@@ -122,6 +122,7 @@ def test_lint_passes_the_shipped_flows_and_names_file_and_line_of_a_broken_one(t
         '+++\nname = "Broken"\ntrigger = "page_vew"\n+++\n'
         '{% step "one", after="10m" %}Hi {{ lead.nmae }}{% endstep %}\n'
         '{% step "two", after="soon" %}Bye{% endstep %}\n'
+        '{% step "three", after="1d" %}Bye {{ lead.frist_name }}{% endstep %}\n'
     )
     result = run("lint", str(broken))
     assert result.returncode == 1
@@ -129,6 +130,8 @@ def test_lint_passes_the_shipped_flows_and_names_file_and_line_of_a_broken_one(t
     assert any(line.startswith(f"{broken}:3:") and "page_vew" in line for line in lines), lines
     assert any(line.startswith(f"{broken}:5:") and "nmae" in line for line in lines), lines
     assert any(line.startswith(f"{broken}:6:") and "soon" in line for line in lines), lines
+    typo = "step 'three': 'dict object' has no attribute 'frist_name': did you mean `lead.first_name`?"
+    assert f"{broken}:7: {typo}" in lines, lines
 
 
 def test_preview_shows_each_step_as_a_sample_lead_would_see_it(tmp_path):

@@ -221,6 +221,25 @@ def test_front_matter_mistakes_are_reported_at_their_line(templates, front, line
     assert any(at == line and words in message for at, message in found), found
 
 
+def test_a_misspelt_lead_or_event_field_gets_the_closest_one_suggested(templates):
+    front = FRONT.replace('["reply"]', '["lead.scroe > 80"]').replace('"message"', '"page_view"\nwhen = "event.pth"')
+    body = """\
+        {% step "one", after="1d" %}Hi {{ lead.frist_name }}{% endstep %}
+        {% step "two", after="1d" %}{{ lead["emial"] }}{% endstep %}
+        {% step "three", after="1d" %}{{ lead.company }}{% endstep %}
+        """
+    found = problems_at(write_flow(templates, body, front=front), templates)
+    assert [message.rsplit(": ", 1)[-1] for _, message in found] == [
+        "did you mean `event.path`?",
+        "did you mean `lead.score`?",
+        "did you mean `lead.first_name`?",
+        "did you mean `lead.email`?",
+        "lead has id, first_name, last_name, email, phone, locale, timezone, stage, score, tags, first_touch, "
+        "last_touch",
+    ]
+    assert [line for line, _ in found] == [4, 5, 7, 8, 9]
+
+
 def test_a_file_without_front_matter_says_how_to_start(templates):
     path = templates / "flows" / "bare.j2"
     path.write_text('{% step "hello", after="10m" %}Hi{% endstep %}\n')
@@ -280,7 +299,7 @@ def test_an_undefined_name_in_step_three_is_reported_at_that_line(templates):
     )
     ((line, message),) = problems_at(path, templates)
     assert line == 9 and path.read_text().splitlines()[line - 1].strip() == "Your plan: {{ lead.plan }}"
-    assert message == "step 'three': 'dict object' has no attribute 'plan'"
+    assert message.startswith("step 'three': 'dict object' has no attribute 'plan': lead has id, first_name, ")
 
 
 @pytest.mark.parametrize(
@@ -485,7 +504,8 @@ def test_the_library_keeps_the_old_version_when_an_edit_breaks_the_flow(template
 
     write_flow(templates, '{% step "hello", after="10m" %}Hi {{ lead.nope }}!{% endstep %}\n')
     problems = library.reload()
-    assert [str(problem) for problem in problems] == [f"{path}:6: step 'hello': 'dict object' has no attribute 'nope'"]
+    [problem] = problems
+    assert str(problem).startswith(f"{path}:6: step 'hello': 'dict object' has no attribute 'nope': lead has id, ")
     assert library.get("test") is good and library.problems["test"] == problems
 
     write_flow(templates, '{% step "hello", after="10m" %}Hi, welcome!{% endstep %}\n')
