@@ -30,6 +30,7 @@ __all__ = [
     "lint_paths",
     "messenger_problems",
     "problems_text",
+    "templates_root_of",
     "unsafe_parts",
     "whatsapp_problems",
 ]
@@ -97,7 +98,7 @@ def lint_paths(
     """
     problems: list[Problem] = []
     for path in map(Path, paths):
-        root = Path(templates_root) if templates_root else _guess_root(path)
+        root = Path(templates_root) if templates_root else templates_root_of(path)
         files = flow_files(root) if path.is_dir() and (path / "flows").is_dir() else None
         if files is None and path.is_dir():
             files = sorted(p for p in path.glob("*.j2") if not p.name.startswith("_"))
@@ -135,8 +136,8 @@ def messenger_problems(draft: Draft, enabled: bool = True) -> list[Problem]:
     return problems
 
 
-def _guess_root(path: Path) -> Path:
-    """`templates/flows/x.j2` -> `templates`; a folder holding `flows/` is itself the root."""
+def templates_root_of(path: Path) -> Path:
+    """The templates folder a path is in: `templates/flows/x.j2` -> `templates`; a folder holding `flows/` is one."""
     if path.is_dir():
         return path if (path / "flows").is_dir() else path.parent
     return path.parent.parent if path.parent.name == "flows" else path.parent

@@ -222,6 +222,25 @@ def test_simulate_lists_a_reply_before_a_step_quiet_hours_held_back_and_ends_the
     assert lines[2].strip() == "exits the flow (reply)" and "early" not in result.stdout, lines
 
 
+def test_preview_and_simulate_take_a_flows_path_or_name_and_say_each_problem_once(tmp_path):
+    broken = '+++\nname = "Broken"\ntrigger = "page_view"\n+++\n'
+    broken += '{% step "one", after="1h" %}{{ lead.frist_name }}{% endstep %}\n'
+    templates = templates_with(tmp_path / "templates", {"night-owl": NIGHT_OWL, "broken": broken})
+    env = {"KINDLING_TEMPLATES": str(templates)}
+    by_path = run("preview", str(templates / "flows" / "night-owl.j2"))  # the configured templates are the shipped
+    assert by_path.returncode == 0, by_path.stderr
+    assert "== early:" in by_path.stdout and "Good morning." in by_path.stdout and by_path.stderr == ""
+    assert run("simulate", str(templates / "flows" / "night-owl.j2")).stdout.startswith("Night owl: a lead in")
+    by_name = run("preview", "night-owl", env=env)
+    assert by_name.returncode == 0 and by_name.stderr == ""  # nothing about the broken flow next to it
+
+    for command in ("preview", "simulate"):
+        refused = run(command, "broken", env=env)
+        problem = f"{templates / 'flows' / 'broken.j2'}:5: step 'one': 'dict object' has no attribute 'frist_name'"
+        assert refused.returncode == 1 and refused.stderr.count("frist_name") == 1, refused.stderr
+        assert refused.stderr.splitlines()[0].startswith(problem), refused.stderr
+
+
 async def test_operator_add_without_a_terminal_says_to_pipe_the_password_in(database_url):
     env = {**os.environ, "KINDLING_DATABASE_URL": database_url}
     command = [*KINDLING, "operator", "add", "max", "--role", "admin"]

@@ -11,8 +11,7 @@ from bot.config import Settings
 from bot.mail.compose import Composer, Letter
 from flows.clock import SystemClock
 from flows.engine import context as lead_context_for
-from flows.library import FlowLibrary
-from flows.lint import flow_files, lint_paths
+from flows.lint import check_flow, flow_files, lint_paths, templates_root_of
 from flows.preview import preview, preview_text
 from flows.reach import EmailPolicy
 from flows.render import Rendered
@@ -68,15 +67,18 @@ async def preview_flow(
     return 0
 
 
-def _load_flow(settings: Settings, slug: str) -> FlowSpec | None:
-    """The flow by slug, or None after printing why it cannot be used."""
-    library = FlowLibrary(settings.templates, settings.stages.order)
-    library.load()
-    spec = library.get(slug)
+def _load_flow(settings: Settings, flow: str) -> FlowSpec | None:
+    """The flow by slug or by file (`templates/flows/x.j2`), or None after printing why it cannot be used, once."""
+    given = Path(flow)
+    if given.suffix == ".j2" or given.parent != Path("."):
+        path, root = given, templates_root_of(given)
+    else:
+        path, root = settings.templates / "flows" / f"{flow}.j2", settings.templates
+    spec, problems = check_flow(path, root, settings.stages.order) if path.is_file() else (None, [])
+    for problem in problems:
+        print(problem, file=sys.stderr)
     if spec is None:
-        for problem in library.problems.get(slug, []):
-            print(problem, file=sys.stderr)
-        print(f"no usable flow {slug!r} in {settings.templates / 'flows'}", file=sys.stderr)
+        print(f"no usable flow {flow!r} in {path.parent}", file=sys.stderr)
     return spec
 
 
