@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -472,7 +471,8 @@ async def test_a_backlog_goes_batch_after_batch_once_each_in_order_within_the_da
 ):
     # The outbox tick sends a backlog claiming the next batch while the last one's sends are in flight:
     # still every message once, each person's in order, and the daily cap (2) holds back the third.
-    client = await make_client(wa.with_(meta=replace(wa.meta, whatsapp_recipient_gap=timedelta(0))))
+    meta = meta_settings(fake_graph, whatsapp_templates=(FOLLOW_UP, ORDER_UPDATE), whatsapp_recipient_gap=timedelta(0))
+    client = await make_client(wa.with_(meta=meta))
     people = [str(16505551000 + i) for i in range(5)]
     for i, person in enumerate(people):
         text = json.dumps(payload("text")).replace(SENDER, person).replace("wamid.HBgL", f"wamid.{i}HBgL")
