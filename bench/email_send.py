@@ -256,8 +256,7 @@ async def kindling(
     started = time.monotonic()
     try:
         if outbox:
-            while await services.dispatcher.dispatch_due(SEND_BATCH):  # what the app's outbox tick runs
-                pass
+            await services.dispatcher.dispatch_backlog(SEND_BATCH)  # what the app's outbox tick runs
         else:
             await asyncio.gather(*(worker() for _ in range(SEND_CONCURRENCY)))
         elapsed = time.monotonic() - started

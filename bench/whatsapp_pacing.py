@@ -13,7 +13,7 @@ Senders, all measured in this one invocation on this machine, each against a fre
   * Kindling: N pending nurture deliveries (priority 2, due now, one lead and WhatsApp conversation per
     recipient, the lead's last message just now so the 24-hour window is open and they go free-form) are
     bulk-inserted into a fresh database, then `python -m bot serve` is started on it with WhatsApp on and
-    KINDLING_GRAPH_API_URL pointing at the fake (Telegram and email off). Its own ticks (dispatch_due) and
+    KINDLING_GRAPH_API_URL pointing at the fake (Telegram and email off). Its own ticks (dispatch_backlog) and
     pacing (bot/channels/meta.py `Pace`: 80/s per number and a 1 s gap per recipient, in-process on SQLite,
     the shared budgets of storage/pace.py on PostgreSQL) send them. Run once on SQLite and, with --pg,
     once on PostgreSQL.

@@ -147,10 +147,10 @@ def _jobs(services: Services) -> list:
 
     async def dispatch() -> None:
         # A lead's next message is claimed only after its last one went out: waiting for the next tick
-        # between batches would leave its chat idle for up to a tick, every batch. So claim again at once,
-        # for as long as anything is due (and the app is not shutting down).
-        while services.running and await services.dispatcher.dispatch_due(SEND_BATCH):
-            pass
+        # between batches would leave its chat idle for up to a tick, every batch. So claim again at once
+        # (while the last sends of the batch before are in flight), for as long as anything is due and the
+        # app is not shutting down.
+        await services.dispatcher.dispatch_backlog(SEND_BATCH, lambda: services.running)
 
     async def email_missed() -> None:
         await send_digests(services, services.clock.now())

@@ -179,6 +179,24 @@ async def test_each_graph_error_is_retried_held_back_or_final(client, db, fake_g
     assert stopped == (error in ("undeliverable", "marketing_stopped"))
 
 
+@pytest.mark.parametrize(("error", "seconds"), [("rate_limit", 2), ("spam_rate_limit", 6)])
+async def test_whatsapp_throughput_errors_go_again_within_seconds_once(client, db, clock, fake_graph, error, seconds):
+    # WhatsApp's limits are per second (130429) or a few seconds per person (131056): a reply refused for
+    # them goes again that soon, not half a minute later, and exactly once.
+    fake_graph.fail_next(error)
+    await post(client, payload("text"))
+    [reply] = await rows(db, Delivery)
+    assert reply.status == "pending"
+    dispatcher = services_of(client).dispatcher
+    clock.advance(timedelta(seconds=seconds - 1))
+    assert await dispatcher.dispatch_due() == 0
+    clock.advance(timedelta(seconds=1))
+    assert await dispatcher.dispatch_due() == 1
+    [reply] = await rows(db, Delivery)
+    assert reply.status == "sent"
+    assert len(fake_graph.whatsapp_texts()) == 1
+
+
 async def test_whatsapp_without_its_settings_is_off_with_one_line_naming_what_is_missing(make_client, settings, caplog):
     caplog.set_level(logging.INFO)
     client = await make_client(settings)

@@ -12,7 +12,7 @@ import pytest
 from bot.config import EmailSettings, MetaSettings
 from flows.lint import lint_paths
 from flows.whatsapp_rules import WhatsAppTemplate, by_name
-from storage.models import Delivery, Event, Handoff, Identity, Lead, Message
+from storage.models import Conversation, Delivery, Event, Handoff, Identity, Lead, Message
 
 from conftest import API_KEY, rows, services_of, templates_with
 from fake_graph import WABA_ID, WHATSAPP_TOKEN, meta_settings
@@ -484,3 +484,43 @@ async def test_an_operator_reply_outside_the_window_is_refused_and_a_template_of
     assert "Are you still there?" not in str(fake_graph.delivered())
     wrong = await console_post(client, f"{page}/template", csrf, template="follow_up:en_US", parameters="")
     assert wrong.status == 422 and "takes 1 parameters" in await wrong.text()
+
+
+async def test_a_backlog_goes_batch_after_batch_once_each_in_order_within_the_daily_cap(
+    make_client, wa, db, clock, fake_graph
+):
+    # The outbox tick sends a backlog claiming the next batch while the last one's sends are in flight:
+    # still every message once, each person's in order, and the daily cap (2) holds back the third.
+    meta = meta_settings(fake_graph, whatsapp_templates=(FOLLOW_UP, ORDER_UPDATE), whatsapp_recipient_gap=timedelta(0))
+    client = await make_client(wa.with_(meta=meta))
+    people = [str(16505551000 + i) for i in range(5)]
+    for i, person in enumerate(people):
+        text = json.dumps(payload("text")).replace(SENDER, person).replace("wamid.HBgL", f"wamid.{i}HBgL")
+        assert (await post(client, json.loads(text))).status == 200
+    services = services_of(client)
+    conversations = await rows(db, Conversation)
+    assert len(conversations) == len(people)
+    async with db() as session:
+        for conversation in conversations:
+            for step in range(3):
+                session.add(
+                    Delivery(
+                        lead_id=conversation.lead_id, conversation_id=conversation.id, channel="whatsapp",
+                        address=conversation.external_id, kind="nurture", priority=2,
+                        text=f"step {step} for {conversation.external_id}",
+                        idempotency_key=f"backlog:{conversation.id}:{step}", not_before=clock.now(),
+                        created_at=clock.now(),
+                    )
+                )  # fmt: skip
+        await session.commit()
+
+    assert await services.dispatcher.dispatch_backlog(limit=2) == 3 * len(people)  # each claimed once
+
+    for person in people:
+        assert [t for t in fake_graph.whatsapp_texts(person) if t.startswith("step")] == [
+            f"step 0 for {person}",
+            f"step 1 for {person}",
+        ]
+    nurture = await rows(db, Delivery, Delivery.idempotency_key.startswith("backlog:"))
+    assert sorted(d.status for d in nurture) == ["pending"] * len(people) + ["sent"] * 2 * len(people)
+    assert all("daily" in d.last_error for d in nurture if d.status == "pending")

@@ -62,7 +62,10 @@ UNREACHABLE = frozenset({131026, 131050, 551})
 REENGAGEMENT = frozenset({131047})  # more than 24 hours since the person's last message
 WINDOW_SUBCODES = frozenset({2018278})  # Messenger's (#10) "This message is sent outside of allowed window"
 OUTSIDE_WINDOW = "outside WhatsApp's 24-hour window; the step has no template"
-THROUGHPUT_BACKOFF = 30.0  # seconds before a throughput-limited send is tried again
+THROUGHPUT_BACKOFF = 30.0  # seconds before a throughput-limited send is tried again (Messenger's hourly limits)
+# WhatsApp's per-second limits free up within seconds: 130429 (80 a second per number) after 2 s, 131056
+# (one message every 6 s to one person, beyond a burst) after 6 s; 80007 (the account's) keeps the long wait.
+WHATSAPP_BACKOFF = {130429: 2.0, 131056: 6.0}
 EARLY = timedelta(seconds=60)  # a status this recent about a message no delivery knows yet: asked again (503)
 # A second, as Pace counts it: Meta counts messages when they arrive, a little after they leave here.
 PACE_SECOND = 1.03
@@ -107,7 +110,8 @@ def classify(error: GraphError, channel: str) -> SendResult:
     if error.status == 0 or error.status >= 500:
         return SendResult.retry(text, after=10)
     if error.code in THROUGHPUT or error.subcode in THROUGHPUT or error.status == 429:
-        return SendResult.retry(text, after=THROUGHPUT_BACKOFF)
+        quick = WHATSAPP_BACKOFF.get(error.code or 0) if channel == "whatsapp" else None
+        return SendResult.retry(text, after=quick or THROUGHPUT_BACKOFF)
     if error.code in REENGAGEMENT or error.subcode in WINDOW_SUBCODES:
         return SendResult.held(f"outside {_name(channel)}'s 24-hour window ({text})")
     if error.code in UNREACHABLE:

@@ -40,7 +40,7 @@ from bot.web.middlewares import json_error
 from flows.whatsapp_rules import WhatsAppTemplate, by_name
 from storage.db import is_sqlite, transaction
 from storage.leads import get_lead
-from storage.models import Conversation, Delivery
+from storage.models import Conversation, Delivery, Lead
 from storage.pace import SharedPace
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,10 @@ class WhatsAppChannel:
         async with self.services.sessions() as session:
             conversation = await session.get(Conversation, delivery.conversation_id)
             lead = await get_lead(session, delivery.lead_id)
+        return await self.send_known(delivery, conversation, lead)
+
+    async def send_known(self, delivery: Delivery, conversation: Conversation | None, lead: Lead) -> SendResult:
+        """`send`, with the conversation and lead the dispatcher's nurture check has just read."""
         last = conversation.last_message_at if conversation is not None else None
         inside = window_open(last, self.services.clock.now())
         payload = message(delivery, inside, lead, self.templates)

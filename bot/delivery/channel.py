@@ -48,7 +48,9 @@ class Channel(Protocol):
     """A channel adapter: mounts its routes, sends deliveries, starts and stops with the app.
 
     A channel with a messaging window (WhatsApp, Messenger, Instagram) is also `Gated`, and WhatsApp's has
-    `offers`: the templates an operator may send instead when its window has closed.
+    `offers`: the templates an operator may send instead when its window has closed. A channel that reads
+    the conversation or the lead to send may also have `send_known(delivery, conversation, lead)`: the
+    dispatcher calls it with those its nurture check has just read, sparing the channel a session per send.
     """
 
     name: str

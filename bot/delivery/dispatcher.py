@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import ColumnElement, and_, exists, func, or_, tuple_, update
 from sqlalchemy.orm import aliased
@@ -23,7 +24,7 @@ from flows.safety import Policy, Verdict, local_day_start, nurture_verdict
 from storage.db import DatabaseUnavailable, Sessions, transaction
 from storage.groupcommit import GroupCommit
 from storage.leads import get_lead
-from storage.models import Conversation, Delivery, Message
+from storage.models import Conversation, Delivery, Lead, Message
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
@@ -127,6 +128,39 @@ class Dispatcher:
         """
         return await self._claim_and_send(first_of_its_lead(self.clock.now()), limit)
 
+    async def dispatch_backlog(self, limit: int, going: Callable[[], bool] = lambda: True) -> int:
+        """`dispatch_due` batch after batch until nothing is due (or `going` says stop); returns how many.
+
+        The next batch is claimed as soon as every lead of the current one is being sent, while its last
+        sends are still in flight (waiting for their pacing slot or their answer), so sending does not stop
+        at each batch's end. At most two batches are in flight: the next claim waits until the batch before
+        the current one is done. The claim leaves out leads with a message in flight (`first_of_its_lead`), so each
+        lead's messages still go one at a time and in order; returns once every claimed row is recorded.
+        """
+        total, in_flight = 0, []
+        try:
+            while going():
+                condition = first_of_its_lead(self.clock.now())
+                claimed = await transaction(self.sessions, partial(self._claim, condition=condition, limit=limit))
+                if not claimed:  # nothing but the next messages of leads in flight, perhaps: wait for them
+                    if not in_flight:
+                        break
+                    await in_flight.pop(0)
+                    continue
+                total += len(claimed)
+                taken = asyncio.Event()
+                in_flight.append(asyncio.create_task(self._deliver_by_lead(claimed, taken)))
+                await taken.wait()  # set at the latest when the batch is done (or failed)
+                while in_flight and (len(in_flight) > 1 or in_flight[0].done()):  # the batch before; a done one
+                    await in_flight.pop(0)  # raises what the batch raised
+        except asyncio.CancelledError:  # shutting down: as when a single batch is cancelled mid-send
+            for task in in_flight:
+                task.cancel()
+            raise
+        finally:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        return total
+
     async def _claim_and_send(self, condition: ColumnElement[bool], limit: int) -> int:
         claimed = await transaction(self.sessions, lambda session: self._claim(session, condition, limit))
         await self._deliver_by_lead(claimed)
@@ -153,28 +187,40 @@ class Dispatcher:
         rows = await session.exec(select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.priority, Delivery.id))
         return list(rows.all())
 
-    async def _deliver_by_lead(self, claimed: list[Delivery]) -> None:
+    async def _deliver_by_lead(self, claimed: list[Delivery], taken: asyncio.Event | None = None) -> None:
         """Send each lead's messages in order, several leads at once.
 
         One lead's messages stay in order (and its daily cap is checked one message at a time); a lead
-        waiting for its chat's pacing slot, or a slow receiver, does not hold up the other leads.
+        waiting for its chat's pacing slot, or a slow receiver, does not hold up the other leads. `taken` is
+        set once every lead has been taken by a worker (their sends may still be in flight).
         """
         by_lead: dict[int, list[Delivery]] = defaultdict(list)
         for delivery in claimed:
             by_lead[delivery.lead_id].append(delivery)
         leads = iter(by_lead.values())
+        left = len(by_lead)
 
         async def worker() -> None:
+            nonlocal left
             for deliveries in leads:  # workers share one iterator: each lead is taken by one of them
+                left -= 1
+                if left == 0 and taken is not None:
+                    taken.set()
                 for delivery in deliveries:
                     await self._deliver(delivery)
 
-        await asyncio.gather(*(worker() for _ in range(min(SEND_CONCURRENCY, len(by_lead)))))
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(SEND_CONCURRENCY, len(by_lead)))))
+        finally:
+            if taken is not None:
+                taken.set()
 
     async def _deliver(self, delivery: Delivery) -> None:
+        known: tuple[Conversation | None, Lead] | None = None  # read by the check: the channel need not again
         if delivery.kind == "nurture":
             # Checked again right before the send: a human may have taken over since it was queued.
-            go = await self.group.run(lambda session: self._nurture_allowed(session, delivery))
+            known = await self.group.run(lambda session: self._nurture_allowed(session, delivery))
+            go = known is not None
         elif delivery.channel == EMAIL:  # an answer by email: not to an address that bounced since
             go = await self.group.run(lambda session: self._email_allowed(session, delivery))
         else:
@@ -185,8 +231,12 @@ class Dispatcher:
         if channel is None:
             result = SendResult.retry(f"channel {delivery.channel} is not enabled", after=60)
         else:
+            send_known = getattr(channel, "send_known", None)
             try:
-                result = await channel.send(delivery)
+                if known is not None and send_known is not None:
+                    result = await send_known(delivery, *known)
+                else:
+                    result = await channel.send(delivery)
             except Exception as exc:  # a channel bug must not lose the message: retry, and say why
                 log.exception("sending delivery %s through %s failed", delivery.id, delivery.channel)
                 result = SendResult.retry(f"{type(exc).__name__}: {exc}")
@@ -221,12 +271,17 @@ class Dispatcher:
         )
         return False
 
-    async def _nurture_allowed(self, session: AsyncSession, delivery: Delivery) -> bool:
-        """Renew our lease, then apply opt-out, owner, quiet hours and the daily cap; a held-back row says why."""
+    async def _nurture_allowed(
+        self, session: AsyncSession, delivery: Delivery
+    ) -> tuple[Conversation | None, Lead] | None:
+        """Renew our lease, then apply opt-out, owner, quiet hours and the daily cap; a held-back row says why.
+
+        The conversation and lead it read when the message may go (for the channel's `send_known`), else None.
+        """
         now = self.clock.now()
         row = await session.get(Delivery, delivery.id, with_for_update=True)
         if row is None or row.status != "sending" or row.attempts != delivery.attempts:
-            return False
+            return None
         row.lease_until = now + self.lease
         lead = await get_lead(session, row.lead_id)
         conversation = await session.get(Conversation, row.conversation_id)
@@ -250,14 +305,14 @@ class Dispatcher:
             blocked = email_block(lead, self.email)  # consent withdrawn, unsubscribed or bounced since it was queued
             verdict = Verdict("skip", blocked) if blocked else verdict
         if verdict.action == "send":
-            return True
+            return conversation, lead
         row.last_error, row.lease_until = verdict.reason, None
         row.status = "pending" if verdict.action == "postpone" else "skipped"
         if verdict.until is not None:
             row.not_before = verdict.until
         row.attempts -= 1  # waiting is not a failed attempt
         session.add(row)
-        return False
+        return None
 
     async def _record(self, session: AsyncSession, delivery: Delivery, result: SendResult) -> Message | None:
         now = self.clock.now()
