@@ -25,6 +25,7 @@ from flows.scoring import Scoring
 from flows.spec import FlowSpec
 from storage.known import known
 from storage.models import Conversation, Enrollment, Event, Handoff, Lead
+from storage.operators import operator_at_console
 
 OPEN = ("waiting", "claimed")
 INTENT_WORDS = ("talk to a human", "call me", "price", "оператор", "позвоните", "人工", "客服")
@@ -71,6 +72,13 @@ async def open_handoff_of(session: AsyncSession, lead_id: int) -> Handoff | None
     return (await session.exec(query)).first()
 
 
+async def _sla_due(session: AsyncSession, policy: HandoffPolicy, now: datetime) -> datetime:
+    """The SLA counts from now in hours or while an operator is online in the console, else from the opening."""
+    if not policy.is_open(now) and await operator_at_console(session, now):
+        return now + policy.sla
+    return policy.sla_due(now)
+
+
 async def open_handoff(
     session: AsyncSession,
     engine: EngineParts,
@@ -95,7 +103,7 @@ async def open_handoff(
         card=await build_card(session, engine.scoring, lead, conversation, now),
         warm_at=warm_at or now,
         created_at=now,
-        sla_due_at=engine.handoff.sla_due(now),
+        sla_due_at=await _sla_due(session, engine.handoff, now),
         **await history.dimensions_now(session, lead),
     )
     session.add(handoff)

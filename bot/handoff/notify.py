@@ -29,6 +29,7 @@ from flows.handoff_card import card_text
 from storage.db import Sessions, transaction
 from storage.leads import get_lead
 from storage.models import Conversation, Delivery, Event, Handoff, Operator
+from storage.operators import operator_at_console
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)
@@ -192,7 +193,8 @@ class Notifier:
             return []
         lead = await get_lead(session, handoff.lead_id)
         if which == "coming":
-            delivery = visitor_notice(self.messages, self.policy, handoff, lead, conversation, now)
+            online = not self.policy.is_open(now) and await operator_at_console(session, now)
+            delivery = visitor_notice(self.messages, self.policy, handoff, lead, conversation, now, online)
         else:
             delivery = system_message(self.messages, "handoff_holding", {}, lead, conversation, key, now)
         if delivery is None:

@@ -30,6 +30,7 @@ from storage import leads as q
 from storage.db import DatabaseUnavailable, Deadlocked, Sessions, is_sqlite, transaction
 from storage.known import keep, known
 from storage.models import Conversation, Delivery, Event, Handoff, Lead, Message
+from storage.operators import operator_at_console
 from storage.privacy import suppressed_kinds
 from storage.rowids import number_rows
 
@@ -225,7 +226,11 @@ class Intake:
         if self.warm is not None and not stop:  # after scoring, so the handoff commits with its cause
             handoff = await self.warm.check(session, lead, conversation, event, score_before, now)
         if conversation is not None:
-            received.deliveries = self._replies(lead, conversation, event, captured, stop, first_message, now, handoff)
+            policy = self.settings.handoff
+            online = handoff is not None and not policy.is_open(now) and await operator_at_console(session, now)
+            received.deliveries = self._replies(
+                lead, conversation, event, captured, stop, first_message, now, handoff, online
+            )
             session.add_all(received.deliveries)  # flushed with the rest: their ids are read after the commit
         received.handoff_id = handoff.id if handoff is not None else None
         session.add(lead)
@@ -269,9 +274,10 @@ class Intake:
         first_message: bool,
         now: datetime,
         handoff: Handoff | None = None,
+        online: bool = False,
     ) -> list[Delivery]:
         if handoff is not None:  # the usual reply gives way to "a human is coming"
-            notice = visitor_notice(self.messages, self.settings.handoff, handoff, lead, conversation, now)
+            notice = visitor_notice(self.messages, self.settings.handoff, handoff, lead, conversation, now, online)
             return [notice] if notice is not None else []
         if stop:  # the confirmation, once, to who asked (who blocked us cannot read it); nothing else answers a stop
             planned = [("opt_out_confirm", {}, [])] if isinstance(stop, Event) and event.type == "message" else []
