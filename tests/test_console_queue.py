@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -78,7 +78,7 @@ async def test_the_queue_lists_a_warm_lead_with_its_sla(app, db, add_operator):
     assert answer.status == 200
     assert f'<a data-field="name" href="/console/handoffs/{handoff_id}">Fay</a>' in text
     assert "wrote &#34;talk to a human&#34;" in text and ">intent<" in text and ">webchat<" in text
-    assert 'data-left="300.0">5:00 left</td>' in text and ">waiting</td>" in text
+    assert 'data-left="300.0">5 min left</td>' in text and ">waiting</td>" in text
     assert '<script src="/console/console.js" data-watch-queue>' in text
 
 
@@ -89,9 +89,22 @@ async def test_a_lead_past_its_sla_shows_late(app, db, clock, add_operator):
     await services_of(app).notifier.sweep()
 
     text = await (await app.get("/console/queue")).text()
-    assert '<tr class="handoff late"' in text and ">late by 1:00</td>" in text
+    assert '<tr class="handoff late"' in text and ">late by 1 min</td>" in text
     [handoff_id] = await handoff_ids(db)
-    assert "late by 1:00" in await (await app.get(f"/console/handoffs/{handoff_id}")).text()
+    assert "late by 1 min" in await (await app.get(f"/console/handoffs/{handoff_id}")).text()
+
+
+async def test_a_long_sla_reads_as_hours_and_minutes(app, db, clock, add_operator):
+    clock.advance(datetime(2026, 1, 12, 6, 27, tzinfo=UTC) - clock.now())  # Monday 06:27; hours open at 09:00 UTC
+    ws = await app.ws_connect("/chat/ws")
+    await hello(ws)
+    await say(app, ws, "Can I talk to a human?")  # nobody online: the SLA counts from the opening, 09:05
+    await operator(app, add_operator, "ann")
+    [handoff_id] = await handoff_ids(db)
+
+    assert ">2 h 38 min left</td>" in await (await app.get("/console/queue")).text()
+    clock.advance(timedelta(hours=2, minutes=37, seconds=55))
+    assert ">5 s left</span>" in await (await app.get(f"/console/handoffs/{handoff_id}")).text()
 
 
 async def test_marketers_allowed_to_read_conversations_read_but_do_not_take(make_client, settings, add_operator, db):
