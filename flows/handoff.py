@@ -18,7 +18,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows import history
-from flows.handoff_card import build_card
+from flows.handoff_card import build_card, lead_flows
 from flows.hours import BusinessHours
 from flows.outgoing import Subscriptions, handoff_summary, queue_webhook
 from flows.scoring import Scoring
@@ -111,6 +111,7 @@ async def open_handoff(
     if (answers := known(session)) is not None:
         answers.handoffs[lead.id] = handoff
     await _step_aside(session, engine, lead.id, conversation, now)
+    handoff.card = {**handoff.card, "flows": await lead_flows(session, lead.id)}  # paused or ended just now
     await history.credit(session, lead.id, "handed_off_at", now)
     payload = {"handoff_id": handoff.id, "trigger": trigger, "reason": reason, "sla_due_at": handoff.sla_due_at}
     session.add(

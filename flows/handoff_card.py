@@ -38,7 +38,7 @@ async def build_card(
         "stage": lead.stage,
         "stages": await _stages(session, lead.id),
         "pages": await _pages(session, lead.id),
-        "flows": await _flows(session, lead.id),
+        "flows": await lead_flows(session, lead.id),
         "transcript": await _transcript(session, lead.id),
     }
 
@@ -59,8 +59,8 @@ async def _pages(session: AsyncSession, lead_id: int) -> list[dict]:
     return [{"path": e.payload.get("path"), "title": e.payload.get("title"), "at": e.at.isoformat()} for e in views]
 
 
-async def _flows(session: AsyncSession, lead_id: int) -> list[dict]:
-    """Each flow the lead was in, with the steps already sent."""
+async def lead_flows(session: AsyncSession, lead_id: int) -> list[dict]:
+    """Each flow the lead was in, as it is now (active, paused, exited, completed), with the steps already sent."""
     enrollments = (await session.exec(select(Enrollment).where(Enrollment.lead_id == lead_id))).all()
     sent = await session.exec(
         select(Delivery).where(Delivery.lead_id == lead_id, Delivery.kind == "nurture", Delivery.status == "sent")

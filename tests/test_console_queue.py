@@ -244,6 +244,14 @@ async def test_a_lost_lead_needs_a_reason_and_nothing_changes_without_one(app, d
     assert (handoff.status, handoff.outcome, handoff.outcome_reason) == ("closed", "lost", "went elsewhere")
 
 
+async def test_the_card_shows_the_lead_s_flows_as_they_are_now(app, db, add_operator):
+    csrf, page, _ = await taken(app, db, add_operator)
+    assert "<li>drip (paused): nothing sent yet</li>" in await (await app.get(page)).text()  # not "active"
+
+    await post(app, f"{page}/hand-back", csrf, outcome="lost", reason="went elsewhere", flow="")
+    assert "<li>drip (exited): nothing sent yet</li>" in await (await app.get(page)).text()
+
+
 async def test_state_changes_without_the_csrf_token_are_refused(app, db, add_operator):
     csrf, page, _ = await taken(app, db, add_operator)
     for path, form in (
