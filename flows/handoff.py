@@ -166,6 +166,42 @@ async def end_paused(session: AsyncSession, lead_id: int, reason: str, now: date
     return len(paused)
 
 
+WON_BY = "handoffs_won"  # session.info key: ids of handoffs `close_won` closed in this transaction
+
+
+def wins(lead: Lead, events: Sequence[Event]) -> str | None:
+    """Why these events make the lead a won customer (a `purchase`, or stage `customer`), or None."""
+    for event in events:
+        if event.type == "custom" and event.name == "purchase":
+            return "purchase"
+        if event.type == "stage_changed" and event.payload.get("to") == "customer":
+            return "stage customer"
+    return None
+
+
+async def close_won(session: AsyncSession, engine: EngineParts, lead: Lead, why: str, now: datetime) -> Handoff | None:
+    """Close the lead's waiting or claimed handoff as won (nobody needs to answer a buyer); the bot owns again."""
+    handoff = await open_handoff_of(session, lead.id)
+    if handoff is None or handoff.status not in OPEN:
+        return None
+    handoff.status, handoff.closed_at, handoff.outcome, handoff.outcome_reason = "closed", now, "won", why
+    session.add(handoff)
+    if (answers := known(session)) is not None:
+        answers.handoffs[lead.id] = None
+    await session.flush()
+    await session.exec(
+        update(Conversation)
+        .where(Conversation.lead_id == lead.id, Conversation.owner.in_(["queued", "human"]))
+        .values(owner="bot")
+    )
+    await end_paused(session, lead.id, "handoff won", now)
+    payload = {"handoff_id": handoff.id, "outcome": "won", "reason": why, "operator": None, "resumed": 0, "flow": None}
+    session.add(Event(lead_id=lead.id, type="handoff_closed", payload=payload, at=now))
+    await queue_webhook(session, engine.webhooks, "handoff.closed", lead, {"handoff": handoff_summary(handoff)}, now)
+    session.info.setdefault(WON_BY, []).append(handoff.id)
+    return handoff
+
+
 async def latest_conversation(session: AsyncSession, lead_id: int) -> Conversation | None:
     """The lead's most recently active conversation."""
     rows = (await session.exec(select(Conversation).where(Conversation.lead_id == lead_id))).all()

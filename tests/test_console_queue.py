@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bot.config import ConsoleSettings
-from storage.models import Conversation, Delivery, Enrollment, Handoff, Lead, Message
+from storage.models import Conversation, Delivery, Enrollment, Event, Handoff, Lead, Message
 
 from conftest import API_KEY, rows, services_of, templates_with
 from test_console_auth import csrf_of, log_in
@@ -313,6 +313,33 @@ async def test_an_operator_takes_over_a_lead_from_its_page(app, db, add_operator
     [handoff] = await rows(db, Handoff)
     assert answer.status == 303 and answer.headers["Location"] == f"/console/handoffs/{handoff.id}"
     assert (handoff.trigger, handoff.status) == ("operator", "claimed")
+
+
+@pytest.mark.parametrize("how", ["purchase", "stage customer"])
+async def test_a_lead_who_buys_leaves_the_queue_as_won(app, db, add_operator, how):
+    await operator(app, add_operator, "ann")
+    queue = await app.ws_connect("/console/ws?queue=1")
+    assert await queue.receive_json(timeout=5) == {"type": "queue", "handoffs": []}
+    await warm(app, name="Fay")
+    assert (await queue.receive_json(timeout=5))["change"] == "opened"
+    [lead] = await rows(db, Lead)
+
+    if how == "purchase":
+        event = {"type": "purchase", "lead": {"id": lead.id}, "properties": {"amount": 49}}
+        answer = await app.post("/api/events", json=event, headers=_api())
+    else:
+        answer = await app.patch(f"/api/leads/{lead.id}", json={"stage": "customer"}, headers=_api())
+    assert answer.status in (200, 201), await answer.text()
+
+    closed = await queue.receive_json(timeout=5)
+    assert (closed["change"], closed["handoff"]["status"]) == ("closed", "closed")
+    [handoff] = await rows(db, Handoff)
+    assert (handoff.status, handoff.outcome, handoff.outcome_reason) == ("closed", "won", how)
+    assert "Fay" not in await (await app.get("/console/queue")).text()
+    assert {c.owner for c in await rows(db, Conversation)} == {"bot"}
+    assert [e.status for e in await rows(db, Enrollment)] == ["exited"]
+    [event] = [e for e in await rows(db, Event) if e.type == "handoff_closed"]
+    assert event.payload["outcome"] == "won" and event.payload["reason"] == how
 
 
 async def test_the_console_socket_streams_the_queue_and_the_conversation(app, db, add_operator):

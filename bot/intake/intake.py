@@ -23,6 +23,7 @@ from flows.channel_consent import WHATSAPP_CONSENT, set_channel_consent
 from flows.clock import Clock
 from flows.consent import CONSENT, set_email_consent
 from flows.engine import Engine
+from flows.handoff import WON_BY
 from flows.optout import is_opt_out, opt_out
 from flows.outgoing import Subscriptions
 from flows.reactions import advance_stage, ledger, score_event
@@ -55,6 +56,7 @@ class Received:
     delivery_ids: list[int] = field(default_factory=list)  # set once committed
     deliveries: list[Delivery] = field(default_factory=list, repr=False)
     handoff_id: int | None = None  # a handoff this inbound opened: operators are to be told
+    won_handoff_ids: list[int] = field(default_factory=list)  # handoffs it closed as won (a purchase): off the queue
 
 
 class Intake:
@@ -220,6 +222,7 @@ class Intake:
         elif conversation is not None and inbound.kind == "start":  # the person spoke first: greeted now, not again
             conversation.last_message_at = inbound.at
         captured, stop = await self._react(session, lead, inbound, event, conversation, now)
+        received.won_handoff_ids = session.info.pop(WON_BY, [])
         if inbound.kind in ("message", "button") and not stop:  # for the flow report: did nurture get answers?
             await history.credit(session, lead.id, "replied_at" if inbound.kind == "message" else "button_at", now)
         handoff = None
