@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flows.reactions import claim_text, lead_contacts, ledger
+from flows.reactions import claim_text, lead_contacts, lead_label, ledger
 from flows.scoring import Scoring, explanation_text
 from storage.leads import claims
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead, Message
@@ -85,7 +85,7 @@ def card_text(card: dict[str, Any], reason: str) -> str:
     contacts = ", ".join(value for value in (card.get("email"), card.get("phone")) if value) or "no contacts"
     first, last = card.get("first_touch") or {}, card.get("last_touch") or {}
     lines = [
-        f"Warm lead #{card['lead_id']}: {card.get('name') or '(no name)'} ({contacts})",
+        f"Warm lead #{card['lead_id']}: {lead_label(card)} ({contacts})",
         *([f"Note: {'; '.join(map(claim_text, card['claims']))}"] if card.get("claims") else []),
         f"Why: {reason}",
         f"Channel: {card.get('channel') or '-'}   stage: {card.get('stage')}",

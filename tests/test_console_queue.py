@@ -82,6 +82,26 @@ async def test_the_queue_lists_a_warm_lead_with_its_sla(app, db, add_operator):
     assert '<script src="/console/console.js" data-watch-queue>' in text
 
 
+async def test_a_lead_without_a_name_is_labelled_by_contact_or_source(app, db, add_operator):
+    await operator(app, add_operator, "ann")
+    await warm(app)  # no name, no contact: came from google (utm_source)
+    [lead] = await rows(db, Lead)
+    [handoff_id] = await handoff_ids(db)
+
+    assert (
+        f'href="/console/handoffs/{handoff_id}">Visitor from google</a>'
+        in await (await app.get("/console/queue")).text()
+    )
+    assert "<h1>Visitor from google <small>" in await (await app.get(f"/console/handoffs/{handoff_id}")).text()
+    assert f'href="/console/leads/{lead.id}">Visitor from google</a>' in await (await app.get("/console/leads")).text()
+    assert "(no name)" not in await (await app.get(f"/console/leads/{lead.id}")).text()
+
+    event = {"type": "signup", "lead": {"id": lead.id, "email": "max@example.com"}}
+    assert (await app.post("/api/events", json=event, headers=_api())).status == 201
+    assert "<h1>max@example.com <small>" in await (await app.get(f"/console/leads/{lead.id}")).text()
+    assert f'href="/console/leads/{lead.id}">max@example.com</a>' in await (await app.get("/console/leads")).text()
+
+
 async def test_a_lead_past_its_sla_shows_late(app, db, clock, add_operator):
     await operator(app, add_operator, "ann")
     await warm(app, name="Fay")

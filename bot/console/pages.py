@@ -16,6 +16,7 @@ from bot.handoff.handoffs import HandoffNotFound
 from bot.reports.output import duration, percent
 from bot.services import SERVICES
 from bot.web.middlewares import json_error
+from flows.reactions import lead_label
 from storage.db import UNAVAILABLE
 from storage.leads import LeadNotFound
 
@@ -30,6 +31,7 @@ def environment() -> Environment:
     env.globals["csrf_field"] = csrf_field
     env.filters["when"] = when
     env.filters["countdown"] = countdown
+    env.filters["label"] = lead_label  # a lead's name, else email, phone, "Visitor from <source>"
     env.filters["duration"] = duration
     env.filters["percent"] = percent
     return env

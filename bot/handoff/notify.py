@@ -26,6 +26,7 @@ from bot.intake.warm import visitor_notice
 from flows.clock import Clock
 from flows.handoff import OPEN, HandoffPolicy
 from flows.handoff_card import card_text
+from flows.reactions import lead_label
 from storage.db import Sessions, transaction
 from storage.leads import get_lead
 from storage.models import Conversation, Delivery, Event, Handoff, Operator
@@ -243,7 +244,7 @@ class Notifier:
     async def _remind(self, handoff: Handoff, info: dict) -> None:
         if self.room is None:
             return
-        waited, name = int(info["waited_seconds"] // 60), info["name"] or "(no name)"
+        waited, name = int(info["waited_seconds"] // 60), info["label"]
         text = f"Lead #{handoff.lead_id} has waited {waited} min, past its SLA: {name}, {handoff.reason}. Who takes it?"
         try:
             await self.room.remind(text, handoff.id)
@@ -265,6 +266,7 @@ async def summary(session: AsyncSession, handoff: Handoff, now: datetime) -> dic
         "trigger": handoff.trigger,
         "reason": handoff.reason,
         "name": card.get("name"),
+        "label": lead_label(card),  # the name, else email, phone, "Visitor from <source>"
         "score": card.get("score"),
         "channel": card.get("channel"),
         "warm_at": handoff.warm_at.isoformat(),

@@ -44,7 +44,7 @@
     row.setAttribute("data-score", String(h.score || 0));
     row.classList.toggle("late", !!h.breached || (h.status === "waiting" && h.sla_seconds_left < 0));
     var name = field(row, "name");
-    name.textContent = h.name || "(no name)";
+    name.textContent = h.label || h.name || "Visitor";
     name.setAttribute("href", "/console/handoffs/" + encodeURIComponent(h.id));
     field(row, "lead_id").textContent = String(h.lead_id);
     field(row, "reason").textContent = h.reason || "";
