@@ -69,6 +69,8 @@ class Services:
             self.spawn(self.dispatcher.send_queued())
         if received.handoff_id is not None:
             self.spawn(self.notifier.announce(received.handoff_id))
+        for handoff_id in received.won_handoff_ids:
+            self.spawn(self.notifier.changed("closed", handoff_id))
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run work in the background; shutdown waits for it (see `drain`)."""

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flows.handoff import HandoffPolicy
+from flows.handoff import HandoffPolicy, close_won, wins
 from flows.library import FlowLibrary
 from flows.outgoing import Subscriptions
 from flows.reach import EmailPolicy, Sockets
@@ -49,6 +49,8 @@ class Engine:
                 reason = exit_reason(spec, self.stages, lead, events, now) if spec else "flow version unreadable"
                 if reason:
                     end(enrollment, "exited", reason, now)
+        if (why := wins(lead, events)) is not None:
+            await close_won(session, self, lead, why, now)
         if lead.opted_out_at is not None:
             return
         for spec in list(self.library.flows.values()):

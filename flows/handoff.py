@@ -18,13 +18,14 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows import history
-from flows.handoff_card import build_card
+from flows.handoff_card import build_card, lead_flows
 from flows.hours import BusinessHours
 from flows.outgoing import Subscriptions, handoff_summary, queue_webhook
 from flows.scoring import Scoring
 from flows.spec import FlowSpec
 from storage.known import known
 from storage.models import Conversation, Enrollment, Event, Handoff, Lead
+from storage.operators import operator_at_console
 
 OPEN = ("waiting", "claimed")
 INTENT_WORDS = ("talk to a human", "call me", "price", "оператор", "позвоните", "人工", "客服")
@@ -71,6 +72,13 @@ async def open_handoff_of(session: AsyncSession, lead_id: int) -> Handoff | None
     return (await session.exec(query)).first()
 
 
+async def _sla_due(session: AsyncSession, policy: HandoffPolicy, now: datetime) -> datetime:
+    """The SLA counts from now in hours or while an operator is online in the console, else from the opening."""
+    if not policy.is_open(now) and await operator_at_console(session, now):
+        return now + policy.sla
+    return policy.sla_due(now)
+
+
 async def open_handoff(
     session: AsyncSession,
     engine: EngineParts,
@@ -95,7 +103,7 @@ async def open_handoff(
         card=await build_card(session, engine.scoring, lead, conversation, now),
         warm_at=warm_at or now,
         created_at=now,
-        sla_due_at=engine.handoff.sla_due(now),
+        sla_due_at=await _sla_due(session, engine.handoff, now),
         **await history.dimensions_now(session, lead),
     )
     session.add(handoff)
@@ -103,6 +111,7 @@ async def open_handoff(
     if (answers := known(session)) is not None:
         answers.handoffs[lead.id] = handoff
     await _step_aside(session, engine, lead.id, conversation, now)
+    handoff.card = {**handoff.card, "flows": await lead_flows(session, lead.id)}  # paused or ended just now
     await history.credit(session, lead.id, "handed_off_at", now)
     payload = {"handoff_id": handoff.id, "trigger": trigger, "reason": reason, "sla_due_at": handoff.sla_due_at}
     session.add(
@@ -155,6 +164,42 @@ async def end_paused(session: AsyncSession, lead_id: int, reason: str, now: date
         enrollment.status, enrollment.exit_reason, enrollment.updated_at = "exited", reason, now
         session.add(enrollment)
     return len(paused)
+
+
+WON_BY = "handoffs_won"  # session.info key: ids of handoffs `close_won` closed in this transaction
+
+
+def wins(lead: Lead, events: Sequence[Event]) -> str | None:
+    """Why these events make the lead a won customer (a `purchase`, or stage `customer`), or None."""
+    for event in events:
+        if event.type == "custom" and event.name == "purchase":
+            return "purchase"
+        if event.type == "stage_changed" and event.payload.get("to") == "customer":
+            return "stage customer"
+    return None
+
+
+async def close_won(session: AsyncSession, engine: EngineParts, lead: Lead, why: str, now: datetime) -> Handoff | None:
+    """Close the lead's waiting or claimed handoff as won (nobody needs to answer a buyer); the bot owns again."""
+    handoff = await open_handoff_of(session, lead.id)
+    if handoff is None or handoff.status not in OPEN:
+        return None
+    handoff.status, handoff.closed_at, handoff.outcome, handoff.outcome_reason = "closed", now, "won", why
+    session.add(handoff)
+    if (answers := known(session)) is not None:
+        answers.handoffs[lead.id] = None
+    await session.flush()
+    await session.exec(
+        update(Conversation)
+        .where(Conversation.lead_id == lead.id, Conversation.owner.in_(["queued", "human"]))
+        .values(owner="bot")
+    )
+    await end_paused(session, lead.id, "handoff won", now)
+    payload = {"handoff_id": handoff.id, "outcome": "won", "reason": why, "operator": None, "resumed": 0, "flow": None}
+    session.add(Event(lead_id=lead.id, type="handoff_closed", payload=payload, at=now))
+    await queue_webhook(session, engine.webhooks, "handoff.closed", lead, {"handoff": handoff_summary(handoff)}, now)
+    session.info.setdefault(WON_BY, []).append(handoff.id)
+    return handoff
 
 
 async def latest_conversation(session: AsyncSession, lead_id: int) -> Conversation | None:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flows.reactions import claim_text, lead_contacts, ledger
+from flows.reactions import claim_text, lead_contacts, lead_label, ledger
 from flows.scoring import Scoring, explanation_text
 from storage.leads import claims
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead, Message
@@ -38,7 +38,7 @@ async def build_card(
         "stage": lead.stage,
         "stages": await _stages(session, lead.id),
         "pages": await _pages(session, lead.id),
-        "flows": await _flows(session, lead.id),
+        "flows": await lead_flows(session, lead.id),
         "transcript": await _transcript(session, lead.id),
     }
 
@@ -59,8 +59,8 @@ async def _pages(session: AsyncSession, lead_id: int) -> list[dict]:
     return [{"path": e.payload.get("path"), "title": e.payload.get("title"), "at": e.at.isoformat()} for e in views]
 
 
-async def _flows(session: AsyncSession, lead_id: int) -> list[dict]:
-    """Each flow the lead was in, with the steps already sent."""
+async def lead_flows(session: AsyncSession, lead_id: int) -> list[dict]:
+    """Each flow the lead was in, as it is now (active, paused, exited, completed), with the steps already sent."""
     enrollments = (await session.exec(select(Enrollment).where(Enrollment.lead_id == lead_id))).all()
     sent = await session.exec(
         select(Delivery).where(Delivery.lead_id == lead_id, Delivery.kind == "nurture", Delivery.status == "sent")
@@ -85,7 +85,7 @@ def card_text(card: dict[str, Any], reason: str) -> str:
     contacts = ", ".join(value for value in (card.get("email"), card.get("phone")) if value) or "no contacts"
     first, last = card.get("first_touch") or {}, card.get("last_touch") or {}
     lines = [
-        f"Warm lead #{card['lead_id']}: {card.get('name') or '(no name)'} ({contacts})",
+        f"Warm lead #{card['lead_id']}: {lead_label(card)} ({contacts})",
         *([f"Note: {'; '.join(map(claim_text, card['claims']))}"] if card.get("claims") else []),
         f"Why: {reason}",
         f"Channel: {card.get('channel') or '-'}   stage: {card.get('stage')}",

@@ -45,6 +45,23 @@ def lead_context(lead: Lead | Row[Any]) -> dict[str, Any]:
     return context
 
 
+def lead_label(who: Lead | dict[str, Any]) -> str:
+    """What to call a lead, never "(no name)": name, else email, phone, else "Visitor from <source or channel>".
+
+    `who` is a lead, or a dict with `name`, `email`, `phone` and `first_touch` (a context card, a lead report)."""
+    if isinstance(who, Lead):
+        name = " ".join(part for part in (who.first_name, who.last_name) if part)
+        email, phone, touch, channel = who.email, who.phone, who.first_touch or {}, None
+    else:
+        name, email, phone = who.get("name"), who.get("email"), who.get("phone")
+        touch, channel = who.get("first_touch") or {}, who.get("channel")
+    if name or email or phone:
+        return str(name or email or phone)
+    source = touch.get("source")
+    where = source if source and source != history.NONE else touch.get("channel") or channel
+    return f"Visitor from {where}" if where else "Visitor"
+
+
 def lead_contacts(lead: Lead) -> dict[str, Any]:
     """Who the lead is and how to reach them, as the context card and the lead report show it."""
     return {

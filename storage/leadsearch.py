@@ -10,7 +10,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.leads import LeadNotFound, get_lead
-from storage.models import Conversation, Lead, Message
+from storage.models import Conversation, Event, Lead, Message
 
 MAX_ID = 2**31 - 1
 
@@ -21,9 +21,27 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-async def search_leads(session: AsyncSession, query: str, offset: int, limit: int) -> list[Lead]:
-    """Leads (not merged away) whose name, email or phone contains `query`, or whose id it is (`#12`: only the id)."""
+# What a person does, other than viewing a page (the inbound kinds; flows and scoring add events of their own).
+ACTS = ("message", "button", "contact_shared", "custom", "start")
+
+
+def engaged() -> Any:
+    """A lead who is more than a page-only visitor: a name or contact, or something they did besides a page view."""
+    contact = [col(Lead.first_name).is_not(None), col(Lead.last_name).is_not(None)]
+    contact += [col(Lead.email).is_not(None), col(Lead.phone).is_not(None)]
+    acted = exists().where(col(Event.lead_id) == Lead.id, col(Event.type).in_(ACTS))
+    return or_(*contact, acted)
+
+
+async def search_leads(
+    session: AsyncSession, query: str, offset: int, limit: int, page_only: bool = True
+) -> list[Lead]:
+    """Leads (not merged away) whose name, email or phone contains `query`, or whose id it is (`#12`: only the id).
+
+    With `page_only=False`, visitors who only viewed pages (no message, contact or other event) are left out."""
     statement = select(Lead).where(col(Lead.merged_into_id).is_(None))
+    if not page_only:
+        statement = statement.where(engaged())
     text = query.strip()
     if text.startswith("#") and text[1:].isdigit():  # "#12" is an id and nothing else
         return await _by_id(session, int(text[1:]))

@@ -299,6 +299,7 @@ class OperatorSession(SQLModel, table=True):
     csrf_token: str
     created_at: datetime = _time()
     expires_at: datetime = _time()
+    seen_at: datetime | None = _time(nullable=True)  # last console request or live-socket check: "online"
 
 
 class LoginFailure(SQLModel, table=True):

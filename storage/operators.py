@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.models import LoginFailure, Operator, OperatorSession
+
+# An operator seen at the console this recently is "online": console pages mark their login as seen, and an
+# open console socket does every `bot.console.live.SESSION_CHECK` seconds (on whichever instance holds it).
+ONLINE_WINDOW = timedelta(minutes=2)
 
 
 class OperatorExists(Exception):
@@ -71,7 +75,12 @@ async def open_session(
     assert operator.id is not None
     await session.exec(delete(OperatorSession).where(col(OperatorSession.expires_at) <= now))
     row = OperatorSession(
-        token_hash=token_hash, operator_id=operator.id, csrf_token=csrf_token, created_at=now, expires_at=expires_at
+        token_hash=token_hash,
+        operator_id=operator.id,
+        csrf_token=csrf_token,
+        created_at=now,
+        expires_at=expires_at,
+        seen_at=now,
     )
     session.add(row)
     await session.flush()
@@ -90,6 +99,28 @@ async def session_operator(
     )
     found = (await session.exec(statement)).first()
     return None if found is None else (found[0], found[1])
+
+
+async def mark_seen(session: AsyncSession, token_hash: str, now: datetime) -> None:
+    """The login's operator is at the console now."""
+    await session.exec(update(OperatorSession).where(col(OperatorSession.token_hash) == token_hash).values(seen_at=now))
+
+
+async def operator_online(session: AsyncSession, since: datetime, now: datetime) -> bool:
+    """Whether someone who may answer (operator or admin) was at the console at or after `since`."""
+    statement = (
+        select(OperatorSession.token_hash)
+        .join(Operator, col(Operator.id) == OperatorSession.operator_id)
+        .where(col(OperatorSession.seen_at) >= since, OperatorSession.expires_at > now)
+        .where(col(Operator.removed_at).is_(None), col(Operator.role).in_(("operator", "admin")))
+        .limit(1)
+    )
+    return (await session.exec(statement)).first() is not None
+
+
+async def operator_at_console(session: AsyncSession, now: datetime) -> bool:
+    """Whether an operator is online in the console (seen within `ONLINE_WINDOW`), on any instance."""
+    return await operator_online(session, now - ONLINE_WINDOW, now)
 
 
 async def close_session(session: AsyncSession, token_hash: str) -> None:

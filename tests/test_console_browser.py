@@ -56,7 +56,7 @@ async def test_an_operator_takes_a_warm_lead_live_replies_and_hands_it_back(app,
     await expect(chat.locator(".kindling-bubble").last).to_have_text(NOTICE)
     row = console.locator("table.queue tbody tr")
     await expect(row).to_have_count(1)
-    await expect(row.locator(".sla")).to_have_text(re.compile(r"^\d+:\d\d left$"))
+    await expect(row.locator(".sla")).to_have_text(re.compile(r"^(\d+ min )?\d+ s left$"))
     await expect(row).to_contain_text('wrote "talk to a human"')
     assert await console.evaluate("() => window.__sameDocument") is True
 

@@ -51,6 +51,23 @@ async def test_leads_are_found_by_name_email_phone_and_id(client, add_operator):
     assert status == 200 and "No lead matches “100%”." in text
 
 
+async def test_page_only_visitors_are_hidden_from_the_lead_list_unless_asked(client, add_operator):
+    await new_lead(client, first_name="Ann", email="ann@example.com")
+    looker = await client.ws_connect("/chat/ws")
+    await hello(looker, url="https://shop.example/pricing?utm_source=bing")  # views a page, says nothing
+    talker = await client.ws_connect("/chat/ws")
+    await hello(talker, url="https://shop.example/?utm_source=google")
+    await say(client, talker, "hello?")
+    await add_operator("ola", "operator")
+    await log_in(client, "ola")
+
+    status, text = await page(client, "/console/leads")
+    assert status == 200 and lead_links(text) == ["Visitor from google", "Ann"]
+    text = (await page(client, "/console/leads?visitors=1"))[1]
+    assert lead_links(text) == ["Visitor from google", "Visitor from bing", "Ann"]
+    assert 'name="visitors" value="1" checked' in text
+
+
 async def test_a_long_list_of_leads_comes_a_page_at_a_time(client, add_operator):
     for number in range(27):
         await new_lead(client, first_name=f"Lead{number:02d}", email=f"l{number}@example.com")

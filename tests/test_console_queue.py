@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import html
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from bot.config import ConsoleSettings
-from storage.models import Conversation, Delivery, Enrollment, Handoff, Lead, Message
+from storage.models import Conversation, Delivery, Enrollment, Event, Handoff, Lead, Message
 
 from conftest import API_KEY, rows, services_of, templates_with
 from test_console_auth import csrf_of, log_in
@@ -78,8 +78,28 @@ async def test_the_queue_lists_a_warm_lead_with_its_sla(app, db, add_operator):
     assert answer.status == 200
     assert f'<a data-field="name" href="/console/handoffs/{handoff_id}">Fay</a>' in text
     assert "wrote &#34;talk to a human&#34;" in text and ">intent<" in text and ">webchat<" in text
-    assert 'data-left="300.0">5:00 left</td>' in text and ">waiting</td>" in text
+    assert 'data-left="300.0">5 min left</td>' in text and ">waiting</td>" in text
     assert '<script src="/console/console.js" data-watch-queue>' in text
+
+
+async def test_a_lead_without_a_name_is_labelled_by_contact_or_source(app, db, add_operator):
+    await operator(app, add_operator, "ann")
+    await warm(app)  # no name, no contact: came from google (utm_source)
+    [lead] = await rows(db, Lead)
+    [handoff_id] = await handoff_ids(db)
+
+    assert (
+        f'href="/console/handoffs/{handoff_id}">Visitor from google</a>'
+        in await (await app.get("/console/queue")).text()
+    )
+    assert "<h1>Visitor from google <small>" in await (await app.get(f"/console/handoffs/{handoff_id}")).text()
+    assert f'href="/console/leads/{lead.id}">Visitor from google</a>' in await (await app.get("/console/leads")).text()
+    assert "(no name)" not in await (await app.get(f"/console/leads/{lead.id}")).text()
+
+    event = {"type": "signup", "lead": {"id": lead.id, "email": "max@example.com"}}
+    assert (await app.post("/api/events", json=event, headers=_api())).status == 201
+    assert "<h1>max@example.com <small>" in await (await app.get(f"/console/leads/{lead.id}")).text()
+    assert f'href="/console/leads/{lead.id}">max@example.com</a>' in await (await app.get("/console/leads")).text()
 
 
 async def test_a_lead_past_its_sla_shows_late(app, db, clock, add_operator):
@@ -89,9 +109,22 @@ async def test_a_lead_past_its_sla_shows_late(app, db, clock, add_operator):
     await services_of(app).notifier.sweep()
 
     text = await (await app.get("/console/queue")).text()
-    assert '<tr class="handoff late"' in text and ">late by 1:00</td>" in text
+    assert '<tr class="handoff late"' in text and ">late by 1 min</td>" in text
     [handoff_id] = await handoff_ids(db)
-    assert "late by 1:00" in await (await app.get(f"/console/handoffs/{handoff_id}")).text()
+    assert "late by 1 min" in await (await app.get(f"/console/handoffs/{handoff_id}")).text()
+
+
+async def test_a_long_sla_reads_as_hours_and_minutes(app, db, clock, add_operator):
+    clock.advance(datetime(2026, 1, 12, 6, 27, tzinfo=UTC) - clock.now())  # Monday 06:27; hours open at 09:00 UTC
+    ws = await app.ws_connect("/chat/ws")
+    await hello(ws)
+    await say(app, ws, "Can I talk to a human?")  # nobody online: the SLA counts from the opening, 09:05
+    await operator(app, add_operator, "ann")
+    [handoff_id] = await handoff_ids(db)
+
+    assert ">2 h 38 min left</td>" in await (await app.get("/console/queue")).text()
+    clock.advance(timedelta(hours=2, minutes=37, seconds=55))
+    assert ">5 s left</span>" in await (await app.get(f"/console/handoffs/{handoff_id}")).text()
 
 
 async def test_marketers_allowed_to_read_conversations_read_but_do_not_take(make_client, settings, add_operator, db):
@@ -231,6 +264,14 @@ async def test_a_lost_lead_needs_a_reason_and_nothing_changes_without_one(app, d
     assert (handoff.status, handoff.outcome, handoff.outcome_reason) == ("closed", "lost", "went elsewhere")
 
 
+async def test_the_card_shows_the_lead_s_flows_as_they_are_now(app, db, add_operator):
+    csrf, page, _ = await taken(app, db, add_operator)
+    assert "<li>drip (paused): nothing sent yet</li>" in await (await app.get(page)).text()  # not "active"
+
+    await post(app, f"{page}/hand-back", csrf, outcome="lost", reason="went elsewhere", flow="")
+    assert "<li>drip (exited): nothing sent yet</li>" in await (await app.get(page)).text()
+
+
 async def test_state_changes_without_the_csrf_token_are_refused(app, db, add_operator):
     csrf, page, _ = await taken(app, db, add_operator)
     for path, form in (
@@ -292,6 +333,33 @@ async def test_an_operator_takes_over_a_lead_from_its_page(app, db, add_operator
     [handoff] = await rows(db, Handoff)
     assert answer.status == 303 and answer.headers["Location"] == f"/console/handoffs/{handoff.id}"
     assert (handoff.trigger, handoff.status) == ("operator", "claimed")
+
+
+@pytest.mark.parametrize("how", ["purchase", "stage customer"])
+async def test_a_lead_who_buys_leaves_the_queue_as_won(app, db, add_operator, how):
+    await operator(app, add_operator, "ann")
+    queue = await app.ws_connect("/console/ws?queue=1")
+    assert await queue.receive_json(timeout=5) == {"type": "queue", "handoffs": []}
+    await warm(app, name="Fay")
+    assert (await queue.receive_json(timeout=5))["change"] == "opened"
+    [lead] = await rows(db, Lead)
+
+    if how == "purchase":
+        event = {"type": "purchase", "lead": {"id": lead.id}, "properties": {"amount": 49}}
+        answer = await app.post("/api/events", json=event, headers=_api())
+    else:
+        answer = await app.patch(f"/api/leads/{lead.id}", json={"stage": "customer"}, headers=_api())
+    assert answer.status in (200, 201), await answer.text()
+
+    closed = await queue.receive_json(timeout=5)
+    assert (closed["change"], closed["handoff"]["status"]) == ("closed", "closed")
+    [handoff] = await rows(db, Handoff)
+    assert (handoff.status, handoff.outcome, handoff.outcome_reason) == ("closed", "won", how)
+    assert "Fay" not in await (await app.get("/console/queue")).text()
+    assert {c.owner for c in await rows(db, Conversation)} == {"bot"}
+    assert [e.status for e in await rows(db, Enrollment)] == ["exited"]
+    [event] = [e for e in await rows(db, Event) if e.type == "handoff_closed"]
+    assert event.payload["outcome"] == "won" and event.payload["reason"] == how
 
 
 async def test_the_console_socket_streams_the_queue_and_the_conversation(app, db, add_operator):

@@ -114,7 +114,7 @@ async def test_an_intent_word_hands_off_with_the_context_card(app, db, clock):
     assert card["channel"] == "webchat" and card["first_touch"]["source"] == "google"
     assert [page["path"] for page in card["pages"]] == ["/pricing"]
     assert card["score_reasons"][0]["rule"] == "pricing page" and card["score_explained"].startswith("14 = ")
-    assert card["flows"] == [{"flow": "drip", "status": "active", "steps_sent": []}]
+    assert card["flows"] == [{"flow": "drip", "status": "paused", "steps_sent": []}]  # paused by the handoff
     assert [(line["from"], line["text"]) for line in card["transcript"]][-2:] == [
         ("bot", "Hi! Thanks for reaching out. How can we help you today?"),
         ("visitor", "Can I talk to a HUMAN please?"),

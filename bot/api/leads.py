@@ -39,6 +39,7 @@ from bot.web.middlewares import json_error
 from flows.channel_consent import set_channel_consent
 from flows.consent import email_state, set_email_consent
 from flows.engine import Engine
+from flows.handoff import WON_BY
 from flows.reactions import lead_contacts, set_stage
 from storage.db import transaction
 from storage.leads import get_lead
@@ -140,11 +141,17 @@ async def patch_lead(request: web.Request) -> web.Response:
     except ValueError as exc:
         return json_error(422, str(exc))
     now = services.clock.now()
-    lead = await transaction(services.sessions, lambda session: _apply(session, services.engine, lead_id, change, now))
+    lead, won = await transaction(
+        services.sessions, lambda session: _apply(session, services.engine, lead_id, change, now)
+    )
+    for handoff_id in won:  # stage `customer` closed the lead's handoff as won: off the console's queue
+        await services.notifier.changed("closed", handoff_id)
     return web.json_response(lead_item(lead))
 
 
-async def _apply(session: AsyncSession, engine: Engine, lead_id: int, change: LeadChange, now: datetime) -> Lead:
+async def _apply(
+    session: AsyncSession, engine: Engine, lead_id: int, change: LeadChange, now: datetime
+) -> tuple[Lead, list[int]]:
     lead = await get_lead(session, lead_id)
     tags = sorted((set(lead.tags) | change.add_tags) - change.remove_tags)
     if tags != sorted(lead.tags):
@@ -158,7 +165,7 @@ async def _apply(session: AsyncSession, engine: Engine, lead_id: int, change: Le
         moved = await set_stage(session, engine.stages, engine.webhooks, lead, change.stage, "api", now)
         await engine.react(session, lead, [moved], now)  # exits like `stage >= sql`, flows on `stage:<name>`
     await session.flush()
-    return lead
+    return lead, session.info.pop(WON_BY, [])
 
 
 LEAD = {

@@ -21,7 +21,9 @@ from bot.services import SERVICES, Services
 from bot.web.signing import same
 from storage.db import transaction
 from storage.models import Operator
-from storage.operators import close_session, open_session, session_operator
+from storage.operators import close_session, mark_seen, open_session, session_operator
+
+SEEN_EVERY = timedelta(seconds=30)  # a console request marks its login as seen at most this often
 
 SESSION_COOKIE = "kindling_session"
 PRELOGIN_COOKIE = "kindling_csrf"  # the login form's CSRF token, before there is a session
@@ -110,9 +112,24 @@ async def _login(request: web.Request) -> Login | None:
         return None
     services = request.app[SERVICES]
     hashed = token_hash(token)
+    now = services.clock.now()
     async with services.sessions() as session:
-        found = await session_operator(session, hashed, services.clock.now())
-    return None if found is None else Login(operator=found[1], csrf_token=found[0].csrf_token, token_hash=hashed)
+        found = await session_operator(session, hashed, now)
+    if found is None:
+        return None
+    if found[0].seen_at is None or now - found[0].seen_at >= SEEN_EVERY:
+        await see(services, hashed)
+    return Login(operator=found[1], csrf_token=found[0].csrf_token, token_hash=hashed)
+
+
+async def see(services: Services, hashed: str) -> None:
+    """Mark the login as at the console now (`bot.intake.warm.operator_at_console` reads it)."""
+    now = services.clock.now()
+
+    async def work(session) -> None:  # type: ignore[no-untyped-def]
+        await mark_seen(session, hashed, now)
+
+    await transaction(services.sessions, work)
 
 
 def _to_login(request: web.Request) -> web.StreamResponse:

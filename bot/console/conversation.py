@@ -14,6 +14,7 @@ from bot.handoff.handoffs import HandoffError, HandoffNotFound, NotHolder
 from bot.handoff.notify import summary
 from bot.services import SERVICES
 from bot.web.middlewares import json_error
+from flows.handoff_card import lead_flows
 from storage.leadsearch import conversation_messages
 from storage.models import Conversation, Handoff
 from storage.receipts import reach_of
@@ -128,6 +129,7 @@ async def conversation_page(
             messages = await conversation_messages(session, handoff.conversation_id, 0, TRANSCRIPT_LIMIT)
             conversation = await session.get(Conversation, handoff.conversation_id)
         states = states_by_delivery(await reach_of(session, [message.delivery_id for message in messages]))
+        flows_now = await lead_flows(session, handoff.lead_id)
     dispatcher = services.dispatcher
     window = dispatcher.window(conversation) if conversation is not None else None
     refused = dispatcher.refusal(conversation, "operator") if conversation is not None else None
@@ -135,6 +137,7 @@ async def conversation_page(
     context: dict[str, Any] = {
         "handoff": info,
         "card": handoff.card,
+        "lead_flows": flows_now,  # the card's flows as they are now, not when the lead turned warm
         "outcome": (handoff.outcome, handoff.outcome_reason),
         "mine": handoff.status == "claimed" and handoff.claimed_by_id == current(request).operator.id,
         "messages": [{**message_frame(message), "state": states.get(message.delivery_id)} for message in messages],

@@ -30,9 +30,16 @@ async def leads_page(request: web.Request) -> web.Response:
     """Search leads by name, email, phone or id; newest first, a page at a time."""
     query = request.query.get("q", "")[:200]
     page = _page_number(request.query.get("page"))
+    visitors = request.query.get("visitors") == "1"  # page-only visitors too (hidden unless asked)
     async with request.app[SERVICES].sessions() as session:
-        found = await search_leads(session, query, (page - 1) * PAGE_SIZE, PAGE_SIZE + 1)
-    context = {"q": query, "page": page, "leads": found[:PAGE_SIZE], "more": len(found) > PAGE_SIZE}
+        found = await search_leads(session, query, (page - 1) * PAGE_SIZE, PAGE_SIZE + 1, page_only=visitors)
+    context = {
+        "q": query,
+        "page": page,
+        "visitors": visitors,
+        "leads": found[:PAGE_SIZE],
+        "more": len(found) > PAGE_SIZE,
+    }
     return render(request, "leads.html", context)
 
 

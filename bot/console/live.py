@@ -24,7 +24,7 @@ from contextlib import AsyncExitStack
 
 from aiohttp import WSMsgType, web
 
-from bot.console.auth import current, requires
+from bot.console.auth import current, requires, see
 from bot.console.conversation import TRANSCRIPT_LIMIT
 from bot.console.pages import refuse
 from bot.console.queue import urgent_first
@@ -107,8 +107,12 @@ class _Stream:
                 return
 
     async def _logged_in(self) -> bool:
+        """Whether the login is still live; a live one is marked as seen (an open page: the operator is online)."""
         async with self.services.sessions() as session:
-            return await session_operator(session, self.token_hash, self.services.clock.now()) is not None
+            live = await session_operator(session, self.token_hash, self.services.clock.now()) is not None
+        if live:
+            await see(self.services, self.token_hash)
+        return live
 
     async def _history(self, conversation_id: int, since: int) -> None:
         async with self.services.sessions() as session:

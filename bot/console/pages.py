@@ -16,6 +16,7 @@ from bot.handoff.handoffs import HandoffNotFound
 from bot.reports.output import duration, percent
 from bot.services import SERVICES
 from bot.web.middlewares import json_error
+from flows.reactions import lead_label
 from storage.db import UNAVAILABLE
 from storage.leads import LeadNotFound
 
@@ -30,6 +31,7 @@ def environment() -> Environment:
     env.globals["csrf_field"] = csrf_field
     env.filters["when"] = when
     env.filters["countdown"] = countdown
+    env.filters["label"] = lead_label  # a lead's name, else email, phone, "Visitor from <source>"
     env.filters["duration"] = duration
     env.filters["percent"] = percent
     return env
@@ -50,9 +52,16 @@ def when(value: str | datetime | None) -> str:
 
 
 def countdown(seconds: float) -> str:
-    """Seconds left on an SLA as `4:05 left`, or `late by 1:10` once past it (console.js keeps it ticking)."""
+    """Seconds left on an SLA as `2 h 38 min left`, `4 min 5 s left`, or `late by 1 min` once past it.
+
+    console.js's `clockText` says the same and keeps it ticking."""
     whole = abs(int(seconds))
-    text = f"{whole // 60}:{whole % 60:02d}"
+    hours, minutes, rest = whole // 3600, whole // 60 % 60, whole % 60
+    if hours:
+        parts = [f"{hours} h", f"{minutes} min" if minutes else ""]
+    else:
+        parts = [f"{minutes} min" if minutes else "", f"{rest} s" if rest or not minutes else ""]
+    text = " ".join(part for part in parts if part)
     return f"{text} left" if seconds >= 0 else f"late by {text}"
 
 

@@ -18,7 +18,7 @@ STATUS_ORDER = {"waiting": 0, "claimed": 1}
 
 # What the row template is drawn from when console.js adds a row the page did not have.
 BLANK_ROW: dict[str, Any] = {
-    "id": 0, "lead_id": 0, "status": "waiting", "trigger": "", "reason": "", "name": None, "score": 0,
+    "id": 0, "lead_id": 0, "status": "waiting", "trigger": "", "reason": "", "name": None, "label": "", "score": 0,
     "channel": None, "sla_due_at": "", "sla_seconds_left": 0, "breached": False, "claimed_by": None,
 }  # fmt: skip
 

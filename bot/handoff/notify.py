@@ -26,9 +26,11 @@ from bot.intake.warm import visitor_notice
 from flows.clock import Clock
 from flows.handoff import OPEN, HandoffPolicy
 from flows.handoff_card import card_text
+from flows.reactions import lead_label
 from storage.db import Sessions, transaction
 from storage.leads import get_lead
 from storage.models import Conversation, Delivery, Event, Handoff, Operator
+from storage.operators import operator_at_console
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)
@@ -192,7 +194,8 @@ class Notifier:
             return []
         lead = await get_lead(session, handoff.lead_id)
         if which == "coming":
-            delivery = visitor_notice(self.messages, self.policy, handoff, lead, conversation, now)
+            online = not self.policy.is_open(now) and await operator_at_console(session, now)
+            delivery = visitor_notice(self.messages, self.policy, handoff, lead, conversation, now, online)
         else:
             delivery = system_message(self.messages, "handoff_holding", {}, lead, conversation, key, now)
         if delivery is None:
@@ -241,7 +244,7 @@ class Notifier:
     async def _remind(self, handoff: Handoff, info: dict) -> None:
         if self.room is None:
             return
-        waited, name = int(info["waited_seconds"] // 60), info["name"] or "(no name)"
+        waited, name = int(info["waited_seconds"] // 60), info["label"]
         text = f"Lead #{handoff.lead_id} has waited {waited} min, past its SLA: {name}, {handoff.reason}. Who takes it?"
         try:
             await self.room.remind(text, handoff.id)
@@ -263,6 +266,7 @@ async def summary(session: AsyncSession, handoff: Handoff, now: datetime) -> dic
         "trigger": handoff.trigger,
         "reason": handoff.reason,
         "name": card.get("name"),
+        "label": lead_label(card),  # the name, else email, phone, "Visitor from <source>"
         "score": card.get("score"),
         "channel": card.get("channel"),
         "warm_at": handoff.warm_at.isoformat(),

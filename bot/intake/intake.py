@@ -23,6 +23,7 @@ from flows.channel_consent import WHATSAPP_CONSENT, set_channel_consent
 from flows.clock import Clock
 from flows.consent import CONSENT, set_email_consent
 from flows.engine import Engine
+from flows.handoff import WON_BY
 from flows.optout import is_opt_out, opt_out
 from flows.outgoing import Subscriptions
 from flows.reactions import advance_stage, ledger, score_event
@@ -30,6 +31,7 @@ from storage import leads as q
 from storage.db import DatabaseUnavailable, Deadlocked, Sessions, is_sqlite, transaction
 from storage.known import keep, known
 from storage.models import Conversation, Delivery, Event, Handoff, Lead, Message
+from storage.operators import operator_at_console
 from storage.privacy import suppressed_kinds
 from storage.rowids import number_rows
 
@@ -54,6 +56,7 @@ class Received:
     delivery_ids: list[int] = field(default_factory=list)  # set once committed
     deliveries: list[Delivery] = field(default_factory=list, repr=False)
     handoff_id: int | None = None  # a handoff this inbound opened: operators are to be told
+    won_handoff_ids: list[int] = field(default_factory=list)  # handoffs it closed as won (a purchase): off the queue
 
 
 class Intake:
@@ -219,13 +222,18 @@ class Intake:
         elif conversation is not None and inbound.kind == "start":  # the person spoke first: greeted now, not again
             conversation.last_message_at = inbound.at
         captured, stop = await self._react(session, lead, inbound, event, conversation, now)
+        received.won_handoff_ids = session.info.pop(WON_BY, [])
         if inbound.kind in ("message", "button") and not stop:  # for the flow report: did nurture get answers?
             await history.credit(session, lead.id, "replied_at" if inbound.kind == "message" else "button_at", now)
         handoff = None
         if self.warm is not None and not stop:  # after scoring, so the handoff commits with its cause
             handoff = await self.warm.check(session, lead, conversation, event, score_before, now)
         if conversation is not None:
-            received.deliveries = self._replies(lead, conversation, event, captured, stop, first_message, now, handoff)
+            policy = self.settings.handoff
+            online = handoff is not None and not policy.is_open(now) and await operator_at_console(session, now)
+            received.deliveries = self._replies(
+                lead, conversation, event, captured, stop, first_message, now, handoff, online
+            )
             session.add_all(received.deliveries)  # flushed with the rest: their ids are read after the commit
         received.handoff_id = handoff.id if handoff is not None else None
         session.add(lead)
@@ -269,9 +277,10 @@ class Intake:
         first_message: bool,
         now: datetime,
         handoff: Handoff | None = None,
+        online: bool = False,
     ) -> list[Delivery]:
         if handoff is not None:  # the usual reply gives way to "a human is coming"
-            notice = visitor_notice(self.messages, self.settings.handoff, handoff, lead, conversation, now)
+            notice = visitor_notice(self.messages, self.settings.handoff, handoff, lead, conversation, now, online)
             return [notice] if notice is not None else []
         if stop:  # the confirmation, once, to who asked (who blocked us cannot read it); nothing else answers a stop
             planned = [("opt_out_confirm", {}, [])] if isinstance(stop, Event) and event.type == "message" else []

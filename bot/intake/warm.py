@@ -84,10 +84,11 @@ def visitor_notice(
     lead: Lead,
     conversation: Conversation,
     now: datetime,
+    online: bool = False,
 ) -> Delivery | None:
-    """'A human is coming', or out of hours when to expect an answer; once per handoff."""
+    """'A human is coming' (in hours, or an operator is online), else when to expect an answer; once per handoff."""
     key = f"handoff:{handoff.id}:coming"
-    if policy.is_open(now) or policy.hours is None:
+    if online or policy.is_open(now) or policy.hours is None:
         return system_message(messages, "handoff_coming", {}, lead, conversation, key, now)
     opens = opening_text(policy.hours.next_open(now), lead.timezone or policy.hours.timezone)
     return system_message(messages, "handoff_out_of_hours", {"opens": opens}, lead, conversation, key, now)

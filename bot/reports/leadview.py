@@ -11,7 +11,7 @@ from bot.config import Settings
 from bot.delivery.states import delivery_state
 from flows.consent import email_state
 from flows.reach import EmailPolicy, email_block
-from flows.reactions import claim_text, lead_contacts, ledger
+from flows.reactions import claim_text, lead_contacts, lead_label, ledger
 from flows.scoring import explanation_text
 from storage.db import Sessions
 from storage.leads import claims, get_lead
@@ -132,7 +132,7 @@ def _email_policy(settings: Settings) -> EmailPolicy:
 def format_lead(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     lines = [
-        f"Lead {report['id']}: {report['name'] or '(no name)'}",
+        f"Lead {report['id']}: {lead_label(report)}",
         f"  email {report['email'] or '-'}   phone {report['phone'] or '-'}   locale {report['locale'] or '-'}   "
         f"time zone {report['timezone'] or '-'}",
         *[f"  {claim_text(claim)}" for claim in report["claims"]],

@@ -13,8 +13,12 @@
   var handoff = messages && messages.getAttribute("data-handoff");
 
   // --- SLA timers: seconds left as the server counted them, ticking on from when they arrived -----
-  function clockText(seconds) {
-    var whole = Math.abs(Math.trunc(seconds)), text = Math.floor(whole / 60) + ":" + String(whole % 60).padStart(2, "0");
+  function clockText(seconds) {  // as bot/console/pages.py's countdown: "2 h 38 min", "4 min 5 s", "late by 1 min"
+    var whole = Math.abs(Math.trunc(seconds)), hours = Math.floor(whole / 3600);
+    var minutes = Math.floor(whole / 60) % 60, rest = whole % 60;
+    var parts = hours ? [hours + " h", minutes ? minutes + " min" : ""]
+      : [minutes ? minutes + " min" : "", rest || !minutes ? rest + " s" : ""];
+    var text = parts.filter(Boolean).join(" ");
     return seconds >= 0 ? text + " left" : "late by " + text;
   }
   function startTimer(el, secondsLeft) {
@@ -40,7 +44,7 @@
     row.setAttribute("data-score", String(h.score || 0));
     row.classList.toggle("late", !!h.breached || (h.status === "waiting" && h.sla_seconds_left < 0));
     var name = field(row, "name");
-    name.textContent = h.name || "(no name)";
+    name.textContent = h.label || h.name || "Visitor";
     name.setAttribute("href", "/console/handoffs/" + encodeURIComponent(h.id));
     field(row, "lead_id").textContent = String(h.lead_id);
     field(row, "reason").textContent = h.reason || "";
