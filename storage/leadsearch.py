@@ -101,6 +101,7 @@ class LeadFilter:
     max_score: float | None = None
     tag: str | None = None
     source: str | None = None  # the first touch's source (attribution)
+    page_only: bool = True  # False: visitors who only viewed pages are left out (see `engaged`)
 
 
 def filtered_leads(dialect: str, wanted: LeadFilter) -> Any:
@@ -116,6 +117,8 @@ def filtered_leads(dialect: str, wanted: LeadFilter) -> Any:
         statement = statement.where(col(Lead.first_touch)["source"].as_string() == wanted.source)
     if wanted.tag is not None:
         statement = statement.where(_has_tag(dialect, wanted.tag))
+    if not wanted.page_only:
+        statement = statement.where(engaged())
     return statement
 
 

@@ -75,6 +75,16 @@ async def test_a_merged_away_lead_is_not_listed(client):
     assert await ids(client, "/api/leads") == [merged]
 
 
+async def test_page_only_visitors_are_left_out_when_asked(client):
+    buyer = await backend_event(client, "signup", email="b@example.com")
+    looker = await client.ws_connect("/chat/ws")
+    await hello(looker)  # a page view, nothing else
+    everyone = await ids(client, "/api/leads")
+    assert len(everyone) == 2 and everyone[-1] == buyer
+    assert await ids(client, "/api/leads", page_only="false") == [buyer]
+    assert (await client.get("/api/leads", params={"page_only": "no"}, headers=AUTH)).status == 400
+
+
 async def test_paging_is_stable_while_leads_arrive(client):
     made = [await backend_event(client, "signup", email=f"p{n}@example.com") for n in range(7)]
     arrivals = iter(range(100))

@@ -82,6 +82,7 @@ async def list_leads(request: web.Request) -> web.Response:
         max_score=query_number(request, "max_score"),
         tag=query_text(request, "tag"),
         source=query_text(request, "source", 200),
+        page_only=query_choice(request, "page_only", ("true", "false")) != "false",
     )
     paging = page_of(request)
     async with services.sessions() as session:
@@ -214,6 +215,11 @@ OPENAPI = {
                 query("max_score", {"type": "number"}, "only leads with at most this score"),
                 query("tag", {"type": "string", "minLength": 1, "maxLength": 64}, "only leads with this tag"),
                 query("source", {"type": "string", "minLength": 1, "maxLength": 200}, "first-touch source"),
+                query(
+                    "page_only",
+                    {"type": "string", "enum": ["true", "false"], "default": "true"},
+                    "false: leave out visitors who only viewed pages (no name, contact or action)",
+                ),
                 *PAGING,
             ],
         ),
