@@ -20,11 +20,10 @@ from aiohttp import web
 from bot.channels.continuation import claim_code, find_code
 from bot.channels.meta import (
     GraphClient,
-    GraphError,
     Pace,
     apply_statuses,
-    classify,
     disabled,
+    paced_post,
     signed_json,
     take_in,
     verification,
@@ -161,14 +160,9 @@ class WhatsAppChannel:
 
     async def post(self, to: str, payload: dict[str, Any]) -> SendResult:
         """POST one message to `/{phone_id}/messages`, paced; its `wamid` on success."""
-        await self.pace.wait(to)
-        try:
-            answer = await self.graph.post(f"{self.phone_id}/messages", payload)
-        except GraphError as exc:
-            result = classify(exc, self.name)
-            if result.status == "retry" and exc.status and exc.status < 500:
-                self.pace.slow_down(1.0)  # a throughput error: everyone waits a moment, not only this message
-            return result
+        answer = await paced_post(self.graph, self.pace, self.name, f"{self.phone_id}/messages", to, payload)
+        if isinstance(answer, SendResult):
+            return answer
         messages = answer.get("messages")
         wamid = (
             messages[0].get("id") if isinstance(messages, list) and messages and isinstance(messages[0], dict) else None
