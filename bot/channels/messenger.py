@@ -45,7 +45,9 @@ from bot.channels.meta import (
 from bot.delivery.channel import SendResult
 from bot.services import Services
 from bot.web.signing import read_visitor_link
+from storage.db import is_sqlite
 from storage.models import Conversation, Delivery
+from storage.pace import SharedPace
 
 log = logging.getLogger(__name__)
 PATH = "/webhooks/messenger"
@@ -63,7 +65,9 @@ class MessengerChannel:
         self.services = services
         self.meta = services.settings.meta
         self.graph = GraphClient(self.meta.graph_api_url, self.meta.messenger_page_token or "")
-        self.pace = Pace(RATE, RECIPIENT_GAP)
+        # On PostgreSQL the budget is shared by every instance (storage.pace), as WhatsApp's is.
+        shared = None if is_sqlite(services.settings.database_url) else SharedPace(services.sessions)
+        self.pace = Pace(RATE, RECIPIENT_GAP, self.name, shared)
 
     @staticmethod
     def enabled(services: Services) -> str | None:
