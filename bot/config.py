@@ -14,10 +14,10 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import available_timezones
 
 from email_validator import EmailNotValidError, validate_email
 
+from flows.clock import time_zones
 from flows.durations import parse_duration
 from flows.expressions import ExpressionError
 from flows.handoff import INTENT_WORDS, HandoffPolicy
@@ -434,7 +434,7 @@ def _nurture(section: _Section, env: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(f"nurture.quiet_hours: {exc}") from None
     if cap < 0:
         raise ConfigError("nurture.daily_cap: must be 0 or more")
-    if zone not in available_timezones():
+    if zone not in time_zones():
         raise ConfigError(f"nurture.default_timezone: unknown time zone {zone!r}")
     if not all(isinstance(word, str) and word.strip() for word in words):
         raise ConfigError("nurture.opt_out_words: a list of words")
@@ -608,7 +608,7 @@ def _handoff(section: _Section) -> HandoffPolicy:
     warm = section.get("warm_score", (int, float, str), 75)
     words, buttons = section.get("intent_words", list, []), section.get("buttons", list, list(HandoffPolicy.buttons))
     zone = section.get("timezone", str, "UTC")
-    if zone not in available_timezones():
+    if zone not in time_zones():
         raise ConfigError(f"handoff.timezone: unknown time zone {zone!r}")
     for key, values in (("intent_words", words), ("buttons", buttons)):
         if not all(isinstance(value, str) and value.strip() for value in values):

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Protocol
+from zoneinfo import available_timezones
+
+
+@cache
+def time_zones() -> frozenset[str]:
+    """The IANA zone names this machine knows; listing them scans the tz database, so once per process."""
+    return frozenset(available_timezones())
 
 
 class Clock(Protocol):

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
-from sqlalchemy import text
 from sqlmodel import SQLModel, select
 
 from bot.app import create_app
@@ -103,12 +103,26 @@ async def database_url(migrated_database: str, tmp_path: Path) -> str:
         copy = tmp_path / "kindling.db"
         shutil.copy(template, copy)
         return f"sqlite+aiosqlite:///{copy}"
-    engine = create_engine(migrated_database)
-    tables = ", ".join(f'"{table.name}"' for table in SQLModel.metadata.sorted_tables)
-    async with engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    await engine.dispose()
+    connection = await asyncpg.connect(migrated_database.replace("+asyncpg", "", 1))
+    try:
+        await connection.execute(await _emptying_script(connection))
+    finally:
+        await connection.close()
     return migrated_database
+
+
+async def _emptying_script(connection: asyncpg.Connection) -> str:
+    """One round trip that empties every table and restarts every id sequence.
+
+    DELETE, children first, rather than TRUNCATE: the tables a test fills are small, and TRUNCATE's new files
+    for every table cost about three times as much per test (the PostgreSQL run is the long pole of CI).
+    """
+    sequences = await connection.fetch(
+        "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences WHERE schemaname = current_schema()"
+    )
+    deletes = "".join(f'DELETE FROM "{table.name}";' for table in reversed(SQLModel.metadata.sorted_tables))
+    restarts = "".join(f"ALTER SEQUENCE {name} RESTART;" for (name,) in sequences)
+    return f"BEGIN;{deletes}{restarts}COMMIT;"
 
 
 @pytest.fixture

@@ -36,7 +36,6 @@ from math import ceil
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
-from zoneinfo import available_timezones
 
 from aiohttp import WSMsgType, web
 
@@ -51,6 +50,7 @@ from bot.web.jsonbody import parse_json
 from bot.web.ratelimit import PerMinute
 from bot.web.signing import read_visitor_link, same, token_for, visitor_link
 from flows.channel_consent import WHATSAPP_CONSENT
+from flows.clock import time_zones
 from flows.consent import CONSENT
 from storage.db import DatabaseUnavailable, transaction
 from storage.leadsearch import conversation_messages
@@ -67,7 +67,6 @@ MAX_MESSAGE_ID = 2**31 - 1
 MAX_CLIENT_ID = 64  # an id echoed back in an error frame (the widget's are UUIDs, 36 characters)
 _FRAME_ID = re.compile(r'"id"\s*:\s*"([0-9A-Fa-f-]{32,36})"')
 _VISITOR = re.compile(r"^[0-9a-f]{16}$")
-_TIMEZONES = frozenset(available_timezones())
 RECEIPTS = ("received", "seen")
 
 
@@ -187,7 +186,7 @@ class _Session:
         self.visitor = visitor
         self.locale = _short(hello.get("locale"), 35)
         tz = hello.get("timezone")
-        self.timezone = tz if isinstance(tz, str) and tz in _TIMEZONES else None
+        self.timezone = tz if isinstance(tz, str) and tz in time_zones() else None
         view = self._page_view(hello.get("view"))
         received = await self._receive(view)
         if received is None:
