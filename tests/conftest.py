@@ -77,6 +77,19 @@ def no_real_network(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- database ----------------------------------------------------------------------------------
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With KINDLING_TEST_DATABASE_ONLY set (CI's PostgreSQL pass), skip the tests that touch no test database.
+
+    They behave the same on either database, and CI's SQLite pass runs them beside this one.
+    """
+    if not os.environ.get("KINDLING_TEST_DATABASE_ONLY"):
+        return
+    skip = pytest.mark.skip(reason="touches no test database: the SQLite pass runs it")
+    for item in items:
+        if "migrated_database" not in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A database URL migrated to the newest schema once per test run."""
