@@ -68,6 +68,13 @@ async def test_a_texts_file_with_a_text_the_widget_does_not_have_stops_start_up(
         await make_client(settings.with_(templates=templates))
 
 
+async def test_templates_without_the_widgets_texts_stop_start_up_saying_which_file(make_client, settings, tmp_path):
+    templates = templates_with(tmp_path / "templates", {})
+    (templates / "_widget" / "en.toml").unlink()  # an older templates folder, kept through an upgrade
+    with pytest.raises(WidgetTextError, match=r"_widget/en\.toml: missing; Kindling ships it in templates/_widget/"):
+        await make_client(settings.with_(templates=templates))
+
+
 async def test_a_configured_language_without_texts_stops_start_up(make_client, settings):
     with pytest.raises(WidgetTextError, match="widget.language = 'de'"):
         await make_client(settings.with_(widget=WidgetSettings(language="de")))

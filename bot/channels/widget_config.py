@@ -58,6 +58,8 @@ class WidgetTexts:
             if path in self.cache and self.cache[path][0] == mtime:
                 return self.cache[path][1]
             data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise WidgetTextError(f"{path}: missing; Kindling ships it in templates/{FOLDER}/") from None
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise WidgetTextError(f"{path}: {exc}") from exc
         for key, value in data.items():

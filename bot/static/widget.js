@@ -320,7 +320,7 @@
     forgetTranscript();
     visitor = token = link = conversation = null; outbox = [];
     showContinue([]);
-    ["visitor", "token", "link", "conversation", "outbox"].forEach(function (key) {
+    ["visitor", "token", "link", "conversation", "outbox", "prechat"].forEach(function (key) {
       try { localStorage.removeItem("kindling." + key); } catch (e) { /* storage disabled */ }
     });
     if (ui) { ui.state.textContent = t("ended"); ui.input.disabled = true; }
