@@ -654,6 +654,7 @@
   function setOnline(value) {
     online = value;
     everOnline = everOnline || value;
+    if (!online && prechatId && ui.prechat) { prechatId = null; ui.prechat.start.disabled = false; } // unanswered: send again
     if (ui) ui.state.textContent = t(online ? "online" : everOnline || attempt ? "reconnecting" : "connecting");
   }
 
