@@ -135,6 +135,20 @@ class ContinueSettings:
 
 
 @dataclass(frozen=True)
+class WidgetSettings:
+    """How the website widget looks and what it asks first; an empty text means the language's own."""
+
+    title: str = ""
+    subtitle: str = ""
+    color: str = "#4f46e5"
+    position: str = "bottom-right"
+    avatar: str = ""
+    language: str = "auto"  # "auto": the browser's language; or a code like "ru"
+    prechat: tuple[str, ...] = ()  # fields of the form shown before the chat: name, email, consent
+    consent_text: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting Kindling uses, validated."""
 
@@ -167,6 +181,7 @@ class Settings:
     email: EmailSettings = EmailSettings()
     meta: MetaSettings = MetaSettings()
     continue_on: ContinueSettings = ContinueSettings()
+    widget: WidgetSettings = WidgetSettings()
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests, CLI flags)."""
@@ -236,6 +251,7 @@ def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
         email=_email(doc.section("email"), env),
         meta=_meta(channels.section("meta"), channels.section("whatsapp"), env),
         continue_on=_continue_on(channels, env),
+        widget=_widget(doc.section("widget")),
     )
     doc.reject_unknown()
     return settings
@@ -579,6 +595,57 @@ def _continue_on(channels: _Section, env: Mapping[str, str]) -> ContinueSettings
         whatsapp_text=text,
         code_lifetime=_duration(whatsapp, "code_lifetime", "7d"),
     )
+
+
+_HEX_COLOR = re.compile(r"#(?:[0-9A-Fa-f]{3}|[0-9A-Fa-f]{6})")
+LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8}){0,3}")
+WIDGET_POSITIONS = ("bottom-right", "bottom-left")
+PRECHAT_FIELDS = ("name", "email", "consent")
+
+
+def _widget(section: _Section) -> WidgetSettings:
+    color, position = section.get("color", str, WidgetSettings.color), section.get("position", str, "bottom-right")
+    avatar, language = section.get("avatar", str, "").strip(), section.get("language", str, "auto")
+    if not _HEX_COLOR.fullmatch(color):
+        raise ConfigError(f"widget.color: a CSS hex colour like #4f46e5 or #0a7, got {color!r}")
+    if position not in WIDGET_POSITIONS:
+        raise ConfigError(f"widget.position: {' or '.join(WIDGET_POSITIONS)}, got {position!r}")
+    if avatar and not (_is_http_url(avatar) or avatar.startswith("/") and not avatar.startswith("//")):
+        raise ConfigError(
+            f"widget.avatar: an image's http(s) URL or a path on this server like /logo.png, got {avatar!r}"
+        )
+    if language != "auto" and not LANGUAGE_TAG.fullmatch(language):
+        raise ConfigError(
+            f'widget.language: "auto" (the browser\'s language) or a code like ru or zh, got {language!r}'
+        )
+    return WidgetSettings(
+        title=_short_text(section, "title", 80),
+        subtitle=_short_text(section, "subtitle", 300),
+        color=color,
+        position=position,
+        avatar=avatar,
+        language=language,
+        prechat=_prechat(section),
+        consent_text=_short_text(section, "consent_text", 300),
+    )
+
+
+def _short_text(section: _Section, name: str, limit: int) -> str:
+    text = section.get(name, str, "").strip()
+    if len(text) > limit:
+        raise ConfigError(f"{section.key(name)}: at most {limit} characters, got {len(text)}")
+    return text
+
+
+def _prechat(section: _Section) -> tuple[str, ...]:
+    """`prechat = ["name", "email", "consent"]` (any of them, in that order on the form); `[]` or "off": none."""
+    fields = section.get("prechat", object, [])  # checked here, for a message that says what it takes
+    fields = [] if fields == "off" else fields
+    if not isinstance(fields, list) or any(f not in PRECHAT_FIELDS for f in fields) or len(set(fields)) != len(fields):
+        raise ConfigError(f'widget.prechat: "off" or a list of {", ".join(PRECHAT_FIELDS)}, got {fields!r}')
+    if "consent" in fields and "email" not in fields:
+        raise ConfigError('widget.prechat: "consent" is consent to email: it needs "email" on the form too')
+    return tuple(field for field in PRECHAT_FIELDS if field in fields)
 
 
 def _console(section: _Section) -> ConsoleSettings:

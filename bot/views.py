@@ -1,4 +1,4 @@
-"""Pages that are not a channel or the API: the demo page, the health check and the metrics."""
+"""Pages that are not a channel or the API: the demo site, the health check and the metrics."""
 
 from __future__ import annotations
 
@@ -14,16 +14,29 @@ from storage.db import DatabaseUnavailable
 STATIC = Path(__file__).resolve().parent / "static"
 
 
+# The demo site: a made-up product's home and pricing pages with the widget on them, their style, the guided
+# tour's script and a favicon (an SVG: browsers take one by its content type, whatever the name).
+DEMO = {
+    "/": ("demo.html", "text/html"),
+    "/pricing": ("pricing.html", "text/html"),
+    "/demo.css": ("demo.css", "text/css"),
+    "/demo.js": ("demo.js", "text/javascript"),
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),
+}
+
+
 def routes(app: web.Application) -> None:
-    """Mount the demo page, /healthz and /metrics."""
-    app.router.add_get("/", demo_page)
+    """Mount the demo site, /healthz and /metrics."""
+    for path in DEMO:
+        app.router.add_get(path, demo_file)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
 
 
-async def demo_page(request: web.Request) -> web.FileResponse:
-    """A sample site page with the chat widget on it."""
-    return web.FileResponse(STATIC / "demo.html")
+async def demo_file(request: web.Request) -> web.FileResponse:
+    """One file of the demo site, by its path."""
+    name, content_type = DEMO[request.path]
+    return web.FileResponse(STATIC / name, headers={"Content-Type": content_type})
 
 
 async def healthz(request: web.Request) -> web.Response:

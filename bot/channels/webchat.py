@@ -11,6 +11,9 @@ Then: `{"type": "message", "id": uuid, "text"}` (answered by `ack`, stored once 
 `{"type": "button", "id": uuid, "value"}`, `{"type": "page_view", "view": {...}}`,
 `{"type": "consent", "id": uuid, "email": address|null, "consent": true|false, "whatsapp": true|false}` (email
 consent and/or WhatsApp marketing consent, each optional but one needed; answered by `ack`),
+`{"type": "prechat", "id": uuid, "name": text|null, "email": address|null, "consent": true|false|null}` (the
+pre-chat form: the name becomes the lead's if it has none, the email a typed contact, consent as in the consent
+frame; answered by `ack`, or by an error naming the `field` that is wrong),
 and receipts (see `_receipt`): `{"type": "received", "ids": [message id, ...]}` once the widget has bot or
 operator messages (delivered), `{"type": "seen", "ids": [...]}` once it showed them on screen, in the open panel
 of a visible page (seen).
@@ -40,6 +43,7 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 from aiohttp import WSMsgType, web
 
 from bot.channels import continuation
+from bot.channels.widget_config import WidgetConfig
 from bot.delivery.channel import SendResult
 from bot.delivery.hub import ERASED, message_frame
 from bot.intake.contacts import normalize_email
@@ -64,6 +68,7 @@ MAX_FRAME = 16 * 1024
 HELLO_TIMEOUT = 10.0
 HISTORY = 200
 MAX_MESSAGE_ID = 2**31 - 1
+MAX_NAME = 100  # a pre-chat form's name
 MAX_CLIENT_ID = 64  # an id echoed back in an error frame (the widget's are UUIDs, 36 characters)
 _FRAME_ID = re.compile(r'"id"\s*:\s*"([0-9A-Fa-f-]{32,36})"')
 _VISITOR = re.compile(r"^[0-9a-f]{16}$")
@@ -83,6 +88,7 @@ class WebchatChannel:
         self.services = services
         # Per visitor, whichever of their sockets it comes through: no one floods intake, scoring or the queue.
         self.limit = PerMinute(services.settings.webchat_messages_per_minute, services.clock)
+        self.config = WidgetConfig(services.settings.widget, services.settings.templates)
 
     @staticmethod
     def enabled(services: Services) -> str | None:
@@ -91,11 +97,12 @@ class WebchatChannel:
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/widget.js", self.widget_js)
+        self.config.routes(app)  # what the widget looks like, and its texts
         app.router.add_get("/chat/ws", self.websocket)
         continuation.routes(app)  # the widget's "continue on WhatsApp" link
 
     async def start(self) -> None:
-        pass
+        self.config.check()  # a broken widget texts file stops start-up, as a broken system message does
 
     async def stop(self) -> None:
         pass
@@ -223,10 +230,13 @@ class _Session:
             await self._message(data, kind)
         elif kind == "consent":
             await self._consent(data)
+        elif kind == "prechat":
+            await self._prechat(data)
         elif kind in RECEIPTS:
             await self._receipt(data, kind)
         else:
-            await self._refuse(data, "unknown frame: expected message, button, page_view, consent, received or seen")
+            expected = "message, button, page_view, consent, prechat, received or seen"
+            await self._refuse(data, f"unknown frame: expected {expected}")
 
     async def _message(self, data: dict, kind: str) -> None:
         client_id, text = data.get("id"), data.get("text" if kind == "message" else "value")
@@ -292,6 +302,36 @@ class _Session:
             dedup_key=f"webchat:consent:{self.visitor}:{client_id}",
             text=email,
             properties=properties,
+        )
+        received = await self._receive(inbound, client_id)
+        if received is not None:
+            await self._send({"type": "ack", "id": client_id, "duplicate": received.duplicate})
+            self.services.after_commit(received)
+
+    async def _prechat(self, data: dict) -> None:
+        """The pre-chat form: a name, an email (a claim, like one typed in the chat) and email consent."""
+        client_id = data.get("id")
+        if not _is_uuid(client_id):
+            await self._refuse(data, "a prechat frame needs an id (a UUID)")
+            return
+        wrong = _prechat_problem(data)
+        if wrong is not None:
+            await self._send({"type": "error", "id": client_id, "field": wrong[0], "error": wrong[1]})
+            return
+        if await self._limited(client_id):
+            return
+        name, email, consent = (data.get("name") or "").split(), data.get("email"), data.get("consent")
+        inbound = self._inbound(
+            "prechat",
+            dedup_key=f"webchat:prechat:{self.visitor}:{client_id}",
+            text=email,
+            properties={"name": " ".join(name) or None, **({CONSENT: consent} if consent is not None else {})},
+            profile=Profile(
+                first_name=name[0] if name else None,
+                last_name=" ".join(name[1:]) or None,
+                locale=self.locale,
+                timezone=self.timezone,
+            ),
         )
         received = await self._receive(inbound, client_id)
         if received is not None:
@@ -369,8 +409,7 @@ class _Session:
             kind=kind,
             identities=(("visitor", self.visitor),),
             at=self.services.clock.now(),
-            profile=Profile(locale=self.locale, timezone=self.timezone),
-            **fields,
+            **{"profile": Profile(locale=self.locale, timezone=self.timezone), **fields},
         )
 
     async def _history(self, since: int) -> None:
@@ -460,6 +499,20 @@ def _frame_id(frame: Any) -> str | None:
             return found.group(1) if found else None
     client_id = frame.get("id") if isinstance(frame, dict) else None
     return client_id if isinstance(client_id, str) and len(client_id) <= MAX_CLIENT_ID else None
+
+
+def _prechat_problem(data: dict) -> tuple[str, str] | None:
+    """(the field, what is wrong with it) for a pre-chat form the server cannot take; None when it is fine."""
+    name, email, consent = data.get("name"), data.get("email"), data.get("consent")
+    if name is not None and (not isinstance(name, str) or not 0 < len(name.strip()) <= MAX_NAME):
+        return "name", f"name: 1 to {MAX_NAME} characters"
+    if email is not None and (not isinstance(email, str) or normalize_email(email) is None):
+        return "email", "email: not a valid email address"
+    if consent is not None and not isinstance(consent, bool) or consent and email is None:
+        return "consent", "consent: true or false, and true only with an email address"
+    if name is None and email is None:
+        return "name", "a prechat frame needs a name and/or an email"
+    return None
 
 
 def _since(value: Any) -> int:

@@ -1,8 +1,11 @@
 /* Kindling chat widget. Embed with:
  *   <script src="https://kindling.example/widget.js" async></script>
- * Plain JavaScript, no build step, no dependencies. It talks to the server that served this file
- * over the WebSocket protocol described in bot/channels/webchat.py. Only window.Kindling
- * ({open, close}) is exposed. Every text from the chat goes into the page with textContent. */
+ * and, optionally, data- attributes that override config.toml's [widget] for this page: data-title,
+ * data-subtitle, data-color, data-position, data-avatar, data-lang, data-prechat, data-consent-text.
+ * Plain JavaScript, no build step, no dependencies. Before it draws anything it reads its settings and texts
+ * from GET /widget/config.json (bot/channels/widget_config.py), then talks to the server that served this
+ * file over the WebSocket protocol described in bot/channels/webchat.py. Only window.Kindling
+ * ({open, close, telegramStart}) is exposed. Every text goes into the page with textContent. */
 (function () {
   "use strict";
   if (window.Kindling) return; // included twice: the first copy does the work
@@ -19,6 +22,7 @@
   var base = new URL(script.src, location.href);
   var SOCKET_URL = (base.protocol === "https:" ? "wss://" : "ws://") + base.host +
     base.pathname.replace(/widget\.js$/, "chat/ws");
+  var CONFIG_URL = base.origin + base.pathname.replace(/widget\.js$/, "widget/config.json");
   var MAX_TEXT = 4000, MAX_FRAME_BYTES = 15000; // the server accepts 4000 characters, 16 KiB frames
   var KEEP = 100; // messages kept in localStorage to draw the transcript at once on the next page
 
@@ -35,6 +39,65 @@
   function isString(v) { return typeof v === "string"; }
   function isNumber(v) { return typeof v === "number"; }
   var isArray = Array.isArray;
+
+  // --- Settings and texts: config.toml's [widget] from the server, then this page's data- attributes ----
+  var HEX_COLOR = /^#(?:[0-9a-f]{3}|[0-9a-f]{6})$/i, LANGUAGE_TAG = /^[a-z]{2,8}(?:[-_][a-z0-9]{1,8}){0,3}$/i;
+  var POSITIONS = ["bottom-right", "bottom-left"], PRECHAT_FIELDS = ["name", "email", "consent"];
+  var page = script.dataset, config = null, texts = {}, loadingConfig = false;
+
+  function loadConfig() {
+    if (loadingConfig) return;
+    loadingConfig = true;
+    var query = [];
+    if (LANGUAGE_TAG.test(page.lang || "")) query.push("lang=" + encodeURIComponent(page.lang));
+    if (LANGUAGE_TAG.test(navigator.language || "")) query.push("browser=" + encodeURIComponent(navigator.language));
+    fetch(CONFIG_URL + (query.length ? "?" + query.join("&") : ""))
+      .then(function (answer) { if (!answer.ok) throw new Error("HTTP " + answer.status); return answer.json(); })
+      .then(function (answer) {
+        loadingConfig = false;
+        useConfig(answer);
+        connect();
+        if (document.readyState !== "loading") mount();
+      }, function () { loadingConfig = false; scheduleReconnect(); }); // tried again with the connection
+  }
+
+  function useConfig(answer) {
+    texts = answer.texts || {};
+    var prechat = page.prechat === undefined ? answer.prechat : page.prechat.split(/[\s,]+/);
+    config = {
+      title: page.title || answer.title,
+      subtitle: page.subtitle || answer.subtitle,
+      color: HEX_COLOR.test(page.color || "") ? page.color : answer.color,
+      position: POSITIONS.indexOf(page.position) >= 0 ? page.position : answer.position,
+      avatar: safeUrl(page.avatar || answer.avatar),
+      prechat: PRECHAT_FIELDS.filter(function (f) { return isArray(prechat) && prechat.indexOf(f) >= 0; }),
+      consentText: page.consentText || answer.consent_text,
+      locale: answer.locale // the language the widget speaks: the bot's messages follow it
+    };
+    if (config.prechat.indexOf("email") < 0) config.prechat = config.prechat.filter(function (f) { return f !== "consent"; });
+  }
+
+  // A text in the widget's language; {name} placeholders filled from `values`.
+  function t(key, values) {
+    var text = isString(texts[key]) ? texts[key] : key;
+    return text.replace(/\{(\w+)\}/g, function (all, name) { return values && name in values ? String(values[name]) : all; });
+  }
+
+  function safeUrl(value) {
+    try {
+      var url = value ? new URL(value, base) : null;
+      return url && (url.protocol === "https:" || url.protocol === "http:") ? url.href : null;
+    } catch (e) { return null; }
+  }
+
+  // Black or white, whichever reads better on the widget's colour.
+  function inkOn(hex) {
+    var h = hex.length === 4 ? hex.replace(/[0-9a-f]/gi, "$&$&") : hex, rgb = [1, 3, 5].map(function (i) {
+      var c = parseInt(h.substr(i, 2), 16) / 255;
+      return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4);
+    });
+    return 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2] > 0.179 ? "#111827" : "#fff";
+  }
 
   var visitor = load("visitor", null, isString), token = load("token", null, isString);
   var link = load("link", null, isString); // signed visitor id for Telegram deep links
@@ -95,13 +158,14 @@
     clearTimeout(retryTimer);
     retryTimer = null;
     if (socket || erased) return;
+    if (!config) return loadConfig(); // which connects once it has it
     var ws;
     try { ws = new WebSocket(SOCKET_URL); } catch (e) { return scheduleReconnect(); }
     socket = ws;
     ws.onopen = function () {
       ws.send(JSON.stringify({
         type: "hello", visitor: visitor, token: token, link: emailLink, since: since, view: view,
-        locale: navigator.language || null, timezone: timezone()
+        locale: config.locale || navigator.language || null, timezone: timezone()
       }));
     };
     ws.onmessage = function (event) {
@@ -156,6 +220,8 @@
       receive(frame);
     } else if (frame.type === "continue") {
       showContinue(frame.links); // a page view brought a new source: the links carry it
+    } else if (prechatAnswered(frame)) {
+      return;
     } else if (frame.type === "ack") {
       settle(frame.id, null);
     } else if (frame.type === "error") {
@@ -196,7 +262,7 @@
     var json = JSON.stringify(frame);
     var bytes = window.TextEncoder ? new TextEncoder().encode(json).length : json.length * 3;
     drawPending(frame.id, text);
-    if (bytes > MAX_FRAME_BYTES) return settle(frame.id, "too long"); // never resend what will not fit
+    if (bytes > MAX_FRAME_BYTES) return settle(frame.id, t("too_long")); // never resend what will not fit
     outbox.push(frame);
     save("outbox", outbox);
     transmit(frame);
@@ -206,8 +272,8 @@
   function consentForm() {
     var row = el("label", "kindling-consent");
     var box = el("input", "", { type: "checkbox" });
-    var address = el("input", "", { type: "email", placeholder: "you@example.com", "aria-label": "Your email" });
-    row.appendChild(box); row.appendChild(document.createTextNode(" Email me updates ")); row.appendChild(address);
+    var address = el("input", "", { type: "email", placeholder: t("email_placeholder"), "aria-label": t("your_email") });
+    row.appendChild(box); row.appendChild(document.createTextNode(" " + t("email_me") + " ")); row.appendChild(address);
     box.addEventListener("change", function () {
       var email = address.value.trim() || null;
       if (box.checked && !email) { box.checked = false; address.focus(); return; }
@@ -227,7 +293,7 @@
       var url;
       try { url = new URL(l.url, base); } catch (e) { return; }
       if (url.protocol !== "https:" && url.protocol !== "http:") return;
-      row.appendChild(document.createTextNode(shown++ ? " \u00b7 " : "Continue on "));
+      row.appendChild(document.createTextNode(shown++ ? " \u00b7 " : t("continue_on") + " "));
       var a = el("a", "kindling-continue-" + String(l.channel || "link"), { href: url.href, target: "_blank", rel: "noopener" });
       a.textContent = l.label;
       row.appendChild(a);
@@ -244,7 +310,7 @@
     if (!el) return;
     el.classList.remove("kindling-pending");
     if (error) el.classList.add("kindling-failed");
-    setStatus(el, error ? "Not sent: " + error : "");
+    setStatus(el, error ? t("not_sent", { error: error }) : "");
   }
 
   // The visitor's lead was erased (they asked to be forgotten): nothing of theirs stays in this browser,
@@ -254,10 +320,10 @@
     forgetTranscript();
     visitor = token = link = conversation = null; outbox = [];
     showContinue([]);
-    ["visitor", "token", "link", "conversation", "outbox"].forEach(function (key) {
+    ["visitor", "token", "link", "conversation", "outbox", "prechat"].forEach(function (key) {
       try { localStorage.removeItem("kindling." + key); } catch (e) { /* storage disabled */ }
     });
-    if (ui) { ui.state.textContent = "This chat has ended."; ui.input.disabled = true; }
+    if (ui) { ui.state.textContent = t("ended"); ui.input.disabled = true; }
   }
 
   function forgetTranscript() {
@@ -313,18 +379,21 @@
     "#kindling-root{position:fixed;right:20px;bottom:20px;z-index:2147483000;font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1f2937;text-align:left}",
     // Reset what a host page's element rules (button{}, textarea{}, *{}) could change in here.
     "#kindling-root *{box-sizing:border-box;margin:0;padding:0;border:0;font:inherit;color:inherit;letter-spacing:normal;text-transform:none;text-shadow:none;background:none;box-shadow:none;float:none;width:auto;height:auto;min-width:0;max-width:none;min-height:0}",
-    "#kindling-root .kindling-launcher{position:relative;display:flex;align-items:center;justify-content:center;width:58px;height:58px;border-radius:50%;background:#4f46e5;color:#fff;cursor:pointer;box-shadow:0 8px 24px rgba(79,70,229,.35);transition:transform .15s}",
+    "#kindling-root .kindling-launcher{position:relative;display:flex;align-items:center;justify-content:center;width:58px;height:58px;border-radius:50%;background:var(--kindling-color);color:var(--kindling-ink);cursor:pointer;box-shadow:0 8px 24px color-mix(in srgb,var(--kindling-color) 35%,transparent);transition:transform .15s}",
     "#kindling-root .kindling-launcher:hover{transform:scale(1.06)}",
     "#kindling-root .kindling-badge{position:absolute;top:-4px;right:-4px;min-width:20px;height:20px;padding:0 6px;border-radius:10px;background:#ef4444;color:#fff;font-size:12px;font-weight:700;line-height:20px;text-align:center;border:2px solid #fff}",
     "#kindling-root .kindling-panel{position:absolute;right:0;bottom:74px;width:370px;height:540px;max-height:calc(100vh - 110px);display:flex;flex-direction:column;background:#fff;border-radius:16px;overflow:hidden;box-shadow:0 16px 48px rgba(15,23,42,.22);animation:kindling-in .18s ease-out}",
+    "#kindling-root.kindling-left{right:auto;left:20px}",
+    "#kindling-root.kindling-left .kindling-panel{right:auto;left:0}",
     "#kindling-root [hidden]{display:none!important}",
     "#kindling-root svg{display:block;width:24px;height:24px;flex:none}",
     "@keyframes kindling-in{from{opacity:0;transform:translateY(10px)}}",
-    "#kindling-root .kindling-header{display:flex;align-items:center;gap:10px;padding:16px 14px 16px 18px;background:#4f46e5;color:#fff}",
+    "#kindling-root .kindling-header{display:flex;align-items:center;gap:10px;padding:16px 14px 16px 18px;background:var(--kindling-color);color:var(--kindling-ink)}",
     "#kindling-root .kindling-title{flex:1;font-size:16px;font-weight:600}",
+    "#kindling-root .kindling-avatar{width:36px;height:36px;border-radius:50%;object-fit:cover;background:#fff;flex:none}",
     "#kindling-root .kindling-state{display:block;font-size:12px;font-weight:400;opacity:.85}",
-    "#kindling-root .kindling-close{width:32px;height:32px;border-radius:8px;color:#fff;font-size:22px;line-height:32px;text-align:center;cursor:pointer}",
-    "#kindling-root .kindling-close:hover{background:rgba(255,255,255,.15)}",
+    "#kindling-root .kindling-close{width:32px;height:32px;border-radius:8px;color:inherit;font-size:22px;line-height:32px;text-align:center;cursor:pointer}",
+    "#kindling-root .kindling-close:hover{background:color-mix(in srgb,currentColor 15%,transparent)}",
     "#kindling-root .kindling-list{flex:1;overflow-y:auto;padding:16px;display:flex;flex-direction:column;gap:10px;background:#f8fafc}",
     "#kindling-root .kindling-intro{color:#64748b;font-size:13px;text-align:center;padding:4px 12px 8px}",
     // flex:none: in a scrolling flex column, items would otherwise shrink and clip their text.
@@ -332,20 +401,27 @@
     "#kindling-root .kindling-msg>*{flex:none}",
     "#kindling-root .kindling-from-visitor{align-self:flex-end;align-items:flex-end}",
     "#kindling-root .kindling-bubble{padding:9px 13px;border-radius:16px 16px 16px 4px;background:#fff;border:1px solid #e2e8f0;white-space:pre-wrap;overflow-wrap:anywhere}",
-    "#kindling-root .kindling-from-visitor .kindling-bubble{border-radius:16px 16px 4px 16px;background:#4f46e5;border-color:#4f46e5;color:#fff}",
+    "#kindling-root .kindling-from-visitor .kindling-bubble{border-radius:16px 16px 4px 16px;background:var(--kindling-color);border-color:var(--kindling-color);color:var(--kindling-ink)}",
     "#kindling-root .kindling-pending .kindling-bubble{opacity:.65}",
     "#kindling-root .kindling-failed .kindling-bubble{background:#fee2e2;border-color:#fca5a5;color:#7f1d1d}",
     "#kindling-root .kindling-author,#kindling-root .kindling-status{font-size:11px;color:#64748b;margin:2px 4px}",
     "#kindling-root .kindling-choices{display:flex;flex-wrap:wrap;gap:6px;margin-top:6px}",
-    "#kindling-root .kindling-choice{padding:6px 12px;border:1px solid #4f46e5;border-radius:999px;background:#fff;color:#4f46e5;cursor:pointer}",
-    "#kindling-root .kindling-choice:hover{background:#eef2ff}",
+    "#kindling-root .kindling-choice{padding:6px 12px;border:1px solid var(--kindling-color);border-radius:999px;background:#fff;color:var(--kindling-color);cursor:pointer}",
+    "#kindling-root .kindling-choice:hover{background:color-mix(in srgb,var(--kindling-color) 8%,#fff)}",
     "#kindling-root .kindling-form{display:flex;align-items:flex-end;gap:8px;padding:10px 12px;border-top:1px solid #e2e8f0;background:#fff}",
     "#kindling-root .kindling-input{flex:1;display:block;resize:none;max-height:120px;padding:9px 12px;border:1px solid #cbd5e1;border-radius:12px;background:#fff;color:#1f2937;line-height:20px}",
-    "#kindling-root .kindling-input:focus{outline:none;border-color:#4f46e5;box-shadow:0 0 0 3px rgba(79,70,229,.15)}",
-    "#kindling-root .kindling-send{display:flex;align-items:center;justify-content:center;width:40px;height:40px;border-radius:50%;background:#4f46e5;color:#fff;cursor:pointer}",
-    "#kindling-root button:focus-visible{outline:2px solid #a5b4fc;outline-offset:2px}",
+    "#kindling-root .kindling-input:focus{outline:none;border-color:var(--kindling-color);box-shadow:0 0 0 3px color-mix(in srgb,var(--kindling-color) 15%,transparent)}",
+    "#kindling-root .kindling-send{display:flex;align-items:center;justify-content:center;width:40px;height:40px;border-radius:50%;background:var(--kindling-color);color:var(--kindling-ink);cursor:pointer}",
+    "#kindling-root button:focus-visible{outline:2px solid color-mix(in srgb,var(--kindling-color) 50%,#fff);outline-offset:2px}",
+    "#kindling-root .kindling-prechat{flex:1;overflow-y:auto;display:flex;flex-direction:column;gap:12px;padding:18px;background:#f8fafc}",
+    "#kindling-root .kindling-prechat label{display:flex;flex-direction:column;gap:4px;font-size:13px;color:#334155}",
+    "#kindling-root .kindling-prechat label.kindling-check{flex-direction:row;align-items:flex-start;gap:8px}",
+    "#kindling-root .kindling-prechat input[type=text],#kindling-root .kindling-prechat input[type=email]{padding:9px 12px;border:1px solid #cbd5e1;border-radius:10px;background:#fff}",
+    "#kindling-root .kindling-prechat input[type=checkbox]{appearance:auto;width:16px;height:16px;margin-top:2px;flex:none}",
+    "#kindling-root .kindling-prechat .kindling-start{padding:10px 14px;border-radius:10px;background:var(--kindling-color);color:var(--kindling-ink);font-weight:600;cursor:pointer}",
+    "#kindling-root .kindling-error{color:#b91c1c;font-size:13px}",
     "#kindling-root .kindling-continue{padding:0 12px 10px;background:#fff;color:#64748b;font-size:12px;text-align:center}",
-    "#kindling-root .kindling-continue a{color:#4f46e5;text-decoration:underline;cursor:pointer}",
+    "#kindling-root .kindling-continue a{color:var(--kindling-color);text-decoration:underline;cursor:pointer}",
     "@media (max-width:480px){#kindling-root .kindling-panel{position:fixed;inset:0;width:100%;height:100%;max-height:none;border-radius:0}#kindling-root.kindling-open .kindling-launcher{display:none}}",
     "@media (prefers-reduced-motion:reduce){#kindling-root *{animation:none;transition:none}}"
   ].join("\n");
@@ -366,43 +442,39 @@
   }
 
   function mount() {
-    if (ui || !document.body) return;
+    if (ui || !document.body || !config) return;
     var style = el("style", "", { id: "kindling-style" });
     style.textContent = STYLE;
     document.head.appendChild(style);
-    var root = el("div", "", { id: "kindling-root" });
-    var panel = el("div", "kindling-panel", { id: "kindling-panel", role: "dialog", "aria-label": "Chat with us", hidden: "" });
-    var header = el("div", "kindling-header");
-    var title = el("div", "kindling-title");
-    title.textContent = "Chat with us";
-    var state = el("span", "kindling-state", { "aria-live": "polite" });
-    title.appendChild(state);
-    var closer = el("button", "kindling-close", { type: "button", "aria-label": "Close chat" });
-    closer.textContent = "\u00d7";
-    header.appendChild(title); header.appendChild(closer);
-    var list = el("div", "kindling-list", { role: "log", "aria-live": "polite", "aria-label": "Messages" });
+    var root = el("div", config.position === "bottom-left" ? "kindling-left" : "", { id: "kindling-root" });
+    root.style.setProperty("--kindling-color", config.color);
+    root.style.setProperty("--kindling-ink", inkOn(config.color));
+    var panel = el("div", "kindling-panel", { id: "kindling-panel", role: "dialog", "aria-label": config.title, hidden: "" });
+    var top = header();
+    var list = el("div", "kindling-list", { role: "log", "aria-live": "polite", "aria-label": t("messages") });
     var intro = el("p", "kindling-intro");
-    intro.textContent = "Hi there! Ask us anything, we're happy to help.";
+    intro.textContent = config.subtitle;
     list.appendChild(intro);
     var form = el("form", "kindling-form");
-    var input = el("textarea", "kindling-input", { rows: "1", maxlength: String(MAX_TEXT), placeholder: "Type a message\u2026", "aria-label": "Message" });
-    var sendButton = el("button", "kindling-send", { type: "submit", "aria-label": "Send" });
+    var input = el("textarea", "kindling-input", { rows: "1", maxlength: String(MAX_TEXT), placeholder: t("placeholder"), "aria-label": t("message") });
+    var sendButton = el("button", "kindling-send", { type: "submit", "aria-label": t("send") });
     sendButton.appendChild(icon("M3.4 20.4 21 12 3.4 3.6 3.4 10.2 15 12 3.4 13.8z"));
     form.appendChild(input); form.appendChild(sendButton);
     var continueRow = el("p", "kindling-continue", { hidden: "" });
-    panel.appendChild(header); panel.appendChild(list); panel.appendChild(form); panel.appendChild(consentForm());
+    var consentRow = consentForm();
+    panel.appendChild(top.header); panel.appendChild(list); panel.appendChild(form); panel.appendChild(consentRow);
     panel.appendChild(continueRow);
-    var launcher = el("button", "kindling-launcher", { type: "button", "aria-label": "Open chat", "aria-expanded": "false", "aria-controls": "kindling-panel" });
+    var launcher = el("button", "kindling-launcher", { type: "button", "aria-label": t("open"), "aria-expanded": "false", "aria-controls": "kindling-panel" });
     launcher.appendChild(icon("M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z"));
     var badge = el("span", "kindling-badge", { "aria-hidden": "true", hidden: "" });
     launcher.appendChild(badge);
     root.appendChild(panel); root.appendChild(launcher);
     document.body.appendChild(root);
-    ui = { root: root, panel: panel, list: list, input: input, launcher: launcher, badge: badge, state: state,
-      continueRow: continueRow };
+    ui = { root: root, panel: panel, list: list, form: form, input: input, launcher: launcher, badge: badge,
+      state: top.state, consentRow: consentRow, continueRow: continueRow, prechat: null };
 
     launcher.addEventListener("click", function () { isOpen() ? close() : open(); });
-    closer.addEventListener("click", function () { close(); launcher.focus(); });
+    top.closer.addEventListener("click", function () { close(); launcher.focus(); });
     panel.addEventListener("keydown", function (e) { if (e.key === "Escape") { close(); launcher.focus(); } });
     form.addEventListener("submit", function (e) { e.preventDefault(); submit(); });
     input.addEventListener("keydown", function (e) {
@@ -416,9 +488,88 @@
     transcript.forEach(draw);
     showContinue(continueLinks);
     outbox.forEach(function (f) { drawPending(f.id, f.type === "button" ? f.value : f.text); });
+    if (config.prechat.length && !load("prechat", false, isString) && !transcript.length) showPrechat();
     setOnline(online);
     updateBadge();
     if (wantOpen) open();
+  }
+
+  // The panel's top: the avatar (if any), the title with the connection state under it, and the close button.
+  function header() {
+    var bar = el("div", "kindling-header");
+    if (config.avatar) bar.appendChild(el("img", "kindling-avatar", { src: config.avatar, alt: "" }));
+    var title = el("div", "kindling-title");
+    title.textContent = config.title;
+    var state = el("span", "kindling-state", { "aria-live": "polite" });
+    title.appendChild(state);
+    var closer = el("button", "kindling-close", { type: "button", "aria-label": t("close") });
+    closer.textContent = "\u00d7";
+    bar.appendChild(title); bar.appendChild(closer);
+    return { header: bar, state: state, closer: closer };
+  }
+
+  // --- The pre-chat form: name, email and consent before the chat, once per visitor --------------
+  var prechatId = null;
+  var EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/; // a first check; the server checks the address properly
+
+  function showPrechat() {
+    var form = el("form", "kindling-prechat", { novalidate: "" });
+    var intro = el("p", "kindling-intro");
+    intro.textContent = t("prechat_intro");
+    form.appendChild(intro);
+    var fields = {};
+    config.prechat.forEach(function (name) {
+      var label = el("label", name === "consent" ? "kindling-check" : "");
+      var input = name === "consent" ? el("input", "", { type: "checkbox", name: "consent" })
+        : el("input", "", { type: name === "email" ? "email" : "text", name: name, autocomplete: name, maxlength: "100" });
+      var caption = document.createTextNode(name === "consent" ? config.consentText : t("prechat_" + name));
+      if (name === "consent") { label.appendChild(input); label.appendChild(caption); }
+      else { label.appendChild(caption); label.appendChild(input); }
+      form.appendChild(label);
+      fields[name] = input;
+    });
+    var error = el("p", "kindling-error", { role: "alert" });
+    var start = el("button", "kindling-start", { type: "submit" });
+    start.textContent = t("prechat_start");
+    form.appendChild(error); form.appendChild(start);
+    form.addEventListener("submit", function (e) { e.preventDefault(); sendPrechat(); });
+    ui.prechat = { form: form, fields: fields, error: error, start: start };
+    ui.list.hidden = ui.form.hidden = ui.consentRow.hidden = true;
+    ui.panel.insertBefore(form, ui.list);
+  }
+
+  function sendPrechat() {
+    var f = ui.prechat.fields, name = f.name ? f.name.value.trim() : null, email = f.email ? f.email.value.trim() : null;
+    if (f.name && !name) return prechatError("name");
+    if (f.email && !EMAIL.test(email)) return prechatError("email");
+    if (!online) return prechatError("offline");
+    prechatId = uuid();
+    ui.prechat.start.disabled = true;
+    ui.prechat.error.textContent = "";
+    transmit({ type: "prechat", id: prechatId, name: name, email: email, consent: f.consent ? f.consent.checked : null });
+  }
+
+  // The server's answer to the form: ack (the chat opens) or an error about one of its fields.
+  function prechatAnswered(frame) {
+    if (!ui || !ui.prechat || frame.id !== prechatId) return false;
+    prechatId = null;
+    ui.prechat.start.disabled = false;
+    if (frame.type === "error") {
+      prechatError(frame.retry ? "offline" : frame.field === "name" || frame.field === "email" ? frame.field : null, frame.error);
+      return true;
+    }
+    save("prechat", "sent");
+    ui.prechat.form.remove();
+    ui.prechat = null;
+    ui.list.hidden = ui.form.hidden = ui.consentRow.hidden = false;
+    ui.input.focus();
+    return true;
+  }
+
+  function prechatError(field, fallback) {
+    ui.prechat.error.textContent = field ? t("error_" + field) : String(fallback || "");
+    var input = ui.prechat.fields[field];
+    if (input) input.focus();
   }
 
   function grow() {
@@ -442,7 +593,7 @@
     var box = el("div", "kindling-msg kindling-from-" + (from === "visitor" || from === "operator" ? from : "bot"));
     if (from === "operator") {
       var author = el("span", "kindling-author");
-      author.textContent = "Team";
+      author.textContent = t("team");
       box.appendChild(author);
     }
     var bubble = el("div", "kindling-bubble");
@@ -477,7 +628,7 @@
     var box = message("visitor", text, null);
     box.classList.add("kindling-pending");
     box.appendChild(el("span", "kindling-status"));
-    setStatus(box, "Sending\u2026");
+    setStatus(box, t("sending"));
     byClient[clientId] = box;
     place(box, null);
   }
@@ -503,7 +654,8 @@
   function setOnline(value) {
     online = value;
     everOnline = everOnline || value;
-    if (ui) ui.state.textContent = online ? "We reply right here" : everOnline || attempt ? "Reconnecting\u2026" : "Connecting\u2026";
+    if (!online && prechatId && ui.prechat) { prechatId = null; ui.prechat.start.disabled = false; } // unanswered: send again
+    if (ui) ui.state.textContent = t(online ? "online" : everOnline || attempt ? "reconnecting" : "connecting");
   }
 
   function updateBadge() {
@@ -511,7 +663,7 @@
     var count = isOpen() ? 0 : unread();
     ui.badge.textContent = count > 9 ? "9+" : String(count);
     ui.badge.hidden = count === 0;
-    ui.launcher.setAttribute("aria-label", count ? "Open chat, " + count + " unread" : "Open chat");
+    ui.launcher.setAttribute("aria-label", count ? t("open_unread", { count: count }) : t("open"));
   }
 
   function isOpen() { return !!ui && !ui.panel.hidden; }
@@ -524,7 +676,7 @@
     markRead();
     updateBadge();
     ui.list.scrollTop = ui.list.scrollHeight;
-    ui.input.focus();
+    (ui.prechat ? ui.prechat.form.querySelector("input") : ui.input).focus();
     lookForSeen();
   }
 
