@@ -34,7 +34,8 @@ def main() -> int:
     policy = AnswersPolicy() if args.margin is None else AnswersPolicy(margin=args.margin)
     answers = load_answers(args.templates, policy)
     cases = read_cases(args.set)
-    print(f"{len(cases)} questions; margin {answers.policy.margin:g}; configured threshold {answers.policy.threshold:g}")
+    policy = answers.policy
+    print(f"{len(cases)} questions; margin {policy.margin:g}; configured threshold {policy.threshold:g}")
     languages = sorted({case.language for case in cases})
     print("threshold  " + "  ".join(f"{name:>13}" for name in [*languages, "all"]) + "   (precision / recall)")
     for threshold in (float(value) for value in args.thresholds.split(",")):

@@ -39,8 +39,8 @@ class AnswersPolicy:
     """How close a question must be to an answer's variants (`answers.threshold`), and how much closer than the
     next answer (`answers.margin`), for the bot to answer it."""
 
-    threshold: float = 0.5
-    margin: float = 0.05
+    threshold: float = 0.3
+    margin: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,7 @@ def _answer(
     table: Any, language: str, shown: str, line: int, text_line: int, env: ImmutableSandboxedEnvironment, buttons: set
 ) -> tuple[Answer | None, list[Problem]]:
     """One `[[answer]]` table checked: its keys, its template compiled and rendered with a sample lead."""
+
     def problem(message: str, at: int = line) -> list[Problem]:
         return [Problem(shown, at, f"answer {table.get('name', '?')!r}: {message}")]
 
