@@ -22,6 +22,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from flows.matcher import Index, pairs, ranked
 from flows.reactions import lead_context
+from flows.render import describe, error_location
 from flows.samples import sample_lead
 from flows.spec import Problem
 from storage.models import Lead
@@ -161,7 +162,7 @@ def lint_answers(templates: Path, buttons: Sequence[str] = ()) -> list[Problem]:
 
 def read_answers(path: Path, templates: Path, buttons: Sequence[str]) -> tuple[list[Answer], list[Problem]]:
     """One language file's answers, and its problems (with their lines)."""
-    shown = f"{FOLDER}/{path.name}"
+    shown = str(path)
     source = path.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(source)
@@ -211,8 +212,8 @@ def _answer(
         template = env.from_string(text)
         template.render(lead=sample_lead())
     except TemplateError as exc:
-        at = text_line + (getattr(exc, "lineno", None) or 1) - 1
-        return None, problem(f"`text`: {exc}", at)
+        at = text_line + error_location(exc, "<template>", 1)[1] - 1  # the text's own line, in the file
+        return None, problem(f"`text`: {describe(exc)}", at)
     where = f"{shown}:{line}"
     return Answer(name, language, tuple(questions), template, tuple(labels), where), []
 
