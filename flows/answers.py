@@ -162,60 +162,79 @@ def lint_answers(templates: Path, buttons: Sequence[str] = ()) -> list[Problem]:
 
 def read_answers(path: Path, templates: Path, buttons: Sequence[str]) -> tuple[list[Answer], list[Problem]]:
     """One language file's answers, and its problems (with their lines)."""
-    shown = str(path)
     source = path.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:
         line = _TOML_LINE.search(str(exc))
-        return [], [Problem(shown, int(line.group(1)) if line else 1, f"not valid TOML: {exc}")]
-    lines = [number for number, text in enumerate(source.split("\n"), 1) if text.strip() == "[[answer]]"]
-    problems = [Problem(shown, 1, f"unknown key {key!r} (expected [[answer]] tables)") for key in set(data) - TOP_KEYS]
+        return [], [Problem(str(path), int(line.group(1)) if line else 1, f"not valid TOML: {exc}")]
+    reader = _Reader(path, _environment(templates), tuple(buttons))
+    problems = [reader.problem(1, f"unknown key {key!r} (expected [[answer]] tables)") for key in set(data) - TOP_KEYS]
     tables = data.get("answer", [])
-    env = _environment(templates)
-    answers, names = [], set()
-    for number, table in enumerate(tables if isinstance(tables, list) else []):
+    if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
+        return [], [*problems, reader.problem(1, "`answer` must be [[answer]] tables")]
+    lines = [number for number, text in enumerate(source.split("\n"), 1) if text.strip() == "[[answer]]"]
+    answers: dict[str, Answer] = {}
+    for number, table in enumerate(tables):
         line = lines[number] if number < len(lines) else 1
-        answer, wrong = _answer(table, path.stem, shown, line, _text_line(source, line), env, set(buttons))
-        if answer is not None and answer.name in names:
-            wrong.append(Problem(shown, line, f"answer {answer.name!r} is defined twice"))
+        answer, wrong = reader.answer(table, line, _text_line(source, line))
+        if answer is not None and answer.name in answers:
+            wrong = [reader.problem(line, f"answer {answer.name!r} is defined twice")]
         problems.extend(wrong)
         if answer is not None and not wrong:
-            names.add(answer.name)
-            answers.append(answer)
-    return answers, problems
+            answers[answer.name] = answer
+    return list(answers.values()), problems
 
 
-def _answer(
-    table: Any, language: str, shown: str, line: int, text_line: int, env: ImmutableSandboxedEnvironment, buttons: set
-) -> tuple[Answer | None, list[Problem]]:
-    """One `[[answer]]` table checked: its keys, its template compiled and rendered with a sample lead."""
+@dataclass(frozen=True)
+class _Reader:
+    """Checks the `[[answer]]` tables of one file."""
 
-    def problem(message: str, at: int = line) -> list[Problem]:
-        return [Problem(shown, at, f"answer {table.get('name', '?')!r}: {message}")]
+    path: Path
+    env: ImmutableSandboxedEnvironment
+    buttons: tuple[str, ...]  # handoff.buttons; empty: not checked
 
-    if unknown := sorted(set(table) - KEYS):
-        return None, problem(f"unknown key {unknown[0]!r} (keys: {', '.join(sorted(KEYS))})")
-    name, questions, text = table.get("name"), table.get("questions"), table.get("text")
-    labels = table.get("buttons", [])
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        return None, problem("`name` must be a short lower-case name like `pricing`")
-    if not isinstance(questions, list) or not questions or not all(isinstance(q, str) and q.strip() for q in questions):
-        return None, problem("`questions` must be a list of question variants")
-    if not isinstance(text, str) or not text.strip():
-        return None, problem("`text` must be the answer's text")
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        return None, problem("`buttons` must be a list of button labels")
-    if buttons and (odd := [label for label in labels if label.casefold() not in {b.casefold() for b in buttons}]):
-        return None, problem(f"button {odd[0]!r} opens no handoff: use one of handoff.buttons ({', '.join(buttons)})")
-    try:
-        template = env.from_string(text)
-        template.render(lead=sample_lead())
-    except TemplateError as exc:
-        at = text_line + error_location(exc, "<template>", 1)[1] - 1  # the text's own line, in the file
-        return None, problem(f"`text`: {describe(exc)}", at)
-    where = f"{shown}:{line}"
-    return Answer(name, language, tuple(questions), template, tuple(labels), where), []
+    def problem(self, line: int, message: str) -> Problem:
+        return Problem(str(self.path), line, message)
+
+    def answer(self, table: dict, line: int, text_line: int) -> tuple[Answer | None, list[Problem]]:
+        """One table checked: its keys and values, its text compiled and rendered with a sample lead."""
+        named = f"answer {table.get('name', '?')!r}: "
+        if (wrong := self.shape_problem(table)) is not None:
+            return None, [self.problem(line, named + wrong)]
+        try:
+            template = self.env.from_string(table["text"])
+            template.render(lead=sample_lead())
+        except TemplateError as exc:
+            at = text_line + error_location(exc, "<template>", 1)[1] - 1  # the text's own line, in the file
+            return None, [self.problem(at, f"{named}`text`: {describe(exc)}")]
+        questions, labels = tuple(table["questions"]), tuple(table.get("buttons", ()))
+        return Answer(table["name"], self.path.stem, questions, template, labels, f"{self.path}:{line}"), []
+
+    def shape_problem(self, table: dict) -> str | None:
+        """What is wrong with a table's keys and values, if anything."""
+        if unknown := sorted(set(table) - KEYS):
+            return f"unknown key {unknown[0]!r} (keys: {', '.join(sorted(KEYS))})"
+        name, questions, text, labels = (table.get(key) for key in ("name", "questions", "text", "buttons"))
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            return "`name` must be a short lower-case name like `pricing`"
+        if (
+            not isinstance(questions, list)
+            or not questions
+            or not all(isinstance(q, str) and q.strip() for q in questions)
+        ):
+            return "`questions` must be a list of question variants"
+        if not isinstance(text, str) or not text.strip():
+            return "`text` must be the answer's text"
+        if not isinstance(labels or [], list) or not all(isinstance(label, str) for label in labels or []):
+            return "`buttons` must be a list of button labels"
+        allowed = {label.casefold() for label in self.buttons}
+        odd = [label for label in labels or [] if self.buttons and label.casefold() not in allowed]
+        return (
+            f"button {odd[0]!r} opens no handoff: use one of handoff.buttons ({', '.join(self.buttons)})"
+            if odd
+            else None
+        )
 
 
 def _text_line(source: str, table_line: int) -> int:

@@ -66,14 +66,15 @@ class Index:
 
     def scores(self, text: str) -> dict[str, float]:
         """Each label's best cosine against `text` (labels sharing nothing with it are left out)."""
-        per_text: Counter[int] = Counter()
+        per_text: dict[int, float] = {}  # a plain dict: Counter's missing-key hook is slower
+        postings, labels = self.postings, self.labels
         for feature, weight in self._vector(features(text)).items():
-            for number, other in self.postings.get(feature, ()):
-                per_text[number] += weight * other
+            for number, other in postings.get(feature, ()):
+                per_text[number] = per_text.get(number, 0.0) + weight * other
         best: dict[str, float] = {}
         for number, score in per_text.items():
-            label = self.labels[number]
-            best[label] = max(score, best.get(label, 0.0))
+            if score > best.get(labels[number], 0.0):
+                best[labels[number]] = score
         return best
 
 
