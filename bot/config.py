@@ -589,7 +589,7 @@ def _answers(section: _Section) -> AnswersPolicy:
     values = {}
     for name in ("threshold", "margin"):
         value = section.get(name, (int, float), getattr(AnswersPolicy, name))
-        if not 0 <= value <= 1:
+        if isinstance(value, bool) or not 0 <= value <= 1:
             raise ConfigError(f"{section.key(name)}: a number from 0 to 1, got {value!r}")
         values[name] = float(value)
     return AnswersPolicy(**values)

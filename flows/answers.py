@@ -14,6 +14,7 @@ import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,12 @@ class Answers:
             language: Index(pairs((name, answer.questions) for name, answer in found.items()))
             for language, found in self.by_language.items()
         }
-        self.everywhere = Index(pairs((f"{a.language}:{a.name}", a.questions) for a in answers))
+
+    @cached_property
+    def everywhere(self) -> Index:
+        """One index over every language, for leads whose language has no file (built when first needed)."""
+        found = [answer for by_name in self.by_language.values() for answer in by_name.values()]
+        return Index(pairs((f"{answer.language}:{answer.name}", answer.questions) for answer in found))
 
     def language_of(self, locale: str | None) -> str | None:
         """The file a locale reads: `pt-BR` -> `pt-br`, else `pt`; None when no file fits."""

@@ -167,8 +167,9 @@ async def test_the_person_an_answer_offers_is_a_handoff_button_in_every_language
 
 def test_the_thresholds_are_settings_from_0_to_1():
     assert settings_from({"answers": {"threshold": 0.4, "margin": 0}}, env={}).answers == AnswersPolicy(0.4, 0.0)
-    with pytest.raises(ConfigError, match="answers.threshold: a number from 0 to 1"):
-        settings_from({"answers": {"threshold": 30}}, env={})
+    for wrong in (30, -0.1, True):
+        with pytest.raises(ConfigError, match="answers.threshold: a number from 0 to 1"):
+            settings_from({"answers": {"threshold": wrong}}, env={})
 
 
 def test_the_shipped_answers_keep_their_measured_precision_and_recall(shipped):
