@@ -115,8 +115,8 @@ class Answers:
         if len(best) > 1 and best[0][1] - best[1][1] < policy.margin:
             return None  # two answers fit about as well: a person decides
         label, score = best[0]
-        found = label.partition(":") if not language else (language, ":", label)
-        return Match(self.by_language[found[0]][found[2]], score)
+        of, name = (language, label) if language else label.split(":", 1)  # the all-languages index: `ru:pricing`
+        return Match(self.by_language[of][name], score)
 
     def render(self, found: Match, lead: dict[str, Any]) -> str | None:
         """The answer's text for a lead's context, or None (logged) when its template fails: never sent raw."""
@@ -159,11 +159,6 @@ def load_answers(templates: Path, policy: AnswersPolicy = AnswersPolicy(), butto
     if problems:
         raise AnswersError(problems)
     return Answers(answers, policy)
-
-
-def lint_answers(templates: Path, buttons: Sequence[str] = ()) -> list[Problem]:
-    """Every problem in the answers files of a templates folder (`kindling lint`)."""
-    return [problem for path in answer_files(templates) for problem in read_answers(path, templates, buttons)[1]]
 
 
 def read_answers(path: Path, templates: Path, buttons: Sequence[str]) -> tuple[list[Answer], list[Problem]]:
