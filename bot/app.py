@@ -27,6 +27,7 @@ from bot.mail.digest import DIGEST_SECONDS, send_digests
 from bot.mail.receive import start_receiver
 from bot.services import SERVICES, Services
 from bot.web.middlewares import errors
+from flows.answers import load_answers
 from flows.clock import Clock, SystemClock
 from flows.engine import Engine
 from flows.library import FlowLibrary
@@ -104,6 +105,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         messages.check()
+        services.answers = load_answers(settings.templates, settings.answers, settings.handoff.buttons)
         library.load()  # a flow that fails lint is logged and left out; the rest run
         services.secret_key = services.intake.secret_key = await shared_secret_key(settings, sessions)
         await hub.start()

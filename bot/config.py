@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
+from flows.answers import AnswersPolicy
 from flows.clock import time_zones
 from flows.durations import parse_duration
 from flows.expressions import ExpressionError
@@ -176,6 +177,7 @@ class Settings:
     opt_out_words: tuple[str, ...] = ()
     console: ConsoleSettings = ConsoleSettings()
     handoff: HandoffPolicy = HandoffPolicy()
+    answers: AnswersPolicy = AnswersPolicy()
     operators_chat: int | None = None
     outbox_lease: timedelta = timedelta(seconds=60)
     email: EmailSettings = EmailSettings()
@@ -246,6 +248,7 @@ def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
         console=_console(doc.section("console")),
         **_nurture(doc.section("nurture"), env),
         handoff=_handoff(doc.section("handoff")),
+        answers=_answers(doc.section("answers")),
         operators_chat=_operators_chat(env.get("KINDLING_OPERATORS_CHAT")),
         outbox_lease=_duration(doc.section("outbox"), "lease", "60s"),
         email=_email(doc.section("email"), env),
@@ -646,6 +649,17 @@ def _prechat(section: _Section) -> tuple[str, ...]:
     if "consent" in fields and "email" not in fields:
         raise ConfigError('widget.prechat: "consent" is consent to email: it needs "email" on the form too')
     return tuple(field for field in PRECHAT_FIELDS if field in fields)
+
+
+def _answers(section: _Section) -> AnswersPolicy:
+    """How close a question must be to a quick answer (docs/answers.md)."""
+    values = {}
+    for name in ("threshold", "margin"):
+        value = section.get(name, (int, float), getattr(AnswersPolicy, name))
+        if isinstance(value, bool) or not 0 <= value <= 1:
+            raise ConfigError(f"{section.key(name)}: a number from 0 to 1, got {value!r}")
+        values[name] = float(value)
+    return AnswersPolicy(**values)
 
 
 def _console(section: _Section) -> ConsoleSettings:

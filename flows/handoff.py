@@ -29,7 +29,7 @@ from storage.operators import operator_at_console
 
 OPEN = ("waiting", "claimed")
 INTENT_WORDS = ("talk to a human", "call me", "price", "оператор", "позвоните", "人工", "客服")
-HANDOFF_BUTTONS = ("Talk to a human", "Talk to a person")
+HANDOFF_BUTTONS = ("Talk to a human", "Talk to a person", "Поговорить с человеком", "联系人工客服")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ TELEGRAM_SECRET = "test-telegram-secret"  # what `telegram_client`'s Telegram we
 ACME = WebhookSource("acme", "test-webhook-secret", None)  # `telegram_client`'s webhook source (no reply URL)
 # The flows Kindling ships; tests run on copies of these only, so flows a marketer adds never change a test.
 SHIPPED_FLOWS = ("new-lead-7-in-7", "pricing-not-ready", "speed-to-lead", "stuck-reengage")
+# Likewise the quick answers and widget texts it ships, one file a language.
+SHIPPED_LANGUAGE_FILES = ("en.toml", "ru.toml", "zh.toml")
 
 
 # --- no real network -------------------------------------------------------------------------
@@ -193,10 +195,13 @@ async def telegram_client(make_client, settings: Settings, fake_telegram: FakeTe
 
 
 def templates_with(folder: Path, flows: dict[str, str]) -> Path:
-    """A copy of the shipped templates (system messages, partials) with only the given flows, by slug."""
+    """A copy of the shipped templates (messages, partials, shipped answers and widget texts), given flows only."""
     shutil.copytree(ROOT / "templates", folder)
     for shipped in (folder / "flows").glob("*.j2"):
         shipped.unlink()
+    for added in [*(folder / "_answers").glob("*"), *(folder / "_widget").glob("*")]:
+        if added.name not in SHIPPED_LANGUAGE_FILES:
+            added.unlink()
     for slug, source in flows.items():
         (folder / "flows" / f"{slug}.j2").write_text(source)
     return folder

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.mail.compose import Composer, Letter
+from flows.answers import answer_files, read_answers
 from flows.clock import SystemClock
 from flows.engine import context as lead_context_for
 from flows.lint import check_flow, flow_files, lint_paths, templates_root_of
@@ -24,16 +25,23 @@ from storage.leads import get_lead
 
 
 def lint(settings: Settings, files: list[Path]) -> int:
-    """Print `file:line: message` for every problem; 1 if there was any."""
-    targets = files or flow_files(settings.templates)
+    """Print `file:line: message` for every problem; 1 if there was any.
+
+    Without files: every flow and every quick answers file (`_answers/*.toml`) of the templates folder."""
+    answers = [path for path in files if path.suffix == ".toml"]
+    targets = [path for path in files if path.suffix != ".toml"] if files else flow_files(settings.templates)
     meta = settings.meta
     whatsapp = by_name(meta.whatsapp_templates) if meta.whatsapp_templates or not meta.whatsapp_missing() else None
     messenger = not meta.messenger_missing()  # steps that may go there: their quick replies checked
     problems = lint_paths(targets, None if files else settings.templates, settings.stages.order, whatsapp, messenger)
+    if not files:
+        answers = answer_files(settings.templates)
+    for path in answers:
+        problems.extend(read_answers(path, path.parent.parent, settings.handoff.buttons)[1])  # <templates>/_answers/
     for problem in problems:
         print(problem)
-    checked = len(targets)
-    print(f"{checked} flow file(s) checked, {len(problems)} problem(s)", file=sys.stderr)
+    checked = f"{len(targets)} flow file(s)" + (f" and {len(answers)} answers file(s)" if answers else "")
+    print(f"{checked} checked, {len(problems)} problem(s)", file=sys.stderr)
     return 1 if problems else 0
 
 

@@ -24,6 +24,7 @@ from bot.cli.flows import lint, preview_flow, simulate_flow
 from bot.config import ConfigError, Settings, load_settings
 from bot.intake.messages import MessageError
 from bot.reports.leadview import format_lead, lead_report
+from flows.answers import AnswersError
 from flows.clock import SystemClock
 from storage.db import create_engine, sessionmaker
 from storage.leads import LeadNotFound
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except MessageError as exc:
+    except (MessageError, AnswersError) as exc:
         print(f"template error: {exc}", file=sys.stderr)
         return 2
     except (OSError, SQLAlchemyError) as exc:
