@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -31,6 +33,23 @@ def start_ticks(jobs: Sequence[Job]) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler()
     for job, seconds in jobs:
         # However late a tick starts (the loop was busy), it runs, once: no "run time was missed" warning either.
-        scheduler.add_job(job, "interval", seconds=seconds, max_instances=1, coalesce=True, misfire_grace_time=None)
+        tick = _ends_quietly(job)
+        scheduler.add_job(tick, "interval", seconds=seconds, max_instances=1, coalesce=True, misfire_grace_time=None)
     scheduler.start()
     return scheduler
+
+
+def _ends_quietly(job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+    """The job, ending without a traceback when shutting down cancels a tick mid-run (a port taken, Ctrl-C).
+
+    APScheduler logs a cancelled job as an error; nothing was lost (the next start asks the database what is due).
+    """
+
+    @functools.wraps(job)
+    async def tick() -> None:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            log.debug("%s stopped by shutdown", getattr(job, "__qualname__", job))
+
+    return tick
