@@ -231,9 +231,8 @@ def render_step(
     """Render one step (variant, in `locale` or the default block) of a flow for `context`; raise RenderError."""
     step = next((s for s in spec.steps if (s.name, s.variant, s.locale) == (step_name, variant, locale)), None)
     if step is None:
-        which = (
-            f"step {step_name!r}" + (f" variant {variant!r}" if variant else "") + (f" in {locale!r}" if locale else "")
-        )
+        which = f"step {step_name!r}" + (f" variant {variant!r}" if variant else "")
+        which += f" in {locale!r}" if locale else ""
         raise RenderError(str(spec.path), 1, f"flow {spec.slug!r} has no {which}")
     full = {**context, "flow": {"slug": spec.slug, "name": spec.name}}
     return render_block(spec.template, step, full)

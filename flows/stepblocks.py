@@ -257,9 +257,8 @@ def _name_problems(steps: list[StepSpec], file: str) -> list[Problem]:
 def _variant_problems(name: str, blocks: list[StepSpec], file: str) -> list[Problem]:
     """Duplicate names are only allowed as A/B variants with distinct labels and the same timing."""
     problems = []
-    first = blocks[0] if blocks else None
     for block in blocks[1:]:
-        assert first is not None
+        first = blocks[0]
         if first.variant is None or block.variant is None:
             why = "rename it, or give every block a variant= label for an A/B test"
             problems.append(Problem(file, block.line, f"duplicate step {name!r} (first at line {first.line}): {why}"))
