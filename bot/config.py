@@ -23,6 +23,7 @@ from flows.durations import parse_duration
 from flows.expressions import ExpressionError
 from flows.handoff import INTENT_WORDS, HandoffPolicy
 from flows.hours import BusinessHours
+from flows.locales import BASE, is_code
 from flows.outgoing import WEBHOOK_EVENTS
 from flows.safety import Policy, QuietHours
 from flows.scoring import Cap, ScoreRule, Scoring
@@ -158,6 +159,7 @@ class Settings:
     public_url: str = ""
     max_body_bytes: int = 256 * 1024
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    default_locale: str = BASE  # the language of leads whose locale is unknown or none we have
     database_url: str = "sqlite+aiosqlite:///kindling.db"
     templates: Path = Path("templates")
     api_key: str | None = None
@@ -228,6 +230,7 @@ def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
         public_url=_env(env, "KINDLING_PUBLIC_URL", server.get("public_url", str, "")).rstrip("/"),
         max_body_bytes=server.get("max_body_kb", int, 256) * 1024,
         trusted_proxies=_trusted_proxies(server, env),
+        default_locale=_default_locale(server),
         database_url=_env(env, "KINDLING_DATABASE_URL", database.get("url", str, Settings.database_url)),
         templates=Path(_env(env, "KINDLING_TEMPLATES", doc.section("templates").get("path", str, "templates"))),
         api_key=env.get("KINDLING_API_KEY") or None,
@@ -343,6 +346,14 @@ def _trusted_proxies(server: _Section, env: Mapping[str, str]) -> tuple[IPv4Netw
     if bad is not None:
         raise ConfigError(f"{key}: {bad!r} is not an address or network like 127.0.0.1, ::1 or 10.0.0.0/8")
     return tuple(ip_network(entry) for entry in entries)
+
+
+def _default_locale(server: _Section) -> str:
+    """`server.default_locale`: a language code (`en`, `ru`); whether the templates have it is checked at start."""
+    code = server.get("default_locale", str, BASE).strip().lower()
+    if not is_code(code):
+        raise ConfigError(f'server.default_locale: {code!r} is not a language code like "en", "ru" or "zh"')
+    return code
 
 
 def _is_network(entry: Any) -> bool:

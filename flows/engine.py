@@ -14,6 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows.handoff import HandoffPolicy, close_won, wins
 from flows.library import FlowLibrary
+from flows.locales import Locales
 from flows.outgoing import Subscriptions
 from flows.reach import EmailPolicy, Sockets
 from flows.reactions import event_context, lead_context
@@ -29,7 +30,7 @@ REPLIES = ("message", "button")
 
 @dataclass
 class Engine:
-    """The flow engine's state: flows, funnel, channels and who is on them, scoring, handoff, webhooks."""
+    """The flow engine's state: flows, funnel, channels and who is on them, scoring, handoff, webhooks, languages."""
 
     library: FlowLibrary
     stages: Stages
@@ -39,6 +40,7 @@ class Engine:
     webhooks: Subscriptions = field(default_factory=Subscriptions)
     presence: Sockets = field(default_factory=Sockets)  # who is on the widget now, in this process
     email: EmailPolicy = field(default_factory=EmailPolicy)
+    locales: Locales = field(default_factory=Locales)  # the languages there are; steps go in the lead's
 
     async def react(self, session: AsyncSession, lead: Lead, events: Sequence[Event], now: datetime) -> None:
         """End the flows these events end, then enroll the lead in the flows they trigger."""

@@ -13,6 +13,7 @@ from jinja2.parser import Parser
 
 from flows.flowfile import Draft, parse_tree, read_flow
 from flows.hints import field_hints, with_hint
+from flows.locales import SYSTEM, available
 from flows.messenger_rules import CHANNELS as MESSENGER_CHANNELS
 from flows.messenger_rules import may_go_there, quick_reply_problem
 from flows.render import RenderError, describe, flow_environment, render_block
@@ -51,9 +52,21 @@ def check_flow(
     flagged = {(problem.file, problem.line) for problem in unsafe}
     rendered = [problem for problem in _render_problems(draft) if (problem.file, problem.line) not in flagged]
     found = {*draft.problems, *unsafe, *_expression_problems(draft, templates_root), *rendered}
+    found.update(_language_problems(draft, templates_root))
     hints = field_hints(_trees(draft, templates_root))
     found = sorted({with_hint(problem, hints) for problem in found})
     return (draft.spec() if not found else None), found
+
+
+def _language_problems(draft: Draft, root: Path) -> list[Problem]:
+    """Locale variants in a language the templates folder does not have (a language is a folder of `_system/`)."""
+    known = available(root)
+    why = f"the languages here are {', '.join(known)}; add one as a folder {SYSTEM}/<code>/ in the templates folder"
+    return [
+        Problem(draft.file, step.line, f"step {step.name!r}: unknown locale {step.locale!r}: {why}")
+        for step in draft.steps
+        if step.locale is not None and step.locale not in known
+    ]
 
 
 def _trees(draft: Draft, root: Path) -> list[nodes.Node]:

@@ -29,8 +29,10 @@ def preview(
     start: datetime,
     step_name: str | None = None,
     all_variants: bool = False,
+    locale: str | None = None,
 ) -> list[PreviewStep]:
-    """Render every step (or one) for `context`: the lead's own A/B variant, or all of them.
+    """Render every step (or one) for `context`: the lead's own A/B variant, or all of them; in `locale` (a
+    language code) where a step has a variant in it.
 
     Due times chain from `start` (the enrollment) in the lead's time zone; quiet hours and caps are the
     engine's business and are not applied here.
@@ -38,7 +40,7 @@ def preview(
     lead = context["lead"]
     due, items = start, []
     for name in spec.step_names:
-        blocks = list(spec.variants(name)) if all_variants else [spec.step_for(name, lead["id"])]
+        blocks = list(spec.variants(name, locale)) if all_variants else [spec.step_for(name, lead["id"], locale)]
         due = blocks[0].delay.due(due, lead.get("timezone"))
         if step_name in (None, name):
             items.extend(_preview_block(spec, block, due, context) for block in blocks)
@@ -48,7 +50,8 @@ def preview(
 def _preview_block(spec: FlowSpec, step: StepSpec, due: datetime, context: dict[str, Any]) -> PreviewStep:
     skipped = step.when is not None and not step.when.holds(**context)
     try:
-        return PreviewStep(step, due, render_step(spec, step.name, step.variant, context), skipped=skipped)
+        rendered = render_step(spec, step.name, step.variant, context, step.locale)
+        return PreviewStep(step, due, rendered, skipped=skipped)
     except RenderError as exc:
         return PreviewStep(step, due, error=exc, skipped=skipped)
 
@@ -64,6 +67,7 @@ def preview_text(
     for item in items:
         step = item.step
         variant = f" (variant {step.variant})" if step.variant else ""
+        variant += f" (locale {step.locale})" if step.locale else ""
         when = f"{item.due.astimezone(zone(timezone)):%a %Y-%m-%d %H:%M %Z}"
         lines = [f"== {step.name}{variant}: {when}, after {step.delay}"]
         if item.skipped:

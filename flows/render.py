@@ -114,20 +114,22 @@ class StepExtension(Extension):
         return node
 
     def _selected(self, context: Any, name: Any, **options: Any) -> bool:
-        return context.get(STEP_KEY) == (name, options.get("variant"))
+        return context.get(STEP_KEY) == (name, options.get("variant"), options.get("locale"))
 
 
 def _selected_test(name: nodes.Expr, options: list[nodes.Keyword]) -> nodes.Expr | None:
-    """`kindling_step == ("name", "variant")` when both are constants (lint requires it), else None.
+    """`kindling_step == ("name", "variant", "locale")` when all are constants (lint requires it), else None.
 
     A plain comparison, not a call to `_selected`: every call from a template goes through the sandbox's
     checks, and each render tests every step block of the flow, so the call cost more than a short step's
     own text.
     """
-    variant = next((option.value for option in options if option.key == "variant"), nodes.Const(None))
-    if not isinstance(name, nodes.Const) or not isinstance(variant, nodes.Const):
+    variant, locale = (
+        next((o.value for o in options if o.key == key), nodes.Const(None)) for key in ("variant", "locale")
+    )
+    if not all(isinstance(part, nodes.Const) for part in (name, variant, locale)):
         return None
-    wanted = nodes.Const((name.value, variant.value), lineno=name.lineno)
+    wanted = nodes.Const((name.value, variant.value, locale.value), lineno=name.lineno)
     return nodes.Compare(nodes.Name(STEP_KEY, "load"), [nodes.Operand("eq", wanted)], lineno=name.lineno)
 
 
@@ -223,11 +225,14 @@ def compile_tree(env: FlowSandbox, tree: nodes.Template, name: str, filename: st
     return env.template_class.from_code(env, code, env.make_globals(None))
 
 
-def render_step(spec: FlowSpec, step_name: str, variant: str | None, context: dict[str, Any]) -> Rendered:
-    """Render one step (variant) of a flow for `context` (lead, event, now); raise RenderError."""
-    step = next((s for s in spec.steps if s.name == step_name and s.variant == variant), None)
+def render_step(
+    spec: FlowSpec, step_name: str, variant: str | None, context: dict[str, Any], locale: str | None = None
+) -> Rendered:
+    """Render one step (variant, in `locale` or the default block) of a flow for `context`; raise RenderError."""
+    step = next((s for s in spec.steps if (s.name, s.variant, s.locale) == (step_name, variant, locale)), None)
     if step is None:
         which = f"step {step_name!r}" + (f" variant {variant!r}" if variant else "")
+        which += f" in {locale!r}" if locale else ""
         raise RenderError(str(spec.path), 1, f"flow {spec.slug!r} has no {which}")
     full = {**context, "flow": {"slug": spec.slug, "name": spec.name}}
     return render_block(spec.template, step, full)
@@ -237,7 +242,11 @@ def render_block(template: Template, step: StepSpec, context: dict[str, Any]) ->
     """Render a step block of a compiled flow: stripped text within limits, its buttons, and its subject."""
     file = template.filename or template.name or "<flow>"
     chunks, size = [], 0
-    values = {**context, "step": {"name": step.name, "variant": step.variant}, STEP_KEY: (step.name, step.variant)}
+    values = {
+        **context,
+        "step": {"name": step.name, "variant": step.variant},
+        STEP_KEY: (step.name, step.variant, step.locale),
+    }
     limit, output_limit = (MAX_EMAIL, MAX_EMAIL + MAX_OUTPUT) if step.email_only else (MAX_TEXT, MAX_OUTPUT)
     try:
         with _budgeted():

@@ -190,13 +190,13 @@ class Runner:
         if reason or spec is None:
             end(enrollment, "exited", reason, now)
             return
-        step = spec.step_for(spec.step_names[enrollment.step_index], lead.id)
+        step = spec.step_for(spec.step_names[enrollment.step_index], lead.id, self.engine.locales.of(lead.locale))
         ctx = {**context(lead, None, now), "flow": {"slug": spec.slug, "name": spec.name}, "step": {"name": step.name}}
         if step.when is not None and not step.when.holds(**ctx):
             _skipped(session, lead, spec, step, f"when is false: {step.when.source}", now)
         else:
             try:
-                rendered = render_step(spec, step.name, step.variant, ctx)
+                rendered = render_step(spec, step.name, step.variant, ctx, step.locale)
             except RenderError as exc:  # never send raw template text: skip and say why
                 log.error("flow %s step %s not sent: %s", spec.slug, step.name, exc)
                 _skipped(session, lead, spec, step, f"render error: {exc}", now)

@@ -77,17 +77,19 @@ def simulate(
     stages: Stages,
     email: EmailPolicy | None = None,
     consent: bool = True,
+    locale: str | None = None,
 ) -> list[str]:
     """One line per step (and per lead event), in the lead's local time, with the channel it takes and why.
 
     The lead came from its first touch's channel and is on it (the widget open) for LIVE_WINDOW after it
-    enrolls or replies, gone after that; it has email consent unless `consent` is false.
+    enrolls or replies, gone after that; it has email consent unless `consent` is false. `locale`: the
+    language the lead gets (a code), for steps with a variant in it.
     """
     lead, zone = dict(ctx["lead"]), policy.zone(ctx["lead"].get("timezone"))
     end, due, sent_days, lines = start + timedelta(days=days), start, [], []
     pending, active = list(events), start
     for name in spec.step_names:
-        step = spec.step_for(name, lead["id"])
+        step = spec.step_for(name, lead["id"], locale)
         due = step.delay.due(due, lead.get("timezone"))
         sent_at, note = _send_time(due, sent_days, policy, zone)
         while pending and pending[0].at <= (sent_at if due <= end else due):  # what the lead does first comes first
@@ -134,7 +136,7 @@ def _outcome(spec: FlowSpec, step: StepSpec, ctx: dict[str, Any]) -> str:
     if step.when is not None and not step.when.holds(**ctx):
         return f"skipped, when={step.when.source!r} is false"
     try:
-        text = render_step(spec, step.name, step.variant, ctx).text
+        text = render_step(spec, step.name, step.variant, ctx, step.locale).text
     except RenderError as exc:
         return f"not sent, render error: {exc}"
     action = f" -> {step.action.kind}" if step.action else ""

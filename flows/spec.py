@@ -127,6 +127,7 @@ class StepSpec:
     buttons: tuple[str, ...] = ()
     action: Action | None = None
     variant: str | None = None
+    locale: str | None = None  # the language this block translates its step into (`ru`); None: the default block
     subject: str | None = None  # an email's subject, Jinja like the body
     whatsapp: TemplateStep | None = None  # the WhatsApp template it goes as outside the 24-hour window
 
@@ -167,19 +168,28 @@ class FlowSpec:
     @cached_property
     def step_names(self) -> tuple[str, ...]:
         """Step names in order, each once (variants share a name); computed once, as a spec never changes."""
-        return tuple(dict.fromkeys(step.name for step in self.steps))
+        return tuple(dict.fromkeys(step.name for step in self.steps if step.locale is None))
 
     @cached_property
     def _blocks(self) -> dict[str, tuple[StepSpec, ...]]:
-        return {name: tuple(step for step in self.steps if step.name == name) for name in self.step_names}
+        defaults = [step for step in self.steps if step.locale is None]
+        return {name: tuple(step for step in defaults if step.name == name) for name in self.step_names}
 
-    def variants(self, step_name: str) -> tuple[StepSpec, ...]:
-        """Every block of a step: one, or several A/B variants."""
-        return self._blocks.get(step_name, ())
+    @cached_property
+    def _translations(self) -> dict[tuple[str, str | None, str], StepSpec]:
+        return {(step.name, step.variant, step.locale): step for step in self.steps if step.locale is not None}
 
-    def step_for(self, step_name: str, lead_id: int | str) -> StepSpec:
-        """The variant of a step this lead gets; KeyError if the flow has no such step."""
-        blocks = self.variants(step_name)
+    def variants(self, step_name: str, locale: str | None = None) -> tuple[StepSpec, ...]:
+        """Every A/B variant of a step (one block, or several), each in `locale` where the flow has it so."""
+        blocks = self._blocks.get(step_name, ())
+        if locale is None:
+            return blocks
+        return tuple(self._translations.get((step_name, block.variant, locale), block) for block in blocks)
+
+    def step_for(self, step_name: str, lead_id: int | str, locale: str | None = None) -> StepSpec:
+        """The variant of a step this lead gets, in its language (`locale`) when the flow has one; KeyError if
+        the flow has no such step. The A/B choice is the same in every language."""
+        blocks = self.variants(step_name, locale)
         if not blocks:
             raise KeyError(f"flow {self.slug!r} has no step {step_name!r}")
         if len(blocks) == 1:

@@ -10,6 +10,7 @@ from jinja2 import nodes
 
 from flows.durations import parse_delay
 from flows.expressions import ExpressionError
+from flows.locales import is_code
 from flows.render import step_call
 from flows.spec import CHANNELS, Action, Expression, Problem, StepSpec
 from flows.whatsapp_rules import TemplateStep
@@ -23,6 +24,7 @@ OPTIONS = (
     "buttons",
     "action",
     "variant",
+    "locale",
     "whatsapp_template",
     "whatsapp_language",
     "whatsapp_parameters",
@@ -141,6 +143,7 @@ def _build(name: str, line: int, options: dict[str, Any], stages: tuple[str, ...
         buttons=_buttons(options.get("buttons", [])),
         action=parse_action(_text(options, "action", None), stages),
         variant=_text(options, "variant", None),
+        locale=_locale(_text(options, "locale", None)),
         subject=_subject(options),
         whatsapp=_whatsapp(options),
     )
@@ -160,6 +163,13 @@ def _when(source: str | None) -> Expression | None:
         return Expression.compile(source)
     except ExpressionError as exc:
         raise ValueError(f"`when` is not a valid expression: {exc}") from exc
+
+
+def _locale(code: str | None) -> str | None:
+    """A step block's language: a code like `ru` or `zh`, as the language's folder in templates/_system/ is named."""
+    if code is not None and not is_code(code):
+        raise ValueError(f'`locale` {code!r} is not a language code: write it like locale="ru" or locale="zh"')
+    return code
 
 
 def _channels(value: Any) -> tuple[str, ...]:
@@ -232,23 +242,61 @@ def parse_action(source: str | None, stages: tuple[str, ...]) -> Action | None:
 
 
 def _name_problems(steps: list[StepSpec], file: str) -> list[Problem]:
-    """Duplicate names are only allowed as A/B variants with distinct labels and the same timing."""
+    """Per step name: its default blocks (one, or A/B variants) and the locale variants translating them."""
     problems = []
     by_name: dict[str, list[StepSpec]] = defaultdict(list)
     for step in steps:
         by_name[step.name].append(step)
     for name, blocks in by_name.items():
-        first = blocks[0]
-        for block in blocks[1:]:
-            if first.variant is None or block.variant is None:
-                why = "rename it, or give every block a variant= label for an A/B test"
-                problems.append(
-                    Problem(file, block.line, f"duplicate step {name!r} (first at line {first.line}): {why}")
-                )
-            elif sum(b.variant == block.variant for b in blocks) > 1:
-                problems.append(Problem(file, block.line, f"step {name!r} has variant {block.variant!r} twice"))
-            elif block.delay != first.delay:
-                problems.append(
-                    Problem(file, block.line, f"variants of step {name!r} must share after/at (line {first.line})")
-                )
+        defaults = [block for block in blocks if block.locale is None]
+        problems.extend(_variant_problems(name, defaults, file))
+        problems.extend(_locale_problems(name, defaults, [block for block in blocks if block.locale], file))
     return problems
+
+
+def _variant_problems(name: str, blocks: list[StepSpec], file: str) -> list[Problem]:
+    """Duplicate names are only allowed as A/B variants with distinct labels and the same timing."""
+    problems = []
+    for block in blocks[1:]:
+        first = blocks[0]
+        if first.variant is None or block.variant is None:
+            why = "rename it, or give every block a variant= label for an A/B test"
+            problems.append(Problem(file, block.line, f"duplicate step {name!r} (first at line {first.line}): {why}"))
+        elif sum(b.variant == block.variant for b in blocks) > 1:
+            problems.append(Problem(file, block.line, f"step {name!r} has variant {block.variant!r} twice"))
+        elif block.delay != first.delay:
+            problems.append(
+                Problem(file, block.line, f"variants of step {name!r} must share after/at (line {first.line})")
+            )
+    return problems
+
+
+def _locale_problems(name: str, defaults: list[StepSpec], translated: list[StepSpec], file: str) -> list[Problem]:
+    """Each locale variant translates one default block (the same A/B variant), once, keeping its schedule."""
+    problems, seen = [], set()
+    for block in translated:
+        which = f"step {name!r}" + (f" variant {block.variant!r}" if block.variant else "")
+        original = next((b for b in defaults if b.variant == block.variant), None)
+        if original is None:
+            why = "add the default block (without locale=) that it translates"
+            problems.append(
+                Problem(file, block.line, f"locale {block.locale!r} of {which}: no such step to translate: {why}")
+            )
+        elif (block.variant, block.locale) in seen:
+            problems.append(Problem(file, block.line, f"{which} has locale {block.locale!r} twice"))
+        elif (differs := _schedule_differs(original, block)) is not None:
+            where = f"the default block at line {original.line}"
+            problems.append(Problem(file, block.line, f"locale {block.locale!r} of {which}: {differs} as {where}"))
+        seen.add((block.variant, block.locale))
+    return problems
+
+
+def _schedule_differs(original: StepSpec, block: StepSpec) -> str | None:
+    """What a translation changes that is not words: its timing, its action, how many buttons it has."""
+    if block.delay != original.delay:
+        return "must have the same after/at"
+    if block.action != original.action:
+        return "must have the same action"
+    if len(block.buttons) != len(original.buttons):
+        return f"must have as many buttons ({len(original.buttons)}, each translated)"
+    return None

@@ -22,7 +22,7 @@ from bot.mail.smtp import Pacer, Relay
 from bot.mail.tokens import BOUNCES, reply_address, unsubscribe_token
 from bot.mail.unsubscribe import unsubscribe_url
 from bot.services import Services
-from storage.models import Delivery
+from storage.models import Conversation, Delivery, Lead
 
 log = logging.getLogger(__name__)
 BACKOFF = 30.0  # seconds before the first retry when the relay is down or says "later"; doubles each attempt
@@ -37,7 +37,7 @@ class EmailChannel:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings.email
-        self.composer = Composer(services.settings.templates)
+        self.composer = Composer(services.settings.templates, services.intake.messages)
         self.pacer = Pacer(self.settings.rate)
         self.relay: Relay | None = None
         # The envelope sender is where relays send delivery reports: the built-in receiver takes them at
@@ -62,12 +62,19 @@ class EmailChannel:
         if self.relay is not None:
             await self.relay.close()
 
+    async def send_known(self, delivery: Delivery, conversation: Conversation | None, lead: Lead) -> SendResult:
+        """`send`, given the lead the dispatcher read (nurture): the unsubscribe line in its language."""
+        return await self._send(delivery, lead.locale)
+
     async def send(self, delivery: Delivery) -> SendResult:
         """Compose, hand the message to the relay (which paces it); the relay's answer is the result.
 
         Whether this lead may get it now (consent, unsubscribed, bounced) the dispatcher checked right before.
         """
-        letter = self._letter(delivery)
+        return await self._send(delivery, None)
+
+    async def _send(self, delivery: Delivery, locale: str | None) -> SendResult:
+        letter = self._letter(delivery, locale)
         assert self.relay is not None, "channel not started"
         try:
             message = self.composer.wire(letter, buttons_as_text(delivery.text, delivery.buttons))  # bytes as sent
@@ -82,7 +89,7 @@ class EmailChannel:
             return SendResult.failed(f"{delivery.address} is not an ASCII address; the relay cannot take it")
         return SendResult.sent(message_id(letter.key, letter.sender), delivered=True)
 
-    def _letter(self, delivery: Delivery) -> Letter:
+    def _letter(self, delivery: Delivery, locale: str | None = None) -> Letter:
         """Headers for this delivery: Reply-To when replies have a domain; unsubscribe links on nurture."""
         secret, domain, now = self.services.secret_key, self.settings.reply_domain, self.services.clock.now()
         nurture = delivery.kind == "nurture"
@@ -96,6 +103,7 @@ class EmailChannel:
             reply_to=reply_address(secret, delivery.conversation_id, domain, now.date()) if domain else None,
             unsubscribe_url=unsubscribe_url(self.services.settings.public_url, token) if nurture else None,
             unsubscribe_mailto=f"mailto:unsubscribe+{token}@{domain}" if nurture and domain else None,
+            locale=locale,
         )
 
 

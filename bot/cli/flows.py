@@ -8,11 +8,13 @@ import tomllib
 from pathlib import Path
 
 from bot.config import Settings
+from bot.intake.messages import MessageError, SystemMessages
 from bot.mail.compose import Composer, Letter
 from flows.answers import answer_files, read_answers
 from flows.clock import SystemClock
 from flows.engine import context as lead_context_for
 from flows.lint import check_flow, flow_files, lint_paths, templates_root_of
+from flows.locales import Locales, available
 from flows.preview import preview, preview_text
 from flows.reach import EmailPolicy
 from flows.render import Rendered
@@ -33,9 +35,16 @@ def lint(settings: Settings, files: list[Path]) -> int:
     meta = settings.meta
     whatsapp = by_name(meta.whatsapp_templates) if meta.whatsapp_templates or not meta.whatsapp_missing() else None
     messenger = not meta.messenger_missing()  # steps that may go there: their quick replies checked
-    problems = lint_paths(targets, None if files else settings.templates, settings.stages.order, whatsapp, messenger)
-    if not files:
+    problems: list = lint_paths(
+        targets, None if files else settings.templates, settings.stages.order, whatsapp, messenger
+    )
+    if not files:  # and the answers and the bot's own texts: a broken one stops start-up, a missing translation warns
         answers = answer_files(settings.templates)
+        try:
+            for warning in SystemMessages(settings.templates, settings.default_locale).check():
+                print(f"warning: {warning}", file=sys.stderr)
+        except MessageError as exc:
+            problems.append(exc)
     for path in answers:
         problems.extend(read_answers(path, path.parent.parent, settings.handoff.buttons)[1])  # <templates>/_answers/
     for problem in problems:
@@ -46,7 +55,7 @@ def lint(settings: Settings, files: list[Path]) -> int:
 
 
 async def preview_flow(
-    settings: Settings, slug: str, step: str | None, lead_id: int | None, sample: Path | None
+    settings: Settings, slug: str, step: str | None, lead_id: int | None, sample: Path | None, locale: str | None = None
 ) -> int:
     """Print each step as the lead would see it, with when it would go out."""
     spec = _load_flow(settings, slug)
@@ -61,18 +70,27 @@ async def preview_flow(
     except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:  # JSON errors are ValueErrors
         print(f"sample lead {sample}: {exc}", file=sys.stderr)
         return 2
+    language = _language(settings, spec, lead, locale)
     ctx = {"lead": lead, "event": sample_event(spec.trigger), "now": now,
            "flow": {"slug": spec.slug, "name": spec.name}, "step": {"name": step or ""}}  # fmt: skip
-    composer = Composer(settings.templates)
+    composer = Composer(settings.templates, SystemMessages(settings.templates, settings.default_locale))
 
     def html(rendered: Rendered) -> str:  # the email layout as sent; each lead's unsubscribe link has its own token
         unsubscribe = f"{settings.public_url or 'https://kindling.example'}/email/unsubscribe/TOKEN"
         letter = Letter(sender="", to="", subject=rendered.subject or spec.name, now=now, key="preview",
-                        unsubscribe_url=unsubscribe)  # fmt: skip
+                        unsubscribe_url=unsubscribe, locale=language)  # fmt: skip
         return composer.html(letter, rendered.text)
 
-    print(preview_text(preview(spec, ctx, now, step), lead.get("timezone"), html=html))
+    print(preview_text(preview(spec, ctx, now, step, locale=language), lead.get("timezone"), html=html))
     return 0
+
+
+def _language(settings: Settings, spec: FlowSpec, lead: dict, locale: str | None) -> str:
+    """The language the lead gets, as the server picks it: `--locale` (which becomes its locale) or its own."""
+    if locale:
+        lead["locale"] = locale
+    root = templates_root_of(spec.path)
+    return Locales(available(root), settings.default_locale).of(lead.get("locale"))
 
 
 def _load_flow(settings: Settings, flow: str) -> FlowSpec | None:
@@ -107,7 +125,9 @@ def _read_sample(path: Path | None) -> dict | None:
     return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
 
 
-def simulate_flow(settings: Settings, slug: str, days: int, events: Path | None, sample: Path | None) -> int:
+def simulate_flow(
+    settings: Settings, slug: str, days: int, events: Path | None, sample: Path | None, locale: str | None = None
+) -> int:
     """Print the timeline a hypothetical lead would get; touches no database and sends nothing."""
     spec = _load_flow(settings, slug)
     if spec is None:
@@ -127,6 +147,9 @@ def simulate_flow(settings: Settings, slug: str, days: int, events: Path | None,
            "flow": {"slug": spec.slug, "name": spec.name}, "step": {"name": ""}}  # fmt: skip
     print(f"{spec.name}: a lead in {lead.get('timezone') or settings.policy.default_timezone}, enrolled now")
     email = EmailPolicy(settings.email.disabled() is None, settings.email.require_consent)
-    lines = simulate(spec, ctx, now, days, timeline, settings.policy, settings.stages, email, consent is not False)
+    language = _language(settings, spec, lead, locale)
+    lines = simulate(
+        spec, ctx, now, days, timeline, settings.policy, settings.stages, email, consent is not False, language
+    )
     print("\n".join(lines))
     return 0

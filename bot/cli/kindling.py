@@ -51,11 +51,13 @@ def parser() -> argparse.ArgumentParser:
     who = preview.add_mutually_exclusive_group()
     who.add_argument("--lead", type=int, help="render for this lead from the database")
     who.add_argument("--sample", type=Path, help="a JSON or TOML file of lead fields over the sample lead")
+    preview.add_argument("--locale", help="the lead's language, like ru or zh-CN: its steps' locale variants")
     sim = commands.add_parser("simulate", help="the timeline a made-up lead would get from a flow (sends nothing)")
     sim.add_argument("flow", help="the flow's slug or its file (templates/flows/x.j2)")
     sim.add_argument("--days", type=int, default=90, help="how far to look ahead (default 90)")
     sim.add_argument("--events", type=Path, help='a JSON list like [{"after": "2d", "type": "message"}]')
     sim.add_argument("--sample", type=Path, help="a JSON or TOML file of lead fields over the sample lead")
+    sim.add_argument("--locale", help="the lead's language, like ru or zh-CN: its steps' locale variants")
     reports.add_command(commands)
     lead = commands.add_parser("lead", help="look at, export or erase a lead").add_subparsers(
         dest="lead_command", required=True
@@ -100,9 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "lint":
             return lint(settings, args.files)
         if args.command == "simulate":
-            return simulate_flow(settings, args.flow, args.days, args.events, args.sample)
+            return simulate_flow(settings, args.flow, args.days, args.events, args.sample, args.locale)
         if args.command == "preview":
-            return asyncio.run(preview_flow(settings, args.flow, args.step, args.lead, args.sample))
+            return asyncio.run(preview_flow(settings, args.flow, args.step, args.lead, args.sample, args.locale))
         if args.command == "operator":
             return asyncio.run(operators.run(settings, args))
         if args.command == "report":

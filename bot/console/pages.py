@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,15 @@ def csrf_field(context: Any) -> Markup:
     return Markup('<input type="hidden" name="csrf_token" value="{}">').format(escape(context["csrf_token"]))
 
 
-def when(value: str | datetime | None) -> str:
-    """An ISO time as `2026-01-05 12:00 UTC`; empty for none."""
+def when(value: str | datetime | None) -> Markup | str:
+    """A time as `<time datetime="ISO">2026-01-05 12:00 UTC</time>` (console.js shows it in the operator's
+    language and time zone); empty for none."""
     if not value:
         return ""
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.strftime("%Y-%m-%d %H:%M %Z").strip()
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # what the database stores
+    text = moment.strftime("%Y-%m-%d %H:%M %Z").strip()
+    return Markup('<time datetime="{}">{}</time>').format(moment.isoformat(), text)
 
 
 def countdown(seconds: float) -> str:

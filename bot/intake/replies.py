@@ -10,7 +10,6 @@ from flows.reactions import lead_context
 from storage.models import Conversation, Delivery, Event, Lead
 
 log = logging.getLogger(__name__)
-CONTACT_BUTTON = {"type": "contact", "text": "Share my phone number"}
 ANSWERED = ("message", "start", "button")
 
 
@@ -40,9 +39,18 @@ def plan_replies(
     else:
         planned.append(("got_it", {}, []))
     if not (lead.email or lead.phone or conversation.contact_requested or first_message):
-        planned.append(("contact_request", {}, [CONTACT_BUTTON]))
+        planned.append(("contact_request", {}, contact_button(messages, lead)))
         conversation.contact_requested = True
     return reply_deliveries(messages, planned, lead, conversation, event, now)
+
+
+def contact_button(messages: SystemMessages, lead: Lead) -> list[dict]:
+    """The share-my-phone-number button in the lead's language (`_system/contact_button.j2`); none if it is broken."""
+    try:
+        return [{"type": "contact", "text": messages.render("contact_button", lead.locale)}]
+    except MessageError as exc:
+        log.error("contact button left out: %s", exc)
+        return []
 
 
 def reply_deliveries(
@@ -74,9 +82,10 @@ def system_message(
     buttons: list | None = None,
     kind: str = "system",
 ) -> Delivery | None:
-    """One of the bot's own messages as an outbox row keyed `key`; None (and a log line) if it does not render."""
+    """One of the bot's own messages, in the lead's language, as an outbox row keyed `key`; None (and a log line) if
+    it does not render."""
     try:
-        text = messages.render(name, lead=lead_context(lead), **extra)
+        text = messages.render(name, lead.locale, lead=lead_context(lead), **extra)
     except MessageError as exc:  # never send raw template text; the error is in the log
         log.error("reply not sent: %s", exc)
         return None

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.intake.messages import SystemMessages
+from bot.intake.messages import MessageError, SystemMessages
 from bot.intake.replies import system_message
 from flows.engine import Engine
 from flows.handoff import HandoffPolicy, open_handoff, open_handoff_of, pause_nurture
 from storage.models import Conversation, Delivery, Event, Handoff, Lead
 
+log = logging.getLogger(__name__)
 # Scripts written without spaces between words: their terms match anywhere in the text.
 _UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
@@ -90,15 +92,20 @@ def visitor_notice(
     key = f"handoff:{handoff.id}:coming"
     if online or policy.is_open(now) or policy.hours is None:
         return system_message(messages, "handoff_coming", {}, lead, conversation, key, now)
-    opens = opening_text(policy.hours.next_open(now), lead.timezone or policy.hours.timezone)
+    zone = lead.timezone or policy.hours.timezone
+    try:
+        opens = opening_text(messages, policy.hours.next_open(now), zone, lead.locale)
+    except MessageError as exc:
+        log.error("out-of-hours notice not sent: %s", exc)
+        return None
     return system_message(messages, "handoff_out_of_hours", {"opens": opens}, lead, conversation, key, now)
 
 
-def opening_text(moment: datetime, zone_name: str) -> str:
-    """`Monday at 09:00 (Europe/Berlin)`: in the lead's zone when known."""
+def opening_text(messages: SystemMessages, moment: datetime, zone_name: str, locale: str | None) -> str:
+    """`Monday at 09:00 (Europe/Berlin)` in the lead's language (`_system/opening_time.j2`), in its zone when known."""
     try:
         zone = ZoneInfo(zone_name)
     except (ZoneInfoNotFoundError, ValueError):
         zone, zone_name = ZoneInfo("UTC"), "UTC"
     local = moment.astimezone(zone)
-    return f"{local:%A} at {local:%H:%M} ({zone_name})"
+    return messages.render("opening_time", locale, day=local.weekday(), time=f"{local:%H:%M}", zone=zone_name)

@@ -3,7 +3,8 @@
 The HTML part is the Markdown rendered by markdown-it-py with raw HTML off (a `<script>` in a step is
 shown as text, never run), inside `templates/_email/layout.html.j2`, rendered in a sandboxed, autoescaping
 Jinja environment. A layout that fails to render is logged once and the built-in one is used, so a typo in
-it never stops mail.
+it never stops mail. The unsubscribe line's words are the bot's own texts (`_system/email_footer.j2` and
+`_system/email_unsubscribe.j2`, bot.intake.messages), in the lead's language.
 
 Two ways to the same bytes. `Composer.compose` builds an `EmailMessage` with the standard library, and
 `message.as_bytes(policy=WIRE)` is the message as sent: the reference. `Composer.wire` writes those bytes
@@ -40,6 +41,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
+from bot.intake.messages import MessageError, SystemMessages
+
 log = logging.getLogger(__name__)
 LAYOUT = "_email/layout.html.j2"
 RECURRING = 64  # header values kept parsed; those in every message stay, one-off ones (To, Date) pass through
@@ -48,9 +51,12 @@ BUILT_IN = """<!doctype html>
 <body style="font-family: sans-serif; line-height: 1.5; max-width: 600px; margin: 0 auto; padding: 16px;">
 {{ body }}
 {% if unsubscribe_url %}<p style="font-size: 12px; color: #666;">
-<a href="{{ unsubscribe_url }}">Unsubscribe</a> from these emails.</p>{% endif %}
+{{ footer }} <a href="{{ unsubscribe_url }}">{{ unsubscribe }}</a></p>{% endif %}
 </body></html>
 """
+
+
+FOOTER = ("You get these emails because you talked with us.", "Unsubscribe")  # when its texts are broken
 
 
 class Headers(HeaderRegistry):
@@ -112,13 +118,15 @@ class Letter:
     reply_to: str | None = None
     unsubscribe_url: str | None = None  # nurture only
     unsubscribe_mailto: str | None = None
+    locale: str | None = None  # the lead's: the language of the unsubscribe line
 
 
 class Composer:
     """Builds emails (the bytes as sent, or an EmailMessage); one per app, since it keeps the layout's Jinja
     environment."""
 
-    def __init__(self, templates: Path) -> None:
+    def __init__(self, templates: Path, texts: SystemMessages) -> None:
+        self.texts = texts
         self.env = SandboxedEnvironment(loader=FileSystemLoader(templates), autoescape=True)
         self.markdown = MarkdownIt("commonmark", {"html": False})
         # Normalizing a link's URL (parse, punycode, percent-encode) is a pure function of it and a sixth of the
@@ -131,8 +139,9 @@ class Composer:
         message = EmailMessage(policy=POLICY)
         for name, value in headers(letter):
             message[name] = value
-        message.set_content(plain(markdown, letter.unsubscribe_url))
-        message.add_alternative(self.html(letter, markdown), subtype="html")
+        footer = self.footer(letter)
+        message.set_content(plain(markdown, letter.unsubscribe_url, footer[1]))
+        message.add_alternative(self.html(letter, markdown, footer), subtype="html")
         return message
 
     def wire(self, letter: Letter, markdown: str) -> bytes:
@@ -143,20 +152,25 @@ class Composer:
         the same order, each part's body encoded as `set_content` encodes it (7bit, 8bit, quoted-printable or
         base64, chosen the same way) with CRLF line ends, a boundary of the same form. About 6x faster.
         """
-        text = _part("plain", plain(markdown, letter.unsubscribe_url))
-        html = _part("html", self.html(letter, markdown), "MIME-Version: 1.0\r\n")
+        footer = self.footer(letter)
+        text = _part("plain", plain(markdown, letter.unsubscribe_url, footer[1]))
+        html = _part("html", self.html(letter, markdown, footer), "MIME-Version: 1.0\r\n")
         boundary = _boundary(text + html)
         top = [*(_header(name, value) for name, value in headers(letter)), "MIME-Version: 1.0\r\n",
                f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n']  # fmt: skip
         body = f"\r\n--{boundary}\r\n{text}\r\n--{boundary}\r\n{html}\r\n--{boundary}--\r\n"
         return ("".join(top) + body).encode("ascii", "surrogateescape")  # as BytesGenerator: 8bit bodies as is
 
-    def html(self, letter: Letter, markdown: str) -> str:
+    def html(self, letter: Letter, markdown: str, footer: tuple[str, str] | None = None) -> str:
         """The Markdown rendered into the layout (or the built-in one, if the layout is broken)."""
+        footer, unsubscribe = footer or self.footer(letter)
         values = {
             "subject": letter.subject,
             "body": Markup(self.markdown.render(markdown)),  # noqa: S704  (markdown-it escaped any raw HTML)
             "unsubscribe_url": letter.unsubscribe_url,
+            "footer": footer,
+            "unsubscribe": unsubscribe,
+            "lang": self.texts.locales.of(letter.locale),
         }
         try:
             return self.env.get_template(LAYOUT).render(values)
@@ -165,6 +179,17 @@ class Composer:
                 self._warned = True
                 log.error("email layout %s is broken, using the built-in one: %s", LAYOUT, exc)
             return self.env.from_string(BUILT_IN).render(values)
+
+    def footer(self, letter: Letter) -> tuple[str, str]:
+        """The unsubscribe line in the lead's language: why they get these emails, and the link's words."""
+        if not letter.unsubscribe_url:
+            return "", ""
+        texts, locale = self.texts, letter.locale
+        try:
+            return texts.render("email_footer", locale), texts.render("email_unsubscribe", locale)
+        except MessageError as exc:  # never stop mail for a typo: say it in English
+            log.error("email footer: %s", exc)
+            return FOOTER
 
 
 def headers(letter: Letter) -> list[tuple[str, str]]:
@@ -238,11 +263,11 @@ def _boundary(content: str) -> str:
             return boundary
 
 
-def plain(markdown: str, unsubscribe_url: str | None) -> str:
+def plain(markdown: str, unsubscribe_url: str | None, unsubscribe: str = FOOTER[1]) -> str:
     """The text part: the Markdown as written (links stay readable), and the unsubscribe link under it."""
     text = markdown.rstrip() + "\n"
     if unsubscribe_url:
-        text += f"\n--\nUnsubscribe: {unsubscribe_url}\n"
+        text += f"\n--\n{unsubscribe}: {unsubscribe_url}\n"
     return text
 
 

@@ -1,4 +1,5 @@
-/* Kindling console: live queue and conversation over /console/ws, SLA timers, replies without a reload.
+/* Kindling console: live queue and conversation over /console/ws, SLA timers, replies without a reload,
+ * dates in the operator's language.
  * Plain JavaScript, no build step. The pages work without it (forms post and redirect); this only
  * keeps them current. Everything from the server goes into the page with textContent, never as HTML. */
 (function () {
@@ -33,6 +34,24 @@
       el.classList.toggle("late", left < 0);
     });
   }
+
+  // --- Dates in the operator's language and time zone: the page has ISO times in <time datetime> ------
+  var dates = new Intl.DateTimeFormat(navigator.languages, { dateStyle: "medium", timeStyle: "short" });
+  function dateText(iso) {
+    var moment = new Date(iso);
+    return isNaN(moment.getTime()) ? String(iso) : dates.format(moment);
+  }
+  function timeElement(iso) {
+    var el = document.createElement("time");
+    el.setAttribute("datetime", String(iso));
+    el.textContent = dateText(iso);
+    el.title = String(iso);
+    return el;
+  }
+  document.querySelectorAll("time[datetime]").forEach(function (el) {
+    el.title = el.getAttribute("datetime");
+    el.textContent = dateText(el.getAttribute("datetime"));
+  });
 
   // --- The queue: rows drawn from the row template, most urgent first ----------------------------
   var RANK = { waiting: 0, claimed: 1 };
@@ -125,7 +144,8 @@
     li.className = "from-" + String(m.from).replace(/[^a-z]/g, "");
     li.setAttribute("data-id", String(m.id));
     meta.className = "meta";
-    meta.textContent = String(m.at).replace("T", " ").slice(0, 16) + " UTC · " + m.from;
+    meta.appendChild(timeElement(m.at));
+    meta.appendChild(document.createTextNode(" · " + m.from));
     text.className = "text";
     text.textContent = m.text;
     li.appendChild(meta);

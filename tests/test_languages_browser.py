@@ -1,0 +1,42 @@
+"""Languages in a real browser (headless Chromium): a Russian browser gets the bot's Russian texts in the widget,
+and the console shows dates in the operator's language and time zone."""
+
+from __future__ import annotations
+
+import re
+from zoneinfo import ZoneInfo
+
+from playwright.async_api import Browser, Page, expect
+from test_console_browser import log_in
+
+from storage.models import Lead
+
+from conftest import PASSWORD, rows
+from test_browser import _loopback_only, browser, open_chat, say  # noqa: F401  (a fixture)
+
+GREETING = "Здравствуйте! Спасибо, что написали нам. Чем можем помочь?"
+
+
+async def russian_page(browser: Browser) -> Page:  # noqa: F811
+    """A page in a browser set to Russian, in Moscow."""
+    context = await browser.new_context(locale="ru-RU", timezone_id="Europe/Moscow")
+    await context.route("**/*", _loopback_only)
+    return await context.new_page()
+
+
+async def test_a_russian_browser_gets_the_bots_russian_texts_and_console_dates(client, db, browser, add_operator):  # noqa: F811
+    site = await russian_page(browser)
+    await site.goto(str(client.make_url("/")))
+    chat = await open_chat(site)
+    await say(chat, "Здравствуйте")
+    await expect(chat.locator(".kindling-bubble")).to_have_text(["Здравствуйте", GREETING])
+
+    await add_operator("ann", "operator")
+    console = await russian_page(browser)
+    await log_in(console, str(client.make_url("/console")), "ann", PASSWORD)
+    await console.goto(str(client.make_url("/console/leads")))
+    [lead] = await rows(db, Lead)
+    moscow = lead.updated_at.astimezone(ZoneInfo("Europe/Moscow"))
+    shown = console.locator("table time").first  # the lead's last activity, as Intl formats it in Russian
+    await expect(shown).to_have_text(re.compile(rf"^{moscow.day} [а-я]+\.? {moscow.year} г\., {moscow:%H:%M}$"))
+    assert await shown.get_attribute("title") == lead.updated_at.isoformat()
