@@ -45,6 +45,10 @@ async def test_the_language_is_the_pages_then_the_configs_then_the_browsers(clie
     assert answer["language"] == "ru" and answer["title"] == "Acme"  # a configured title is every language's
     assert answer["subtitle"] == "Здравствуйте! Спросите нас о чём угодно, мы с радостью поможем."
 
+    russian_default = await make_client(settings.with_(default_locale="ru"))
+    answer = await widget_config(russian_default, browser="de-DE")  # as the bot's messages to them will be
+    assert (answer["language"], answer["locale"]) == ("ru", "ru") and answer["texts"]["send"] == "Отправить"
+
 
 async def test_a_language_tag_that_is_not_one_is_refused(client):
     answer = await client.get("/widget/config.json", params={"lang": "<script>"})

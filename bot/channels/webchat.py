@@ -88,7 +88,8 @@ class WebchatChannel:
         self.services = services
         # Per visitor, whichever of their sockets it comes through: no one floods intake, scoring or the queue.
         self.limit = PerMinute(services.settings.webchat_messages_per_minute, services.clock)
-        self.config = WidgetConfig(services.settings.widget, services.settings.templates)
+        settings = services.settings
+        self.config = WidgetConfig(settings.widget, settings.templates, settings.default_locale)
 
     @staticmethod
     def enabled(services: Services) -> str | None:

@@ -5,9 +5,10 @@ widget's texts in one language, from `templates/_widget/<language>.toml`: adding
 A language file may leave texts out; English (`en.toml`, which must be complete) fills them in.
 
 The language: the page's `data-lang` (`?lang=`), else `widget.language` unless it is "auto", else the browser's
-(`?browser=`, `navigator.language`), the first of them with a texts file (`zh-CN` takes `zh.toml` when there is no
-`zh-cn.toml`), else English. `locale` in the answer is the tag that chose it: the widget sends it in its hello as
-the visitor's locale, so the bot's own messages come in the language the widget speaks.
+(`?browser=`, `navigator.language`), else `server.default_locale`, the first of them with a texts file (`zh-CN`
+takes `zh.toml` when there is no `zh-cn.toml`), else English. `locale` in the answer is the tag that chose it: the
+widget sends it in its hello as the visitor's locale, so the bot's own messages come in the language the widget
+speaks.
 """
 
 from __future__ import annotations
@@ -86,10 +87,15 @@ class WidgetTexts:
         languages = self.languages()
         return next((each for each in (tag, tag.split("-")[0]) if each in languages), None)
 
-    def choose(self, settings: WidgetSettings, page: str | None, browser: str | None) -> tuple[str, str]:
-        """(the language of the texts, the locale the widget says hello with): see the module's docstring."""
+    def choose(
+        self, settings: WidgetSettings, page: str | None, browser: str | None, default: str = FALLBACK
+    ) -> tuple[str, str]:
+        """(the language of the texts, the locale the widget says hello with): see the module's docstring.
+
+        `default` is `server.default_locale`: a browser in a language we have no texts for reads the texts the
+        bot's own messages to it will be in."""
         configured = None if settings.language == "auto" else settings.language
-        for tag in (page, configured, browser):
+        for tag in (page, configured, browser, default):
             language = self.resolve(tag) if tag else None
             if language is not None:
                 return language, tag  # type: ignore[return-value]  (tag is set when language is)
@@ -99,8 +105,8 @@ class WidgetTexts:
 class WidgetConfig:
     """Serves the widget's configuration and texts."""
 
-    def __init__(self, settings: WidgetSettings, templates: Path) -> None:
-        self.settings, self.texts = settings, WidgetTexts(templates)
+    def __init__(self, settings: WidgetSettings, templates: Path, default_locale: str = FALLBACK) -> None:
+        self.settings, self.texts, self.default_locale = settings, WidgetTexts(templates), default_locale
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get(CONFIG_PATH, self.config)
@@ -112,7 +118,7 @@ class WidgetConfig:
     async def config(self, request: web.Request) -> web.Response:
         """`?lang=` (the page's data-lang) and `?browser=` (navigator.language) pick the language."""
         page, browser = _tag(request, "lang"), _tag(request, "browser")
-        language, locale = self.texts.choose(self.settings, page, browser)
+        language, locale = self.texts.choose(self.settings, page, browser, self.default_locale)
         try:
             texts = self.texts.texts(language)
         except WidgetTextError as exc:  # edited since start-up and broken now: English until it is fixed
