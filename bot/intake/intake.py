@@ -221,10 +221,10 @@ class Intake:
         first_message = conversation is not None and conversation.last_message_at is None
         if conversation is not None and inbound.kind in ("message", "button"):
             received.message = await self._store_message(session, conversation, lead, event, inbound)
-        if conversation is not None and inbound.kind == "message" and own_words(inbound):  # "I'm Max Turner"
-            take_name(session, lead, conversation, inbound.text or "", self.not_names, now)
         elif conversation is not None and inbound.kind == "start":  # the person spoke first: greeted now, not again
             conversation.last_message_at = inbound.at
+        if conversation is not None and inbound.kind == "message" and own_words(inbound):  # "I'm Max Turner"
+            take_name(session, lead, conversation, inbound.text or "", self.not_names, now)
         captured, stop = await self._react(session, lead, inbound, event, conversation, now)
         received.won_handoff_ids = session.info.pop(WON_BY, [])
         if inbound.kind in ("message", "button") and not stop:  # for the flow report: did nurture get answers?

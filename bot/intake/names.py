@@ -98,8 +98,9 @@ def take_name(
     """Fill a nameless lead's name from a message (stated anywhere, or a bare answer right after the bot
     asked for it); the `name_given` event, or None. The question counts once: the next message answers it
     or not."""
-    asked, conversation.name_asked = conversation.name_asked, False
-    session.add(conversation)
+    asked = conversation.name_asked
+    if asked:  # the conversation is in the session already (intake stored the message in it)
+        conversation.name_asked = False
     if lead.first_name:
         return None
     name = stated_name(text) or (answered_name(text, not_names) if asked else None)
