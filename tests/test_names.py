@@ -68,7 +68,7 @@ async def chat(client, *texts: str):  # type: ignore[no-untyped-def]
     return ws
 
 
-async def test_the_greeting_asks_a_web_visitor_for_a_name_and_the_answer_is_kept(client, db):
+async def test_the_greeting_asks_a_web_visitor_for_a_name_and_the_answer_is_kept(client, db, run_kindling):
     ws = await chat(client, "Hi")
     assert await bot_texts(ws, 1) == [ASKS]
     await say(client, ws, "Max Turner")
@@ -80,6 +80,9 @@ async def test_the_greeting_asks_a_web_visitor_for_a_name_and_the_answer_is_kept
     assert given.payload == {"value": "Max Turner", "first_name": "Max", "last_name": "Turner", "channel": "webchat"}
     texts = await bot_texts(ws, 2)
     assert not any("name" in text for text in texts)
+    status, shown, _ = await run_kindling("lead", "show", str(lead.id))
+    assert status == 0 and f"Lead {lead.id}: Max Turner" in shown
+    assert "name_given  'Max Turner'" in shown  # on the lead's timeline
 
 
 async def test_a_question_after_the_greeting_is_not_a_name_and_the_bot_does_not_ask_again(client, db):
