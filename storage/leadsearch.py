@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, literal, or_
+from sqlalchemy import and_, exists, func, literal, or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.leads import LeadNotFound, get_lead
-from storage.models import Conversation, Event, Lead, Message
+from storage.models import Conversation, Event, Handoff, Lead, Message
 
 MAX_ID = 2**31 - 1
 
@@ -102,6 +103,9 @@ class LeadFilter:
     tag: str | None = None
     source: str | None = None  # the first touch's source (attribution)
     page_only: bool = True  # False: visitors who only viewed pages are left out (see `engaged`)
+    channel: str | None = None  # has a conversation on this channel
+    needs_reply: bool = False  # only leads someone should answer now (see `needs_reply`)
+    active_since: datetime | None = None  # only leads with an event at or after this time
 
 
 def filtered_leads(dialect: str, wanted: LeadFilter) -> Any:
@@ -119,7 +123,33 @@ def filtered_leads(dialect: str, wanted: LeadFilter) -> Any:
         statement = statement.where(_has_tag(dialect, wanted.tag))
     if not wanted.page_only:
         statement = statement.where(engaged())
+    if wanted.channel is not None:
+        on_channel = exists().where(col(Conversation.lead_id) == Lead.id, Conversation.channel == wanted.channel)
+        statement = statement.where(on_channel)
+    if wanted.needs_reply:
+        statement = statement.where(needs_reply())
+    if wanted.active_since is not None:
+        statement = statement.where(last_activity() >= wanted.active_since)
     return statement
+
+
+def last_activity() -> Any:
+    """When the lead's latest event happened (a message, a page view, a stage change, ...); per row of Lead."""
+    return select(func.max(Event.at)).where(col(Event.lead_id) == Lead.id).scalar_subquery()
+
+
+def needs_reply() -> Any:
+    """A lead a person should answer now: it has an open handoff that is still waiting for someone to take
+    it, or one an operator holds where the lead wrote last (its conversation's newest inbound message is
+    later than the newest message an operator sent there, or no operator has written yet).
+
+    A condition on Lead rows, for `filtered_leads` and the `kindling lead list --needs-reply` command.
+    """
+    in_it = col(Message.conversation_id) == Handoff.conversation_id
+    last_in = select(func.max(Message.at)).where(in_it, Message.direction == "in").scalar_subquery()
+    last_out = select(func.max(Message.at)).where(in_it, Message.author == "operator").scalar_subquery()
+    unanswered = and_(Handoff.status == "claimed", last_in.is_not(None), or_(last_out.is_(None), last_in > last_out))
+    return exists().where(col(Handoff.lead_id) == Lead.id, or_(Handoff.status == "waiting", unanswered))
 
 
 def _has_tag(dialect: str, tag: str) -> Any:

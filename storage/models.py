@@ -6,7 +6,7 @@ import inspect
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, SmallInteger, TypeDecorator, UniqueConstraint, text
+from sqlalchemy import JSON, Column, DateTime, Index, SmallInteger, Text, TypeDecorator, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -75,6 +75,7 @@ class Lead(SQLModel, table=True):
     # Messengers (migration 0014): per channel, marketing consent and opt-out, as ISO times with how or why:
     # {"whatsapp": {"consent_at", "consent_source", "opted_out_at", "opted_out_reason"}}. See flows.channel_consent.
     channel_marketing: dict = _json(dict)
+    note: str | None = Field(default=None, sa_type=Text)  # an operator's note, edited in the console (0017)
 
 
 class Identity(SQLModel, table=True):
@@ -98,6 +99,7 @@ class Conversation(SQLModel, table=True):
     external_id: str
     owner: str = "bot"
     contact_requested: bool = False
+    name_asked: bool = False  # the greeting asked for a name: the next message may be it (migration 0017)
     created_at: datetime = _time()
     last_message_at: datetime | None = _time(nullable=True)
 

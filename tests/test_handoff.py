@@ -101,7 +101,7 @@ async def test_an_intent_word_hands_off_with_the_context_card(app, db, clock):
         await say(app, ws, "Hi there")
         await say(app, ws, "Can I talk to a HUMAN please?")
         assert await bot_texts(ws, 2) == [
-            "Hi! Thanks for reaching out. How can we help you today?",
+            "Hi! Thanks for reaching out. What's your name? And how can we help you today?",
             "Thanks! I'm bringing in a person from our team: they'll reply here in a few minutes.",
         ]
         [handoff] = await rows(db, Handoff)
@@ -116,7 +116,7 @@ async def test_an_intent_word_hands_off_with_the_context_card(app, db, clock):
     assert card["score_reasons"][0]["rule"] == "pricing page" and card["score_explained"].startswith("14 = ")
     assert card["flows"] == [{"flow": "drip", "status": "paused", "steps_sent": []}]  # paused by the handoff
     assert [(line["from"], line["text"]) for line in card["transcript"]][-2:] == [
-        ("bot", "Hi! Thanks for reaching out. How can we help you today?"),
+        ("bot", "Hi! Thanks for reaching out. What's your name? And how can we help you today?"),
         ("visitor", "Can I talk to a HUMAN please?"),
     ]
     [conversation] = await rows(db, Conversation)

@@ -118,7 +118,8 @@ async def test_the_contact_request_and_its_button_are_in_the_leads_language(tele
 async def test_a_russian_browser_gets_russian_system_texts(client):
     ws = await browser(client, "ru-RU")
     await say(client, ws, "Здравствуйте!")
-    assert (await next_from(ws, "bot"))["text"] == "Здравствуйте! Спасибо, что написали нам. Чем можем помочь?"
+    greeting = "Здравствуйте! Спасибо, что написали нам. Как вас зовут? И чем можем помочь?"  # a nameless visitor
+    assert (await next_from(ws, "bot"))["text"] == greeting
     await say(client, ws, "А есть тариф на пятерых?")
     assert (await next_from(ws, "bot"))["text"] == RUSSIAN_GOT_IT
     assert (await next_from(ws, "bot"))["text"].startswith(RUSSIAN_CONTACT_REQUEST)
@@ -128,7 +129,7 @@ async def test_a_russian_browser_gets_russian_system_texts(client):
 async def test_every_chinese_browser_gets_simplified_chinese(client, locale):
     ws = await browser(client, locale)
     await say(client, ws, "你好")
-    assert (await next_from(ws, "bot"))["text"] == "您好！感谢您联系我们。请问有什么可以帮您？"
+    assert (await next_from(ws, "bot"))["text"] == "您好！感谢您联系我们。请问怎么称呼您？有什么可以帮您？"
 
 
 async def test_a_language_we_do_not_have_gets_the_default_locale(make_client, settings, fake_telegram):

@@ -14,7 +14,7 @@ from storage.models import Lead
 from conftest import PASSWORD, rows
 from test_browser import _loopback_only, browser, open_chat, say  # noqa: F401  (a fixture)
 
-GREETING = "Здравствуйте! Спасибо, что написали нам. Чем можем помочь?"
+GREETING = "Здравствуйте! Спасибо, что написали нам. Как вас зовут? И чем можем помочь?"
 
 
 async def russian_page(browser: Browser) -> Page:  # noqa: F811

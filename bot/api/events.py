@@ -189,6 +189,10 @@ SCHEMAS = {
             "score": {"type": "number", "description": "decayed to now"},
             "score_explained": {"type": "string"},
             "tags": {"type": "array", "items": {"type": "string"}},
+            "note": {
+                "type": ["string", "null"],
+                "description": "an operator's note (edited on the console's lead page)",
+            },
             "opted_out_at": NULLABLE_TIME,
             "claims": {
                 "type": "array",

@@ -19,7 +19,7 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import create_app
-from bot.cli import apikeys, operators, privacy, reports, webhooks, whatsapp
+from bot.cli import apikeys, leadlist, operators, privacy, reports, webhooks, whatsapp
 from bot.cli.flows import lint, preview_flow, simulate_flow
 from bot.config import ConfigError, Settings, load_settings
 from bot.intake.messages import MessageError
@@ -59,9 +59,10 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--sample", type=Path, help="a JSON or TOML file of lead fields over the sample lead")
     sim.add_argument("--locale", help="the lead's language, like ru or zh-CN: its steps' locale variants")
     reports.add_command(commands)
-    lead = commands.add_parser("lead", help="look at, export or erase a lead").add_subparsers(
+    lead = commands.add_parser("lead", help="list, look at, export or erase leads").add_subparsers(
         dest="lead_command", required=True
     )
+    leadlist.add_list(lead)
     show = lead.add_parser("show", help="a lead with score explanation, stages, conversations, events")
     show.add_argument("id", type=int)
     show.add_argument("--format", choices=("text", "json"), default="text")
@@ -174,7 +175,9 @@ async def migrate(settings: Settings) -> None:
 
 
 async def lead(settings: Settings, args: argparse.Namespace) -> int:
-    """Run `kindling lead show|export|erase`."""
+    """Run `kindling lead list|show|export|erase`."""
+    if args.lead_command == "list":
+        return await leadlist.run(settings, args)
     if args.lead_command == "export":
         return await privacy.export(settings, args.id, args.output)
     if args.lead_command == "erase":

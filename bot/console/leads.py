@@ -46,9 +46,15 @@ async def leads_page(request: web.Request) -> web.Response:
 @requires("leads.read")
 async def lead_page(request: web.Request) -> web.Response:
     """One lead; the transcript only for roles that may read conversations."""
+    return await lead_page_for(request, lead_id(request.match_info["id"]))
+
+
+async def lead_page_for(
+    request: web.Request, found: int, error: str = "", typed: dict[str, str] | None = None, status: int = 200
+) -> web.Response:
+    """The lead page; with an edit that did not go through, its error and the values typed (kept in the form)."""
     services = request.app[SERVICES]
-    lead_id = _lead_id(request.match_info["id"])
-    report = await lead_report(services.sessions, services.settings, lead_id, services.clock.now())
+    report = await lead_report(services.sessions, services.settings, found, services.clock.now())
     messages = None
     if allowed(current(request).operator.role, "conversations.read", services.settings.console):
         async with services.sessions() as session:
@@ -58,7 +64,15 @@ async def lead_page(request: web.Request) -> web.Response:
     skipped = [event for event in report["events"] if event["type"] == "step_skipped"]
     states = {delivery["id"]: delivery["state"] for delivery in report["deliveries"]}  # how far each one got
     context: dict[str, Any] = {"lead": report, "messages": messages, "skipped": skipped, "states": states}
-    return render(request, "lead.html", context)
+    context["edit"] = {**_editable(report), **(typed or {})}
+    context["error"] = error
+    return render(request, "lead.html", context, status=status)
+
+
+def _editable(report: dict[str, Any]) -> dict[str, str]:
+    """The edit form's values as the lead has them now."""
+    values = {name: report.get(name) or "" for name in ("first_name", "last_name", "email", "phone", "note")}
+    return {**values, "tags": ", ".join(report["tags"])}
 
 
 def _without_conversations(report: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +95,7 @@ def _page_number(raw: str | None) -> int:
     return int(raw) if raw and raw.isdigit() and 0 < int(raw) < 10_000 else 1
 
 
-def _lead_id(raw: str) -> int:
+def lead_id(raw: str) -> int:
     """The id in the path; a non-number is an unknown lead."""
     if not raw.isdigit():
         raise LeadNotFound(raw)

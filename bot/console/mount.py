@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.console import conversation, flowpages, leads, live, login, queue, reports
+from bot.console import canned, conversation, flowpages, leadedit, leads, live, login, queue, reports
 from bot.console.auth import guard
 from bot.console.pages import JINJA, environment, page_errors
 from bot.services import SERVICES
@@ -22,6 +22,8 @@ def mount_console(app: web.Application) -> None:
     console[JINJA] = environment()
     login.routes(console)
     leads.routes(console)
+    leadedit.routes(console)
+    canned.routes(console)
     flowpages.routes(console)
     queue.routes(console)
     conversation.routes(console)

@@ -34,7 +34,15 @@ def environment() -> Environment:
     env.filters["label"] = lead_label  # a lead's name, else email, phone, "Visitor from <source>"
     env.filters["duration"] = duration
     env.filters["percent"] = percent
+    env.filters["edited"] = edited
     return env
+
+
+def edited(value: Any) -> str:
+    """A field's value before or after an edit: tags joined, nothing as a dash."""
+    if isinstance(value, list):
+        value = ", ".join(value)
+    return str(value) if value else "-"
 
 
 @pass_context

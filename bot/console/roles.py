@@ -8,7 +8,9 @@ ROLES = ("operator", "marketer", "admin")
 
 # "console" is using the console at all (logging out, one's own pages): every role has it.
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "operator": frozenset({"console", "queue", "conversations.read", "conversations.reply", "leads.read"}),
+    "operator": frozenset(
+        {"console", "queue", "conversations.read", "conversations.reply", "leads.read", "leads.edit"}
+    ),
     "marketer": frozenset({"console", "leads.read", "flows.read", "reports.read"}),
     "admin": frozenset(
         {
@@ -17,6 +19,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
             "conversations.read",
             "conversations.reply",
             "leads.read",
+            "leads.edit",
             "flows.read",
             "flows.edit",
             "reports.read",

@@ -15,6 +15,7 @@ from bot.config import Settings
 from bot.intake.contacts import find_email, find_phone, normalize_email, normalize_phone
 from bot.intake.inbound import Inbound, own_words
 from bot.intake.messages import SystemMessages
+from bot.intake.names import note_asked, take_name
 from bot.intake.readahead import identity_keys, read_ahead
 from bot.intake.replies import plan_replies, reply_deliveries
 from bot.intake.warm import WarmSignals, visitor_notice
@@ -69,6 +70,7 @@ class Intake:
         self.engine = engine
         self.secret_key = b""  # the app's secret key, set at start-up: suppression entries are keyed with it
         self.warm = WarmSignals(settings.handoff, engine) if engine is not None else None
+        self.not_names = (*settings.handoff.intent_words, *settings.opt_out_words)  # never taken for a name
         # Group commit: inbounds wait here for a writer, which stores all that are waiting in one transaction.
         # SQLite has one writer at a time anyway; on PostgreSQL a few transactions run side by side.
         self.writers = 1 if is_sqlite(settings.database_url) else 4
@@ -221,6 +223,8 @@ class Intake:
             received.message = await self._store_message(session, conversation, lead, event, inbound)
         elif conversation is not None and inbound.kind == "start":  # the person spoke first: greeted now, not again
             conversation.last_message_at = inbound.at
+        if conversation is not None and inbound.kind == "message" and own_words(inbound):  # "I'm Max Turner"
+            take_name(session, lead, conversation, inbound.text or "", self.not_names, now)
         captured, stop = await self._react(session, lead, inbound, event, conversation, now)
         received.won_handoff_ids = session.info.pop(WON_BY, [])
         if inbound.kind in ("message", "button") and not stop:  # for the flow report: did nurture get answers?
@@ -235,6 +239,7 @@ class Intake:
                 lead, conversation, event, captured, stop, first_message, now, handoff, online
             )
             session.add_all(received.deliveries)  # flushed with the rest: their ids are read after the commit
+            note_asked(lead, conversation, received.deliveries)  # a greeting asking a name: the next message may be it
         received.handoff_id = handoff.id if handoff is not None else None
         session.add(lead)
         return received

@@ -156,6 +156,87 @@
     li.scrollIntoView({ block: "nearest" });
   }
 
+  // --- New waiting leads: the tab title's count, a browser notification, a short chime -------------
+  // Permission is asked only when the operator presses "Turn on notifications" in the header; the chime
+  // can be muted there (remembered in localStorage). The first queue snapshot only counts: it is not news.
+  var alerts = (function () {
+    var box = document.querySelector("[data-alerts]"), title = document.title;
+    var waiting = {}, seen = {}, first = true, audio = null, MUTED = "kindling.console.muted";
+    var ask = box && box.querySelector("[data-notify-ask]"), state = box && box.querySelector("[data-notify-state]");
+    var sound = box && box.querySelector("[data-sound]");
+    function muted() { try { return localStorage.getItem(MUTED) === "1"; } catch (e) { return false; } }
+    function showPermission() {
+      if (!("Notification" in window)) { state.textContent = "No notifications in this browser"; state.hidden = false; return; }
+      ask.hidden = Notification.permission !== "default";
+      state.hidden = Notification.permission === "default";
+      state.textContent = Notification.permission === "granted" ? "Notifications on" : "Notifications blocked in the browser";
+    }
+    function showSound() {
+      sound.textContent = muted() ? "Sound off" : "Sound on";
+      sound.setAttribute("aria-pressed", String(!muted()));
+    }
+    if (box && watchQueue) {
+      box.hidden = false;
+      showPermission();
+      showSound();
+      ask.addEventListener("click", function () {
+        var asked = Notification.requestPermission(showPermission);  // older browsers take a callback
+        if (asked && asked.then) asked.then(showPermission);
+      });
+      sound.addEventListener("click", function () {
+        try { localStorage.setItem(MUTED, muted() ? "0" : "1"); } catch (e) { /* private mode: stays as is */ }
+        showSound();
+        if (!muted()) chime();  // a press lets the page play sound from now on
+      });
+    }
+    function chime() {  // two short tones, made here: nothing to download
+      var Context = window.AudioContext || window.webkitAudioContext;
+      if (!Context || muted()) return;
+      audio = audio || new Context();
+      if (audio.state === "suspended" && audio.resume) audio.resume();
+      [880, 1320].forEach(function (hz, i) {
+        var tone = audio.createOscillator(), gain = audio.createGain(), at = audio.currentTime + i * 0.15;
+        tone.frequency.value = hz;
+        gain.gain.setValueAtTime(0.15, at);
+        gain.gain.exponentialRampToValueAtTime(0.001, at + 0.14);
+        tone.connect(gain);
+        gain.connect(audio.destination);
+        tone.start(at);
+        tone.stop(at + 0.15);
+      });
+    }
+    function notify(h) {
+      chime();
+      if (!("Notification" in window) || Notification.permission !== "granted") return;
+      var note = new Notification("Kindling: " + (h.label || h.name || "a lead") + " is waiting", {
+        body: h.reason || "", tag: "kindling-handoff-" + h.id,
+      });
+      note.onclick = function () { window.focus(); location.href = "/console/handoffs/" + encodeURIComponent(h.id); };
+    }
+    function count() {
+      var n = Object.keys(waiting).length;
+      document.title = (n ? "(" + n + ") " : "") + title;
+    }
+    function see(h, news) {
+      if (h.status === "waiting") waiting[h.id] = true; else delete waiting[h.id];
+      if (h.status === "waiting" && news && !seen[h.id]) notify(h);
+      seen[h.id] = true;
+    }
+    return {
+      snapshot: function (list) {
+        waiting = {};
+        list.forEach(function (h) { see(h, !first); });
+        first = false;
+        count();
+      },
+      change: function (frame) {
+        if (frame.change === "closed" || frame.change === "erased") delete waiting[frame.handoff.id];
+        else see(frame.handoff, true);
+        count();
+      },
+    };
+  })();
+
   // --- One socket per page, reconnecting with backoff ------------------------------------------
   var attempt = 0;
   function address() {
@@ -177,6 +258,8 @@
     changed(found || { id: own, status: "closed" }); // not in the queue: handed back
   }
   function onFrame(frame) {
+    if (frame.type === "queue") alerts.snapshot(frame.handoffs);
+    else if (frame.type === "handoff") alerts.change(frame);
     if (frame.type === "queue") onSnapshot(frame.handoffs);
     else if (frame.type === "handoff" && queueTable) onHandoff(frame);
     else if (frame.type === "handoff") changed(frame.handoff);
@@ -222,9 +305,80 @@
       }).catch(function (e) { showError("Not sent: " + e.message); })
         .then(function () { button.disabled = false; box.focus(); });
     });
+    var picker = cannedPicker(reply, box, showError);
     box.addEventListener("keydown", function (event) {
+      if (picker.keydown(event)) return;
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) reply.requestSubmit();
     });
+  }
+
+  // --- Canned replies: "/" at the start of an empty reply box opens a picker filtered as one types ------
+  // The replies come rendered for this lead from the form's data-replies URL (GET /console/leads/ID/replies);
+  // Enter (or a click) puts the chosen text in the box to edit before sending. A broken one shows its error
+  // and is never inserted.
+  function cannedPicker(form, box, showError) {
+    var list = form.querySelector("[data-canned]"), url = form.getAttribute("data-replies");
+    var loaded = null, shown = [], chosen = 0;
+    function load() {
+      if (!loaded) loaded = fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+        .then(function (answer) { if (!answer.ok) throw new Error("canned replies: " + answer.status); return answer.json(); })
+        .catch(function (e) { loaded = null; showError(e.message); return []; });
+      return loaded;
+    }
+    function query() { var m = /^\/(\S*)$/.exec(box.value); return m ? m[1].toLowerCase() : null; }
+    function close() { list.hidden = true; shown = []; }
+    function draw(replies) {
+      var q = query();
+      if (q === null) return close();
+      shown = replies.filter(function (r) {
+        return r.name.toLowerCase().indexOf(q) === 0 || r.title.toLowerCase().indexOf(q) !== -1;
+      });
+      chosen = Math.min(chosen, Math.max(shown.length - 1, 0));
+      list.textContent = "";
+      shown.forEach(function (r, i) {
+        var li = document.createElement("li"), title = document.createElement("span"), preview = document.createElement("span");
+        li.setAttribute("role", "option");
+        li.setAttribute("aria-selected", String(i === chosen));
+        li.className = r.text === null || r.text === undefined ? "broken" : "";
+        title.className = "title";
+        title.textContent = "/" + r.name + " · " + r.title;
+        preview.className = "preview";
+        preview.textContent = li.className ? "Broken: " + r.error : r.text;
+        li.appendChild(title);
+        li.appendChild(preview);
+        li.addEventListener("mousedown", function (event) { event.preventDefault(); chosen = i; pick(); });
+        list.appendChild(li);
+      });
+      list.hidden = shown.length === 0;
+    }
+    function pick() {
+      var r = shown[chosen];
+      if (!r) return;
+      if (r.text === null || r.text === undefined) { showError("Not inserted: " + r.error); return; }
+      box.value = r.text;
+      box.setSelectionRange(r.text.length, r.text.length);
+      showError("");
+      close();
+      box.focus();
+    }
+    box.addEventListener("input", function () {
+      if (query() === null) return close();
+      load().then(draw);
+    });
+    box.addEventListener("blur", close);
+    return {
+      keydown: function (event) {  // true when the picker used the key
+        if (list.hidden || !shown.length) return false;
+        if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+          chosen = (chosen + (event.key === "ArrowDown" ? 1 : shown.length - 1)) % shown.length;
+          load().then(draw);
+        } else if (event.key === "Enter" && !event.ctrlKey && !event.metaKey) pick();
+        else if (event.key === "Escape") close();
+        else return false;
+        event.preventDefault();
+        return true;
+      },
+    };
   }
 
   tick();
