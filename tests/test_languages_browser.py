@@ -12,7 +12,7 @@ from test_console_browser import log_in
 from storage.models import Lead
 
 from conftest import PASSWORD, rows
-from test_browser import _loopback_only, browser, open_chat, say  # noqa: F401  (a fixture)
+from test_browser import _loopback_only, browser  # noqa: F401  (a fixture)
 
 GREETING = "Здравствуйте! Спасибо, что написали нам. Как вас зовут? И чем можем помочь?"
 
@@ -27,8 +27,11 @@ async def russian_page(browser: Browser) -> Page:  # noqa: F811
 async def test_a_russian_browser_gets_the_bots_russian_texts_and_console_dates(client, db, browser, add_operator):  # noqa: F811
     site = await russian_page(browser)
     await site.goto(str(client.make_url("/")))
-    chat = await open_chat(site)
-    await say(chat, "Здравствуйте")
+    await site.get_by_role("button", name=re.compile("^Открыть чат")).click()  # the widget's own texts: Russian
+    chat = site.get_by_role("dialog", name="Напишите нам")
+    box = chat.get_by_role("textbox", name="Сообщение")
+    await box.fill("Здравствуйте")
+    await box.press("Enter")
     await expect(chat.locator(".kindling-bubble")).to_have_text(["Здравствуйте", GREETING])
 
     await add_operator("ann", "operator")
