@@ -104,6 +104,7 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         messages.check()
+        services.intake.small_talk.load()
         library.load()  # a flow that fails lint is logged and left out; the rest run
         services.secret_key = services.intake.secret_key = await shared_secret_key(settings, sessions)
         await hub.start()

@@ -28,6 +28,7 @@ from storage.models import Conversation, Enrollment, Event, Handoff, Lead
 from storage.operators import operator_at_console
 
 OPEN = ("waiting", "claimed")
+QUESTION = "question"  # the trigger of a handoff opened because a lead wrote something only a person can answer
 INTENT_WORDS = ("talk to a human", "call me", "price", "оператор", "позвоните", "人工", "客服")
 HANDOFF_BUTTONS = ("Talk to a human", "Talk to a person")
 
@@ -42,6 +43,7 @@ class HandoffPolicy:
     sla: timedelta = timedelta(minutes=5)
     hours: BusinessHours | None = None
     escalation: timedelta | None = timedelta(minutes=15)
+    questions: bool = True  # whatever else a lead writes (not small talk) goes to a person as trigger `question`
 
     def sla_due(self, now: datetime) -> datetime:
         """The deadline for a first answer: the SLA counts from the next opening when out of hours."""

@@ -17,6 +17,7 @@ from bot.intake.inbound import Inbound, own_words
 from bot.intake.messages import SystemMessages
 from bot.intake.readahead import identity_keys, read_ahead
 from bot.intake.replies import plan_replies, reply_deliveries
+from bot.intake.smalltalk import SmallTalk
 from bot.intake.warm import WarmSignals, visitor_notice
 from flows import history
 from flows.channel_consent import WHATSAPP_CONSENT, set_channel_consent
@@ -56,6 +57,7 @@ class Received:
     delivery_ids: list[int] = field(default_factory=list)  # set once committed
     deliveries: list[Delivery] = field(default_factory=list, repr=False)
     handoff_id: int | None = None  # a handoff this inbound opened: operators are to be told
+    handed: bool = False  # its conversation is with people (queued or human): the console's inbox is to reload
     won_handoff_ids: list[int] = field(default_factory=list)  # handoffs it closed as won (a purchase): off the queue
 
 
@@ -68,7 +70,8 @@ class Intake:
         self.sessions, self.settings, self.messages, self.clock = sessions, settings, messages, clock
         self.engine = engine
         self.secret_key = b""  # the app's secret key, set at start-up: suppression entries are keyed with it
-        self.warm = WarmSignals(settings.handoff, engine) if engine is not None else None
+        self.small_talk = SmallTalk(settings.templates)  # loaded at start-up, with the system messages
+        self.warm = WarmSignals(settings.handoff, engine, self.small_talk) if engine is not None else None
         # Group commit: inbounds wait here for a writer, which stores all that are waiting in one transaction.
         # SQLite has one writer at a time anyway; on PostgreSQL a few transactions run side by side.
         self.writers = 1 if is_sqlite(settings.database_url) else 4
@@ -236,6 +239,7 @@ class Intake:
             )
             session.add_all(received.deliveries)  # flushed with the rest: their ids are read after the commit
         received.handoff_id = handoff.id if handoff is not None else None
+        received.handed = conversation is not None and conversation.owner in ("queued", "human")
         session.add(lead)
         return received
 

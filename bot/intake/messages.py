@@ -17,11 +17,13 @@ SYSTEM_MESSAGES = (
     "handoff_coming",
     "handoff_out_of_hours",
     "handoff_holding",
+    "question_received",
 )
 SAMPLE = {
     "lead": {"first_name": "Ann", "email": None, "phone": None},
     "contact": "ann@example.com",
     "opens": "Monday at 09:00 (Europe/Berlin)",
+    "expected": "within 5 minutes",
 }
 
 
