@@ -230,7 +230,7 @@ class Intake:
             await history.credit(session, lead.id, "replied_at" if inbound.kind == "message" else "button_at", now)
         handoff = None
         if self.warm is not None and not stop:  # after scoring, so the handoff commits with its cause
-            handoff = await self.warm.check(session, lead, conversation, event, score_before, now)
+            handoff = await self.warm.check(session, lead, conversation, event, score_before, now, bool(captured))
         if conversation is not None:
             policy = self.settings.handoff
             online = handoff is not None and not policy.is_open(now) and await operator_at_console(session, now)

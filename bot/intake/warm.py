@@ -58,13 +58,17 @@ class WarmSignals:
         event: Event,
         score_before: float,
         now: datetime,
+        shared: bool = False,
     ) -> Handoff | None:
-        """The handoff this event opened, or None (not warm, or one is open already)."""
+        """The handoff this event opened, or None (not warm, or one is open already).
+
+        `shared`: the event shared a contact, which the bot thanks for (and flows may follow up): no question.
+        """
         found = self.signal(event, score_before, lead.score)
         if found is None and await open_handoff_of(session, lead.id) is not None:  # a flow this event started waits too
             await pause_nurture(session, self.engine, lead.id, now)
             return None
-        found = found or await self.question(session, lead, conversation, event, now)
+        found = found or (None if shared else await self.question(session, lead, conversation, event, now))
         if found is None:
             return None
         trigger, reason = found
