@@ -85,7 +85,8 @@ async def test_a_message_the_bot_api_accepted_is_delivered_and_never_claims_to_b
     [delivery] = await rows(db, Delivery)
     assert (delivery.status, delivery.delivered_at, delivery.seen_at) == ("sent", clock.now(), None)
     status, out, _ = await run_kindling("lead", "show", str(delivery.lead_id))
-    assert status == 0 and f"#{delivery.id} telegram system delivered: 'Thanks, Ann!" in out  # no read receipts for bots
+    # No read receipts for bots.
+    assert status == 0 and f"#{delivery.id} telegram system delivered: 'Thanks, Ann!" in out
 
 
 async def test_an_update_sent_twice_is_stored_and_answered_once(client, db, fake_telegram):

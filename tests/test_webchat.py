@@ -288,9 +288,9 @@ async def test_a_visitor_flooding_the_chat_is_slowed_down_and_nothing_is_stored_
 async def test_typing_a_lot_does_not_make_a_lead_warm(client, db, clock):
     ws = await client.ws_connect("/chat/ws")
     await hello(ws, url="https://shop.example/")
-    for minute in range(5):
+    for _ in range(5):
         clock.advance(timedelta(minutes=1))
-        for n in range(20):
+        for _ in range(20):
             await say(client, ws, "ok")  # small talk: a question would go to a person whatever the score
     assert len(await rows(db, Message, Message.direction == "in")) == 100
     [lead] = await rows(db, Lead)
