@@ -17,7 +17,7 @@ from bot.handoff.inbox import InboxView, conversations_needing_reply, inbox, wai
 from bot.intake.smalltalk import SmallTalk, bare
 from storage.models import Conversation, Handoff, Lead, Operator
 
-from conftest import ROOT, rows, services_of, templates_with
+from conftest import API_KEY, ROOT, rows, services_of, templates_with
 from fake_telegram import TOKEN
 from test_console_queue import operator
 from test_handoff import DRIP, bot_texts, visitor
@@ -28,6 +28,7 @@ from test_webchat import say
 
 QUESTION = "Do you have a plan for a team of 5?"
 RECEIVED = "A person from our team will reply here"
+API = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture
@@ -149,12 +150,15 @@ async def test_needs_reply_follows_who_spoke_last(app, db, add_operator, clock):
     await services.handoffs.reply(handoff.id, ann, "Yes: the Team plan, $40 a month.")
     await services.drain()
     assert (await shown("needs_reply"), await shown("mine"), await shown("all")) == ([], [handoff.id], [handoff.id])
+    assert (await api_needing(app, "true"), await api_needing(app, "false")) == ([], [handoff.id])
     page = await (await app.get("/console/inbox?show=mine")).text()
     assert "the Team plan, $40 a month." in page and "taken by ann" in page
 
     clock.advance(timedelta(minutes=2))
     await say(app, ws, "Does it include phone support?")
     assert await shown("needs_reply") == [handoff.id]
+    assert (await api_needing(app, "true"), await api_needing(app, "false")) == ([handoff.id], [])
+    assert (await app.get("/api/handoffs?needs_reply=maybe", headers=API)).status == 400
     async with services.sessions() as session:
         [row] = await conversations_needing_reply(session, clock.now() + timedelta(minutes=12))
     assert (row["last_text"], row["last_from"], row["waiting"]) == (
@@ -255,6 +259,13 @@ def test_waiting_times_read_as_hours_and_minutes():
         "2 h 5 min",
         "1 h",
     ]
+
+
+async def api_needing(app, value: str) -> list[int]:
+    """The ids `GET /api/handoffs?needs_reply=` lists."""
+    answer = await app.get(f"/api/handoffs?needs_reply={value}", headers=API)
+    assert answer.status == 200, await answer.text()
+    return [item["id"] for item in (await answer.json())["items"]]
 
 
 async def _operators(db):

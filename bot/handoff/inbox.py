@@ -95,13 +95,23 @@ def waited(seconds: float) -> str:
     return " ".join(part for part in (f"{hours} h" if hours else "", f"{rest} min" if rest else "") if part)
 
 
+def needs_reply() -> Any:
+    """The SQL condition, on a query of `Handoff` rows, that the handoff's conversation needs a reply now.
+
+    True for a waiting handoff, and for a claimed one whose conversation's last message from the lead came
+    after the last message an operator sent in it (false for a closed one). `GET /api/handoffs?needs_reply=`
+    filters with it.
+    """
+    answered_up_to = func.coalesce(_last_id("author", "operator"), 0)
+    lead_wrote_since = func.coalesce(_last_id("direction", "in"), 0) > answered_up_to
+    return or_(Handoff.status == "waiting", and_(Handoff.status == "claimed", lead_wrote_since))
+
+
 def _rows(view: InboxView) -> tuple[Any, Any]:
     """The query of the view's rows (not yet ordered or paged) and its needs-a-reply condition."""
-    last_in, last_operator = _last_id("direction", "in"), _last_id("author", "operator")
+    last_operator = _last_id("author", "operator")
     answered_up_to = func.coalesce(last_operator, 0)
-    needs = or_(
-        Handoff.status == "waiting", and_(Handoff.status == "claimed", func.coalesce(last_in, 0) > answered_up_to)
-    )
+    needs = needs_reply()
     unanswered = aliased(Message)
     first_unanswered = (
         select(func.min(unanswered.at))
