@@ -65,6 +65,12 @@ class EngineParts(Protocol):
     async def spec_of(self, session: AsyncSession, enrollment: Enrollment) -> FlowSpec | None: ...
 
 
+def one_line(text: str, limit: int) -> str:
+    """A text on one line, at most `limit` characters, ending in an ellipsis where it was cut."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
 async def open_handoff_of(session: AsyncSession, lead_id: int) -> Handoff | None:
     """The lead's waiting or claimed handoff, if any."""
     answers = known(session)

@@ -17,7 +17,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.handoff.notify import summary
-from flows.handoff import OPEN
+from flows.handoff import OPEN, one_line
 from storage.models import Conversation, Handoff, Message
 
 SHOWS = ("needs_reply", "mine", "all")
@@ -152,12 +152,11 @@ async def _row(session: AsyncSession, handoff: Handoff, rest: list, now: datetim
     since = handoff.warm_at if last_operator is None or first_unanswered is None else _aware(first_unanswered)
     if not needs:
         since = None
-    text = " ".join((last.text if last else "").split())
     return {
         **await summary(session, handoff, now),
         "channel": channel or handoff.card.get("channel"),
         "needs_reply": bool(needs),
-        "last_text": text if len(text) <= SNIPPET else text[: SNIPPET - 1].rstrip() + "…",
+        "last_text": one_line(last.text, SNIPPET) if last else "",
         "last_from": last.author if last else None,
         "waiting_since": since.isoformat() if since else None,
         "waiting_seconds": (now - since).total_seconds() if since else None,

@@ -12,7 +12,7 @@ from bot.intake.messages import SystemMessages
 from bot.intake.replies import system_message
 from bot.intake.smalltalk import SmallTalk
 from flows.engine import Engine, lead_enrollments
-from flows.handoff import QUESTION, HandoffPolicy, open_handoff, open_handoff_of, pause_nurture
+from flows.handoff import QUESTION, HandoffPolicy, one_line, open_handoff, open_handoff_of, pause_nurture
 from storage.models import Conversation, Delivery, Event, Handoff, Lead
 
 REASON_CHARS = 60  # a question is quoted in the handoff's reason up to this long
@@ -103,10 +103,7 @@ class WarmSignals:
             or await self._flow_answers(session, lead.id, now)
         ):
             return None
-        quoted = " ".join(text.split())
-        if len(quoted) > REASON_CHARS:
-            quoted = quoted[: REASON_CHARS - 1].rstrip() + "…"
-        return QUESTION, f'asked "{quoted}"'
+        return QUESTION, f'asked "{one_line(text, REASON_CHARS)}"'
 
     async def _flow_answers(self, session: AsyncSession, lead_id: int, now: datetime) -> bool:
         """Whether a flow enrolled the lead just now with a first step that is a message due at once."""
