@@ -291,3 +291,19 @@ async def _waiting_handoffs(db, clock, count: int) -> None:
                     console_notified_at=now,
                 )
             )  # fmt: skip
+
+
+async def test_a_person_merged_while_waiting_keeps_one_handoff_and_asks_no_second(app, db):
+    """The backend knew them first; it names the widget visitor who asked: the handoff goes to the merged lead."""
+    signup = {"type": "signup", "lead": {"email": "max@example.com"}}
+    assert (await app.post("/api/events", json=signup, headers=API)).status == 201
+    ws = await visitor(app)
+    await say(app, ws, QUESTION)
+    login = {"email": "max@example.com", "visitor_id": (await rows(db, Conversation))[0].external_id}
+    assert (await app.post("/api/events", json={"type": "login", "lead": login}, headers=API)).status == 201
+    await services_of(app).drain()
+    assert len([lead for lead in await rows(db, Lead) if lead.merged_into_id is not None]) == 1
+
+    await say(app, ws, "Also, do you invoice in euros?")
+    [handoff] = await rows(db, Handoff)
+    assert handoff.status == "waiting" and handoff.lead_id == (await rows(db, Conversation))[0].lead_id
