@@ -180,12 +180,6 @@ async def test_the_inbox_filters_by_channel_and_refuses_bad_filters(app, db, add
     assert (await app.get("/console/queue?page=-1")).status == 400
 
 
-async def test_the_console_lands_operators_on_the_inbox(app, add_operator):
-    await operator(app, add_operator, "ann")
-    answer = await app.get("/console", allow_redirects=False)
-    assert answer.headers["Location"] == "/console/inbox"
-
-
 async def test_the_inbox_and_the_queue_page_fifty_at_a_time(app, db, add_operator, clock):
     await _waiting_handoffs(db, clock, 60)
     await operator(app, add_operator, "ann")
