@@ -107,7 +107,10 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         for warning in messages.check():  # a missing translation: its English text is sent
             log.warning("system message %s", warning)
-        services.answers = load_answers(settings.templates, settings.answers, settings.handoff.buttons)
+        services.answers = services.intake.answers = load_answers(
+            settings.templates, settings.answers, settings.handoff.buttons
+        )
+        services.intake.small_talk.load()
         library.load()  # a flow that fails lint is logged and left out; the rest run
         services.secret_key = services.intake.secret_key = await shared_secret_key(settings, sessions)
         await hub.start()

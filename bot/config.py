@@ -714,6 +714,7 @@ def _handoff(section: _Section) -> HandoffPolicy:
         sla=_duration(section, "sla", "5m"),
         hours=_hours(section, zone),
         escalation=_duration(section, "escalation", "15m", allow_off=True),
+        questions=section.get("questions", bool, True),
     )
 
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.delivery.dispatcher import Dispatcher
-from bot.delivery.hub import Hub, message_frame
+from bot.delivery.hub import INBOX, Hub, message_frame
 from bot.delivery.outgoing import WebhookSender
 from bot.handoff.handoffs import Handoffs
 from bot.handoff.notify import Notifier
@@ -68,6 +68,8 @@ class Services:
             self.hub.publish(received.message.conversation_id, message_frame(received.message))
             if received.message.direction == "in":
                 self.metrics.inbound.inc()
+            if received.handed:
+                self.hub.publish(INBOX, {"type": "activity", "conversation_id": received.message.conversation_id})
         if self.dispatcher.queue(received.delivery_ids):
             self.spawn(self.dispatcher.send_queued())
         if received.handoff_id is not None:

@@ -28,6 +28,7 @@ from storage.models import Conversation, Enrollment, Event, Handoff, Lead
 from storage.operators import operator_at_console
 
 OPEN = ("waiting", "claimed")
+QUESTION = "question"  # the trigger of a handoff opened because a lead wrote something only a person can answer
 INTENT_WORDS = ("talk to a human", "call me", "price", "оператор", "позвоните", "人工", "客服")
 HANDOFF_BUTTONS = ("Talk to a human", "Talk to a person", "Поговорить с человеком", "联系人工客服")
 
@@ -42,6 +43,7 @@ class HandoffPolicy:
     sla: timedelta = timedelta(minutes=5)
     hours: BusinessHours | None = None
     escalation: timedelta | None = timedelta(minutes=15)
+    questions: bool = True  # whatever else a lead writes (not small talk) goes to a person as trigger `question`
 
     def sla_due(self, now: datetime) -> datetime:
         """The deadline for a first answer: the SLA counts from the next opening when out of hours."""
@@ -61,6 +63,12 @@ class EngineParts(Protocol):
     webhooks: Subscriptions
 
     async def spec_of(self, session: AsyncSession, enrollment: Enrollment) -> FlowSpec | None: ...
+
+
+def one_line(text: str, limit: int) -> str:
+    """A text on one line, at most `limit` characters, ending in an ellipsis where it was cut."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
 async def open_handoff_of(session: AsyncSession, lead_id: int) -> Handoff | None:

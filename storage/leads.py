@@ -13,10 +13,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.db import Conflict
 from storage.known import known
-from storage.models import Conversation, Delivery, Enrollment, Event, Identity, Lead, Message, PointsEntry
+from storage.models import Conversation, Delivery, Enrollment, Event, Handoff, Identity, Lead, Message, PointsEntry
 from storage.rowids import numbering
 
 LIVE = ("active", "paused")
+HANDED = ("waiting", "claimed")  # open handoffs: at most one per lead
 
 
 class LeadNotFound(Exception):
@@ -179,7 +180,15 @@ async def merge_leads(session: AsyncSession, survivor: Lead, other: Lead, now: d
         .where(Enrollment.lead_id == other.id, Enrollment.status.in_(LIVE), Enrollment.flow_slug.in_(taken))
         .values(status="exited", exit_reason="merged into another lead", updated_at=now)
     )
-    for table in (Identity, Conversation, Event, Message, PointsEntry, Delivery, Enrollment):
+    # Handoffs go along (else the person could get a second one); where both wait for a person, the survivor's does.
+    handed = select(Handoff.id).where(Handoff.lead_id == survivor.id, Handoff.status.in_(HANDED))
+    if (await session.exec(handed)).first() is not None:
+        await session.exec(
+            update(Handoff)
+            .where(Handoff.lead_id == other.id, Handoff.status.in_(HANDED))
+            .values(status="closed", closed_at=now, outcome_reason="merged into another lead")
+        )
+    for table in (Identity, Conversation, Event, Message, PointsEntry, Delivery, Enrollment, Handoff):
         await session.exec(update(table).where(table.lead_id == other.id).values(lead_id=survivor.id))
     for name in ("first_name", "last_name", "email", "phone", "locale", "timezone"):
         if getattr(survivor, name) is None:

@@ -329,7 +329,7 @@ class Handoff(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
     conversation_id: int | None = Field(default=None, foreign_key="conversation.id")
-    trigger: str  # score | intent | button | flow | operator
+    trigger: str  # score | intent | button | flow | operator | question
     reason: str
     card: dict = _json(dict)
     status: str = "waiting"  # waiting | claimed | closed

@@ -179,7 +179,8 @@ async def test_a_leads_conversations_messages_and_events(client):
     await ws.close()
 
     [conversation] = (await get(client, f"/api/leads/{lead_id}/conversations"))["items"]
-    assert conversation["channel"] == "webchat" and conversation["owner"] == "bot"
+    # "one" is no small talk: it went to a person, who holds the conversation now.
+    assert conversation["channel"] == "webchat" and conversation["owner"] == "queued"
     path = f"/api/conversations/{conversation['id']}/messages"
     transcript = [m["text"] for m in (await get(client, path, limit=200))["items"] if m["author"] == "visitor"]
     assert transcript == ["one", "two", "three"]  # oldest first, as a transcript reads

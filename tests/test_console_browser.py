@@ -30,14 +30,17 @@ async def app(make_client, settings, tmp_path):
     return await make_client(settings.with_(templates=templates_with(tmp_path / "templates", {"drip": DRIP})))
 
 
-async def log_in(page: Page, url: str, name: str, password: str) -> None:
-    """Log in at the console's front door, which brings an operator to the queue."""
+async def log_in(page: Page, url: str, name: str, password: str, then: str = "Queue") -> None:
+    """Log in at the console's front door, which brings an operator to the inbox; then to `then` (a nav link)."""
     await page.goto(url)
     await page.get_by_label("Name").fill(name)
     await page.get_by_label("Password").fill(password)
     await page.get_by_role("button", name="Log in").click()
-    await expect(page).to_have_url(re.compile(r"/console/queue$"))
-    await expect(page.locator("body")).to_have_attribute("data-live", "on")  # the queue is watched
+    await expect(page).to_have_url(re.compile(r"/console/inbox$"))
+    if then != "Inbox":
+        await page.locator("nav").get_by_role("link", name=then, exact=True).click()
+        await expect(page).to_have_url(re.compile(f"/console/{then.lower()}$"))
+    await expect(page.locator("body")).to_have_attribute("data-live", "on")  # the page is watched
 
 
 async def test_an_operator_takes_a_warm_lead_live_replies_and_hands_it_back(app, db, add_operator, new_page):  # noqa: F811

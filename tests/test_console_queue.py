@@ -143,10 +143,10 @@ async def test_marketers_allowed_to_read_conversations_read_but_do_not_take(make
     assert (await live.receive_json(timeout=5))["text"] == "Can I talk to a human?"
 
 
-async def test_the_front_door_is_the_queue_for_operators_and_the_leads_for_marketers(app, second, add_operator):
+async def test_the_front_door_is_the_inbox_for_operators_and_the_leads_for_marketers(app, second, add_operator):
     await operator(app, add_operator, "ann")
     await operator(second, add_operator, "mo", "marketer")
-    assert (await app.get("/console", allow_redirects=False)).headers["Location"] == "/console/queue"
+    assert (await app.get("/console", allow_redirects=False)).headers["Location"] == "/console/inbox"
     assert (await second.get("/console", allow_redirects=False)).headers["Location"] == "/console/leads"
     script = await app.get("/console/console.js")
     assert script.status == 200 and "textContent" in await script.text()

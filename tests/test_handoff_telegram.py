@@ -62,7 +62,7 @@ def group_reply(update_id: int, user_id: int, text: str, card_id: int) -> dict:
 
 async def warm_lead(client, db) -> Handoff:
     """Ann writes to the bot, then asks for a human."""
-    await post(client, payload("message_text"))
+    await post(client, payload("message_text", text="Hi"))
     await post(client, payload("message_text", update_id=730118100, text="Can I talk to a human?"))
     [handoff] = await rows(db, Handoff)
     return handoff

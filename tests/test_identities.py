@@ -146,7 +146,8 @@ async def test_a_forwarded_deep_link_does_not_join_the_web_visitor_it_was_made_f
     bob = await lead_of(db, "telegram")
     assert bob.id != ann and bob.email is None
     assert (await lead_of(db, "webchat")).id == ann
-    assert [e.type for e in await rows(db, Event, Event.lead_id == bob.id)] == ["message"]  # not a start
+    types = [e.type for e in await rows(db, Event, Event.lead_id == bob.id)]
+    assert types[0] == "message" and "start" not in types  # not a start (a person will answer this message)
 
 
 async def test_an_email_typed_that_belongs_to_another_lead_is_shown_as_a_claim_and_never_merged(
@@ -167,7 +168,7 @@ async def test_an_email_typed_that_belongs_to_another_lead_is_shown_as_a_claim_a
     assert (await report(telegram_client, ann))["claims"] == []
     # Operators see it on the lead page and on the context card of the handoff Bob asks for.
     await telegram(telegram_client, from_bob(730300005, "Can I talk to a human please?"))
-    [handoff] = await rows(db, Handoff)
+    [handoff] = await rows(db, Handoff, Handoff.lead_id == bob.id)  # (Ann's question went to a person too)
     await add_operator("ola", "operator")
     await log_in(telegram_client, "ola")
     for page in (f"/console/leads/{bob.id}", f"/console/handoffs/{handoff.id}"):

@@ -7,12 +7,12 @@ import re
 from zoneinfo import ZoneInfo
 
 from playwright.async_api import Browser, Page, expect
-from test_console_browser import log_in
 
 from storage.models import Lead
 
 from conftest import PASSWORD, rows
 from test_browser import _loopback_only, browser  # noqa: F401  (a fixture)
+from test_console_browser import log_in
 
 GREETING = "Здравствуйте! Спасибо, что написали нам. Как вас зовут? И чем можем помочь?"
 

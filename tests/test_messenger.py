@@ -267,12 +267,12 @@ def _ms(moment) -> str:  # type: ignore[no-untyped-def]
 
 
 async def test_a_read_before_its_delivery_ends_as_seen_and_later_messages_stay_unread(client, db, clock):
-    await post(client, payload("messenger/text"))
+    await post(client, said("messenger/text", "Hi"))
     [first] = await rows(db, Delivery)
     clock.advance(timedelta(minutes=1))
     read = payload("messenger/read", **{"1458668856253": _ms(clock.now()), "1458668856463": _ms(clock.now())})
     clock.advance(timedelta(minutes=1))
-    await post(client, said("messenger/text", "One more thing"))  # answered after the read's watermark
+    await post(client, said("messenger/text", "ok"))  # answered after the read's watermark
     assert (await post(client, read)).status == 200
     delivery = payload("messenger/delivery", MID_PLACEHOLDER=first.provider_message_id)
     assert (await post(client, delivery)).status == 200  # old watermark: only the mid counts
@@ -306,7 +306,7 @@ async def nurtured(make_client, ms_settings, tmp_path):  # type: ignore[no-untyp
 async def test_a_nurture_step_goes_inside_the_24_hour_window_and_is_held_back_after(
     nurtured, db, fake_graph, clock, run_kindling, wait, goes
 ):
-    await post(nurtured, payload("messenger/text"))
+    await post(nurtured, said("messenger/text", "Hi"))
     clock.advance(wait)
     services = services_of(nurtured)
     await services.runner.run_due()
@@ -462,7 +462,7 @@ async def test_buttons_that_do_not_fit_go_as_a_list_in_the_text(
 ):
     templates = templates_with(tmp_path / "templates", {"buttons": BUTTONY})
     client = await make_client(ms_settings.with_(templates=templates))
-    await post(client, payload("messenger/text"))
+    await post(client, said("messenger/text", "Hi"))
     clock.advance(timedelta(hours=1, minutes=1))
     await services_of(client).runner.run_due()
     await services_of(client).dispatcher.dispatch_due()

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,10 +55,14 @@ exit = ["opt_out"]
 
 @pytest.fixture
 async def app(make_client, settings, fake_telegram, tmp_path):
-    """The app with the drip and signup flows, the widget and Telegram (on the fake Bot API)."""
+    """The app with the drip and signup flows, the widget and Telegram (on the fake Bot API).
+
+    Questions do not go to a person here: the person's story (chats, a drip, then a handoff) stays as written.
+    """
     templates = templates_with(tmp_path / "templates", {"drip": DRIP, "signup": SIGNUP})
     return await make_client(
         settings.with_(
+            handoff=replace(settings.handoff, questions=False),
             templates=templates,
             telegram_token=TOKEN,
             telegram_secret=TELEGRAM_SECRET,

@@ -70,7 +70,8 @@ async def test_a_signed_message_becomes_a_lead_and_the_reply_goes_back_signed(ac
     [message] = await rows(db, Message, Message.direction == "in")
     assert message.text == "Hi, is there a free trial?"
     [reply] = provider.replies
-    assert reply["conversation"] == "t-42" and reply["text"].startswith("Hi Ann! Thanks for reaching out")
+    # A question: a person will answer it.
+    assert reply["conversation"] == "t-42" and reply["text"].startswith("Thanks, Ann! A person from our team")
     assert provider.bad_signatures == 0
 
 
@@ -118,7 +119,7 @@ async def test_bad_bodies_get_a_clear_4xx(acme, clock, db):
 
 async def test_a_provider_outage_is_retried_and_a_refusal_is_visible(acme, provider, clock, db):
     provider.status = 503
-    await post(acme, payload(), clock)
+    await post(acme, payload(text="Hi"), clock)  # small talk: the bot answers each message (a question: a person)
     await services_of(acme).drain()
     [delivery] = await rows(db, Delivery)
     assert delivery.status == "pending" and "503" in delivery.last_error and delivery.delivered_at is None
@@ -131,7 +132,7 @@ async def test_a_provider_outage_is_retried_and_a_refusal_is_visible(acme, provi
     assert delivery.delivered_at == clock.now()  # the provider answered 2xx: it has the message
 
     provider.status = 400
-    await post(acme, payload("d-2", "second"), clock)
+    await post(acme, payload("d-2", "ok"), clock)
     await services_of(acme).drain()
     refused = await rows(db, Delivery, Delivery.status == "dead")
     assert refused and "400" in refused[0].last_error

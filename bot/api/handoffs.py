@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 from aiohttp import web
+from sqlalchemy import not_
 from sqlmodel import select
 
 from bot.api.auth import scope
 from bot.api.paging import page_of
 from bot.api.params import query_choice
 from bot.api.spec import BAD_REQUEST, NULLABLE_TIME, PAGING, TIME, ok, operation, page, query
+from bot.handoff.inbox import needs_reply
 from bot.handoff.notify import summary
 from bot.services import SERVICES
 from storage.models import Handoff
 
 STATUSES = ("waiting", "claimed", "closed")
+NEEDS_REPLY = (
+    "true: only handoffs whose conversation needs a reply (waiting, or claimed and the lead wrote after the"
+    " operator's last message); false: only the others"
+)
 
 
 @scope("handoffs:read")
 async def list_handoffs(request: web.Request) -> web.Response:
     """Handoffs newest first, optionally of one status; each as the queue shows it, with its outcome."""
     status = query_choice(request, "status", STATUSES)
+    needs = query_choice(request, "needs_reply", ("true", "false"))
     paging = page_of(request)
     services = request.app[SERVICES]
     now = services.clock.now()
     async with services.sessions() as session:
         statement = select(Handoff) if status is None else select(Handoff).where(Handoff.status == status)
+        if needs is not None:
+            statement = statement.where(needs_reply() if needs == "true" else not_(needs_reply()))
         rows = (await session.exec(paging.apply(statement, Handoff.id))).all()
         items = {row.id: await summary(session, row, now) for row in rows}
     for row in rows:
@@ -47,7 +56,7 @@ SCHEMAS = {
             "lead_id": {"type": "integer"},
             "conversation_id": {"type": ["integer", "null"]},
             "status": {"type": "string", "enum": list(STATUSES)},
-            "trigger": {"type": "string", "description": "score, intent, button, flow or operator"},
+            "trigger": {"type": "string", "description": "score, intent, button, flow, operator or question"},
             "reason": {"type": "string"},
             "name": _TEXT_OR_NULL,
             "score": _NUMBER_OR_NULL,
@@ -74,7 +83,11 @@ OPENAPI = {
             "Handoffs, newest first, optionally of one status",
             "handoffs:read",
             {"200": ok("a page of handoffs", page("Handoff")), "400": BAD_REQUEST},
-            [query("status", {"type": "string", "enum": list(STATUSES)}, "only handoffs in this status"), *PAGING],
+            [
+                query("status", {"type": "string", "enum": list(STATUSES)}, "only handoffs in this status"),
+                query("needs_reply", {"type": "string", "enum": ["true", "false"]}, NEEDS_REPLY),
+                *PAGING,
+            ],
         ),
     },
 }

@@ -4,7 +4,8 @@ A warm lead's card is posted with an inline "Take" button (callback data `take:<
 it claims the handoff for the operator whose `telegram_user_id` is the presser's, and the card is edited
 to say who took it. An operator replies to the lead by answering the card (Telegram's reply-to); the
 text is relayed to the lead's own channel. Answering the card with `/won`, `/nurture [flow]` or
-`/lost REASON` hands the lead back. Used only by the Telegram channel.
+`/lost REASON` hands the lead back. `/inbox` in the group lists the conversations that need a reply
+(`bot.handoff.inbox`), each with its link in the console. Used only by the Telegram channel.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from telegram.error import RetryAfter, TelegramError
 
 from bot.channels.telegram_plain import dedup_key
 from bot.handoff.handoffs import OUTCOMES, HandoffError, HandoffNotFound
+from bot.handoff.inbox import InboxView, inbox
 from bot.handoff.notify import RoomError
 from bot.services import Services
 
 log = logging.getLogger(__name__)
 TAKE = "take:"
+INBOX_LINES = 20  # conversations `/inbox` lists at most (the console has them all)
 
 
 class BotLine(Protocol):
@@ -96,6 +99,9 @@ class OperatorsGroup:
     async def _reply(self, update: Update, message: Message) -> None:
         """A reply to a card: relayed to the lead, or `/won`, `/nurture [flow]`, `/lost REASON` hands it back."""
         original, text = message.reply_to_message, message.text
+        if text and text.split()[0].split("@")[0] == "/inbox":
+            await self._say(await self._inbox(), message.message_id)
+            return
         if original is None or not text or message.from_user is None:
             return  # operators talking among themselves
         handoffs = self.services.handoffs
@@ -123,6 +129,23 @@ class OperatorsGroup:
         reason, flow = (rest, None) if outcome != "nurture" else (None, rest)
         await self.services.handoffs.hand_back(handoff_id, operator_id, outcome, reason=reason, flow=flow)
         return f"Handed back: {outcome}{f' ({rest})' if rest else ''}."
+
+    async def _inbox(self) -> str:
+        """The conversations needing a reply, most urgent first, with links to them in the console."""
+        services = self.services
+        async with services.sessions() as session:
+            found = await inbox(session, InboxView(size=INBOX_LINES), services.clock.now())
+        if not found.total:
+            return "Nobody is waiting for a reply."
+        base = services.settings.public_url
+        lines = [f"{found.total} conversation needs a reply:" if found.total == 1 else f"{found.total} need a reply:"]
+        for row in found.rows:
+            said = f': "{row["last_text"]}"' if row["last_text"] else ""
+            lines.append(f"\n{row['label']} ({row['channel'] or '-'}), waiting {row['waiting']}{said}")
+            lines.append(f"{base}/console/handoffs/{row['id']}")
+        if found.total > len(found.rows):
+            lines.append(f"\n…and {found.total - len(found.rows)} more: {base}/console/inbox")
+        return "\n".join(lines)
 
     async def _say(self, text: str, reply_to: int) -> None:
         bot, quoted = self.channel.bot, ReplyParameters(message_id=reply_to)

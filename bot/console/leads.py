@@ -11,6 +11,7 @@ from bot.console.pages import render
 from bot.console.roles import allowed
 from bot.reports.leadview import lead_report
 from bot.services import SERVICES
+from flows.handoff import QUESTION
 from storage.leads import LeadNotFound
 from storage.leadsearch import search_leads, transcript
 
@@ -78,9 +79,7 @@ def _editable(report: dict[str, Any]) -> dict[str, str]:
 def _without_conversations(report: dict[str, Any]) -> dict[str, Any]:
     """The report without what the visitor and the bot or operators said to each other."""
     events = [
-        {**event, "payload": {key: value for key, value in event["payload"].items() if key != "text"}}
-        if event["type"] == "message"
-        else event
+        {**event, "payload": {key: value for key, value in event["payload"].items() if key not in _quoting(event)}}
         for event in report["events"]
     ]
     deliveries = [
@@ -88,6 +87,15 @@ def _without_conversations(report: dict[str, Any]) -> dict[str, Any]:
         for delivery in report["deliveries"]
     ]
     return {**report, "events": events, "deliveries": deliveries}
+
+
+def _quoting(event: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of an event's payload that quote the conversation: a message's text, a question's reason."""
+    if event["type"] == "message":
+        return ("text",)
+    if event["type"] == "handoff" and event["payload"].get("trigger") == QUESTION:
+        return ("reason",)  # 'asked "..."' quotes the lead
+    return ()
 
 
 def _page_number(raw: str | None) -> int:

@@ -1,4 +1,4 @@
-"""Live console pages: one WebSocket per page, `/console/ws?queue=1&handoff=ID&since=N`.
+"""Live console pages: one WebSocket per page, `/console/ws?queue=1&inbox=1&handoff=ID&since=N`.
 
 The server sends JSON frames and the page sends nothing (the server pings every 30 s). A socket whose
 login ended (logout, expiry, `kindling operator remove`) is closed with code 4401 within `SESSION_CHECK`;
@@ -10,7 +10,10 @@ one watching a conversation whose lead is erased is closed at once with code 441
   (a summary as `bot.handoff.notify.summary` makes it), or `"change": "erased"` with only the handoff's
   `id`, `lead_id` and `status` when its lead was erased (the page drops the row);
 - `{"type": "message", "id", "conversation", "from", "text", "buttons", "client_id", "at"}`: with
-  `handoff=ID`, the messages of that handoff's conversation after message id `since`, then each new one.
+  `handoff=ID`, the messages of that handoff's conversation after message id `since`, then each new one;
+- `{"type": "inbox", "rows": [...], "total", "page", "pages"}`: with `inbox=1` (and the inbox page's `show`,
+  `channel` and `page`), that page of the inbox (`bot.console.inbox.frame`) on connecting, then again
+  after every handoff change and every message in a conversation handed to people.
 
 Subscriptions start before the snapshot and history are read, so nothing falls in between; a message
 may come twice (history and live) and pages drop repeats by id.
@@ -26,10 +29,13 @@ from aiohttp import WSMsgType, web
 
 from bot.console.auth import current, requires, see
 from bot.console.conversation import TRANSCRIPT_LIMIT
+from bot.console.inbox import frame as inbox_frame
+from bot.console.inbox import inbox_rows, view_of
 from bot.console.pages import refuse
-from bot.console.queue import urgent_first
+from bot.console.queue import page_of, urgent_first
 from bot.console.roles import allowed
-from bot.delivery.hub import ERASED, QUEUE, message_frame
+from bot.delivery.hub import ERASED, INBOX, QUEUE, message_frame
+from bot.handoff.inbox import InboxError, InboxView
 from bot.services import SERVICES, Services
 from storage.leadsearch import conversation_messages
 from storage.models import Handoff
@@ -51,9 +57,13 @@ async def live(request: web.Request) -> web.StreamResponse:
     services, role = request.app[SERVICES], current(request).operator.role
     settings = services.settings.console
     queue, handoff = request.query.get("queue") == "1", _number(request.query.get("handoff"))
-    if not queue and handoff is None:
-        return refuse(request, 400, "say what to watch: queue=1 and/or handoff=ID")
-    if (queue and not allowed(role, "queue", settings)) or (
+    try:
+        view = view_of(request.query, current(request).operator.id) if request.query.get("inbox") == "1" else None
+    except InboxError as exc:
+        return refuse(request, 400, str(exc))
+    if not queue and view is None and handoff is None:
+        return refuse(request, 400, "say what to watch: queue=1, inbox=1 and/or handoff=ID")
+    if ((queue or view) and not allowed(role, "queue", settings)) or (
         handoff is not None and not allowed(role, "conversations.read", settings)
     ):
         return refuse(request, 403, f"Your role ({role}) does not allow this.")
@@ -63,7 +73,8 @@ async def live(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
     await ws.prepare(request)
     stream = _Stream(services, ws, current(request).token_hash)
-    await stream.run(queue, conversation_id, _number(request.query.get("since")) or 0)
+    page = _number(request.query.get("page")) or 0 if queue else 0
+    await stream.run(queue, conversation_id, _number(request.query.get("since")) or 0, view, page)
     return ws
 
 
@@ -75,16 +86,24 @@ class _Stream:
         self.lock = asyncio.Lock()
         self.closing: asyncio.Task | None = None  # the forwarder closing the socket, if any
 
-    async def run(self, queue: bool, conversation_id: int | None, since: int) -> None:
-        """Subscribe, catch up, forward until the page goes away."""
+    async def run(
+        self, queue: bool, conversation_id: int | None, since: int, view: InboxView | None = None, page: int = 0
+    ) -> None:
+        """Subscribe, catch up, forward until the page goes away; `page`: the queue page's page (0: all of it)."""
         async with AsyncExitStack() as stack:
             topics = ([QUEUE] if queue else []) + ([conversation_id] if conversation_id else [])
             feeds = [await stack.enter_async_context(self.services.hub.watch(topic)) for topic in topics]
+            inboxed = (QUEUE, INBOX) if view is not None else ()
+            changes = [await stack.enter_async_context(self.services.hub.watch(topic)) for topic in inboxed]
             if queue:
-                await self.send({"type": "queue", "handoffs": urgent_first(await self.services.handoffs.queue())})
+                handoffs = await self.services.handoffs.queue()
+                shown = page_of(handoffs, page) if page else urgent_first(handoffs)
+                await self.send({"type": "queue", "handoffs": shown})
             if conversation_id:
                 await self._history(conversation_id, since)
             forwarders = [asyncio.create_task(self._forward(feed)) for feed in feeds]
+            if view is not None:
+                forwarders.append(asyncio.create_task(self._inbox(view, changes)))
             try:
                 await self._until_closed()
             finally:
@@ -119,6 +138,26 @@ class _Stream:
             messages = await conversation_messages(session, conversation_id, since, TRANSCRIPT_LIMIT)
         for message in messages:
             await self.send(message_frame(message))
+
+    async def _inbox(self, view: InboxView, changes: list[asyncio.Queue]) -> None:
+        """The inbox page now, and again after each change (changes that come while it is read count once)."""
+        changed = asyncio.Event()
+        changed.set()
+
+        async def note(feed: asyncio.Queue) -> None:
+            while True:
+                await feed.get()
+                changed.set()
+
+        notes = [asyncio.create_task(note(feed)) for feed in changes]
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                await self.send(inbox_frame(await inbox_rows(self.services, view)))
+        finally:
+            for task in notes:
+                task.cancel()
 
     async def _forward(self, feed: asyncio.Queue) -> None:
         """Pass frames on; close the socket when the conversation it watches is erased."""

@@ -41,10 +41,10 @@ def routes(console: web.Application) -> None:
 
 @requires("leads.read")
 async def home(request: web.Request) -> web.StreamResponse:
-    """`/console`: straight to the working page, the queue for those who work it."""
+    """`/console`: straight to the working page, the inbox for those who answer leads."""
     settings = request.app[SERVICES].settings.console
     raise web.HTTPFound(
-        "/console/queue" if allowed(current(request).operator.role, "queue", settings) else "/console/leads"
+        "/console/inbox" if allowed(current(request).operator.role, "queue", settings) else "/console/leads"
     )
 
 

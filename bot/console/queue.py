@@ -8,8 +8,9 @@ from aiohttp import web
 
 from bot.console.auth import current, requires
 from bot.console.conversation import conversation_page, handoff_id
-from bot.console.pages import render
+from bot.console.pages import refuse, render
 from bot.handoff.handoffs import ClaimResult
+from bot.handoff.inbox import PAGE_SIZE
 from bot.services import SERVICES
 from storage.leads import LeadNotFound
 
@@ -39,12 +40,29 @@ def urgent_first(handoffs: list[dict]) -> list[dict]:
     )
 
 
+def page_number(raw: str | None) -> int | None:
+    """`?page=N`: N (1 when absent), or None for anything but a number from 1."""
+    if raw is None:
+        return 1
+    return int(raw) if raw.isdigit() and 0 < int(raw) < 10**6 else None
+
+
+def page_of(handoffs: list[dict], page: int) -> list[dict]:
+    """Page `page` (from 1) of the queue, most urgent first, PAGE_SIZE rows a page."""
+    return urgent_first(handoffs)[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+
+
 @requires("queue")
 async def queue_page(request: web.Request) -> web.Response:
-    """The queue, kept live by console.js over /console/ws."""
-    handoffs = urgent_first(await request.app[SERVICES].handoffs.queue())
+    """The queue, a page at a time, kept live by console.js over /console/ws."""
+    page = page_number(request.query.get("page"))
+    if page is None:
+        return refuse(request, 400, f"page: a number from 1, not {request.query['page']!r}")
+    everyone = await request.app[SERVICES].handoffs.queue()
     notice = EMPTY if request.query.get("empty") else ""
-    return render(request, "queue.html", {"handoffs": handoffs, "blank": BLANK_ROW, "notice": notice})
+    pages = max(1, -(-len(everyone) // PAGE_SIZE))
+    context = {"handoffs": page_of(everyone, page), "blank": BLANK_ROW, "notice": notice, "page": page, "pages": pages}
+    return render(request, "queue.html", context | {"total": len(everyone), "size": PAGE_SIZE})
 
 
 @requires("queue")

@@ -15,7 +15,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.delivery.channel import Channel, SendResult, refusal, window_of
-from bot.delivery.hub import Hub, message_frame
+from bot.delivery.hub import INBOX, Hub, message_frame
 from flows.channel_consent import marketing_opt_out
 from flows.clock import Clock
 from flows.optout import email_bounced, opt_out
@@ -243,6 +243,8 @@ class Dispatcher:
         message = await self.group.run(lambda session: self._record(session, delivery, result))
         if message is not None:
             self.hub.publish(message.conversation_id, message_frame(message))
+            if message.author == "operator":  # the inbox: this conversation may no longer need a reply
+                self.hub.publish(INBOX, {"type": "activity", "conversation_id": message.conversation_id})
 
     async def _renew(self, session: AsyncSession, delivery: Delivery) -> bool:
         """Renew our lease right before the send; False if the row is gone or another sender took it over.

@@ -2,7 +2,8 @@
 
 Topics: a conversation id (int) carries its new transcript messages as frames (`message_frame`: the
 visitor's, the bot's and operators'), and `{"type": "erased"}` when its person is erased (see
-`publish_erasure`); `QUEUE` carries handoff changes as dicts (see `bot/handoff/handoffs.py`).
+`publish_erasure`); `QUEUE` carries handoff changes as dicts (see `bot/handoff/handoffs.py`); `INBOX` says a
+conversation handed to people has a new message from its lead or an operator (the console's inbox reloads).
 Frames are plain JSON-able dicts, so they can cross processes.
 
 `Hub` delivers inside one process (SQLite runs one instance). `PostgresHub` sends every publish
@@ -32,6 +33,7 @@ from storage.privacy import Erased
 log = logging.getLogger(__name__)
 
 QUEUE = "queue"
+INBOX = "inbox"  # `{"type": "activity", "conversation_id"}`: a message in a conversation handed to people
 CHANNEL = "kindling_hub"
 NOTIFY_LIMIT = 7900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
 RECONNECT_SECONDS = 2.0

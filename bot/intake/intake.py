@@ -17,9 +17,11 @@ from bot.intake.inbound import Inbound, own_words
 from bot.intake.messages import SystemMessages
 from bot.intake.names import note_asked, take_name
 from bot.intake.readahead import identity_keys, read_ahead
-from bot.intake.replies import plan_replies, reply_deliveries
+from bot.intake.replies import plan_replies, reply_deliveries, reply_row
+from bot.intake.smalltalk import SmallTalk
 from bot.intake.warm import WarmSignals, visitor_notice
 from flows import history
+from flows.answers import Answers
 from flows.channel_consent import WHATSAPP_CONSENT, set_channel_consent
 from flows.clock import Clock
 from flows.consent import CONSENT, set_email_consent
@@ -57,6 +59,7 @@ class Received:
     delivery_ids: list[int] = field(default_factory=list)  # set once committed
     deliveries: list[Delivery] = field(default_factory=list, repr=False)
     handoff_id: int | None = None  # a handoff this inbound opened: operators are to be told
+    handed: bool = False  # its conversation is with people (queued or human): the console's inbox is to reload
     won_handoff_ids: list[int] = field(default_factory=list)  # handoffs it closed as won (a purchase): off the queue
 
 
@@ -69,7 +72,9 @@ class Intake:
         self.sessions, self.settings, self.messages, self.clock = sessions, settings, messages, clock
         self.engine = engine
         self.secret_key = b""  # the app's secret key, set at start-up: suppression entries are keyed with it
-        self.warm = WarmSignals(settings.handoff, engine) if engine is not None else None
+        self.small_talk = SmallTalk(settings.templates)  # loaded at start-up, with the system messages
+        self.answers = Answers([])  # quick answers, loaded at start-up (templates/_answers)
+        self.warm = WarmSignals(settings.handoff, engine, self.small_talk) if engine is not None else None
         self.not_names = (*settings.handoff.intent_words, *settings.opt_out_words)  # never taken for a name
         # Group commit: inbounds wait here for a writer, which stores all that are waiting in one transaction.
         # SQLite has one writer at a time anyway; on PostgreSQL a few transactions run side by side.
@@ -230,17 +235,24 @@ class Intake:
         if inbound.kind in ("message", "button") and not stop:  # for the flow report: did nurture get answers?
             await history.credit(session, lead.id, "replied_at" if inbound.kind == "message" else "button_at", now)
         handoff = None
+        quick = None if captured or stop else self._quick_answer(lead, conversation, inbound)
         if self.warm is not None and not stop:  # after scoring, so the handoff commits with its cause
-            handoff = await self.warm.check(session, lead, conversation, event, score_before, now)
+            answered = bool(captured) or quick is not None  # the bot answers these itself: no question for a person
+            handoff = await self.warm.check(session, lead, conversation, event, score_before, now, answered)
         if conversation is not None:
             policy = self.settings.handoff
             online = handoff is not None and not policy.is_open(now) and await operator_at_console(session, now)
-            received.deliveries = self._replies(
-                lead, conversation, event, captured, stop, first_message, now, handoff, online
-            )
+            if handoff is None and quick is not None:
+                text, buttons = quick
+                received.deliveries = [reply_row(text, lead, conversation, f"reply:{event.id}:answer", now, buttons)]
+            else:
+                received.deliveries = self._replies(
+                    lead, conversation, event, captured, stop, first_message, now, handoff, online
+                )
             session.add_all(received.deliveries)  # flushed with the rest: their ids are read after the commit
             note_asked(lead, conversation, received.deliveries)  # a greeting asking a name: the next message may be it
         received.handoff_id = handoff.id if handoff is not None else None
+        received.handed = conversation is not None and conversation.owner in ("queued", "human")
         session.add(lead)
         return received
 
@@ -271,6 +283,21 @@ class Intake:
         if self.engine is not None:
             await self.engine.react(session, lead, happened, now)
         return captured, stop
+
+    def _quick_answer(
+        self, lead: Lead, conversation: Conversation | None, inbound: Inbound
+    ) -> tuple[str, list[dict[str, str]]] | None:
+        """A quick answer's (text, buttons) for a question in a chat the bot holds (docs/answers.md), else None."""
+        if (
+            inbound.kind != "message"
+            or conversation is None
+            or conversation.owner != "bot"
+            or conversation.channel == "email"  # a reply to nurture is a person's to answer
+            or not inbound.text
+            or inbound.text in self.small_talk
+        ):
+            return None
+        return self.answers.reply(lead, inbound.text)
 
     def _replies(
         self,

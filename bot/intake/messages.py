@@ -27,6 +27,7 @@ SYSTEM_MESSAGES = (
     "handoff_coming",
     "handoff_out_of_hours",
     "handoff_holding",
+    "question_received",
 )
 # Texts that are parts of messages rather than messages: a button's label, the out-of-hours time, the email footer.
 SYSTEM_TEXTS = ("contact_button", "opening_time", "email_footer", "email_unsubscribe")
@@ -37,6 +38,8 @@ SAMPLE = {
     "day": 0,
     "time": "09:00",
     "zone": "Europe/Berlin",
+    "hours": 0,
+    "minutes": 5,
 }
 
 

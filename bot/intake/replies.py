@@ -89,6 +89,19 @@ def system_message(
     except MessageError as exc:  # never send raw template text; the error is in the log
         log.error("reply not sent: %s", exc)
         return None
+    return reply_row(text, lead, conversation, key, now, buttons, kind)
+
+
+def reply_row(
+    text: str,
+    lead: Lead,
+    conversation: Conversation,
+    key: str,
+    now: datetime,
+    buttons: list | None = None,
+    kind: str = "reply",
+) -> Delivery:
+    """A message of the bot's into the conversation as an outbox row keyed `key`, sent first (priority 1)."""
     return Delivery(
         lead_id=lead.id,
         conversation_id=conversation.id,

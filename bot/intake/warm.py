@@ -11,11 +11,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.intake.messages import MessageError, SystemMessages
 from bot.intake.replies import system_message
-from flows.engine import Engine
-from flows.handoff import HandoffPolicy, open_handoff, open_handoff_of, pause_nurture
+from bot.intake.smalltalk import SmallTalk
+from flows.engine import Engine, lead_enrollments
+from flows.handoff import QUESTION, HandoffPolicy, one_line, open_handoff, open_handoff_of, pause_nurture
 from storage.models import Conversation, Delivery, Event, Handoff, Lead
 
 log = logging.getLogger(__name__)
+REASON_CHARS = 60  # a question is quoted in the handoff's reason up to this long
 # Scripts written without spaces between words: their terms match anywhere in the text.
 _UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
@@ -31,8 +33,8 @@ def intent_pattern(word: str) -> re.Pattern[str]:
 class WarmSignals:
     """Decides whether an inbound event makes the lead warm, and opens the handoff if so."""
 
-    def __init__(self, policy: HandoffPolicy, engine: Engine) -> None:
-        self.policy, self.engine = policy, engine
+    def __init__(self, policy: HandoffPolicy, engine: Engine, small_talk: SmallTalk) -> None:
+        self.policy, self.engine, self.small_talk = policy, engine, small_talk
         self.intents = [(word, intent_pattern(word)) for word in policy.intent_words]
         self.buttons = {label.casefold() for label in policy.buttons}
 
@@ -58,12 +60,19 @@ class WarmSignals:
         event: Event,
         score_before: float,
         now: datetime,
+        answered: bool = False,
     ) -> Handoff | None:
-        """The handoff this event opened, or None (not warm, or one is open already)."""
+        """The handoff this event opened, or None (not warm, or one is open already).
+
+        `answered`: the bot answers the message itself (thanks for a shared contact, which flows may follow up, or
+        a quick answer): no question for a person.
+        """
         found = self.signal(event, score_before, lead.score)
+        if found is None and await open_handoff_of(session, lead.id) is not None:  # a flow this event started waits too
+            await pause_nurture(session, self.engine, lead.id, now)
+            return None
+        found = found or (None if answered else await self.question(session, lead, conversation, event, now))
         if found is None:
-            if await open_handoff_of(session, lead.id) is not None:  # a flow this event started waits too
-                await pause_nurture(session, self.engine, lead.id, now)
             return None
         trigger, reason = found
         handoff, opened = await open_handoff(
@@ -78,6 +87,37 @@ class WarmSignals:
         )
         return handoff if opened else None
 
+    async def question(
+        self, session: AsyncSession, lead: Lead, conversation: Conversation | None, event: Event, now: datetime
+    ) -> tuple[str, str] | None:
+        """(`question`, reason) when a message in a chat the bot holds needs a person, else None.
+
+        Not small talk, not an email reply to nurture (answered by a person or the next step, never by the
+        bot), and not a message a flow answers: one it started just now with a step due at once.
+        """
+        text = event.payload.get("text") or ""
+        if (
+            not self.policy.questions
+            or event.type != "message"
+            or conversation is None
+            or conversation.owner != "bot"
+            or conversation.channel == "email"
+            or text in self.small_talk
+            or await self._flow_answers(session, lead.id, now)
+        ):
+            return None
+        return QUESTION, f'asked "{one_line(text, REASON_CHARS)}"'
+
+    async def _flow_answers(self, session: AsyncSession, lead_id: int, now: datetime) -> bool:
+        """Whether a flow enrolled the lead just now with a first step that is a message due at once."""
+        for enrollment in await lead_enrollments(session, lead_id):
+            if enrollment.status != "active" or enrollment.enrolled_at != now or enrollment.due_at > now:
+                continue
+            spec = await self.engine.spec_of(session, enrollment)
+            if spec is not None and spec.step_for(spec.step_names[0], lead_id).action is None:
+                return True
+        return False
+
 
 def visitor_notice(
     messages: SystemMessages,
@@ -88,16 +128,25 @@ def visitor_notice(
     now: datetime,
     online: bool = False,
 ) -> Delivery | None:
-    """'A human is coming' (in hours, or an operator is online), else when to expect an answer; once per handoff."""
+    """'A human is coming' (in hours, or an operator is online), else when to expect an answer; once per handoff.
+
+    A question gets `question_received`: a person will reply, within the SLA or when the team is back.
+    """
     key = f"handoff:{handoff.id}:coming"
-    if online or policy.is_open(now) or policy.hours is None:
+    opens = None
+    if not (online or policy.is_open(now) or policy.hours is None):
+        try:
+            zone = lead.timezone or policy.hours.timezone
+            opens = opening_text(messages, policy.hours.next_open(now), zone, lead.locale)
+        except MessageError as exc:
+            log.error("out-of-hours notice not sent: %s", exc)
+            return None
+    if handoff.trigger == QUESTION:  # the template words the SLA in the lead's language
+        hours, minutes = divmod(max(1, -(-int(policy.sla.total_seconds()) // 60)), 60)
+        extra = {"opens": opens, "hours": hours, "minutes": minutes}
+        return system_message(messages, "question_received", extra, lead, conversation, key, now)
+    if opens is None:
         return system_message(messages, "handoff_coming", {}, lead, conversation, key, now)
-    zone = lead.timezone or policy.hours.timezone
-    try:
-        opens = opening_text(messages, policy.hours.next_open(now), zone, lead.locale)
-    except MessageError as exc:
-        log.error("out-of-hours notice not sent: %s", exc)
-        return None
     return system_message(messages, "handoff_out_of_hours", {"opens": opens}, lead, conversation, key, now)
 
 

@@ -1,4 +1,4 @@
-/* Kindling console: live queue and conversation over /console/ws, SLA timers, replies without a reload,
+/* Kindling console: live inbox, queue and conversation over /console/ws, SLA timers, replies without a reload,
  * dates in the operator's language.
  * Plain JavaScript, no build step. The pages work without it (forms post and redirect); this only
  * keeps them current. Everything from the server goes into the page with textContent, never as HTML. */
@@ -11,6 +11,8 @@
   var status = document.querySelector("p.status[data-handoff-id]");
   var liveNote = document.querySelector("[data-live-note]");
   var watchQueue = script && script.hasAttribute("data-watch-queue");
+  var inboxTable = document.querySelector("[data-inbox]");
+  var inboxRow = document.getElementById("inbox-row");
   var handoff = messages && messages.getAttribute("data-handoff");
 
   // --- SLA timers: seconds left as the server counted them, ticking on from when they arrived -----
@@ -102,6 +104,9 @@
   }
   function arrange() {
     var body = queueTable.tBodies[0], rows = Array.prototype.slice.call(body.rows).sort(compare);
+    var size = parseInt(queueTable.getAttribute("data-size"), 10) || rows.length;
+    rows.slice(size).forEach(function (row) { row.remove(); });  // the next page's
+    rows = rows.slice(0, size);
     rows.forEach(function (row) { body.appendChild(row); });
     document.getElementById("queue-count").textContent = String(rows.length);
     document.querySelector("[data-empty]").hidden = rows.length > 0;
@@ -118,6 +123,39 @@
   function onHandoff(frame) {
     if (frame.change === "closed" || frame.change === "erased") remove(frame.handoff.id); else upsert(frame.handoff);
     arrange();
+  }
+
+  // --- The inbox: the server sends the page's rows again after each change; redrawn from the row template
+  function fillInbox(row, h) {
+    row.setAttribute("data-id", String(h.id));
+    row.setAttribute("data-status", h.status);
+    row.classList.toggle("needs-reply", !!h.needs_reply);
+    var name = field(row, "name");
+    name.textContent = h.label || "Visitor";
+    name.setAttribute("href", "/console/handoffs/" + encodeURIComponent(h.id));
+    field(row, "lead_id").textContent = String(h.lead_id);
+    field(row, "channel").textContent = h.channel || "-";
+    field(row, "last_from").textContent = h.last_from || "";
+    field(row, "last_text").textContent = h.last_text || "";
+    field(row, "waiting").textContent = h.waiting || "";
+    field(row, "holder").textContent = h.claimed_by ? "taken by " + h.claimed_by : "waiting";
+    var sla = field(row, "sla");
+    if (h.status === "waiting") startTimer(sla, h.sla_seconds_left);
+    else { sla.removeAttribute("data-left"); sla.textContent = ""; }
+  }
+  function onInbox(frame) {
+    var body = inboxTable.tBodies[0];
+    while (body.firstChild) body.removeChild(body.firstChild);
+    frame.rows.forEach(function (h) {
+      var row = inboxRow.content.firstElementChild.cloneNode(true);
+      fillInbox(row, h);
+      body.appendChild(row);
+    });
+    document.getElementById("inbox-count").textContent = String(frame.total);
+    document.querySelector("[data-empty]").hidden = frame.rows.length > 0;
+    document.querySelector("[data-page-count]").textContent = String(frame.pages);
+    document.querySelector('[data-pages] a[rel="next"]').hidden = frame.page >= frame.pages;
+    tick();
   }
 
   // --- The conversation page: its handoff changing under the operator, and live messages ----------
@@ -242,6 +280,11 @@
   function address() {
     var params = [];
     if (watchQueue) params.push("queue=1");
+    if (watchQueue && queueTable) params.push("page=" + encodeURIComponent(queueTable.getAttribute("data-page") || "1"));
+    if (inboxTable) ["show", "channel", "page"].forEach(function (name) {
+      params.push(name + "=" + encodeURIComponent(inboxTable.getAttribute("data-" + name) || ""));
+    });
+    if (inboxTable) params.push("inbox=1");
     if (handoff) params.push("handoff=" + encodeURIComponent(handoff), "since=" + since);
     return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/console/ws?" + params.join("&");
   }
@@ -264,6 +307,7 @@
     else if (frame.type === "handoff" && queueTable) onHandoff(frame);
     else if (frame.type === "handoff") changed(frame.handoff);
     else if (frame.type === "message") onMessage(frame);
+    else if (frame.type === "inbox" && inboxTable) onInbox(frame);
   }
   function connect() {
     var ws = new WebSocket(address());
@@ -383,5 +427,5 @@
 
   tick();
   setInterval(tick, 1000);
-  if (watchQueue || handoff) connect();
+  if (watchQueue || inboxTable || handoff) connect();
 })();
