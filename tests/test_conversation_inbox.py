@@ -20,13 +20,13 @@ from storage.models import Conversation, Handoff, Lead, Operator
 from conftest import API_KEY, ROOT, rows, services_of, templates_with
 from fake_telegram import TOKEN
 from test_console_queue import operator
-from test_handoff import DRIP, bot_texts, visitor
+from test_handoff import DRIP, bot_texts, next_from, press, visitor
 from test_handoff_telegram import GROUP
 from test_reports import report
 from test_telegram import CHAT, SECRET, payload, post
 from test_webchat import say
 
-QUESTION = "Do you have a plan for a team of 5?"
+QUESTION = "Can we get an invoice for a German company?"  # no quick answer fits: a person answers
 RECEIVED = "A person from our team will reply here"
 API = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -56,6 +56,21 @@ async def test_a_plain_question_goes_to_a_person_and_the_visitor_is_told_when(ap
     page = await (await app.get("/console/inbox")).text()
     assert f'href="/console/handoffs/{handoff.id}">Visitor from google</a>' in page
     assert html.escape(QUESTION, quote=True) in page and ">webchat<" in page and "5 min left" in page
+
+
+async def test_a_common_question_gets_its_quick_answer_with_a_person_on_offer_and_no_handoff(app, db):
+    ws = await visitor(app)
+    await say(app, ws, "how much does it cost")  # the shipped pricing answer (templates/_answers/en.toml)
+    answer = await next_from(ws, "bot")
+    assert answer["text"].startswith("Our plans start at $29 a month") and "[" not in answer["text"]
+    assert answer["buttons"] == ["Talk to a person"]
+    assert await rows(db, Handoff) == []  # answered: nobody is asked
+    [conversation] = await rows(db, Conversation)
+    assert conversation.owner == "bot"
+
+    await press(app, ws, "Talk to a person")  # the person it offers
+    [handoff] = await rows(db, Handoff)
+    assert (handoff.trigger, handoff.status) == ("button", "waiting")
 
 
 async def test_a_long_question_is_quoted_short_in_the_reason(app, db):

@@ -16,7 +16,7 @@ from test_browser import GREETING, browser, new_page, open_chat, say  # noqa: F4
 from test_console_browser import log_in
 from test_handoff import DRIP
 
-QUESTION = "Do you have a plan for a team of 5?"
+QUESTION = "Can we get an invoice for a German company?"  # no quick answer fits: a person answers
 RECEIVED = "Thanks! A person from our team will reply here within 5 minutes."
 
 

@@ -15,7 +15,7 @@ from bot.config import Settings
 from bot.intake.contacts import find_email, find_phone, normalize_email, normalize_phone
 from bot.intake.inbound import Inbound, own_words
 from bot.intake.messages import SystemMessages
-from bot.intake.names import note_asked, take_name
+from bot.intake.names import introduction, note_asked, take_name
 from bot.intake.readahead import identity_keys, read_ahead
 from bot.intake.replies import plan_replies, reply_deliveries, reply_row
 from bot.intake.smalltalk import SmallTalk
@@ -228,8 +228,9 @@ class Intake:
             received.message = await self._store_message(session, conversation, lead, event, inbound)
         elif conversation is not None and inbound.kind == "start":  # the person spoke first: greeted now, not again
             conversation.last_message_at = inbound.at
+        named = None
         if conversation is not None and inbound.kind == "message" and own_words(inbound):  # "I'm Max Turner"
-            take_name(session, lead, conversation, inbound.text or "", self.not_names, now)
+            named = take_name(session, lead, conversation, inbound.text or "", self.not_names, now)
         captured, stop = await self._react(session, lead, inbound, event, conversation, now)
         received.won_handoff_ids = session.info.pop(WON_BY, [])
         if inbound.kind in ("message", "button") and not stop:  # for the flow report: did nurture get answers?
@@ -237,7 +238,8 @@ class Intake:
         handoff = None
         quick = None if captured or stop else self._quick_answer(lead, conversation, inbound)
         if self.warm is not None and not stop:  # after scoring, so the handoff commits with its cause
-            answered = bool(captured) or quick is not None  # the bot answers these itself: no question for a person
+            # The bot answers these itself (thanks, a quick answer, a greeting by name): no question for a person.
+            answered = bool(captured) or quick is not None or named is not None or introduction(inbound.text or "")
             handoff = await self.warm.check(session, lead, conversation, event, score_before, now, answered)
         if conversation is not None:
             policy = self.settings.handoff

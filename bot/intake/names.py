@@ -54,6 +54,12 @@ def stated_name(text: str) -> tuple[str, str | None] | None:
     return None
 
 
+def introduction(text: str) -> bool:
+    """Whether a message only says who the writer is ("I'm Max Turner", "меня зовут Макс"): nothing for a person."""
+    short = len(text.split()) <= MAX_WORDS + 2 and len(text) <= 40
+    return short and "?" not in text and "？" not in text and stated_name(text) is not None
+
+
 def answered_name(text: str, not_names: Iterable[str] = ()) -> tuple[str, str | None] | None:
     """(first, last) when the whole message reads as a name ("Max", "max turner", "王伟"), else None."""
     words = text.strip().rstrip(".!").split()
