@@ -229,7 +229,12 @@ class Intake:
         elif conversation is not None and inbound.kind == "start":  # the person spoke first: greeted now, not again
             conversation.last_message_at = inbound.at
         named = None
-        if conversation is not None and inbound.kind == "message" and own_words(inbound):  # "I'm Max Turner"
+        if (  # "I'm Max Turner", or a name right after the greeting asked; "okay" is small talk, not a name
+            conversation is not None
+            and inbound.kind == "message"
+            and own_words(inbound)
+            and inbound.text not in self.small_talk
+        ):
             named = take_name(session, lead, conversation, inbound.text or "", self.not_names, now)
         captured, stop = await self._react(session, lead, inbound, event, conversation, now)
         received.won_handoff_ids = session.info.pop(WON_BY, [])
