@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, exists, func, literal, or_
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -139,17 +140,29 @@ def last_activity() -> Any:
 
 
 def needs_reply() -> Any:
-    """A lead a person should answer now: it has an open handoff that is still waiting for someone to take
-    it, or one an operator holds where the lead wrote last (its conversation's newest inbound message is
-    later than the newest message an operator sent there, or no operator has written yet).
-
-    A condition on Lead rows, for `filtered_leads` and the `kindling lead list --needs-reply` command.
+    """A lead a person should answer now: it has an open handoff whose conversation needs a reply
+    (`handoff_needs_reply`). A condition on Lead rows, for `filtered_leads` and `kindling lead list --needs-reply`.
     """
-    in_it = col(Message.conversation_id) == Handoff.conversation_id
-    last_in = select(func.max(Message.at)).where(in_it, Message.direction == "in").scalar_subquery()
-    last_out = select(func.max(Message.at)).where(in_it, Message.author == "operator").scalar_subquery()
-    unanswered = and_(Handoff.status == "claimed", last_in.is_not(None), or_(last_out.is_(None), last_in > last_out))
-    return exists().where(col(Handoff.lead_id) == Lead.id, or_(Handoff.status == "waiting", unanswered))
+    return exists().where(col(Handoff.lead_id) == Lead.id, handoff_needs_reply())
+
+
+def handoff_needs_reply() -> Any:
+    """The SQL condition, on a query of `Handoff` rows, that the handoff's conversation needs a reply now.
+
+    True for a waiting handoff, and for a claimed one whose conversation's last message from the lead came
+    after the last message an operator sent in it (false for a closed one). The console's inbox, the API's
+    `GET /api/handoffs?needs_reply=` and the command line all count with it.
+    """
+    answered_up_to = func.coalesce(last_message_id("author", "operator"), 0)
+    lead_wrote_since = func.coalesce(last_message_id("direction", "in"), 0) > answered_up_to
+    return or_(Handoff.status == "waiting", and_(Handoff.status == "claimed", lead_wrote_since))
+
+
+def last_message_id(column: str, value: str) -> Any:
+    """The id of the last message of the handoff's conversation whose `column` is `value` (correlated)."""
+    message = aliased(Message)
+    mine = and_(message.conversation_id == Handoff.conversation_id, getattr(message, column) == value)
+    return select(func.max(message.id)).where(mine).scalar_subquery()
 
 
 def _has_tag(dialect: str, tag: str) -> Any:

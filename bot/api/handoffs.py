@@ -10,9 +10,9 @@ from bot.api.auth import scope
 from bot.api.paging import page_of
 from bot.api.params import query_choice
 from bot.api.spec import BAD_REQUEST, NULLABLE_TIME, PAGING, TIME, ok, operation, page, query
-from bot.handoff.inbox import needs_reply
 from bot.handoff.notify import summary
 from bot.services import SERVICES
+from storage.leadsearch import handoff_needs_reply
 from storage.models import Handoff
 
 STATUSES = ("waiting", "claimed", "closed")
@@ -33,7 +33,7 @@ async def list_handoffs(request: web.Request) -> web.Response:
     async with services.sessions() as session:
         statement = select(Handoff) if status is None else select(Handoff).where(Handoff.status == status)
         if needs is not None:
-            statement = statement.where(needs_reply() if needs == "true" else not_(needs_reply()))
+            statement = statement.where(handoff_needs_reply() if needs == "true" else not_(handoff_needs_reply()))
         rows = (await session.exec(paging.apply(statement, Handoff.id))).all()
         items = {row.id: await summary(session, row, now) for row in rows}
     for row in rows:

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_
+from sqlalchemy import and_, case, func
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.handoff.notify import summary
 from flows.handoff import OPEN, one_line
+from storage.leadsearch import handoff_needs_reply, last_message_id
 from storage.models import Conversation, Handoff, Message
 
 SHOWS = ("needs_reply", "mine", "all")
@@ -95,23 +96,11 @@ def waited(seconds: float) -> str:
     return " ".join(part for part in (f"{hours} h" if hours else "", f"{rest} min" if rest else "") if part)
 
 
-def needs_reply() -> Any:
-    """The SQL condition, on a query of `Handoff` rows, that the handoff's conversation needs a reply now.
-
-    True for a waiting handoff, and for a claimed one whose conversation's last message from the lead came
-    after the last message an operator sent in it (false for a closed one). `GET /api/handoffs?needs_reply=`
-    filters with it.
-    """
-    answered_up_to = func.coalesce(_last_id("author", "operator"), 0)
-    lead_wrote_since = func.coalesce(_last_id("direction", "in"), 0) > answered_up_to
-    return or_(Handoff.status == "waiting", and_(Handoff.status == "claimed", lead_wrote_since))
-
-
 def _rows(view: InboxView) -> tuple[Any, Any]:
     """The query of the view's rows (not yet ordered or paged) and its needs-a-reply condition."""
-    last_operator = _last_id("author", "operator")
+    last_operator = last_message_id("author", "operator")
     answered_up_to = func.coalesce(last_operator, 0)
-    needs = needs_reply()
+    needs = handoff_needs_reply()
     unanswered = aliased(Message)
     first_unanswered = (
         select(func.min(unanswered.at))
@@ -137,13 +126,6 @@ def _rows(view: InboxView) -> tuple[Any, Any]:
     if view.channel:
         query = query.where(Conversation.channel == view.channel)
     return query, needs
-
-
-def _last_id(column: str, value: str) -> Any:
-    """The id of the last message of the handoff's conversation whose `column` is `value` (correlated)."""
-    message = aliased(Message)
-    mine = and_(message.conversation_id == Handoff.conversation_id, getattr(message, column) == value)
-    return select(func.max(message.id)).where(mine).scalar_subquery()
 
 
 async def _row(session: AsyncSession, handoff: Handoff, rest: list, now: datetime) -> dict:
