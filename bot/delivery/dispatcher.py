@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 
-from sqlalchemy import ColumnElement, Row, Select, and_, exists, func, or_, tuple_, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, tuple_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -50,40 +50,6 @@ def first_of_its_lead(now: datetime) -> ColumnElement[bool]:
         and_(due(other, now), tuple_(other.priority, other.not_before, other.id) < tuple_(*order)),
     )
     return and_(due(Delivery, now), ~exists().where(other.lead_id == Delivery.lead_id, other.id != Delivery.id, ahead))
-
-
-def _sent_since(lead_id: int | ColumnElement[int], since: datetime) -> Select:
-    """How many nurture messages the lead was sent since `since`."""
-    return select(func.count(Delivery.id)).where(
-        Delivery.lead_id == lead_id, Delivery.kind == "nurture", Delivery.status == "sent", Delivery.sent_at >= since
-    )
-
-
-async def _nurture_facts(
-    session: AsyncSession, policy: Policy, lead_id: int, conversation_id: int, now: datetime
-) -> tuple[Lead, Conversation | None, int]:
-    """The lead (following merges), the conversation, and the nurture sent to the lead today: one read, mostly.
-
-    "Today" is first counted from midnight in the default time zone; a lead whose own zone's day began at another
-    moment is counted again, and a lead merged away is read again by `get_lead`.
-    """
-    usual = local_day_start(now, policy.zone(None))
-    found = (
-        await session.exec(
-            select(Lead, Conversation, _sent_since(Lead.id, usual).scalar_subquery())
-            .select_from(Lead)
-            .outerjoin(Conversation, Conversation.id == conversation_id)
-            .where(Lead.id == lead_id)
-        )
-    ).first()
-    if found is not None and found[0].merged_into_id is None:
-        lead, conversation, sent_today = found
-        if local_day_start(now, policy.zone(lead.timezone)) == usual:
-            return lead, conversation, sent_today
-    else:
-        lead, conversation = await get_lead(session, lead_id), await session.get(Conversation, conversation_id)
-    sent_today = (await session.exec(_sent_since(lead.id, local_day_start(now, policy.zone(lead.timezone))))).one()
-    return lead, conversation, sent_today
 
 
 class Dispatcher:
@@ -258,7 +224,7 @@ class Dispatcher:
         elif delivery.channel == EMAIL:  # an answer by email: not to an address that bounced since
             go = await self.group.run(lambda session: self._email_allowed(session, delivery))
         else:
-            go = await self.group.run(lambda session: self._renew(session, delivery)) is not None
+            go = await self.group.run(lambda session: self._renew(session, delivery))
         if not go:
             return
         channel = self.channels.get(delivery.channel)
@@ -278,32 +244,24 @@ class Dispatcher:
         if message is not None:
             self.hub.publish(message.conversation_id, message_frame(message))
 
-    def _ours(self, delivery: Delivery) -> ColumnElement[bool]:
-        """The row is still being sent by us: no other sender took it over (`attempts` would have moved on)."""
-        return and_(Delivery.id == delivery.id, Delivery.status == "sending", Delivery.attempts == delivery.attempts)
-
-    async def _renew(self, session: AsyncSession, delivery: Delivery) -> Row | None:
-        """Renew our lease right before the send; the row's lead and conversation, or None if it is not ours.
+    async def _renew(self, session: AsyncSession, delivery: Delivery) -> bool:
+        """Renew our lease right before the send; False if the row is gone or another sender took it over.
 
         A batch is claimed at once but sent over time: each send starts with a full lease, and a row whose
         lease ran out meanwhile (another instance claimed it: `attempts` moved on) is left to that one.
-        One guarded UPDATE, rather than a locked read and a write: it locks the row all the same. It returns
-        the lead and conversation as they are now (a merge may have moved the row to another lead).
         """
         renewed = await session.exec(
             update(Delivery)
-            .where(self._ours(delivery))
+            .where(Delivery.id == delivery.id, Delivery.status == "sending", Delivery.attempts == delivery.attempts)
             .values(lease_until=self.clock.now() + self.lease)
-            .returning(Delivery.lead_id, Delivery.conversation_id)
         )
-        return renewed.first()
+        return renewed.rowcount == 1
 
     async def _email_allowed(self, session: AsyncSession, delivery: Delivery) -> bool:
         """Renew our lease, then check the address still takes service email (it has not bounced)."""
-        renewed = await self._renew(session, delivery)
-        if renewed is None:
+        if not await self._renew(session, delivery):
             return False
-        blocked = email_block(await get_lead(session, renewed.lead_id), self.email, service=True)
+        blocked = email_block(await get_lead(session, delivery.lead_id), self.email, service=True)
         if blocked is None:
             return True
         await session.exec(
@@ -321,69 +279,63 @@ class Dispatcher:
         The conversation and lead it read when the message may go (for the channel's `send_known`), else None.
         """
         now = self.clock.now()
-        renewed = await self._renew(session, delivery)
-        if renewed is None:
+        row = await session.get(Delivery, delivery.id, with_for_update=True)
+        if row is None or row.status != "sending" or row.attempts != delivery.attempts:
             return None
-        lead, conversation, sent_today = await _nurture_facts(
-            session, self.policy, renewed.lead_id, renewed.conversation_id, now
-        )
+        row.lease_until = now + self.lease
+        lead = await get_lead(session, row.lead_id)
+        conversation = await session.get(Conversation, row.conversation_id)
+        zone = self.policy.zone(lead.timezone)
+        sent_today = (
+            await session.exec(
+                select(func.count(Delivery.id)).where(
+                    Delivery.lead_id == lead.id,
+                    Delivery.kind == "nurture",
+                    Delivery.status == "sent",
+                    Delivery.sent_at >= local_day_start(now, zone),
+                )
+            )
+        ).one()
         owner = conversation.owner if conversation else "closed"
         verdict = nurture_verdict(
             self.policy, opted_out=lead.opted_out_at is not None, owner=owner,
             timezone=lead.timezone, sent_today=sent_today, now=now,
         )  # fmt: skip
-        if verdict.action == "send" and delivery.channel == EMAIL:
+        if verdict.action == "send" and row.channel == EMAIL:
             blocked = email_block(lead, self.email)  # consent withdrawn, unsubscribed or bounced since it was queued
             verdict = Verdict("skip", blocked) if blocked else verdict
         if verdict.action == "send":
             return conversation, lead
-        held = {"status": "pending" if verdict.action == "postpone" else "skipped", "last_error": verdict.reason}
+        row.last_error, row.lease_until = verdict.reason, None
+        row.status = "pending" if verdict.action == "postpone" else "skipped"
         if verdict.until is not None:
-            held["not_before"] = verdict.until
-        await session.exec(  # waiting is not a failed attempt
-            update(Delivery)
-            .where(Delivery.id == delivery.id)
-            .values(lease_until=None, attempts=Delivery.attempts - 1, **held)
-        )
+            row.not_before = verdict.until
+        row.attempts -= 1  # waiting is not a failed attempt
+        session.add(row)
         return None
 
-    async def _record_sent(self, session: AsyncSession, delivery: Delivery, result: SendResult) -> Message | None:
-        """Mark the row sent and add it to the transcript; None if it was not ours any more (taken over).
-
-        One guarded UPDATE and the message's INSERT, the commonest record by far: no locked read first.
-        """
-        now = self.clock.now()
-        sent = await session.exec(
-            update(Delivery)
-            .where(self._ours(delivery))
-            .values(status="sent", sent_at=now, provider_message_id=result.provider_id, last_error=None)
-            .values(delivered_at=now if result.delivered else None)
-            .returning(Delivery.lead_id, Delivery.conversation_id)
-        )
-        row = sent.first()
-        if row is None:
-            return None  # its lease ran out and another sender took it over
-        message = Message(
-            conversation_id=row.conversation_id,
-            lead_id=row.lead_id,
-            direction="out",
-            author="operator" if delivery.kind == "operator" else "bot",
-            text=delivery.text,
-            buttons=delivery.buttons,
-            delivery_id=delivery.id,
-            at=now,
-        )
-        session.add(message)
-        await session.flush()
-        return message
-
     async def _record(self, session: AsyncSession, delivery: Delivery, result: SendResult) -> Message | None:
-        if result.status == "sent":
-            return await self._record_sent(session, delivery, result)
         now = self.clock.now()
         row = await session.get(Delivery, delivery.id, with_for_update=True)
         if row is None or row.status != "sending" or row.attempts != delivery.attempts:
             return None  # its lease ran out and another sender took it over
+        if result.status == "sent":
+            row.status, row.sent_at, row.provider_message_id = "sent", now, result.provider_id
+            row.delivered_at = now if result.delivered else None
+            row.last_error = None
+            message = Message(
+                conversation_id=row.conversation_id,
+                lead_id=row.lead_id,
+                direction="out",
+                author="operator" if row.kind == "operator" else "bot",
+                text=row.text,
+                buttons=row.buttons,
+                delivery_id=row.id,
+                at=now,
+            )
+            session.add_all([row, message])
+            await session.flush()
+            return message
         row.last_error = result.error
         if result.status == "skipped":  # held back by the channel: shown with its reason, never retried
             row.status, row.lease_until = "skipped", None
