@@ -117,3 +117,19 @@ async def test_an_operator_card_is_not_queued_behind_a_drip_backlog(database_url
 
     assert len(sent) == 41
     assert sent.index("card") <= 5 + NURTURE_QUEUED + 1  # not 41st: behind only those already queued
+
+
+async def test_senders_waiting_at_once_share_one_reservation_and_two_instances_stay_within_the_budget(instances):
+    """Each instance reserves one slot per waiting sender in one go; together they never exceed the budget."""
+    a, b = instances
+    slots = await asyncio.gather(*(pace.slot("whatsapp:1", OVERALL) for pace in [a] * 45 + [b] * 45))
+
+    starts = sorted(slot.start for slot in slots)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert min(gaps) >= timedelta(seconds=OVERALL) - timedelta(microseconds=2)  # never two in one interval
+    assert starts[-1] - starts[0] >= timedelta(seconds=89 * OVERALL) - timedelta(microseconds=100)
+    for mine in (slots[:45], slots[45:]):  # one run of consecutive slots each: one round trip, not 45
+        ends = [slot.start for slot in mine]
+        assert ends[-1] - ends[0] == timedelta(seconds=44 * OVERALL)
+    later = await a.slot("whatsapp:1", OVERALL)  # and the budget goes on after both runs
+    assert later.start >= starts[-1] + timedelta(seconds=OVERALL) - timedelta(microseconds=2)
