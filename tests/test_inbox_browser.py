@@ -10,6 +10,7 @@ import re
 
 import pytest
 from playwright.async_api import expect
+from test_operator_browser import RECORD
 
 from conftest import PASSWORD, templates_with
 from test_browser import GREETING, browser, new_page, open_chat, say  # noqa: F401  (fixtures)
@@ -33,6 +34,8 @@ async def test_a_plain_question_arrives_live_in_the_inbox_and_the_answer_reaches
 ):
     await add_operator("ann", "operator")
     console, site = await new_page(), await new_page()
+    await console.add_init_script(RECORD)  # records each Notification the page makes
+    await console.context.grant_permissions(["notifications"], origin=str(app.make_url("/")).rstrip("/"))
     await log_in(console, str(app.make_url("/console")), "ann", PASSWORD, then="Inbox")
     await expect(console.get_by_text("nobody is waiting for a reply")).to_be_visible()
     await console.evaluate("() => { window.__sameDocument = true; }")  # gone if the page reloads
@@ -52,6 +55,9 @@ async def test_a_plain_question_arrives_live_in_the_inbox_and_the_answer_reaches
     await expect(row.locator(".sla")).to_have_text(re.compile(r"^(\d+ min )?\d+ s left$"))
     await expect(console.locator("#inbox-count")).to_have_text("1")
     assert await console.evaluate("() => window.__sameDocument") is True
+    await expect(console).to_have_title("(1) Inbox · Kindling")  # and the operator is told, in any tab
+    notes = await console.evaluate("() => window.__notes")
+    assert notes == [{"title": "Kindling: Visitor from webchat is waiting", "body": f'asked "{QUESTION}"'}], notes
 
     # Ann opens it, takes it and answers: the visitor's widget shows the answer.
     await row.get_by_role("link").click()
