@@ -118,9 +118,11 @@ def sender(client, clock, channel: str) -> Send:  # type: ignore[no-untyped-def]
 
 
 async def counts(db) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """Rows per table; messages are the inbound ones (the bot's replies join the transcript when sent)."""
+    """Rows per table; messages are the inbound ones (the bot's replies join the transcript when sent), events the
+    inbound messages' (a question also opens a handoff, with events of its own)."""
     queries = {model.__name__: select(func.count()).select_from(model) for model in TABLES}
     queries["Message"] = queries["Message"].where(Message.direction == "in")
+    queries["Event"] = queries["Event"].where(Event.type == "message")
     async with db() as session:
         return {name: (await session.exec(query)).one() for name, query in queries.items()}
 
