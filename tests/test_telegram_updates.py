@@ -70,6 +70,13 @@ def payload(name: str, **changes: object) -> dict:
     return data
 
 
+def small_talk(text: str = "Thanks!") -> dict:
+    """The documented text message, saying something that needs no person (its own text is a question)."""
+    data = payload("message_text")
+    data["message"] = {**data["message"], "text": text}
+    return data
+
+
 def unknown_fields(value: object, path: str = "update") -> list[str]:
     """Where python-telegram-bot found fields it does not know (it keeps them in `api_kwargs`)."""
     if isinstance(value, list | tuple):
@@ -123,7 +130,7 @@ async def test_an_update_python_telegram_bot_cannot_read_is_kept_once_counted_an
     app, db, fake_telegram, caplog, run_kindling
 ):
     caplog.set_level(logging.WARNING)
-    await post(app, payload("message_text"))
+    await post(app, small_talk())
     [lead] = await rows(db, Lead)
     unreadable = payload("message_poll_unreadable")
 
@@ -161,7 +168,7 @@ async def test_a_body_that_is_no_update_at_all_is_still_a_400(app, db, body):
 async def test_blocking_the_bot_opts_the_lead_out_at_once_and_unblocking_does_not_opt_back_in(
     app, db, fake_telegram, clock
 ):
-    await post(app, payload("message_text"))
+    await post(app, small_talk())
     assert [e.status for e in await rows(db, Enrollment)] == ["active"]
     sent_before = len(fake_telegram.sent_messages(CHAT))
 
@@ -188,7 +195,7 @@ async def test_blocking_the_bot_opts_the_lead_out_at_once_and_unblocking_does_no
 
 async def test_the_bot_is_greeted_once_after_start_and_the_first_message_gets_got_it(app, fake_telegram):
     await post(app, payload("message_start"))
-    await post(app, payload("message_text"))
+    await post(app, small_talk())
 
     texts = fake_telegram.texts(CHAT)
     assert [text for text in texts if text.startswith("Hi Ann!")] == [texts[0]]
