@@ -19,9 +19,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("lead") as batch:
+    # ALTER TABLE ... ADD COLUMN, never a rebuild: on SQLite a rebuilt table loses AUTOINCREMENT (ids reused, 0011).
+    with op.batch_alter_table("lead", recreate="never") as batch:
         batch.add_column(sa.Column("note", sa.Text(), nullable=True))
-    with op.batch_alter_table("conversation") as batch:
+    with op.batch_alter_table("conversation", recreate="never") as batch:
         batch.add_column(sa.Column("name_asked", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
