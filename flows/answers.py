@@ -21,6 +21,7 @@ from typing import Any
 from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from flows.compiled import compiled
 from flows.matcher import Index, pairs, ranked
 from flows.reactions import lead_context
 from flows.render import describe, error_location
@@ -83,12 +84,17 @@ class Answers:
     def __init__(self, answers: Sequence[Answer], policy: AnswersPolicy = AnswersPolicy()) -> None:
         self.policy = policy
         self.by_language: dict[str, dict[str, Answer]] = {}
+        self._indexes: dict[str, Index] = {}
         for answer in answers:
             self.by_language.setdefault(answer.language, {})[answer.name] = answer
-        self.indexes = {
-            language: Index(pairs((name, answer.questions) for name, answer in found.items()))
-            for language, found in self.by_language.items()
-        }
+
+    def index(self, language: str) -> Index:
+        """The matcher's index of one language, built when first asked for (most starts never match)."""
+        built = self._indexes.get(language)
+        if built is None:
+            found = self.by_language[language]
+            built = self._indexes[language] = Index(pairs((name, answer.questions) for name, answer in found.items()))
+        return built
 
     @cached_property
     def everywhere(self) -> Index:
@@ -108,7 +114,7 @@ class Answers:
         """The answer `text` asks for in the lead's language (every language when it has no file), or None."""
         policy = policy or self.policy
         language = self.language_of(locale)
-        scores = (self.indexes[language] if language else self.everywhere).scores(text)
+        scores = (self.index(language) if language else self.everywhere).scores(text)
         best = ranked(scores)[:2]
         if not best or best[0][1] < policy.threshold:
             return None
@@ -253,4 +259,6 @@ def _text_line(source: str, table_line: int) -> int:
 
 def _environment(templates: Path) -> ImmutableSandboxedEnvironment:
     """The sandbox answers render in, as the bot's own messages do (partials load from the templates folder)."""
-    return ImmutableSandboxedEnvironment(loader=FileSystemLoader(templates), undefined=StrictUndefined)
+    return ImmutableSandboxedEnvironment(
+        loader=FileSystemLoader(templates), undefined=StrictUndefined, bytecode_cache=compiled("answers")
+    )

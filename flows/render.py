@@ -18,6 +18,8 @@ from jinja2.ext import Extension
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from flows.compiled import compiled
+
 if TYPE_CHECKING:
     from flows.spec import FlowSpec, StepSpec
 
@@ -212,6 +214,7 @@ def flow_environment(templates_root: Path) -> FlowSandbox:
         lstrip_blocks=True,
         autoescape=False,
         auto_reload=False,
+        bytecode_cache=compiled("flows"),
     )
     for name in _UNSAFE_FILTERS:
         env.filters.pop(name, None)

@@ -99,7 +99,7 @@ def test_an_off_topic_or_specific_question_gets_no_answer_so_a_person_replies(sh
     ],
 )
 def test_a_question_two_answers_fit_about_as_well_gets_no_answer(shipped, locale, question, between):
-    scores = shipped.indexes[locale].scores(question)
+    scores = shipped.index(locale).scores(question)
     assert {name for name, value in scores.items() if value >= shipped.policy.threshold} >= between
     assert shipped.match(question, locale) is None
 

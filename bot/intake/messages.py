@@ -15,6 +15,7 @@ from typing import Any
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from flows.compiled import compiled
 from flows.locales import BASE, SYSTEM, Locales, available
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,10 @@ class SystemMessages:
     def __init__(self, folder: Path, default_locale: str = BASE) -> None:
         self.folder = Path(folder)
         self.env = ImmutableSandboxedEnvironment(
-            loader=FileSystemLoader(folder), undefined=StrictUndefined, keep_trailing_newline=False
+            loader=FileSystemLoader(folder),
+            undefined=StrictUndefined,
+            keep_trailing_newline=False,
+            bytecode_cache=compiled("system"),
         )
         self.locales = Locales(available(self.folder), default_locale)
 

@@ -42,6 +42,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from bot.intake.messages import MessageError, SystemMessages
+from flows.compiled import compiled
 
 log = logging.getLogger(__name__)
 LAYOUT = "_email/layout.html.j2"
@@ -127,7 +128,9 @@ class Composer:
 
     def __init__(self, templates: Path, texts: SystemMessages) -> None:
         self.texts = texts
-        self.env = SandboxedEnvironment(loader=FileSystemLoader(templates), autoescape=True)
+        self.env = SandboxedEnvironment(
+            loader=FileSystemLoader(templates), autoescape=True, bytecode_cache=compiled("email")
+        )
         self.markdown = MarkdownIt("commonmark", {"html": False})
         # Normalizing a link's URL (parse, punycode, percent-encode) is a pure function of it and a sixth of the
         # rendering; the links in a flow's steps are the same for every lead, so each is normalized once.
