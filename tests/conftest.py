@@ -130,14 +130,16 @@ async def _emptying_script(connection: asyncpg.Connection) -> str:
     """One round trip that empties every table and restarts every id sequence.
 
     DELETE, children first, rather than TRUNCATE: the tables a test fills are small, and TRUNCATE's new files
-    for every table cost about three times as much per test (the PostgreSQL run is the long pole of CI).
+    for every table cost about three times as much per test (the PostgreSQL run is the long pole of CI). With
+    foreign-key triggers off for the transaction (`session_replication_role`): checked row by row, emptying
+    what a 10,000-message test left took a core for tens of seconds.
     """
     sequences = await connection.fetch(
         "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences WHERE schemaname = current_schema()"
     )
     deletes = "".join(f'DELETE FROM "{table.name}";' for table in reversed(SQLModel.metadata.sorted_tables))
     restarts = "".join(f"ALTER SEQUENCE {name} RESTART;" for (name,) in sequences)
-    return f"BEGIN;{deletes}{restarts}COMMIT;"
+    return f"BEGIN;SET LOCAL session_replication_role = replica;{deletes}{restarts}COMMIT;"
 
 
 @pytest.fixture
