@@ -22,6 +22,9 @@ from storage.models import Delivery, Lead, Message
 from conftest import rows, services_of
 
 CHROMIUM = Path("/usr/bin/chromium")
+# Every browser test's waits (they poll the page): CI runs both databases' suites side by side on two cores,
+# where Playwright's default 5 s was sometimes too short for a page to catch up.
+expect.set_options(timeout=15_000)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

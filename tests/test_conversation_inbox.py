@@ -214,10 +214,10 @@ async def test_the_inbox_and_the_queue_page_fifty_at_a_time(app, db, add_operato
 async def test_the_inbox_is_live_over_the_console_socket(app, db, add_operator):
     await operator(app, add_operator, "ann")
     async with app.ws_connect("/console/ws?inbox=1&show=needs_reply") as live:
-        assert (await live.receive_json(timeout=5))["rows"] == []
+        assert (await live.receive_json(timeout=15))["rows"] == []
         ws = await visitor(app)
         await say(app, ws, QUESTION)
-        while not (frame := await live.receive_json(timeout=5))["rows"]:
+        while not (frame := await live.receive_json(timeout=15))["rows"]:
             pass
     [row] = frame["rows"]
     assert (row["label"], row["channel"], row["last_text"], row["trigger"]) == (
