@@ -80,16 +80,21 @@ def no_real_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With KINDLING_TEST_DATABASE_ONLY set (CI's PostgreSQL pass), skip the tests that touch no test database.
+    """With KINDLING_TEST_DATABASE_ONLY set (CI's PostgreSQL pass), skip what the SQLite pass beside it covers.
 
-    They behave the same on either database, and CI's SQLite pass runs them beside this one.
+    The tests that touch no test database behave the same on either; the browser tests (`test_*browser.py`)
+    test what Chromium does with our pages and widget, while what they ask of the server is the same code the
+    HTTP and WebSocket tests drive on this database. Chromium is most of the CPU of two passes on two cores.
     """
     if not os.environ.get("KINDLING_TEST_DATABASE_ONLY"):
         return
-    skip = pytest.mark.skip(reason="touches no test database: the SQLite pass runs it")
+    no_database = pytest.mark.skip(reason="touches no test database: the SQLite pass runs it")
+    browser = pytest.mark.skip(reason="a browser test: the SQLite pass runs it")
     for item in items:
         if "migrated_database" not in getattr(item, "fixturenames", ()):
-            item.add_marker(skip)
+            item.add_marker(no_database)
+        elif item.path.stem.endswith("browser"):
+            item.add_marker(browser)
 
 
 @pytest.fixture(scope="session")
