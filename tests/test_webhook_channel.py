@@ -70,8 +70,10 @@ async def test_a_signed_message_becomes_a_lead_and_the_reply_goes_back_signed(ac
     [message] = await rows(db, Message, Message.direction == "in")
     assert message.text == "Hi, is there a free trial?"
     [reply] = provider.replies
-    # A question: a person will answer it.
-    assert reply["conversation"] == "t-42" and reply["text"].startswith("Thanks, Ann! A person from our team")
+    # A common question: its quick answer (templates/_answers/en.toml), sent back signed.
+    assert reply["conversation"] == "t-42" and reply["text"].startswith(
+        "Yes: every plan comes with a 14-day free trial"
+    )
     assert provider.bad_signatures == 0
 
 
