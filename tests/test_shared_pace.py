@@ -90,7 +90,9 @@ async def test_on_postgresql_the_bot_takes_its_slots_from_the_shared_budget(make
     assert (await post(client, payload("message_text"))).status == 200
     await services_of(client).drain()
 
-    assert fake_telegram.texts(CHAT) == ["Hi Ann! Thanks for reaching out. How can we help you today?"]
+    assert fake_telegram.texts(CHAT) == [
+        "Thanks, Ann! A person from our team will reply here within 5 minutes."
+    ]  # a question
     assert sorted(row.key for row in await rows(db, Pace)) == ["telegram", f"telegram:{CHAT}"]
 
 
