@@ -107,10 +107,8 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         for warning in messages.check():  # a missing translation: its English text is sent
             log.warning("system message %s", warning)
-        services.answers = services.intake.answers = load_answers(
-            settings.templates, settings.answers, settings.handoff.buttons
-        )
-        services.intake.small_talk.load()
+        # Quick answers and small talk: a broken file stops start-up, as a broken system message does.
+        services.intake.answers = load_answers(settings.templates, settings.answers, settings.handoff.buttons)
         library.load()  # a flow that fails lint is logged and left out; the rest run
         services.secret_key = services.intake.secret_key = await shared_secret_key(settings, sessions)
         await hub.start()

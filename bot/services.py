@@ -1,5 +1,4 @@
-"""What channels and views share: settings, database sessions, clock, intake, dispatcher, hub, handoffs, webhooks,
-quick answers."""
+"""What channels and views share: settings, database sessions, clock, intake, dispatcher, hub, handoffs, webhooks."""
 
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ from bot.handoff.notify import Notifier
 from bot.intake.inbox import Inbox
 from bot.intake.intake import Intake, Received
 from bot.metrics import Metrics
-from flows.answers import Answers
 from flows.clock import Clock
 from flows.engine import Engine
 from flows.library import FlowLibrary
@@ -50,7 +48,6 @@ class Services:
     webhooks: WebhookSender
     secret_key: bytes = b""
     metrics: Metrics = field(default_factory=Metrics)
-    answers: Answers = field(default_factory=lambda: Answers([]))  # loaded at start-up: templates/_answers
     tasks: set[asyncio.Task] = field(default_factory=set)
     running: bool = True  # False once the app shuts down: ticking jobs stop at their next batch
     inbox: Inbox = field(init=False)  # inbounds stored before their answer, taken in right after

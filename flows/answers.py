@@ -4,7 +4,8 @@ Each file holds `[[answer]]` tables (name, question variants, a Jinja text rende
 buttons offering a person) beside the inbox's `small_talk` list. `load_answers` reads and checks every file
 (a broken one raises AnswersError naming file and line, as system messages stop start-up); `Answers.match`
 finds the answer a message asks for with `flows.matcher`, or None when no answer is close enough or two are
-too close to call (a person replies then). See docs/answers.md.
+too close to call (a person replies then); `Answers.is_small_talk` tells a message that needs no person. See
+docs/answers.md and docs/console.md.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import logging
 import re
 import tomllib
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -81,12 +83,21 @@ class AnswersError(Exception):
 class Answers:
     """Every language's quick answers, with one matcher index per language (and one over all of them)."""
 
-    def __init__(self, answers: Sequence[Answer], policy: AnswersPolicy = AnswersPolicy()) -> None:
+    def __init__(
+        self, answers: Sequence[Answer], policy: AnswersPolicy = AnswersPolicy(), small_talk: Iterable[str] = ()
+    ) -> None:
         self.policy = policy
+        self.small_talk = frozenset(bare(phrase) for phrase in small_talk)  # every language's, bare
         self.by_language: dict[str, dict[str, Answer]] = {}
         self._indexes: dict[str, Index] = {}
         for answer in answers:
             self.by_language.setdefault(answer.language, {})[answer.name] = answer
+
+    def is_small_talk(self, text: str) -> bool:
+        """Whether a whole message is small talk of any language ("Thank you!", "ДА", "你好！"), or nothing is left
+        of it without punctuation, symbols and emoji (a lone 👍): the bot's greeting or "got it" answers it."""
+        found = bare(text)
+        return not found or found in self.small_talk
 
     def index(self, language: str) -> Index:
         """The matcher's index of one language, built when first asked for (most starts never match)."""
@@ -157,29 +168,36 @@ def load_answers(templates: Path, policy: AnswersPolicy = AnswersPolicy(), butto
 
     `buttons`: the labels that open a handoff (`handoff.buttons`); an answer's button must be one of them.
     """
-    answers, problems = [], []
+    answers, problems, small_talk = [], [], []
     for path in answer_files(templates):
-        found, wrong = read_answers(path, templates, buttons)
+        found, wrong, talk = read_answers(path, templates, buttons)
         answers.extend(found)
         problems.extend(wrong)
+        small_talk.extend(talk)
     if problems:
         raise AnswersError(problems)
-    return Answers(answers, policy)
+    return Answers(answers, policy, small_talk)
 
 
-def read_answers(path: Path, templates: Path, buttons: Sequence[str]) -> tuple[list[Answer], list[Problem]]:
-    """One language file's answers, and its problems (with their lines)."""
-    source = path.read_text(encoding="utf-8")
+def read_answers(path: Path, templates: Path, buttons: Sequence[str]) -> tuple[list[Answer], list[Problem], list[str]]:
+    """One language file's answers, its problems (with their lines) and its small-talk phrases."""
     try:
+        source = path.read_text(encoding="utf-8")
         data = tomllib.loads(source)
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [Problem(str(path), 1, f"cannot be read: {exc}")], []
     except tomllib.TOMLDecodeError as exc:
         line = _TOML_LINE.search(str(exc))
-        return [], [Problem(str(path), int(line.group(1)) if line else 1, f"not valid TOML: {exc}")]
+        return [], [Problem(str(path), int(line.group(1)) if line else 1, f"not valid TOML: {exc}")], []
     reader = _Reader(path, _environment(templates), tuple(buttons))
     problems = [reader.problem(1, f"unknown key {key!r} (expected [[answer]] tables)") for key in set(data) - TOP_KEYS]
+    talk = data.get("small_talk", [])
+    if not isinstance(talk, list) or not all(isinstance(each, str) and bare(each) for each in talk):
+        problems.append(reader.problem(_key_line(source, "small_talk"), "small_talk: a list of phrases"))
+        talk = []
     tables = data.get("answer", [])
     if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
-        return [], [*problems, reader.problem(1, "`answer` must be [[answer]] tables")]
+        return [], [*problems, reader.problem(1, "`answer` must be [[answer]] tables")], talk
     lines = [number for number, text in enumerate(source.split("\n"), 1) if text.strip() == "[[answer]]"]
     answers: dict[str, Answer] = {}
     for number, table in enumerate(tables):
@@ -190,7 +208,19 @@ def read_answers(path: Path, templates: Path, buttons: Sequence[str]) -> tuple[l
         problems.extend(wrong)
         if answer is not None and not wrong:
             answers[answer.name] = answer
-    return list(answers.values()), problems
+    return list(answers.values()), problems, talk
+
+
+def bare(text: str) -> str:
+    """Lower case, letters and digits only, single spaces: what small talk is matched on."""
+    kept = (char if unicodedata.category(char)[0] in "LN" else " " for char in text.casefold())
+    return " ".join("".join(kept).split())
+
+
+def _key_line(source: str, key: str) -> int:
+    """The line a top-level key is set on (1 when not found)."""
+    found = re.search(rf"^{re.escape(key)}\s*=", source, re.MULTILINE)
+    return source.count("\n", 0, found.start()) + 1 if found else 1
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ async def test_a_broken_answers_file_stops_the_server_starting(make_client, sett
 @pytest.mark.parametrize("language", ["en", "ru", "zh"])
 async def test_the_person_an_answer_offers_is_a_handoff_button_in_every_language(make_client, settings, db, language):
     app = await make_client(settings)
-    [label] = services_of(app).answers.by_language[language]["pricing"].buttons
+    [label] = services_of(app).intake.answers.by_language[language]["pricing"].buttons
     ws = await visitor(app)
     await press(app, ws, label)
 

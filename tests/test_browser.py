@@ -55,12 +55,13 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def new_page(browser: Browser) -> AsyncIterator[Callable[[], Awaitable[Page]]]:
-    """Makes pages, each in its own context (cookies, storage); uncaught JavaScript errors fail the test."""
+async def new_page(browser: Browser) -> AsyncIterator[Callable[..., Awaitable[Page]]]:
+    """Makes pages, each in its own context (cookies, storage; `locale=`, `timezone_id=` as Playwright takes them);
+    uncaught JavaScript errors fail the test."""
     errors: list[str] = []
 
-    async def make() -> Page:
-        context = await browser.new_context(viewport={"width": 1200, "height": 800})
+    async def make(**options: str) -> Page:
+        context = await browser.new_context(viewport={"width": 1200, "height": 800}, **options)
         await context.route("**/*", _loopback_only)
         page = await context.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))

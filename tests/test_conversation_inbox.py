@@ -13,11 +13,11 @@ from datetime import timedelta
 
 import pytest
 
-from bot.handoff.inbox import InboxView, conversations_needing_reply, inbox, waited
-from bot.intake.smalltalk import SmallTalk, bare
+from bot.handoff.inbox import InboxView, inbox, waited
+from flows.answers import bare, load_answers
 from storage.models import Conversation, Handoff, Lead, Operator
 
-from conftest import API_KEY, ROOT, rows, services_of, templates_with
+from conftest import API_KEY, rows, services_of, shipped_templates, templates_with
 from fake_telegram import TOKEN
 from test_console_queue import operator
 from test_handoff import DRIP, bot_texts, next_from, press, visitor
@@ -137,12 +137,12 @@ async def test_a_message_a_flow_answers_at_once_goes_to_nobody(make_client, sett
     assert await rows(db, Handoff) == []  # the flow's step answers it; the next message would reach a person
 
 
-def test_small_talk_is_matched_on_the_whole_message_without_punctuation_or_emoji():
-    talk = SmallTalk(ROOT / "templates")
-    talk.load()
+def test_small_talk_is_matched_on_the_whole_message_without_punctuation_or_emoji(tmp_path):
+    answers = load_answers(shipped_templates(tmp_path / "templates"))
     assert bare("  Thank   YOU!!! 🙏") == "thank you"
-    assert "Thank you!" in talk and "ДА" in talk and "你好！" in talk
-    assert "thanks, but what does it cost?" not in talk and "yes please send the contract" not in talk
+    assert answers.is_small_talk("Thank you!") and answers.is_small_talk("ДА") and answers.is_small_talk("你好！")
+    assert not answers.is_small_talk("thanks, but what does it cost?")
+    assert not answers.is_small_talk("yes please send the contract")
 
 
 async def test_needs_reply_follows_who_spoke_last(app, db, add_operator, clock):
@@ -175,7 +175,7 @@ async def test_needs_reply_follows_who_spoke_last(app, db, add_operator, clock):
     assert (await api_needing(app, "true"), await api_needing(app, "false")) == ([handoff.id], [])
     assert (await app.get("/api/handoffs?needs_reply=maybe", headers=API)).status == 400
     async with services.sessions() as session:
-        [row] = await conversations_needing_reply(session, clock.now() + timedelta(minutes=12))
+        [row] = (await inbox(session, InboxView(show="needs_reply"), clock.now() + timedelta(minutes=12))).rows
     assert (row["last_text"], row["last_from"], row["waiting"]) == (
         "Does it include phone support?",
         "visitor",

@@ -6,26 +6,19 @@ from __future__ import annotations
 import re
 from zoneinfo import ZoneInfo
 
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import expect
 
 from storage.models import Lead
 
 from conftest import PASSWORD, rows
-from test_browser import _loopback_only, browser  # noqa: F401  (a fixture)
+from test_browser import browser, new_page  # noqa: F401  (fixtures)
 from test_console_browser import log_in
 
 GREETING = "Здравствуйте! Спасибо, что написали нам. Как вас зовут? И чем можем помочь?"
 
 
-async def russian_page(browser: Browser) -> Page:  # noqa: F811
-    """A page in a browser set to Russian, in Moscow."""
-    context = await browser.new_context(locale="ru-RU", timezone_id="Europe/Moscow")
-    await context.route("**/*", _loopback_only)
-    return await context.new_page()
-
-
-async def test_a_russian_browser_gets_the_bots_russian_texts_and_console_dates(client, db, browser, add_operator):  # noqa: F811
-    site = await russian_page(browser)
+async def test_a_russian_browser_gets_the_bots_russian_texts_and_console_dates(client, db, new_page, add_operator):  # noqa: F811
+    site = await new_page(locale="ru-RU", timezone_id="Europe/Moscow")  # a browser set to Russian, in Moscow
     await site.goto(str(client.make_url("/")))
     await site.get_by_role("button", name=re.compile("^Открыть чат")).click()  # the widget's own texts: Russian
     chat = site.get_by_role("dialog", name="Напишите нам")
@@ -35,7 +28,7 @@ async def test_a_russian_browser_gets_the_bots_russian_texts_and_console_dates(c
     await expect(chat.locator(".kindling-bubble")).to_have_text(["Здравствуйте", GREETING])
 
     await add_operator("ann", "operator")
-    console = await russian_page(browser)
+    console = await new_page(locale="ru-RU", timezone_id="Europe/Moscow")
     await log_in(console, str(client.make_url("/console")), "ann", PASSWORD)
     await console.goto(str(client.make_url("/console/leads")))
     [lead] = await rows(db, Lead)

@@ -7,35 +7,19 @@ the DOM (expect), never sleeps.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import expect
 
 from bot.config import WidgetSettings
 from storage.models import Enrollment, Event, Lead, PointsEntry
 
 from conftest import ROOT, rows, templates_with
-from test_browser import _loopback_only, browser, say  # noqa: F401  (the browser fixture)
+from test_browser import browser, new_page, say  # noqa: F401  (fixtures)
 
 ONLINE = re.compile(r"We reply right here")
-
-
-@pytest.fixture
-async def open_page(browser: Browser) -> AsyncIterator[Callable[..., Awaitable[Page]]]:  # noqa: F811
-    """Pages in a context of their own, with a browser language; uncaught JavaScript errors fail the test."""
-    errors: list[str] = []
-
-    async def make(locale: str = "en-US") -> Page:
-        context = await browser.new_context(viewport={"width": 1200, "height": 800}, locale=locale)
-        await context.route("**/*", _loopback_only)
-        page = await context.new_page()
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        return page
-
-    yield make
-    assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
 @pytest.fixture
@@ -56,8 +40,8 @@ def customer_site(aiohttp_server) -> Callable[[str], Awaitable[str]]:  # type: i
     return serve
 
 
-async def test_a_russian_browser_sees_the_widget_in_russian_and_the_bot_knows_it(client, db, open_page):
-    page = await open_page(locale="ru-RU")
+async def test_a_russian_browser_sees_the_widget_in_russian_and_the_bot_knows_it(client, db, new_page):  # noqa: F811
+    page = await new_page(locale="ru-RU")
     await page.goto(str(client.make_url("/")))
     await page.get_by_role("button", name="Открыть чат").click()
     panel = page.get_by_role("dialog", name="Напишите нам")
@@ -71,8 +55,8 @@ async def test_a_russian_browser_sees_the_widget_in_russian_and_the_bot_knows_it
     assert lead.locale == "ru-RU"  # the hello's locale is the widget's language, so the bot's messages match it
 
 
-async def test_data_attributes_on_the_script_tag_customise_the_widget(client, db, open_page, customer_site):
-    page = await open_page(locale="ru-RU")
+async def test_data_attributes_on_the_script_tag_customise_the_widget(client, db, new_page, customer_site):  # noqa: F811
+    page = await new_page(locale="ru-RU")
     script = (
         f'<script src="{client.make_url("/widget.js")}" data-title="Acme help" data-subtitle="Ask about plans"'
         ' data-color="#0a7" data-position="bottom-left" data-lang="zh" async></script>'
@@ -94,11 +78,14 @@ async def test_data_attributes_on_the_script_tag_customise_the_widget(client, db
 
 
 async def test_the_prechat_form_names_the_lead_and_its_email_is_claimed_with_consent(
-    make_client, settings, db, open_page
+    make_client,
+    settings,
+    db,
+    new_page,  # noqa: F811
 ):
     widget = WidgetSettings(prechat=("name", "email", "consent"), consent_text="Send me Acme news")
     client = await make_client(settings.with_(widget=widget))
-    page = await open_page()
+    page = await new_page(locale="en-US")
     await page.goto(str(client.make_url("/")))
     await page.get_by_role("button", name=re.compile("^Open chat")).click()
     panel = page.get_by_role("dialog", name="Chat with us")
@@ -135,13 +122,17 @@ async def test_the_prechat_form_names_the_lead_and_its_email_is_claimed_with_con
 
 
 async def test_the_demos_pricing_page_raises_the_score_and_starts_the_pricing_flow(
-    make_client, settings, db, open_page, tmp_path
+    make_client,
+    settings,
+    db,
+    new_page,  # noqa: F811
+    tmp_path,
 ):
     shipped = (ROOT / "templates" / "flows" / "pricing-not-ready.j2").read_text()
     client = await make_client(
         settings.with_(templates=templates_with(tmp_path / "templates", {"pricing-not-ready": shipped}))
     )
-    page = await open_page()
+    page = await new_page(locale="en-US")
     await page.goto(str(client.make_url("/")))
     tour = page.get_by_role("complementary", name="Guided tour")
     await expect(tour.get_by_role("heading")).to_have_text("Say hi")

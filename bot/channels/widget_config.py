@@ -81,10 +81,10 @@ class WidgetTexts:
         if settings.language != "auto" and self.resolve(settings.language) is None:
             raise WidgetTextError(f"widget.language = {settings.language!r}: no {self.folder / settings.language}.toml")
 
-    def resolve(self, tag: str) -> str | None:
+    def resolve(self, tag: str, languages: list[str] | None = None) -> str | None:
         """The texts file for a language tag: the tag's own, else its language's (`zh-CN` -> `zh`), else None."""
         tag = tag.lower().replace("_", "-")
-        languages = self.languages()
+        languages = self.languages() if languages is None else languages
         return next((each for each in (tag, tag.split("-")[0]) if each in languages), None)
 
     def choose(
@@ -95,8 +95,9 @@ class WidgetTexts:
         `default` is `server.default_locale`: a browser in a language we have no texts for reads the texts the
         bot's own messages to it will be in."""
         configured = None if settings.language == "auto" else settings.language
+        languages = self.languages()  # one look at the folder per request
         for tag in (page, configured, browser, default):
-            language = self.resolve(tag) if tag else None
+            language = self.resolve(tag, languages) if tag else None
             if language is not None:
                 return language, tag  # type: ignore[return-value]  (tag is set when language is)
         return FALLBACK, FALLBACK

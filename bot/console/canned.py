@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from jinja2 import TemplateError
 
 from bot.console.auth import current, requires
 from bot.console.leads import lead_id
+from bot.intake.messages import MessageError, SystemMessages
 from bot.services import SERVICES
 from flows.reactions import lead_context
 from storage.leads import get_lead
@@ -38,23 +38,22 @@ async def replies(request: web.Request) -> web.Response:
     async with services.sessions() as session:
         lead = await get_lead(session, found)
     context = {"lead": lead_context(lead), "operator": {"name": current(request).operator.name}}
-    return web.json_response(rendered(services.intake.messages.env, services.settings.templates, context))
+    return web.json_response(rendered(services.intake.messages, services.settings.templates, context))
 
 
-def rendered(env: Any, templates: Path, context: dict[str, Any]) -> list[dict[str, Any]]:
+def rendered(messages: SystemMessages, templates: Path, context: dict[str, Any]) -> list[dict[str, Any]]:
     """Every reply in `templates/_replies`, by file name, rendered with `context`."""
-    return [_render(env, path, context) for path in sorted((templates / FOLDER).glob("*.j2"))]
+    return [_render(messages, path, context) for path in sorted((templates / FOLDER).glob("*.j2"))]
 
 
-def _render(env: Any, path: Path, context: dict[str, Any]) -> dict[str, Any]:
+def _render(messages: SystemMessages, path: Path, context: dict[str, Any]) -> dict[str, Any]:
     name, source = path.stem, path.read_text(encoding="utf-8")
     title = match.group(1) if (match := _TITLE.match(source)) else name
     where = f"{FOLDER}/{path.name}"
     try:
-        text = env.get_template(where).render(**context).strip()
-    except TemplateError as exc:
-        line = getattr(exc, "lineno", None)
-        return {"name": name, "title": title, "text": None, "error": f"{where}{f':{line}' if line else ''}: {exc}"}
+        text = messages.render_path(where, context)
+    except MessageError as exc:
+        return {"name": name, "title": title, "text": None, "error": str(exc)}
     if not text:
         return {"name": name, "title": title, "text": None, "error": f"{where}: renders empty"}
     return {"name": name, "title": title, "text": text}

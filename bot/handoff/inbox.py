@@ -72,21 +72,6 @@ async def inbox(session: AsyncSession, view: InboxView, now: datetime) -> InboxP
     return InboxPage(rows, int(total), view.page, view.size)
 
 
-async def conversations_needing_reply(
-    session: AsyncSession, now: datetime, channel: str | None = None, limit: int = PAGE_SIZE
-) -> list[dict]:
-    """The conversations a person must answer now, most urgent (nearest SLA) first, up to `limit`.
-
-    Needing a reply: the lead's handoff (any trigger: a question, intent words, a button, the score, a flow)
-    waits for an operator, or an operator holds it and the lead wrote after the operator's last message.
-    Each is a dict as the console's inbox row: `id` (the handoff), `lead_id`, `conversation_id`, `label`,
-    `channel`, `status`, `reason`, `trigger`, `last_text`, `last_from`, `waiting_since` (ISO time),
-    `waiting_seconds`, `sla_seconds_left`, `claimed_by`, `needs_reply` (True).
-    """
-    view = InboxView(show="needs_reply", channel=channel, size=limit)
-    return (await inbox(session, view, now)).rows
-
-
 def waited(seconds: float) -> str:
     """How long someone has waited: `under 1 min`, `12 min`, `2 h 5 min`."""
     minutes = int(max(seconds, 0)) // 60

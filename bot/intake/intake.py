@@ -18,7 +18,6 @@ from bot.intake.messages import SystemMessages
 from bot.intake.names import introduction, note_asked, take_name
 from bot.intake.readahead import identity_keys, read_ahead
 from bot.intake.replies import plan_replies, reply_deliveries, reply_row
-from bot.intake.smalltalk import SmallTalk
 from bot.intake.warm import WarmSignals, visitor_notice
 from flows import history
 from flows.answers import Answers
@@ -72,9 +71,8 @@ class Intake:
         self.sessions, self.settings, self.messages, self.clock = sessions, settings, messages, clock
         self.engine = engine
         self.secret_key = b""  # the app's secret key, set at start-up: suppression entries are keyed with it
-        self.small_talk = SmallTalk(settings.templates)  # loaded at start-up, with the system messages
-        self.answers = Answers([])  # quick answers, loaded at start-up (templates/_answers)
-        self.warm = WarmSignals(settings.handoff, engine, self.small_talk) if engine is not None else None
+        self.answers = Answers([])  # quick answers and small talk, loaded at start-up (templates/_answers)
+        self.warm = WarmSignals(settings.handoff, engine) if engine is not None else None
         self.not_names = (*settings.handoff.intent_words, *settings.opt_out_words)  # never taken for a name
         # Group commit: inbounds wait here for a writer, which stores all that are waiting in one transaction.
         # SQLite has one writer at a time anyway; on PostgreSQL a few transactions run side by side.
@@ -228,23 +226,21 @@ class Intake:
             received.message = await self._store_message(session, conversation, lead, event, inbound)
         elif conversation is not None and inbound.kind == "start":  # the person spoke first: greeted now, not again
             conversation.last_message_at = inbound.at
+        text = inbound.text or ""
+        small_talk = inbound.kind == "message" and self.answers.is_small_talk(text)  # the bot's usual answer does
         named = None
-        if (  # "I'm Max Turner", or a name right after the greeting asked; "okay" is small talk, not a name
-            conversation is not None
-            and inbound.kind == "message"
-            and own_words(inbound)
-            and inbound.text not in self.small_talk
-        ):
-            named = take_name(session, lead, conversation, inbound.text or "", self.not_names, now)
+        # "I'm Max Turner", or a name right after the greeting asked; "okay" is small talk, not a name.
+        if conversation is not None and inbound.kind == "message" and own_words(inbound) and not small_talk:
+            named = take_name(session, lead, conversation, text, self.not_names, now)
         captured, stop = await self._react(session, lead, inbound, event, conversation, now)
         received.won_handoff_ids = session.info.pop(WON_BY, [])
         if inbound.kind in ("message", "button") and not stop:  # for the flow report: did nurture get answers?
             await history.credit(session, lead.id, "replied_at" if inbound.kind == "message" else "button_at", now)
         handoff = None
-        quick = None if captured or stop else self._quick_answer(lead, conversation, inbound)
+        quick = None if captured or stop or small_talk else self._quick_answer(lead, conversation, inbound)
         if self.warm is not None and not stop:  # after scoring, so the handoff commits with its cause
-            # The bot answers these itself (thanks, a quick answer, a greeting by name): no question for a person.
-            answered = bool(captured) or quick is not None or named is not None or introduction(inbound.text or "")
+            # The bot answers these itself (small talk, thanks, a quick answer, a greeting by name): no question.
+            answered = small_talk or bool(captured) or quick is not None or named is not None or introduction(text)
             handoff = await self.warm.check(session, lead, conversation, event, score_before, now, answered)
         if conversation is not None:
             policy = self.settings.handoff
@@ -301,7 +297,6 @@ class Intake:
             or conversation.owner != "bot"
             or conversation.channel == "email"  # a reply to nurture is a person's to answer
             or not inbound.text
-            or inbound.text in self.small_talk
         ):
             return None
         return self.answers.reply(lead, inbound.text)

@@ -69,13 +69,14 @@ class SystemMessages:
         language = self.locales.of(locale)
         if language != BASE:
             try:
-                return self._render(_path(name, language), context)
+                return self.render_path(_path(name, language), context)
             except MessageError as exc:
                 if not isinstance(exc.__cause__, TemplateNotFound) or exc.__cause__.name != _path(name, language):
                     log.error("%s; sending the English text instead", exc)
-        return self._render(_path(name, BASE), context)
+        return self.render_path(_path(name, BASE), context)
 
-    def _render(self, path: str, context: dict[str, Any]) -> str:
+    def render_path(self, path: str, context: dict[str, Any]) -> str:
+        """Render one template of the templates folder in this sandbox; raise MessageError naming `path:line`."""
         try:
             return self.env.get_template(path).render(**context).strip()
         except TemplateError as exc:
@@ -103,7 +104,7 @@ class SystemMessages:
                 path = _path(name, language)
                 if language != BASE and not (self.folder / path).is_file():
                     warnings.append(f"{path}: no translation, {language} leads get {_path(name, BASE)}")
-                elif not self._render(path, SAMPLE):
+                elif not self.render_path(path, SAMPLE):
                     raise MessageError(f"{path}: renders empty")
             if language != BASE:
                 strays = sorted({p.stem for p in (self.folder / SYSTEM / language).glob("*.j2")} - set(names))

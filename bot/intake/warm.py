@@ -11,7 +11,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.intake.messages import MessageError, SystemMessages
 from bot.intake.replies import system_message
-from bot.intake.smalltalk import SmallTalk
 from flows.engine import Engine, lead_enrollments
 from flows.handoff import QUESTION, HandoffPolicy, one_line, open_handoff, open_handoff_of, pause_nurture
 from storage.models import Conversation, Delivery, Event, Handoff, Lead
@@ -33,8 +32,8 @@ def intent_pattern(word: str) -> re.Pattern[str]:
 class WarmSignals:
     """Decides whether an inbound event makes the lead warm, and opens the handoff if so."""
 
-    def __init__(self, policy: HandoffPolicy, engine: Engine, small_talk: SmallTalk) -> None:
-        self.policy, self.engine, self.small_talk = policy, engine, small_talk
+    def __init__(self, policy: HandoffPolicy, engine: Engine) -> None:
+        self.policy, self.engine = policy, engine
         self.intents = [(word, intent_pattern(word)) for word in policy.intent_words]
         self.buttons = {label.casefold() for label in policy.buttons}
 
@@ -92,8 +91,9 @@ class WarmSignals:
     ) -> tuple[str, str] | None:
         """(`question`, reason) when a message in a chat the bot holds needs a person, else None.
 
-        Not small talk, not an email reply to nurture (answered by a person or the next step, never by the
-        bot), and not a message a flow answers: one it started just now with a step due at once.
+        Not an email reply to nurture (answered by a person or the next step, never by the bot), and not a
+        message a flow answers: one it started just now with a step due at once. What the bot answers itself
+        (small talk among it) the caller leaves out with `check(answered=True)`.
         """
         text = event.payload.get("text") or ""
         if (
@@ -102,7 +102,6 @@ class WarmSignals:
             or conversation is None
             or conversation.owner != "bot"
             or conversation.channel == "email"
-            or text in self.small_talk
             or await self._flow_answers(session, lead.id, now)
         ):
             return None
