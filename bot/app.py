@@ -116,7 +116,8 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
             await channel.start()
         await services.webhooks.start()
         await services.inbox.start()  # takes in what a previous run left
-        receiver = await start_receiver(services)  # replies and bounces by SMTP (KINDLING_EMAIL_INBOUND)
+        # Replies and bounces by SMTP (KINDLING_EMAIL_INBOUND).
+        services.receiver = receiver = await start_receiver(services)
         if notifier.room is None:
             log.info("telegram operators' group is disabled: %s", _no_room_reason(settings))
         scheduler = start_ticks(_jobs(services)) if ticks else None

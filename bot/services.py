@@ -49,6 +49,7 @@ class Services:
     secret_key: bytes = b""
     metrics: Metrics = field(default_factory=Metrics)
     tasks: set[asyncio.Task] = field(default_factory=set)
+    receiver: asyncio.Server | None = None  # the SMTP receiver while it listens (KINDLING_EMAIL_INBOUND)
     running: bool = True  # False once the app shuts down: ticking jobs stop at their next batch
     inbox: Inbox = field(init=False)  # inbounds stored before their answer, taken in right after
     checkpoints: Checkpoints = field(init=False)  # SQLite: the write-ahead log moved into the file, beside writers

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import socket
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -65,7 +64,7 @@ class FakeRelay:
         self.messages: list[Received] = []
         self.connections = 0
         self.open: set[_Server] = set()
-        self.port = _free_port()
+        self.port = 0  # the first start takes a free port; a restart takes the same one again
         self._answers: dict[str, deque[str]] = defaultdict(deque)
         self._server: asyncio.Server | None = None
 
@@ -77,6 +76,7 @@ class FakeRelay:
         """Listen (again) on the relay's port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Server(self), "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         """Stop listening and drop every connection: the relay is down."""
@@ -131,12 +131,6 @@ class FakeRelay:
         at = asyncio.get_running_loop().time()
         self.messages.append(Received(envelope.mail_from or "", tuple(envelope.rcpt_tos), message, at, data))
         return "250 2.0.0 queued"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

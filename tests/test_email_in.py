@@ -7,7 +7,6 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -38,28 +37,23 @@ exit = ["reply"]
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-async def app(make_client, settings, tmp_path, port):
+async def app(make_client, settings, tmp_path):
     """The app with its SMTP receiver on a local port, both providers' webhooks on, and a test-owned flow."""
     email = EmailSettings(
         reply_domain=DOMAIN,
-        inbound=("127.0.0.1", port),
+        inbound=("127.0.0.1", 0),  # the receiver takes a free port: no other process can take it first
         mailgun_signing_key=MAILGUN_KEY,
         postmark_inbound_auth=POSTMARK_AUTH,
     )
     templates = templates_with(tmp_path / "templates", {"welcome": FLOW})
     return await make_client(settings.with_(email=email, templates=templates))
+
+
+@pytest.fixture
+def port(app) -> int:
+    """The port the app's SMTP receiver listens on."""
+    return services_of(app).receiver.sockets[0].getsockname()[1]
 
 
 async def signed_up(app, db, email=ANN) -> Conversation:

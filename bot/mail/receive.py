@@ -113,5 +113,6 @@ async def start_receiver(services: Services) -> asyncio.Server | None:
         host,
         port,
     )
+    host, port = server.sockets[0].getsockname()[:2]  # port 0 (tests) takes a free one: say which
     log.info("email receiver listening on %s:%d", host, port)
     return server
