@@ -23,7 +23,7 @@ from typing import Any
 from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from flows.compiled import compiled
+from flows.compiled import compiled, template_from_string
 from flows.matcher import Index, pairs, ranked
 from flows.reactions import lead_context
 from flows.render import describe, error_location
@@ -240,7 +240,7 @@ class _Reader:
         if (wrong := self.shape_problem(table)) is not None:
             return None, [self.problem(line, named + wrong)]
         try:
-            template = self.env.from_string(table["text"])
+            template = template_from_string(self.env, table["text"])
             template.render(lead=sample_lead())
         except TemplateError as exc:
             at = text_line + error_location(exc, "<template>", 1)[1] - 1  # the text's own line, in the file

@@ -12,6 +12,7 @@ import hashlib
 from functools import cache
 from typing import Any
 
+from jinja2 import Environment, Template
 from jinja2.bccache import Bucket, BytecodeCache
 
 LIMIT = 4096  # entries of one kind; past it the store starts over (flows edited all day stay bounded)
@@ -46,3 +47,19 @@ class SharedBytecode(BytecodeCache):
 def compiled(kind: str) -> SharedBytecode:
     """The store for environments of one kind ("system", "flows", "answers", "email")."""
     return SharedBytecode(kind)
+
+
+def template_from_string(env: Environment, source: str) -> Template:
+    """`env.from_string(source)` through `env`'s bytecode cache, as Jinja's loaders use it for files.
+
+    Texts kept in other files (quick answers in TOML, a step's subject) are the same from one start to the
+    next, so they compile once for the process too.
+    """
+    cache = env.bytecode_cache
+    if cache is None:
+        return env.from_string(source)
+    bucket = cache.get_bucket(env, "<template>", None, source)
+    if bucket.code is None:
+        bucket.code = env.compile(source)
+        cache.set_bucket(bucket)
+    return env.template_class.from_code(env, bucket.code, env.make_globals(None))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError
@@ -20,6 +21,7 @@ class ExpressionError(ValueError):
     """An expression that does not parse."""
 
 
+@lru_cache(maxsize=1024)  # stage rules and flows' expressions, compiled again at each start and reload
 def compile_predicate(source: str) -> Predicate:
     """Compile `lead.score >= 30` into a function of keyword context returning a bool.
 

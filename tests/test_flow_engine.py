@@ -336,7 +336,11 @@ class HangingChannel:
 
     name = "webchat"
 
+    def __init__(self) -> None:
+        self.sending = asyncio.Event()  # set once the sender is stuck in the send
+
     async def send(self, delivery):  # type: ignore[no-untyped-def]
+        self.sending.set()
         await asyncio.Event().wait()
 
 
@@ -345,12 +349,12 @@ async def test_a_sender_dying_between_claim_and_send_is_taken_over_after_its_lea
     clock.advance(timedelta(minutes=10))
     services = services_of(app)
     await services.runner.run_due()
-    doomed = Dispatcher(services.sessions, {"webchat": HangingChannel()}, Hub(), clock, services.settings.policy)
+    hanging = HangingChannel()
+    doomed = Dispatcher(services.sessions, {"webchat": hanging}, Hub(), clock, services.settings.policy)
     dying = asyncio.create_task(doomed.dispatch_due())
-    for _ in range(1000):  # let the doomed sender claim it (no time passes for the app)
-        if (await rows(db, Delivery))[0].status == "sending":
-            break
-        await asyncio.sleep(0)
+    # It dies in the send: its claim and its last check before the send are written (no time passes for the
+    # app meanwhile). Cancelled any earlier, its check could still be writing when the others look.
+    await asyncio.wait_for(hanging.sending.wait(), timeout=30)
     dying.cancel()
 
     await services.dispatcher.dispatch_due()  # still leased: nobody else sends it
@@ -496,12 +500,10 @@ async def test_a_leads_messages_go_out_one_at_a_time_in_order_whichever_sender_c
         )
         await session.commit()
     services = services_of(app)
-    stuck = Dispatcher(services.sessions, {"webchat": HangingChannel()}, Hub(), clock, services.settings.policy)
+    hanging = HangingChannel()
+    stuck = Dispatcher(services.sessions, {"webchat": hanging}, Hub(), clock, services.settings.policy)
     dying = asyncio.create_task(stuck.dispatch_due())  # another instance claims the first, then hangs
-    for _ in range(1000):
-        if any(d.status == "sending" for d in await rows(db, Delivery)):
-            break
-        await asyncio.sleep(0)
+    await asyncio.wait_for(hanging.sending.wait(), timeout=30)
 
     assert await services.dispatcher.dispatch_due() == 0  # not the second while the first is in flight
     assert [d.status for d in await rows(db, Delivery)] == ["sending", "pending", "pending"]
