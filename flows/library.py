@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
 from flows.flowfile import spec_from_text
 from flows.lint import check_flow, flow_files
+from flows.locales import available
 from flows.render import flow_environment
 from flows.spec import FlowError, FlowSpec, Problem
 from flows.stages import DEFAULT_ORDER
 
 log = logging.getLogger(__name__)
 Stamp = tuple[int, int]
+Linted = tuple[FlowSpec | None, list[Problem]]
+# What lint found in a flow file, by the file and the state of everything lint reads (see `_check`): several
+# libraries of one process over one folder (app starts: each test of the suite starts one) lint an unchanged
+# file once. A flow's spec holds nothing of the library that read it, so libraries can share it.
+_LINTED: dict[tuple, Linted] = {}
+_LINTED_LIMIT = 512  # past it the memo starts over (flows edited all day stay bounded)
 
 
 class FlowLibrary:
@@ -40,9 +48,12 @@ class FlowLibrary:
         if partials_changed:
             flow_environment(self.root).cache.clear()  # Jinja's own check is mtime only, too coarse on some disks
         found: list[Problem] = []
-        for path in flow_files(self.root):
-            if partials_changed or stamps.get(path) != self._stamps.get(path):
-                found.extend(self._check(path))
+        changed = [
+            path for path in flow_files(self.root) if partials_changed or stamps.get(path) != self._stamps.get(path)
+        ]
+        around = self._around(stamps) if changed else ()
+        for path in changed:
+            found.extend(self._check(path, around))
         for path in set(self._stamps) - set(stamps):
             self._forget(path)
         self._stamps = stamps
@@ -66,8 +77,30 @@ class FlowLibrary:
             self._versions[(slug, version)] = spec
         return spec
 
-    def _check(self, path: Path) -> list[Problem]:
-        spec, problems = check_flow(path, self.root, self.stages)
+    def _around(self, stamps: dict[Path, Stamp]) -> tuple:
+        """What lint reads besides a flow file: the stages, the languages, every other template's text."""
+        texts = hashlib.sha256()
+        for path in sorted(self._partials(stamps)):
+            try:
+                texts.update(b"%s\0%s\0" % (bytes(path), path.read_bytes()))
+            except OSError:
+                continue
+        return (self.stages, available(self.root), texts.digest())
+
+    def _check(self, path: Path, around: tuple) -> list[Problem]:
+        """Lint one flow file, or take what lint found in the same text with the same `around` before."""
+        try:
+            state = (path, hashlib.sha256(path.read_bytes()).digest(), around)
+        except OSError:
+            state = None  # lint says it cannot be read
+        linted = _LINTED.get(state) if state is not None else None
+        if linted is None:
+            linted = check_flow(path, self.root, self.stages)
+            if len(_LINTED) >= _LINTED_LIMIT:
+                _LINTED.clear()
+            if state is not None:
+                _LINTED[state] = linted
+        spec, problems = linted[0], list(linted[1])
         slug = path.stem
         if problems:
             self.problems[slug] = problems

@@ -7,18 +7,20 @@ For PostgreSQL the schema is migrated once per run and every table is emptied be
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import ipaddress
 import os
 import shutil
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp import web
+from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel, select
 
 from bot.app import create_app
@@ -103,8 +105,23 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = os.environ.get("KINDLING_TEST_DATABASE_URL") or ""
     if not url:
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'template.db'}"
+    elif worker := os.environ.get("PYTEST_XDIST_WORKER"):  # the run is spread over processes: one database each
+        url = asyncio.run(_database_of_worker(url, worker))
     asyncio.run(_fresh_schema(url))
     return url
+
+
+async def _database_of_worker(url: str, worker: str) -> str:
+    """A database of its own for one worker process (`<name>_gw0`), made on the server of `url`."""
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    connection = await asyncpg.connect(base.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return base.set(database=name).render_as_string(hide_password=False)
 
 
 async def _fresh_schema(url: str) -> None:
@@ -164,12 +181,37 @@ def clock() -> FrozenClock:
     return FrozenClock()
 
 
+@pytest.fixture(scope="session")
+def shipped_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped templates with the shipped flows, copied once for the tests that only read them."""
+    return shipped_templates(tmp_path_factory.mktemp("shipped") / "templates")
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    """The shipped config.toml and flows, on the test database, with an API key."""
+def settings(database_url: str, shipped_folder: Path) -> Iterator[Settings]:
+    """The shipped config.toml and flows, on the test database, with an API key.
+
+    The templates folder is shared by the tests (each app start lints its flows once for all of them): a test
+    that changes a file in it fails, and the folder is copied again for the next. Such a test makes its own:
+    `shipped_templates(tmp_path / "templates")`.
+    """
+    before = _contents(shipped_folder)
     shipped = load_settings(ROOT / "config.toml", env={})
-    templates = shipped_templates(tmp_path / "shipped-templates")
-    return shipped.with_(database_url=database_url, templates=templates, api_key=API_KEY)
+    yield shipped.with_(database_url=database_url, templates=shipped_folder, api_key=API_KEY)
+    if _contents(shipped_folder) != before:
+        shutil.rmtree(shipped_folder)
+        shipped_templates(shipped_folder)
+        pytest.fail(f"this test changed the shared templates folder {shipped_folder}: give it a copy of its own")
+
+
+def _contents(folder: Path) -> str:
+    """A digest of every file's name and bytes under `folder`."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 @pytest.fixture

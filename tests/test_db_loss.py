@@ -294,7 +294,10 @@ async def test_an_update_after_postgresql_ended_the_inboxs_idle_connection_is_st
     engine = create_engine(database_url)
     try:
         async with engine.connect() as connection:
-            ended = "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = :name"
+            ended = (  # this database's only: tests running beside this one have databases of their own
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+                " WHERE application_name = :name AND datname = current_database()"
+            )
             ends = (await connection.execute(text(ended), {"name": APPLICATION_NAME})).scalars().all()
             assert ends and all(ends), ends
     finally:

@@ -6,7 +6,7 @@ import re
 
 from playwright.async_api import Page, expect
 
-from conftest import PASSWORD, services_of
+from conftest import PASSWORD, services_of, shipped_templates
 from test_browser import browser, new_page  # noqa: F401  (fixtures)
 from test_console_queue import warm
 
@@ -82,9 +82,16 @@ async def test_a_new_warm_lead_counts_in_the_tab_title_notifies_and_chimes_until
     await services_of(app).drain()
 
 
-async def test_slash_picks_a_canned_reply_rendered_for_the_lead(make_client, settings, add_operator, new_page):  # noqa: F811
-    (settings.templates / "_replies" / "broken.j2").write_text("{# Broken one #}\nHi {{ lead.frist_name }}!\n")
-    app = await make_client(settings)
+async def test_slash_picks_a_canned_reply_rendered_for_the_lead(
+    make_client,
+    settings,
+    add_operator,
+    new_page,  # noqa: F811
+    tmp_path,
+):
+    templates = shipped_templates(tmp_path / "templates")
+    (templates / "_replies" / "broken.j2").write_text("{# Broken one #}\nHi {{ lead.frist_name }}!\n")
+    app = await make_client(settings.with_(templates=templates))
     await add_operator("ann", "operator")
     console = await new_page()
     await log_in(console, str(app.make_url("/console")), "ann")

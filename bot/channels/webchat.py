@@ -158,8 +158,10 @@ class _Session:
 
     async def _serve(self, hello: dict) -> None:
         async with self.services.hub.watch(self.conversation_id) as queue:
-            self.forwarder = asyncio.create_task(self._forward(queue))
-            await self._history(_since(hello.get("since")))
+            # Watched first, so nothing published while the history is read is missed; forwarded after it, in
+            # order and without what the history has sent already.
+            shown = await self._history(_since(hello.get("since")))
+            self.forwarder = asyncio.create_task(self._forward(queue, shown))
             async for frame in self.ws:
                 if frame.type == WSMsgType.TEXT:
                     await self._handle(frame.data)
@@ -413,17 +415,23 @@ class _Session:
             **{"profile": Profile(locale=self.locale, timezone=self.timezone), **fields},
         )
 
-    async def _history(self, since: int) -> None:
+    async def _history(self, since: int) -> set[int]:
+        """Send the messages after `since`; their ids."""
         async with self.services.sessions() as session:
             # The newest ones when a visitor missed more than HISTORY: the latest context matters most.
             messages = await conversation_messages(session, self.conversation_id or 0, since, HISTORY)
         for message in messages:
             await self._send(message_frame(message))
+        return {message.id for message in messages}
 
-    async def _forward(self, queue: asyncio.Queue) -> None:
-        """Push what is published on the conversation; close the socket once its person is erased."""
+    async def _forward(self, queue: asyncio.Queue, shown: set[int]) -> None:
+        """Push what is published on the conversation, but the messages the history sent (`shown`).
+
+        Closes the socket once its person is erased.
+        """
         while (frame := await queue.get()).get("type") != "erased":
-            await self._send(frame)
+            if frame.get("type") != "message" or frame.get("id") not in shown:
+                await self._send(frame)
         self.erased = True
         async with self.send_lock:  # not in the middle of a frame
             await self.ws.close(code=ERASED, message=b"erased")
