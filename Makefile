@@ -12,7 +12,7 @@ run: $(INSTALLED)  ## start Kindling on http://localhost:8080 (SQLite, demo page
 	$(VENV)/bin/kindling serve
 
 test: $(INSTALLED) browser caddy  ## the whole test suite (PostgreSQL: set KINDLING_TEST_DATABASE_URL)
-	$(PY) -m pytest -n auto $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
 install: $(INSTALLED)
 

@@ -142,7 +142,8 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
 
 def _jobs(services: Services) -> list:
-    """What the scheduler ticks: edited flows, due steps, the outbox, stuck leads, handoffs, webhooks, the inbox,
+    """What the scheduler ticks: edited flows, due steps, the outbox (and its sends' leases), stuck leads, handoffs,
+    webhooks, the inbox,
     missed widget messages by email, and (SQLite) checkpoints."""
 
     async def reload_flows() -> None:
@@ -165,6 +166,7 @@ def _jobs(services: Services) -> list:
         (reload_flows, FLOW_RELOAD_SECONDS),
         (run_steps, TICK_SECONDS),
         (dispatch, TICK_SECONDS),
+        (services.dispatcher.renew_leases, services.settings.outbox_lease.total_seconds() / 3),
         (services.sweeps.run, SWEEP_SECONDS),
         (services.notifier.tick, HANDOFF_SECONDS),
         (services.webhooks.send_due, WEBHOOK_SECONDS),

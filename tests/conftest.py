@@ -81,13 +81,26 @@ def no_real_network(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- database ----------------------------------------------------------------------------------
 
 
+# Tests run one after another in one process when spread over several (`make test`: pytest-xdist, `--dist
+# loadgroup`): each Chromium test and each test running `kindling serve` processes takes a core of its own, and two
+# at once on a 2-core machine left each with half (the crash test's lease ran out mid-send, pages timed out).
+SERVER_TESTS = {"test_burst", "test_crash_takeover", "test_two_instances"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With KINDLING_TEST_DATABASE_ONLY set (CI's PostgreSQL pass), skip what the SQLite pass beside it covers.
+    """Group the heavy tests (above); with KINDLING_TEST_DATABASE_ONLY set (CI's PostgreSQL pass), skip what the
+    SQLite pass beside it covers.
 
     The tests that touch no test database behave the same on either; the browser tests (`test_*browser.py`)
     test what Chromium does with our pages and widget, while what they ask of the server is the same code the
     HTTP and WebSocket tests drive on this database. Chromium is most of the CPU of two passes on two cores.
     """
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "browser" in fixtures or "new_page" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("browser"))
+        elif item.path.stem in SERVER_TESTS:
+            item.add_marker(pytest.mark.xdist_group("servers"))
     if not os.environ.get("KINDLING_TEST_DATABASE_ONLY"):
         return
     no_database = pytest.mark.skip(reason="touches no test database: the SQLite pass runs it")

@@ -18,7 +18,7 @@ from bot.mail.tokens import read_reply_token, unsubscribe_token
 from flows.clock import FrozenClock
 from storage.models import Conversation, Delivery, Event, Lead
 
-from conftest import rows, services_of
+from conftest import rows, services_of, shipped_templates
 from fake_smtp import DROP, FakeRelay
 
 PUBLIC = "https://kindling.example"
@@ -143,10 +143,11 @@ async def test_raw_html_in_a_step_is_shown_as_text_never_run(app, db, fake_smtp)
 
 
 async def test_a_broken_layout_falls_back_to_the_built_in_one_logged_once(
-    make_client, email_settings, db, fake_smtp, caplog
+    make_client, email_settings, db, fake_smtp, caplog, tmp_path
 ):
-    (email_settings.templates / "_email" / "layout.html.j2").write_text("{% if %}broken")
-    app = await make_client(email_settings)
+    templates = shipped_templates(tmp_path / "templates")
+    (templates / "_email" / "layout.html.j2").write_text("{% if %}broken")
+    app = await make_client(email_settings.with_(templates=templates))
     caplog.set_level(logging.ERROR)
     await queue(db, await email_lead(db, "ada@example.com"))
     await queue(db, await email_lead(db, "bob@example.com"))

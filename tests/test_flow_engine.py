@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
+from bot.delivery.channel import SendResult
 from bot.delivery.dispatcher import Dispatcher
 from bot.delivery.hub import Hub
 from storage.models import Conversation, Delivery, Enrollment, Event, Lead, PointsEntry
@@ -364,6 +365,40 @@ async def test_a_sender_dying_between_claim_and_send_is_taken_over_after_its_lea
     [delivery] = await rows(db, Delivery)
     assert delivery.status == "sent" and delivery.attempts == 2
     assert (await next_from(ws, "bot"))["text"] == "One for you."
+
+
+class SlowChannel(HangingChannel):
+    """A channel whose receiver answers only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+
+    async def send(self, delivery):  # type: ignore[no-untyped-def]
+        self.sending.set()
+        await self.answer.wait()
+        return SendResult.sent()
+
+
+async def test_a_send_outlasting_its_lease_stays_its_senders_and_goes_once(app, clock, db):
+    await visitor_on_pricing(app)
+    clock.advance(timedelta(minutes=10))
+    services = services_of(app)
+    await services.runner.run_due()
+    slow = SlowChannel()
+    sender = Dispatcher(services.sessions, {"webchat": slow}, Hub(), clock, services.settings.policy)
+    sending = asyncio.create_task(sender.dispatch_due())
+    await asyncio.wait_for(slow.sending.wait(), timeout=30)
+
+    for _ in range(4):  # 160 s in all, the lease is 60 s: renewed every 40 s, as the app's tick does
+        clock.advance(timedelta(seconds=40))
+        assert await sender.renew_leases() == 1
+        assert await services.dispatcher.dispatch_due() == 0  # another sender finds it still held
+    slow.answer.set()
+    assert await sending == 1
+    [delivery] = await rows(db, Delivery)
+    assert (delivery.status, delivery.attempts) == ("sent", 1)
+    assert await sender.renew_leases() == 0  # nothing in flight any more
 
 
 async def test_one_broken_enrollment_never_holds_up_the_others(app, clock, db):

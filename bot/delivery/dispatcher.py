@@ -76,6 +76,7 @@ class Dispatcher:
         self.group = GroupCommit(sessions)
         self._soon: list[int] = []  # fresh deliveries waiting for `send_queued`
         self._sending_soon = False
+        self._held: dict[int, int] = {}  # the rows being sent now, from their last check to their record: attempts
 
     def refusal(self, conversation: Conversation, kind: str) -> str | None:
         """Why the conversation's channel would refuse a message of `kind` now (its window closed), or None."""
@@ -227,24 +228,52 @@ class Dispatcher:
             go = await self.group.run(lambda session: self._renew(session, delivery))
         if not go:
             return
-        channel = self.channels.get(delivery.channel)
-        if channel is None:
-            result = SendResult.retry(f"channel {delivery.channel} is not enabled", after=60)
-        else:
-            send_known = getattr(channel, "send_known", None)
-            try:
-                if known is not None and send_known is not None:
-                    result = await send_known(delivery, *known)
-                else:
-                    result = await channel.send(delivery)
-            except Exception as exc:  # a channel bug must not lose the message: retry, and say why
-                log.exception("sending delivery %s through %s failed", delivery.id, delivery.channel)
-                result = SendResult.retry(f"{type(exc).__name__}: {exc}")
-        message = await self.group.run(lambda session: self._record(session, delivery, result))
+        self._held[delivery.id] = delivery.attempts  # `renew_leases` keeps it ours until it is recorded
+        try:
+            result = await self._send(delivery, known)
+            message = await self.group.run(lambda session: self._record(session, delivery, result))
+        finally:
+            del self._held[delivery.id]
         if message is not None:
             self.hub.publish(message.conversation_id, message_frame(message))
             if message.author == "operator":  # the inbox: this conversation may no longer need a reply
                 self.hub.publish(INBOX, {"type": "activity", "conversation_id": message.conversation_id})
+
+    async def _send(self, delivery: Delivery, known: tuple[Conversation | None, Lead] | None) -> SendResult:
+        """Hand the delivery to its channel; how it went (a channel's bug is a retry, never a lost message)."""
+        channel = self.channels.get(delivery.channel)
+        if channel is None:
+            return SendResult.retry(f"channel {delivery.channel} is not enabled", after=60)
+        send_known = getattr(channel, "send_known", None)
+        try:
+            if known is not None and send_known is not None:
+                return await send_known(delivery, *known)
+            return await channel.send(delivery)
+        except Exception as exc:
+            log.exception("sending delivery %s through %s failed", delivery.id, delivery.channel)
+            return SendResult.retry(f"{type(exc).__name__}: {exc}")
+
+    async def renew_leases(self) -> int:
+        """Renew the lease of every row this process is sending now; how many (the app ticks this every third
+        of a lease).
+
+        A lease runs out when its sender died. A live sender's send can outlast it (waiting for its pacing
+        slot, a receiver slow to answer, a loaded machine), and then another claim, this instance's own
+        included, would send the row again: under load the crash test saw one instance send a row twice.
+        """
+        held = list(self._held.items())
+        if not held:
+            return 0
+
+        async def renew(session: AsyncSession) -> int:
+            renewed = await session.exec(
+                update(Delivery)
+                .where(tuple_(Delivery.id, Delivery.attempts).in_(held), Delivery.status == "sending")
+                .values(lease_until=self.clock.now() + self.lease)
+            )
+            return renewed.rowcount
+
+        return await self.group.run(renew)
 
     async def _renew(self, session: AsyncSession, delivery: Delivery) -> bool:
         """Renew our lease right before the send; False if the row is gone or another sender took it over.
