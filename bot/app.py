@@ -142,9 +142,8 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
 
 def _jobs(services: Services) -> list:
-    """What the scheduler ticks: edited flows, due steps, the outbox (and its sends' leases), stuck leads, handoffs,
-    webhooks, the inbox,
-    missed widget messages by email, and (SQLite) checkpoints."""
+    """What the scheduler ticks: edited flows, due steps, the outbox and the leases of its sends in flight, stuck
+    leads, handoffs, webhooks, the inbox, missed widget messages by email, and (SQLite) checkpoints."""
 
     async def reload_flows() -> None:
         await asyncio.to_thread(services.library.reload)

@@ -89,11 +89,11 @@ SERVER_TESTS = {"test_burst", "test_crash_takeover", "test_two_instances"}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Group the heavy tests (above); with KINDLING_TEST_DATABASE_ONLY set (CI's PostgreSQL pass), skip what the
-    SQLite pass beside it covers.
+    SQLite pass covers.
 
     The tests that touch no test database behave the same on either; the browser tests (`test_*browser.py`)
     test what Chromium does with our pages and widget, while what they ask of the server is the same code the
-    HTTP and WebSocket tests drive on this database. Chromium is most of the CPU of two passes on two cores.
+    HTTP and WebSocket tests drive on this database. Chromium is a large share of a pass's CPU.
     """
     for item in items:
         fixtures = getattr(item, "fixturenames", ())

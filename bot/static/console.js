@@ -311,13 +311,20 @@
   }
   function connect() {
     var ws = new WebSocket(address());
-    ws.onopen = function () { attempt = 0; say(""); document.body.setAttribute("data-live", "on"); };
+    // A handshake with no answer (a network blip, a server busy at that moment) is given up and tried again
+    // (onclose below), rather than leaving the page without live updates for good.
+    var stuck = setTimeout(function () { if (ws.readyState === WebSocket.CONNECTING) ws.close(); }, 5000);
+    ws.onopen = function () {
+      clearTimeout(stuck);
+      attempt = 0; say(""); document.body.setAttribute("data-live", "on");
+    };
     ws.onmessage = function (event) {
       var frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       onFrame(frame);
     };
     ws.onclose = function (event) {
+      clearTimeout(stuck);
       document.body.setAttribute("data-live", "off");
       if (event.code === 4401) return say("You were logged out: reload the page to log in again.");
       if (event.code === 4410) return say("This lead was erased: nothing more of theirs is shown live.");
