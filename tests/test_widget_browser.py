@@ -138,6 +138,8 @@ async def test_the_demos_pricing_page_raises_the_score_and_starts_the_pricing_fl
     await expect(tour.get_by_role("heading")).to_have_text("Say hi")
     await tour.get_by_role("button", name="Next").click()
     await expect(tour.get_by_role("heading")).to_have_text("Look at pricing")
+    # The widget knows its visitor once its hello is answered; a page left before that starts a new visitor.
+    await page.wait_for_function("() => localStorage.getItem('kindling.visitor') !== null")
     await page.get_by_role("navigation").get_by_role("link", name="Pricing").click()
 
     await expect(page).to_have_url(re.compile(r"/pricing\?"))
