@@ -216,6 +216,49 @@ class FlowVersion(SQLModel, table=True):
     created_at: datetime = _time()
 
 
+class FlowRevision(SQLModel, table=True):
+    """A flow's running version as it changed: published in the console, rolled back, or edited on disk.
+
+    The history the console shows with diffs and rolls back from. A version published on one instance is
+    written to the flow file by every other instance whose file is still at `base` (bot/console/flowedit.py).
+    """
+
+    __table_args__ = (Index("ix_flowrevision_slug", "flow_slug", "id"), NEVER_REUSED)
+    id: int | None = Field(default=None, primary_key=True)
+    flow_slug: str
+    version: str
+    base: str | None = None  # the version it replaced (the file's, when it was published), None for a new flow
+    source: str
+    action: str  # publish | rollback | file (seen on disk) | delete
+    author: str  # the operator's name, or "file on disk"
+    created_at: datetime = _time()
+
+
+class FlowDraft(SQLModel, table=True):
+    """One person's unpublished edit of a flow, and the version of the file it started from."""
+
+    __table_args__ = (UniqueConstraint("flow_slug", "operator_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    flow_slug: str
+    operator_id: int = Field(foreign_key="operator.id", index=True)
+    source: str
+    base: str | None = None  # the file's version when the draft was started; None: a new flow
+    updated_at: datetime = _time()
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who did what in the console that changes how Kindling behaves (flow edits and publishes): for admins."""
+
+    __tablename__ = "audit"
+    __table_args__ = NEVER_REUSED
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _time(index=True)
+    actor: str  # an operator's name
+    action: str  # flow.draft | flow.publish | flow.rollback | flow.create
+    subject: str  # what it acted on: a flow's slug
+    detail: dict = _json(dict)
+
+
 _LIVE = "status IN ('active', 'paused')"
 
 
