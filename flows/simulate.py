@@ -67,6 +67,36 @@ def _happening(item: dict, start: datetime) -> Happening:
     return Happening(parse_delay(str(item.get("after", "0m"))).due(start), kind, item.get("to"), name, fields)
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One line of a simulated timeline: a step, something the lead does, an exit, or the end.
+
+    `at` is in the lead's time zone. `kind` is `step`, `lead`, `exit` (the flow ends for the lead) or `end`
+    (the flow is done, or the simulation stops). For a step, `outcome` is the message's start or why it is not
+    sent, `held` why it went later than due, and `channel` the channel it takes and why.
+    """
+
+    at: datetime
+    kind: str
+    outcome: str
+    step: str | None = None
+    channel: str = ""
+    held: tuple[str, ...] = ()
+    skipped: bool = False
+
+    @property
+    def line(self) -> str:
+        """The entry as `kindling simulate` prints it."""
+        if self.kind == "step":
+            note = f"  (held back: {', '.join(self.held)})" if self.held else ""
+            return f"{self.at:%a %Y-%m-%d %H:%M %Z}  {self.step}: {self.outcome}{note}  [{self.channel}]"
+        if self.kind == "lead":
+            return f"{self.at:%a %Y-%m-%d %H:%M %Z}  lead: {self.outcome}"
+        if self.kind == "exit":
+            return f"{'':>24}  {self.outcome}"
+        return self.outcome
+
+
 def simulate(
     spec: FlowSpec,
     ctx: dict[str, Any],
@@ -81,44 +111,79 @@ def simulate(
 ) -> list[str]:
     """One line per step (and per lead event), in the lead's local time, with the channel it takes and why.
 
-    The lead came from its first touch's channel and is on it (the widget open) for LIVE_WINDOW after it
-    enrolls or replies, gone after that; it has email consent unless `consent` is false. `locale`: the
-    language the lead gets (a code), for steps with a variant in it.
+    The arguments are `simulate_entries`'s.
+    """
+    entries = simulate_entries(spec, ctx, start, days, events, policy, stages, email, consent, locale)
+    return [entry.line for entry in entries]
+
+
+def simulate_entries(
+    spec: FlowSpec,
+    ctx: dict[str, Any],
+    start: datetime,
+    days: int,
+    events: list[Happening],
+    policy: Policy,
+    stages: Stages,
+    email: EmailPolicy | None = None,
+    consent: bool = True,
+    locale: str | None = None,
+) -> list[Entry]:
+    """The timeline a made-up lead enrolled at `start` would get over `days` days, as entries in order.
+
+    Args:
+        spec: the flow.
+        ctx: what steps render with: `lead` (flows.samples.sample_lead), `event`, `now`, `flow`, `step`.
+        start: the enrollment, an aware datetime.
+        days: how long to simulate.
+        events: what the lead does (`happenings(...)`), in time order.
+        policy: quiet hours, daily cap and default time zone (`settings.policy`).
+        stages: the funnel's stages and rules (`settings.stages`).
+        email: whether nurture email is on and needs consent.
+        consent: whether the lead gave email consent.
+        locale: the language the lead gets (a code), for steps with a variant in it.
+
+    Returns:
+        The entries; the last is an `exit` or an `end`. The lead came from its first touch's channel and is on it
+        (the widget open) for LIVE_WINDOW after it enrolls or replies, gone after that.
     """
     lead, zone = dict(ctx["lead"]), policy.zone(ctx["lead"].get("timezone"))
-    end, due, sent_days, lines = start + timedelta(days=days), start, [], []
-    pending, active = list(events), start
+    end, due, sent_days, entries = start + timedelta(days=days), start, [], []
+    pending, active, last = list(events), start, start
     for name in spec.step_names:
         step = spec.step_for(name, lead["id"], locale)
         due = step.delay.due(due, lead.get("timezone"))
-        sent_at, note = _send_time(due, sent_days, policy, zone)
+        sent_at, held = _send_time(due, sent_days, policy, zone)
         while pending and pending[0].at <= (sent_at if due <= end else due):  # what the lead does first comes first
             happening = pending.pop(0)
             moved, reason = _exit(spec, stages, lead, happening)
             moves = f"; moves to stage {moved}" if moved and happening.type != "stage" else ""
-            lines.append(f"{happening.at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}  lead: {_describe(happening)}{moves}")
+            at = happening.at.astimezone(zone)
+            entries.append(Entry(at, "lead", f"{_describe(happening)}{moves}"))
             active = happening.at if happening.type in REPLIES else active
             if reason is not None:
-                return [*lines, f"{'':>24}  exits the flow ({reason})"]
+                return [*entries, Entry(at, "exit", f"exits the flow ({reason})")]
         if due > end:
-            return [*lines, f"(the simulation ends after {days} days; next step {name!r} would be due later)"]
-        outcome = _outcome(spec, step, {**ctx, "lead": lead})
+            ending = f"(the simulation ends after {days} days; next step {name!r} would be due later)"
+            return [*entries, Entry(end.astimezone(zone), "end", ending)]
+        outcome, skipped = _outcome(spec, step, {**ctx, "lead": lead})
         online = sent_at - active <= LIVE_WINDOW
         channel = _channel(step, lead, online, email or EmailPolicy(), consent, active, sent_at)
         if channel.startswith("whatsapp:"):
             channel += f"; {whatsapp_window(step, sent_at - active)}"
         elif channel.startswith(("messenger:", "instagram:")):
             channel += f"; {messenger_window(channel.split(':')[0], sent_at - active)}"
-        lines.append(f"{sent_at.astimezone(zone):%a %Y-%m-%d %H:%M %Z}  {name}: {outcome}{note}  [{channel}]")
+        last = sent_at.astimezone(zone)
+        entries.append(Entry(last, "step", outcome, name, channel, held, skipped))
         if step.action is not None and step.action.kind == "stage":
             lead["stage"] = step.action.value
         if step.action is not None and step.action.kind in ("exit", "handoff"):
-            return [*lines, f"{'':>24}  the flow ends ({step.action.kind})"]
+            return [*entries, Entry(last, "exit", f"the flow ends ({step.action.kind})")]
         sent_days.append(local_day_start(sent_at, zone))
-    return [*lines, "the flow is done"]
+    return [*entries, Entry(last.astimezone(zone), "end", "the flow is done")]
 
 
-def _send_time(due: datetime, sent_days: list[datetime], policy: Policy, zone) -> tuple[datetime, str]:  # type: ignore[no-untyped-def]
+def _send_time(due: datetime, sent_days: list[datetime], policy: Policy, zone) -> tuple[datetime, tuple[str, ...]]:  # type: ignore[no-untyped-def]
     """When the dispatcher would let it out, and why later than due."""
     at, notes = due, []
     for _ in range(30):
@@ -129,18 +194,19 @@ def _send_time(due: datetime, sent_days: list[datetime], policy: Policy, zone) -
             at, notes = local_day_start(at, zone) + timedelta(days=1), [*notes, "daily cap"]
         else:
             break
-    return at, f"  (held back: {', '.join(dict.fromkeys(notes))})" if notes else ""
+    return at, tuple(dict.fromkeys(notes))
 
 
-def _outcome(spec: FlowSpec, step: StepSpec, ctx: dict[str, Any]) -> str:
+def _outcome(spec: FlowSpec, step: StepSpec, ctx: dict[str, Any]) -> tuple[str, bool]:
+    """What the step does for the lead, and whether it is skipped (`when` false, or a render error)."""
     if step.when is not None and not step.when.holds(**ctx):
-        return f"skipped, when={step.when.source!r} is false"
+        return f"skipped, when={step.when.source!r} is false", True
     try:
         text = render_step(spec, step.name, step.variant, ctx, step.locale).text
     except RenderError as exc:
-        return f"not sent, render error: {exc}"
+        return f"not sent, render error: {exc}", True
     action = f" -> {step.action.kind}" if step.action else ""
-    return (repr(text[:70] + ("..." if len(text) > 70 else "")) if text else "(no message)") + action
+    return (repr(text[:70] + ("..." if len(text) > 70 else "")) if text else "(no message)") + action, False
 
 
 def _channel(
