@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.console import canned, conversation, flowpages, inbox, leadedit, leads, live, login, queue, reports
+from bot.console import canned, conversation, flowpages, inbox, leadedit, leads, live, login, pipeline, queue, reports
 from bot.console.auth import guard
 from bot.console.pages import JINJA, environment, page_errors
 from bot.services import SERVICES
@@ -30,4 +30,5 @@ def mount_console(app: web.Application) -> None:
     conversation.routes(console)
     live.routes(console)
     reports.routes(console)
+    pipeline.routes(console)
     app.add_subapp("/console", console)
