@@ -117,15 +117,16 @@ async def _capped_count(session: AsyncSession, stage: str, wanted: BoardFilter) 
 
 
 async def _middle_since(session: AsyncSession, stage: str, wanted: BoardFilter, count: int) -> datetime | None:
-    """When the middle one of the `count` matching leads in `stage` entered it (by stage_at)."""
+    """When the median one of the `count` matching leads entered `stage` (between the middle two for an even count)."""
     statement = (
         select(Lead.stage_at)
         .where(Lead.stage == stage, *conditions(wanted))
         .order_by(col(Lead.stage_at))
-        .offset(count // 2)
-        .limit(1)
+        .offset((count - 1) // 2)
+        .limit(2 - count % 2)
     )
-    return (await session.exec(statement)).first()
+    middle = list((await session.exec(statement)).all())
+    return middle[0] + (middle[-1] - middle[0]) / 2 if middle else None
 
 
 async def lead_on_board(session: AsyncSession, lead_id: int, wanted: BoardFilter) -> Lead | None:
