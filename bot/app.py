@@ -145,9 +145,6 @@ def _jobs(services: Services) -> list:
     """What the scheduler ticks: edited flows, due steps, the outbox and the leases of its sends in flight, stuck
     leads, handoffs, webhooks, the inbox, missed widget messages by email, and (SQLite) checkpoints."""
 
-    async def reload_flows() -> None:
-        await asyncio.to_thread(services.library.reload)
-
     async def run_steps() -> None:
         await _while_full(lambda: services.runner.run_due(STEP_BATCH), STEP_BATCH)
 
@@ -162,7 +159,7 @@ def _jobs(services: Services) -> list:
         await send_digests(services, services.clock.now())
 
     return [
-        (reload_flows, FLOW_RELOAD_SECONDS),
+        (services.flow_sync.tick, FLOW_RELOAD_SECONDS),  # and versions published on other instances
         (run_steps, TICK_SECONDS),
         (dispatch, TICK_SECONDS),
         (services.dispatcher.renew_leases, services.settings.outbox_lease.total_seconds() / 3),

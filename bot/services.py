@@ -22,6 +22,7 @@ from bot.metrics import Metrics
 from flows.clock import Clock
 from flows.engine import Engine
 from flows.library import FlowLibrary
+from flows.publishing import Sync
 from flows.runner import Runner
 from flows.sweeps import Sweeps
 from storage.db import Checkpoints, Sessions
@@ -53,9 +54,11 @@ class Services:
     running: bool = True  # False once the app shuts down: ticking jobs stop at their next batch
     inbox: Inbox = field(init=False)  # inbounds stored before their answer, taken in right after
     checkpoints: Checkpoints = field(init=False)  # SQLite: the write-ahead log moved into the file, beside writers
+    flow_sync: Sync = field(init=False)  # flow files and the revisions published in the console, kept in step
 
     def __post_init__(self) -> None:
         self.checkpoints = Checkpoints(self.sessions)
+        self.flow_sync = Sync(self.sessions, self.library, self.clock.now)
         self.inbox = Inbox(
             self.settings.database_url, self.sessions, self.clock, self.intake, self.after_commit, self.spawn
         )

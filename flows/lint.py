@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from jinja2 import TemplateError, TemplateSyntaxError, nodes
 from jinja2.parser import Parser
 
-from flows.flowfile import Draft, parse_tree, read_flow
+from flows.flowfile import Draft, draft_from_text, parse_tree, read_flow
 from flows.hints import field_hints, with_hint
 from flows.locales import SYSTEM, available
 from flows.messenger_rules import CHANNELS as MESSENGER_CHANNELS
@@ -25,6 +25,7 @@ from flows.whatsapp_rules import WhatsAppTemplate, button_problems, template_pro
 __all__ = [
     "Problem",
     "check_flow",
+    "check_text",
     "flow_files",
     "lint_file",
     "lint_folder",
@@ -47,7 +48,28 @@ def check_flow(
     path: Path, templates_root: Path, stages: tuple[str, ...] = DEFAULT_ORDER
 ) -> tuple[FlowSpec | None, list[Problem]]:
     """Lint a flow file; the FlowSpec only when there is no problem at all."""
-    draft = read_flow(path, templates_root, stages)
+    return _check_draft(read_flow(path, templates_root, stages), templates_root)
+
+
+def check_text(
+    path: Path,
+    text: str,
+    templates_root: Path,
+    stages: tuple[str, ...] = DEFAULT_ORDER,
+    whatsapp: Mapping[str, tuple[WhatsAppTemplate, ...]] | None = None,
+    messenger: bool = False,
+) -> tuple[FlowSpec | None, list[Problem]]:
+    """Lint a flow's text as if it were the file at `path`, with what `lint_paths` adds for the channels on
+    (the console's editor lints what is typed, before anything is written); the FlowSpec only when no problem."""
+    draft = draft_from_text(path, text, templates_root, stages)
+    spec, problems = _check_draft(draft, templates_root)
+    extra = messenger_problems(draft, messenger) + (whatsapp_problems(draft, whatsapp) if whatsapp is not None else [])
+    if extra:
+        return None, sorted({*problems, *extra})
+    return spec, problems
+
+
+def _check_draft(draft: Draft, templates_root: Path) -> tuple[FlowSpec | None, list[Problem]]:
     unsafe = _safety_problems(draft, templates_root)
     flagged = {(problem.file, problem.line) for problem in unsafe}
     rendered = [problem for problem in _render_problems(draft) if (problem.file, problem.line) not in flagged]

@@ -9,7 +9,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.console import canned, conversation, flowpages, inbox, leadedit, leads, live, login, pipeline, queue, reports
+from bot.console import (
+    canned,
+    conversation,
+    flowedit,
+    flowpages,
+    inbox,
+    leadedit,
+    leads,
+    live,
+    login,
+    pipeline,
+    queue,
+    reports,
+)
 from bot.console.auth import guard
 from bot.console.pages import JINJA, environment, page_errors
 from bot.services import SERVICES
@@ -24,6 +37,7 @@ def mount_console(app: web.Application) -> None:
     leads.routes(console)
     leadedit.routes(console)
     canned.routes(console)
+    flowedit.routes(console)  # before flowpages: /flows/new is not a flow's page
     flowpages.routes(console)
     queue.routes(console)
     inbox.routes(console)

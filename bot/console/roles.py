@@ -11,7 +11,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "operator": frozenset(
         {"console", "queue", "conversations.read", "conversations.reply", "leads.read", "leads.edit"}
     ),
-    "marketer": frozenset({"console", "leads.read", "flows.read", "reports.read"}),
+    "marketer": frozenset({"console", "leads.read", "flows.read", "flows.edit", "reports.read"}),
     "admin": frozenset(
         {
             "console",
@@ -25,6 +25,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
             "reports.read",
             "data.export",
             "operators.manage",
+            "audit.read",
         }
     ),
 }
