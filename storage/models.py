@@ -47,7 +47,26 @@ def _json(default: Any) -> Any:
 class Lead(SQLModel, table=True):
     """One person across channels."""
 
-    __table_args__ = NEVER_REUSED
+    __table_args__ = (
+        # The console's pipeline board (migration 0019): a stage's leads by last activity (keyset pages), and by
+        # time in stage (its counts and median); leads merged into another are never on it.
+        Index(
+            "ix_lead_board",
+            "stage",
+            "updated_at",
+            "id",
+            sqlite_where=text("merged_into_id IS NULL"),
+            postgresql_where=text("merged_into_id IS NULL"),
+        ),
+        Index(
+            "ix_lead_stage_at",
+            "stage",
+            "stage_at",
+            sqlite_where=text("merged_into_id IS NULL"),
+            postgresql_where=text("merged_into_id IS NULL"),
+        ),
+        NEVER_REUSED,
+    )
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = _time()
     updated_at: datetime = _time()
