@@ -14,6 +14,7 @@ from bot.console import (
     conversation,
     flowedit,
     flowpages,
+    flowpicture,
     inbox,
     leadedit,
     leads,
@@ -39,6 +40,7 @@ def mount_console(app: web.Application) -> None:
     canned.routes(console)
     flowedit.routes(console)  # before flowpages: /flows/new is not a flow's page
     flowpages.routes(console)
+    flowpicture.routes(console)
     queue.routes(console)
     inbox.routes(console)
     conversation.routes(console)
