@@ -45,8 +45,9 @@
 
   // --- line numbers and marks: one line of each per line of text, the three scrolled as one ------------------
   function layout(problems) {
-    var count = text.value.split("\n").length;
+    var all = text.value.split("\n"), count = all.length;
     text.rows = count + 1;
+    text.cols = Math.max(40, Math.max.apply(null, all.map(function (line) { return line.length; })) + 6);
     var numbers = [], byLine = {};
     (problems || []).forEach(function (problem) {
       if (problem.line && !(problem.line in byLine)) byLine[problem.line] = problem.message;
