@@ -132,15 +132,17 @@ async def get_draft(sessions: Sessions, slug: str, operator_id: int) -> FlowDraf
 
 
 async def save_draft(
-    sessions: Sessions, slug: str, operator_id: int, text: str, base: str | None, now: datetime
+    sessions: Sessions, slug: str, operator_id: int, author: str, text: str, base: str | None, now: datetime
 ) -> FlowDraft:
-    """Keep one person's edit of a flow (one draft per person and flow; the last save wins)."""
+    """Keep one person's edit of a flow (one draft per person and flow; the last save wins). Starting a draft is a
+    line in the audit log; saving it again as they type is not."""
 
     async def save(session: AsyncSession) -> FlowDraft:
         query = select(FlowDraft).where(FlowDraft.flow_slug == slug, FlowDraft.operator_id == operator_id)
         draft = (await session.exec(query)).first()
         if draft is None:
             draft = FlowDraft(flow_slug=slug, operator_id=operator_id, source=text, base=base, updated_at=now)
+            await audit(session, now, author, "flow.draft", slug, base=base)
         else:
             draft.source, draft.base, draft.updated_at = text, base, now
         session.add(draft)

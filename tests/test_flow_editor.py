@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from test_console_pages import page
 
 from flows.spec import flow_version
 from storage.models import AuditEntry, Delivery, FlowRevision
 
 from conftest import rows, services_of, templates_with
 from test_console_auth import log_in
-from test_console_pages import page
 from test_webchat import hello
 
 DRIP = """+++
@@ -129,6 +129,20 @@ async def test_publishing_runs_the_new_text_for_new_leads_and_keeps_the_old_for_
         "publish", "mia", flow_version(DRIP), flow_version(NEW)
     )  # fmt: skip
     assert [(a.actor, a.action, a.subject) for a in await rows(db, AuditEntry)] == [("mia", "flow.publish", "drip")]
+
+
+async def test_every_draft_begun_and_every_publish_is_in_the_audit_log(app, add_operator, db):
+    await marketer(app, add_operator)
+    for text in (TYPO, NEW):  # saved as she types: one draft begun
+        assert (await call(app, "draft", {"text": text, "base": flow_version(DRIP)}))[0] == 200
+    assert (await call(app, "publish", {"text": NEW, "base": flow_version(DRIP)}))[0] == 200
+    assert (await call(app, "draft", {"text": DRIP, "base": flow_version(NEW)}))[0] == 200  # a new one
+    log = [(a.actor, a.action, a.subject, a.detail) for a in await rows(db, AuditEntry)]
+    assert log == [
+        ("mia", "flow.draft", "drip", {"base": flow_version(DRIP)}),
+        ("mia", "flow.publish", "drip", {"version": flow_version(NEW), "base": flow_version(DRIP)}),
+        ("mia", "flow.draft", "drip", {"base": flow_version(NEW)}),
+    ]
 
 
 async def test_a_flow_that_fails_lint_is_not_published(app, add_operator, templates):

@@ -108,7 +108,7 @@ async def test_a_marketer_fixes_a_typo_tries_the_flow_and_publishes_it(
 
     # Publish after a look at the change.
     await page.get_by_role("button", name="Review and publish").click()
-    await expect(page.locator("[data-diff]")).to_contain_text("+{% step \"one\", after=\"10m\" %}Hello again,")
+    await expect(page.locator("[data-diff]")).to_contain_text('+{% step "one", after="10m" %}Hello again,')
     await page.get_by_role("button", name="Publish", exact=True).click()
     await expect(page.locator("[data-published]")).to_have_text(f"Published: version {flow_version(NEW)} is running.")
     assert (templates / "flows" / "drip.j2").read_text() == NEW
@@ -137,7 +137,9 @@ async def test_a_file_changed_on_disk_meanwhile_is_shown_and_kept(app, add_opera
     conflict = page.locator("[data-conflict]")
     await expect(conflict).to_be_visible()
     await expect(conflict.locator("[data-conflict-message]")).to_contain_text("The flow changed since this draft began")
-    await expect(conflict.locator("[data-conflict-diff]")).to_contain_text("-{% step \"three\", after=\"2d\" %}Three, edited")
+    await expect(conflict.locator("[data-conflict-diff]")).to_contain_text(
+        '-{% step "three", after="2d" %}Three, edited'
+    )
     assert (templates / "flows" / "drip.j2").read_text() == on_disk  # not overwritten
 
     await page.reload()  # the draft survives, with a word that the file moved on

@@ -137,7 +137,9 @@ async def create(request: web.Request) -> web.StreamResponse:
     text = publishing.file_text(services.library, starter) if starter else None
     text = text or STARTER.format(name=slug.replace("-", " ").replace("_", " ").capitalize())
     login = current(request)
-    await publishing.save_draft(services.sessions, slug, login.operator.id, text, None, services.clock.now())
+    await publishing.save_draft(
+        services.sessions, slug, login.operator.id, login.operator.name, text, None, services.clock.now()
+    )
     raise web.HTTPSeeOther(f"/console/flows/{slug}/edit")
 
 
@@ -256,8 +258,9 @@ async def save_draft(request: web.Request) -> web.Response:
     if len(body["text"]) > publishing.MAX_SOURCE:
         raise web.HTTPRequestEntityTooLarge(max_size=publishing.MAX_SOURCE, actual_size=len(body["text"]))
     login = current(request)
-    draft = await publishing.save_draft(services.sessions, slug, login.operator.id, body["text"], base,
-                                        services.clock.now())  # fmt: skip
+    draft = await publishing.save_draft(
+        services.sessions, slug, login.operator.id, login.operator.name, body["text"], base, services.clock.now()
+    )
     return web.json_response({"saved_at": draft.updated_at.isoformat(), "base": draft.base})
 
 
