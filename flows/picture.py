@@ -25,7 +25,10 @@ from flows.simulate import Entry
 from flows.spec import FlowSpec, StepSpec
 
 WIDTH = 960
-LEFT, RIGHT = 28, 28
+LEFT, RIGHT = 16, 28
+COLUMN = 330  # the steps' names and figures, left of the day axis, so no line crosses a text
+PLOT = LEFT + COLUMN + 24  # where day 0 is
+CHARS = int(COLUMN / 6.4)  # characters that fit in the column
 AXIS_Y = 44  # the day axis; rows of steps below it
 ROW = 30  # pixels per step, and 14 more per line under it (its condition, reach figures)
 LONGEST = 64  # characters of a label; longer ones are cut (the whole text is in the mark's tooltip)
@@ -35,11 +38,12 @@ REFERENCE = time(12)  # flow pictures show a lead enrolled on a Monday at noon
 
 STYLE = """
 text { font: 12px system-ui, -apple-system, 'Segoe UI', sans-serif; fill: #1f2933; }
-text { paint-order: stroke; stroke: #fff; stroke-width: 3px; stroke-linejoin: round; }
+.frame { fill: #fff; stroke: #e4e7eb; }
 .axis line, .axis path { stroke: #9aa5b1; }
 .axis text { fill: #52606d; font-size: 11px; }
 .quiet { fill: #1f3a5f; fill-opacity: 0.08; }
 .guide { stroke: #cbd2d9; stroke-dasharray: 2 3; }
+.leader { stroke: #d9e2ec; stroke-dasharray: 1 3; }
 .path { stroke: #3e7bd6; stroke-width: 2; fill: none; }
 .bypass { stroke: #d97706; stroke-width: 1.5; stroke-dasharray: 5 4; fill: none; }
 .step circle { fill: #3e7bd6; stroke: #fff; stroke-width: 2; }
@@ -48,7 +52,8 @@ text { paint-order: stroke; stroke: #fff; stroke-width: 3px; stroke-linejoin: ro
 .name { font-weight: 600; }
 .wait { fill: #52606d; }
 .when { fill: #b45309; }
-.reach { fill: #334e68; font-size: 11px; }
+.reach, .outcome { fill: #334e68; font-size: 11px; }
+.channel, .note { fill: #52606d; font-size: 11px; }
 .held { fill: #9b2c2c; font-size: 11px; }
 .lead-event path { fill: #16a34a; }
 .end circle { fill: #52606d; }
@@ -158,30 +163,32 @@ def _step_mark(
 ) -> Mark:
     wait = f"+{step.delay.source}" + (f" at {step.delay.at:%H:%M}" if step.delay.at else "")
     local = due.astimezone(zone)
-    facts = [wait, f"{local:%a %H:%M}"]
+    facts, notes = [wait, f"{local:%a %H:%M}"], []
     action = step.action
     if action is not None:
         facts.append(f"→ {action.kind}" + (f":{action.value}" if action.value is not None else ""))
     if quiet_hours is not None and quiet_hours.contains(local):
-        facts.append(f"waits for quiet hours to end ({quiet_hours.end:%H:%M})")
+        notes.append(f"waits for quiet hours to end ({quiet_hours.end:%H:%M})")
     variants = [block.variant for block in spec.variants(step.name) if block.variant]
     if variants:
-        facts.append("A/B: " + ", ".join(variants))
+        notes.append("A/B: " + ", ".join(variants))
     if step.channels:
-        facts.append("on " + " or ".join(step.channels))
-    details = reach_lines(reach.get(step.name, {})) if reach is not None else ()
+        notes.append("on " + " or ".join(step.channels))
+    details = ((("note", " · ".join(notes)),) if notes else ()) + (
+        reach_lines(reach.get(step.name, {})) if reach is not None else ()
+    )
     when = step.when.source if step.when is not None else None
     kind = action.kind if action is not None and action.kind in ENDING else None
-    return Mark(day, "step", step.name, "  ".join(facts), details, when, action=kind)
+    tip = "  ".join([*facts, *notes])
+    return Mark(day, "step", step.name, "  ".join(facts), details, when, action=kind, tip=tip)
 
 
 def _entry_mark(entry: Entry, day: float) -> Mark:
     when = f"{entry.at:%a %H:%M}"
     if entry.kind == "step":
         held = f" (held back: {', '.join(entry.held)})" if entry.held else ""
-        channel = entry.channel.split(";")[0]
-        return Mark(day, "step", entry.step or "", f"{when}  {entry.outcome}{held}", (("wait", channel),),
-                    skipped=entry.skipped, tip=entry.line)  # fmt: skip
+        lines = (("held" if entry.skipped else "outcome", entry.outcome), ("channel", entry.channel.split(";")[0]))
+        return Mark(day, "step", entry.step or "", when + held, lines, skipped=entry.skipped, tip=entry.line)
     kind = {"lead": "lead-event", "exit": "exit"}.get(entry.kind, "end")
     name = {"lead-event": "lead", "exit": "exit"}.get(kind, "end")
     return Mark(day, kind, name, f"{when}  {entry.outcome}", tip=entry.outcome)
@@ -213,6 +220,7 @@ def _svg(
         f'height="{height}" viewBox="0 0 {WIDTH} {height}" aria-label="{_e(title)}">',
         f"<title>{_e(title)}</title>",
         f"<style>{STYLE}</style>",
+        f'<rect class="frame" width="{WIDTH}" height="{height}" rx="4"/>',
         *_quiet(scale, start, quiet_hours, AXIS_Y, y - AXIS_Y),
         *_axis(scale, caption),
         *_paths(scale, marks, rows),
@@ -228,10 +236,10 @@ class _Scale:
 
     def __init__(self, span: float) -> None:
         self.span = span
-        self.width = WIDTH - LEFT - RIGHT
+        self.width = WIDTH - PLOT - RIGHT
 
     def x(self, day: float) -> float:
-        return round(LEFT + self.width * math.sqrt(max(0.0, min(day, self.span)) / self.span), 1)
+        return round(PLOT + self.width * math.sqrt(max(0.0, min(day, self.span)) / self.span), 1)
 
 
 def _quiet(scale: _Scale, start: datetime, hours: QuietHours | None, top: float, height: float) -> list[str]:
@@ -254,9 +262,10 @@ def _quiet(scale: _Scale, start: datetime, hours: QuietHours | None, top: float,
 
 
 def _axis(scale: _Scale, caption: str) -> list[str]:
-    parts = ['<g class="axis">', f'<line x1="{LEFT}" y1="{AXIS_Y}" x2="{WIDTH - RIGHT}" y2="{AXIS_Y}"/>']
+    parts = ['<g class="axis">', f'<line x1="{PLOT}" y1="{AXIS_Y}" x2="{WIDTH - RIGHT}" y2="{AXIS_Y}"/>']
     last = -100.0
-    for tick in (tick for tick in TICKS if tick <= scale.span):
+    hours = scale.span <= 3  # hours are marked on a short axis only, where whole days leave room
+    for tick in (tick for tick in TICKS if tick <= scale.span and (hours or tick == 0 or tick >= 1)):
         x = scale.x(tick)
         if x - last < 34 and tick != scale.span:
             continue
@@ -264,7 +273,7 @@ def _axis(scale: _Scale, caption: str) -> list[str]:
         parts += [f'<line x1="{x}" y1="{AXIS_Y - 4}" x2="{x}" y2="{AXIS_Y + 4}"/>',
                   f'<text x="{x}" y="{AXIS_Y - 8}" text-anchor="middle">{label}</text>']  # fmt: skip
         last = x
-    parts += [f'<text x="{LEFT}" y="14">{_e(caption)}</text>', "</g>"]
+    parts += [f'<text x="{PLOT}" y="14">{_e(caption)}</text>', "</g>"]
     return parts
 
 
@@ -295,19 +304,19 @@ def _mark(scale: _Scale, mark: Mark, y: float) -> str:
     data = f' data-step="{_e(mark.name)}"' if mark.kind == "step" else ""
     head = f'<g class="{classes}"{data} data-day="{round(mark.day, 3)}" data-x="{x}"'
     head += f' data-action="{_e(mark.action)}">' if mark.action else ">"
-    anchor, tx = ("end", x - 12) if x > WIDTH * 0.58 else ("start", x + 12)
-    room = int(((tx - LEFT) if anchor == "end" else (WIDTH - RIGHT - tx)) / 6.4)
-    name = _cut(mark.name, room // 2)
+    name = _cut(mark.name, CHARS // 2)
     first = (
-        f'<text x="{tx}" y="{y + 4}" text-anchor="{anchor}"><tspan class="name">{_e(name)}</tspan>'
-        f'<tspan class="wait" dx="8">{_e(_cut(mark.text, room - len(name) - 2))}</tspan></text>'
+        f'<text x="{LEFT}" y="{y + 4}"><tspan class="name">{_e(name)}</tspan>'
+        f'<tspan class="wait" dx="8">{_e(_cut(mark.text, CHARS - len(name) - 2))}</tspan></text>'
     )
     more = ([("when", f"only if {mark.when}")] if mark.when else []) + list(mark.details)
     texts = [
-        f'<text class="{cls}" x="{tx}" y="{y + 18 + 14 * index}" text-anchor="{anchor}">{_e(_cut(text, room))}</text>'
+        f'<text class="{cls}" x="{LEFT}" y="{y + 18 + 14 * index}">{_e(_cut(text, CHARS))}</text>'
         for index, (cls, text) in enumerate(more)
     ]
-    return "\n".join([head, f"<title>{_e(mark.tip or mark.text)}</title>", _symbol(mark, x, y), first, *texts, "</g>"])
+    leader = f'<line class="leader" x1="{LEFT + COLUMN}" y1="{y}" x2="{x - 8}" y2="{y}"/>'
+    tip = f"<title>{_e(mark.tip or mark.text)}</title>"
+    return "\n".join([head, tip, leader, _symbol(mark, x, y), first, *texts, "</g>"])
 
 
 def _symbol(mark: Mark, x: float, y: float) -> str:
