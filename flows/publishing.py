@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import delete, func
+from sqlalchemy import text as sql
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -193,6 +194,8 @@ async def publish(
     version = flow_version(text)
 
     async def record(session: AsyncSession) -> FlowRevision:
+        if session.bind.dialect.name == "postgresql":  # two publishes of one flow at once: the second sees the first
+            await session.exec(sql("SELECT pg_advisory_xact_lock(hashtext(:key))").bindparams(key=f"flow:{slug}"))
         newest = await latest(session, slug)
         if newest is not None and newest.action != "file" and newest.version != base and newest.base == base:
             raise Conflict(newest.source, f"{newest.author}, {newest.created_at:%Y-%m-%d %H:%M} UTC")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -286,3 +287,23 @@ async def test_a_version_published_on_one_instance_is_written_and_run_by_another
     assert status == 200
     await services_of(second).flow_sync.tick()
     assert "Two, local." in (other_folder / "flows" / "drip.j2").read_text()
+
+
+async def test_two_people_publishing_over_one_version_at_once_one_wins_and_the_other_sees_it(
+    make_client, settings, templates, add_operator, db
+):
+    first = await make_client(settings.with_(templates=templates))
+    second = await make_client(settings.with_(templates=templates))  # another instance, the same files
+    await marketer(first, add_operator, "mia")
+    await marketer(second, add_operator, "max")
+    theirs = DRIP.replace("Three.", "Three, by max.")
+    answers = await asyncio.gather(
+        call(first, "publish", {"text": NEW, "base": flow_version(DRIP)}),
+        call(second, "publish", {"text": theirs, "base": flow_version(DRIP)}),
+    )
+    assert sorted(status for status, _ in answers) == [200, 409]
+    won = NEW if answers[0][0] == 200 else theirs
+    lost = answers[1][1] if answers[0][0] == 200 else answers[0][1]
+    assert (templates / "flows" / "drip.j2").read_text() == won and lost["text"] == won
+    published = [r.source for r in await rows(db, FlowRevision) if r.action == "publish"]
+    assert published == [won]
