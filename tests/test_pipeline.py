@@ -67,6 +67,9 @@ async def test_columns_come_in_stage_order_with_counts_and_median_time_in_stage(
     medians = re.findall(r"<span data-median>([^<]+)</span>", page)
     assert medians == ["12 min", "-", "4 h", "-", "3 d"]
     assert "Visitor from google" in page and "Gone" not in page
+    filtered = html.unescape(await (await client.get("/console/pipeline?source=google")).text())
+    assert column_heads(filtered) == [("visitor", "1"), ("lead", "0"), ("mql", "0"), ("sql", "0"), ("customer", "0")]
+    assert re.findall(r"<span data-median>([^<]+)</span>", filtered) == ["12 min", "-", "-", "-", "-"]
     assert '<a href="/console/pipeline">Pipeline</a>' in page  # in the nav
     assert 'draggable="true"' in page and 'action="/console/pipeline/leads/' in page
 

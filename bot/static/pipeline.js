@@ -17,7 +17,7 @@
   function cardOf(lead) { return board.querySelector('.card[data-lead="' + CSS.escape(String(lead)) + '"]'); }
   function count(stage, delta) {
     var col = column(stage), el = col && col.querySelector("[data-count]");
-    if (!el || el.hasAttribute("data-capped")) return;  // "10,000+": a filtered count that stopped counting
+    if (!el) return;
     var n = Math.max(0, parseInt(el.getAttribute("data-count"), 10) + delta);
     el.setAttribute("data-count", String(n));
     el.textContent = n.toLocaleString("en");
