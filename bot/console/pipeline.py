@@ -11,19 +11,19 @@ move the lead on later as always. Every stage change, whoever made it, reaches o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from multidict import MultiDictProxy
 from sqlmodel.ext.asyncio.session import AsyncSession
 from yarl import URL
 
 from bot.api.params import MAX_ID
-from bot.console.auth import current, public, requires, see
+from bot.console.auth import current, public, requires
 from bot.console.leads import lead_id
-from bot.console.live import HEARTBEAT, LOGGED_OUT, SESSION_CHECK
+from bot.console.live import HEARTBEAT
+from bot.console.live import _Stream as Stream
 from bot.console.login import STATIC
 from bot.console.pages import refuse, render, wants_json
 from bot.console.stagefeed import PIPELINE, publish_stage_changes
@@ -33,7 +33,6 @@ from flows.handoff import WON_BY
 from flows.reactions import set_stage
 from storage.db import transaction
 from storage.leads import LeadNotFound, get_lead
-from storage.operators import session_operator
 from storage.pipeline import BoardFilter, Cursor, card_details, choices, column_page, columns, lead_on_board
 
 PAGE_SIZE = 50
@@ -136,13 +135,14 @@ async def move_lead(
 @requires("leads.read")
 async def board_socket(request: web.Request) -> web.StreamResponse:
     """Stream every stage change to an open board: `{"type": "stage", "lead", "from", "to"}`."""
-    services, token_hash = request.app[SERVICES], current(request).token_hash
+    services = request.app[SERVICES]
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
     await ws.prepare(request)
+    stream = Stream(services, ws, current(request).token_hash)  # closed as the console's other sockets are
     async with services.hub.watch(PIPELINE) as feed:
-        forward = asyncio.create_task(_forward(ws, feed))
+        forward = asyncio.create_task(_forward(stream, feed))
         try:
-            await _until_closed(services, ws, token_hash)
+            await stream.run(queue=False, conversation_id=None, since=0)  # nothing else to watch: until it closes
         finally:
             forward.cancel()
     return ws
@@ -209,27 +209,6 @@ def _lead_id(request: web.Request) -> int:
     return found
 
 
-async def _forward(ws: web.WebSocketResponse, feed: asyncio.Queue) -> None:
+async def _forward(stream: Stream, feed: asyncio.Queue) -> None:
     while True:
-        frame = await feed.get()
-        if ws.closed:
-            return
-        with contextlib.suppress(ConnectionError):
-            await ws.send_json(frame)
-
-
-async def _until_closed(services: Services, ws: web.WebSocketResponse, token_hash: str) -> None:
-    """Wait for the page to go, closing the socket once its login ends (as the console's other sockets do)."""
-    while not ws.closed:
-        try:
-            frame = await ws.receive(timeout=SESSION_CHECK)
-        except TimeoutError:
-            async with services.sessions() as session:
-                live = await session_operator(session, token_hash, services.clock.now()) is not None
-            if not live:
-                await ws.close(code=LOGGED_OUT, message=b"logged out")
-            else:
-                await see(services, token_hash)
-            continue
-        if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-            return
+        await stream.send(await feed.get())
