@@ -135,6 +135,9 @@ async def test_an_unknown_lead_is_404_a_bad_stage_400_and_no_token_403(client, d
     answer = await client.post(f"/console/pipeline/leads/{lead_id}/stage", data={"stage": "sql"})
     assert answer.status == 403  # no CSRF token
     assert (await client.get("/console/pipeline/stages/won")).status == 404
+    for odd in ("²-1", "1-²", "x", "-", "1-99999999999", "9" * 30 + "-1"):  # the first page, never a 500
+        assert (await client.get("/console/pipeline/stages/lead", params={"after": odd})).status == 200
+    assert (await client.get("/console/pipeline/cards/99999999999")).status == 404
     assert [lead.stage for lead in await rows(db, Lead)] == ["lead"]
 
 

@@ -78,3 +78,29 @@ async def test_a_dragged_card_moves_the_lead_and_another_board_sees_it_move(
     await card_in(ann, "sql", max_id).get_by_role("link", name="Max").click()
     change = ann.locator("tr", has_text="moved by ann on the pipeline board").first  # the lead's stages: from, to, why
     await expect(change.locator("td")).to_have_text([re.compile("2026"), "lead", "sql", re.compile("^moved by ann")])
+
+
+async def test_more_adds_a_columns_next_cards_and_a_marketer_cannot_drag(
+    make_client,
+    settings,
+    add_operator,
+    db,
+    clock,
+    new_page,  # noqa: F811
+):
+    app = await make_client(settings)
+    ids = await add_leads(db, clock, *({"stage": "sql", "ago": timedelta(minutes=n)} for n in range(53)))
+    await add_operator("mia", "marketer")
+    board = await new_page()
+    await open_board(board, str(app.make_url("/console/pipeline")), "mia")
+    cards = board.locator('[data-column="sql"] .card')
+    await expect(cards).to_have_count(50)
+    await board.locator('[data-column="sql"]').get_by_role("link", name="More").click()
+    await expect(cards).to_have_count(53)
+    await expect(cards.last).to_have_attribute("data-lead", str(ids[-1]))  # the oldest activity last
+    await expect(board.get_by_role("link", name="More")).to_have_count(0)
+    await expect(board).to_have_url(str(app.make_url("/console/pipeline")))  # no page load
+
+    # Marketers read the board: no dragging, no Move.
+    await expect(board.locator('.card[draggable="true"]')).to_have_count(0)
+    await expect(board.get_by_role("button", name="Move")).to_have_count(0)

@@ -163,7 +163,7 @@ def board_filter(query: MultiDictProxy[str]) -> BoardFilter:
 def cursor_of(raw: str) -> Cursor | None:
     """`after=MICROSECONDS-ID` (the last card's activity since 1970 and its id); anything else is the first page."""
     at, _, found = raw.partition("-")
-    if not (at.isdigit() and found.isdigit() and len(at) < 20 and int(found) <= MAX_ID):
+    if not (f"{at}{found}".isascii() and at.isdigit() and found.isdigit() and len(at) < 20 and int(found) <= MAX_ID):
         return None
     return Cursor(EPOCH + timedelta(microseconds=int(at)), int(found))
 
