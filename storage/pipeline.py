@@ -135,10 +135,10 @@ async def _middle_since(session: AsyncSession, stage: str, wanted: BoardFilter, 
     return middle[0] + (middle[-1] - middle[0]) / 2 if middle else None
 
 
-async def lead_on_board(session: AsyncSession, lead_id: int, wanted: BoardFilter) -> Lead | None:
-    """The lead if the board with these filters shows it (in whichever column)."""
-    statement = select(Lead).where(Lead.id == lead_id, *conditions(wanted))
-    return (await session.exec(statement)).first()
+async def leads_on_board(session: AsyncSession, lead_ids: list[int], wanted: BoardFilter) -> list[Lead]:
+    """Those of the leads the board with these filters shows (in whichever column), by id."""
+    statement = select(Lead).where(col(Lead.id).in_(lead_ids), *conditions(wanted)).order_by(col(Lead.id))
+    return list((await session.exec(statement)).all()) if lead_ids else []
 
 
 async def card_details(session: AsyncSession, lead_ids: list[int]) -> dict[int, dict[str, Any]]:

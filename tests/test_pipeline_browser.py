@@ -8,7 +8,7 @@ from datetime import timedelta
 from playwright.async_api import Page, expect
 from test_pipeline import add_leads
 
-from conftest import PASSWORD
+from conftest import API_KEY, PASSWORD
 from test_browser import browser, new_page  # noqa: F401  (fixtures)
 
 
@@ -80,7 +80,7 @@ async def test_a_dragged_card_moves_the_lead_and_another_board_sees_it_move(
     await expect(change.locator("td")).to_have_text([re.compile("2026"), "lead", "sql", re.compile("^moved by ann")])
 
 
-async def test_more_adds_a_columns_next_cards_and_a_marketer_cannot_drag(
+async def test_a_marketer_sees_a_lead_from_beyond_the_first_page_move_in_and_more_cards_without_a_reload(
     make_client,
     settings,
     add_operator,
@@ -95,9 +95,20 @@ async def test_more_adds_a_columns_next_cards_and_a_marketer_cannot_drag(
     await open_board(board, str(app.make_url("/console/pipeline")), "mia")
     cards = board.locator('[data-column="sql"] .card')
     await expect(cards).to_have_count(50)
+    await expect(count_of(board, "sql")).to_have_text("53")
+
+    # A lead beyond the first page moves (the API here): its card comes to its new column, counts follow.
+    patch = await app.patch(
+        f"/api/leads/{ids[-1]}", json={"stage": "customer"}, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert patch.status == 200
+    await expect(card_in(board, "customer", ids[-1])).to_be_visible()
+    await expect(count_of(board, "customer")).to_have_text("1")
+    await expect(count_of(board, "sql")).to_have_text("52")
+
     await board.locator('[data-column="sql"]').get_by_role("link", name="More").click()
-    await expect(cards).to_have_count(53)
-    await expect(cards.last).to_have_attribute("data-lead", str(ids[-1]))  # the oldest activity last
+    await expect(cards).to_have_count(52)
+    await expect(cards.last).to_have_attribute("data-lead", str(ids[-2]))  # the oldest activity last
     await expect(board.get_by_role("link", name="More")).to_have_count(0)
     await expect(board).to_have_url(str(app.make_url("/console/pipeline")))  # no page load
 

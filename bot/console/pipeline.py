@@ -33,9 +33,10 @@ from flows.handoff import WON_BY
 from flows.reactions import set_stage
 from storage.db import transaction
 from storage.leads import LeadNotFound, get_lead
-from storage.pipeline import BoardFilter, Cursor, card_details, choices, column_page, columns, lead_on_board
+from storage.pipeline import BoardFilter, Cursor, card_details, choices, column_page, columns, leads_on_board
 
 PAGE_SIZE = 50
+MAX_CARDS = 100  # leads asked for at once by the script
 FILTERS = ("source", "campaign", "channel", "owner", "flow")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -46,7 +47,7 @@ def routes(console: web.Application) -> None:
     publish_stage_changes(services.sessions, services.hub)
     console.router.add_get("/pipeline", board)
     console.router.add_get("/pipeline/stages/{stage}", column_more)
-    console.router.add_get("/pipeline/cards/{id}", one_card)
+    console.router.add_get("/pipeline/cards", some_cards)
     console.router.add_post("/pipeline/leads/{id}/stage", move)
     console.router.add_get("/pipeline/ws", board_socket)
     console.router.add_get("/pipeline.js", script)
@@ -86,15 +87,16 @@ async def column_more(request: web.Request) -> web.Response:
 
 
 @requires("leads.read")
-async def one_card(request: web.Request) -> web.Response:
-    """One lead's card, if the board with these filters shows it; 204 (nothing) if not."""
-    services, wanted, found = request.app[SERVICES], board_filter(request.query), _lead_id(request)
+async def some_cards(request: web.Request) -> web.Response:
+    """The cards of those leads in `ids` (up to 100, comma-separated) that the board with these filters shows.
+
+    The board's script asks for the leads that moved live and are not on the page yet, a batch at a time."""
+    services, wanted = request.app[SERVICES], board_filter(request.query)
+    found = [int(raw) for raw in request.query.get("ids", "").split(",")[:MAX_CARDS] if _an_id(raw)]
     async with services.sessions() as session:
-        lead = await lead_on_board(session, found, wanted)
-        details = await card_details(session, [lead.id] if lead else [])
-    if lead is None:
-        return web.Response(status=204)
-    context = {"stage": lead.stage, "leads": [lead], "details": details, "more": None}
+        leads = await leads_on_board(session, found, wanted)
+        details = await card_details(session, [lead.id for lead in leads])
+    context = {"leads": leads, "details": details, "more": None}
     return render(request, "pipeline_cards.html", {**context, **_common(services, wanted)})
 
 
@@ -200,6 +202,10 @@ def _common(services: Services, wanted: BoardFilter) -> dict[str, Any]:
     query = filter_query(wanted)
     back = str(URL("/console/pipeline").with_query(query))
     return {"order": services.settings.stages.order, "query": query, "back": back, "stay_text": stay_text}
+
+
+def _an_id(raw: str) -> bool:
+    return raw.isascii() and raw.isdigit() and 0 < int(raw) <= MAX_ID
 
 
 def _lead_id(request: web.Request) -> int:

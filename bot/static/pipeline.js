@@ -48,25 +48,34 @@
     count(from, -1);
     count(stage, +1);
   }
+  // Leads that moved and are not on the page: asked for together, a moment later (a busy funnel moves many).
+  var pending = {}, asking = null;
   function moved(frame) {
     var card = cardOf(frame.lead);
     if (card) return place(card, frame.to);
     if (!column(frame.to)) return;
-    // Not on the page: fetch its card; 204 when the board's filters leave it out.
-    fetch("/console/pipeline/cards/" + encodeURIComponent(frame.lead) + (query ? "?" + query : ""), {
-      credentials: "same-origin",
-    }).then(function (answer) {
-      if (answer.status !== 200) return;
-      return answer.text().then(function (html) {
-        if (cardOf(frame.lead)) return place(cardOf(frame.lead), frame.to);
-        var got = fragment(html).querySelector(".card");
-        if (!got) return;
-        column(frame.to).querySelector("ol.cards").prepend(got);
+    if (!(frame.lead in pending)) pending[frame.lead] = frame.from;  // where the page counted it
+    if (!asking) asking = setTimeout(askForCards, 300);
+  }
+  function askForCards() {
+    var ids = Object.keys(pending).slice(0, 100), counted = {};
+    ids.forEach(function (id) { counted[id] = pending[id]; delete pending[id]; });
+    asking = Object.keys(pending).length ? setTimeout(askForCards, 300) : null;  // the rest next
+    var url = "/console/pipeline/cards?ids=" + ids.join(",") + (query ? "&" + query : "");
+    fetch(url, { credentials: "same-origin" }).then(function (answer) {
+      if (!answer.ok) throw new Error("cards: " + answer.status);
+      return answer.text();
+    }).then(function (html) {
+      fragment(html).querySelectorAll(".card").forEach(function (got) {  // those the board's filters show
+        var lead = got.getAttribute("data-lead"), stage = got.getAttribute("data-stage"), shown = cardOf(lead);
+        if (shown) return place(shown, stage);  // it came meanwhile ("More")
+        if (!column(stage)) return;
+        column(stage).querySelector("ol.cards").prepend(got);
         wire(got);
-        if (frame.from && column(frame.from)) count(frame.from, -1);  // it counted there, beyond the first page
-        count(frame.to, +1);
+        if (counted[lead] && column(counted[lead])) count(counted[lead], -1);  // counted there, beyond the first page
+        count(stage, +1);
       });
-    }).catch(function () {});
+    }).catch(function (e) { say(e.message); });
   }
 
   // --- Moving: dragging, or the card's own form, both posting the same request ------------------
