@@ -23,6 +23,7 @@ from flows.durations import parse_duration
 from flows.expressions import ExpressionError
 from flows.handoff import INTENT_WORDS, HandoffPolicy
 from flows.hours import BusinessHours
+from flows.learned import LearnedScoring
 from flows.locales import BASE, is_code
 from flows.outgoing import WEBHOOK_EVENTS
 from flows.safety import Policy, QuietHours
@@ -174,6 +175,7 @@ class Settings:
     webhook_sources: Mapping[str, WebhookSource] = field(default_factory=dict)
     webhook_endpoints: Mapping[str, WebhookEndpoint] = field(default_factory=dict)
     scoring: Scoring = Scoring()
+    learned: LearnedScoring = LearnedScoring()  # [scoring] goal, horizon, window, min_outcomes: `kindling score fit`
     stages: Stages = Stages()
     policy: Policy = Policy()
     opt_out_words: tuple[str, ...] = ()
@@ -247,6 +249,7 @@ def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
         webhook_sources=_webhook_sources(channels.section("webhook").section("sources"), env),
         webhook_endpoints=_webhook_endpoints(doc.section("webhooks").section("outgoing"), env),
         scoring=_scoring(doc.section("scoring")),
+        learned=_learned(doc.section("scoring")),
         stages=_stages(doc.section("stages")),
         console=_console(doc.section("console")),
         **_nurture(doc.section("nurture"), env),
@@ -260,6 +263,16 @@ def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
         widget=_widget(doc.section("widget")),
     )
     doc.reject_unknown()
+    return _with_goal(settings)
+
+
+def _with_goal(settings: Settings) -> Settings:
+    """Learned scoring's goal: the last stage unless `scoring.goal` names another one."""
+    learned, order = settings.learned, settings.stages.order
+    if not learned.goal:
+        return settings.with_(learned=replace(learned, goal=order[-1]))
+    if learned.goal not in order:
+        raise ConfigError(f"scoring.goal: {learned.goal!r} is not a stage in stages.order")
     return settings
 
 
@@ -443,6 +456,15 @@ def _scoring(section: _Section) -> Scoring:
     except ValueError as exc:
         raise ConfigError(f"scoring.half_life: {exc}") from None
     return Scoring(rules=tuple(rules), half_life=decay)
+
+
+def _learned(section: _Section) -> LearnedScoring:
+    return LearnedScoring(
+        goal=section.get("goal", str, ""),  # "": the last stage (see _with_goal)
+        horizon=_duration(section, "horizon", "30d"),
+        window=_duration(section, "window", "7d"),
+        min_outcomes=_positive(section, "min_outcomes", 50),
+    )
 
 
 def _cap(rule: _Section) -> Cap | None:

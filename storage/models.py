@@ -95,6 +95,10 @@ class Lead(SQLModel, table=True):
     # {"whatsapp": {"consent_at", "consent_source", "opted_out_at", "opted_out_reason"}}. See flows.channel_consent.
     channel_marketing: dict = _json(dict)
     note: str | None = Field(default=None, sa_type=Text)  # an operator's note, edited in the console (0017)
+    # Learned scoring (migration 0020): the chance in percent, 0-100, that the lead reaches the goal stage, from
+    # the accepted model `likelihood_model` (a ScoringModel id); None until a model is accepted (flows/learned.py).
+    likelihood: int | None = Field(default=None, sa_type=SmallInteger)
+    likelihood_model: int | None = None
 
 
 class Identity(SQLModel, table=True):
@@ -524,3 +528,26 @@ class ContinueCode(SQLModel, table=True):
     expires_at: datetime = _time(index=True)
     claimed_at: datetime | None = _time(nullable=True)
     claimed_by: str | None = None  # the WhatsApp number (wa_id) whose first message carried it
+
+
+class ScoringModel(SQLModel, table=True):
+    """One `kindling score fit`: its figures, and its weights when it was accepted; the newest accepted one scores.
+
+    Refused fits are kept too, with why, so the figures of every attempt can be read again (flows/learned.py).
+    """
+
+    __tablename__ = "scoringmodel"
+    __table_args__ = NEVER_REUSED
+    id: int | None = Field(default=None, primary_key=True)  # the model's version
+    created_at: datetime = _time()
+    accepted: bool = False
+    verdict: str  # why it was accepted or refused, in a sentence
+    goal: str  # the stage counted as success
+    horizon_seconds: int  # success: the goal reached within this long of the cut-off
+    window_seconds: int  # the cut-off: this long after the lead arrived
+    successes: int = 0
+    failures: int = 0
+    figures: dict = _json(dict)  # held-out ROC AUC, Brier score, calibration by decile; the rule score's beside
+    intercept: float = 0.0
+    weights: dict = _json(dict)  # factor -> weight (log-odds per unit of log(1 + count))
+    counts: dict = _json(dict)  # factor -> how many leads have it

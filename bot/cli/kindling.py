@@ -1,6 +1,6 @@
 """The `kindling` command line: its parser, serve, migrate and lead show; each other group has its module.
 
-Commands: serve, migrate, lint, preview, simulate, report, lead, operator, apikey, webhooks, whatsapp.
+Commands: serve, migrate, lint, preview, simulate, report, lead, operator, apikey, webhooks, whatsapp, score.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import create_app
-from bot.cli import apikeys, leadlist, operators, privacy, reports, webhooks, whatsapp
+from bot.cli import apikeys, leadlist, operators, privacy, reports, score, webhooks, whatsapp
 from bot.cli.flows import lint, preview_flow, simulate_flow
 from bot.config import ConfigError, Settings, load_settings
 from bot.intake.messages import MessageError
@@ -76,10 +76,11 @@ def parser() -> argparse.ArgumentParser:
     apikeys.add_command(commands)
     webhooks.add_command(commands)
     whatsapp.add_command(commands)
+    score.add_command(commands)
     return top
 
 
-ON_THE_DATABASE = ("operator", "apikey", "webhooks", "lead", "report")  # serve and migrate migrate anyway
+ON_THE_DATABASE = ("operator", "apikey", "webhooks", "lead", "report", "score")  # serve and migrate migrate anyway
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(webhooks.run(settings, args))
         if args.command == "whatsapp":
             return asyncio.run(whatsapp.run(settings, args))
+        if args.command == "score":
+            return asyncio.run(score.run(settings, args))
         return asyncio.run(lead(settings, args))
     except LeadErased as exc:
         print(exc, file=sys.stderr)
