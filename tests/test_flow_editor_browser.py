@@ -105,6 +105,9 @@ async def test_a_marketer_fixes_a_typo_tries_the_flow_and_publishes_it(
     await expect(timeline).to_contain_text("exits the flow")
     await expect(timeline).not_to_contain_text("three:")
     await expect(timeline).to_contain_text("two:")
+    drawn = page.locator("[data-simulation-svg] svg g[data-step]")  # and drawn: the picture ends there too
+    await expect(drawn).to_have_count(2)
+    assert [await g.get_attribute("data-step") for g in await drawn.all()] == ["one", "two"]
 
     # Publish after a look at the change.
     await page.get_by_role("button", name="Review and publish").click()

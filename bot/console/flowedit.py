@@ -23,11 +23,12 @@ from flows import publishing
 from flows.engine import context as lead_context
 from flows.lint import flow_files
 from flows.locales import Locales, available
+from flows.picture import simulation_svg
 from flows.preview import preview
 from flows.publishing import Checks, Conflict
 from flows.reach import EmailPolicy
 from flows.samples import sample_event, sample_lead
-from flows.simulate import happenings, simulate
+from flows.simulate import happenings, simulate_entries
 from flows.spec import FlowError, FlowSpec, Problem, flow_version
 from flows.whatsapp_rules import by_name
 from storage.leads import LeadNotFound, get_lead
@@ -243,9 +244,11 @@ async def simulate_flow(request: web.Request) -> web.Response:
         raise _refused(400, f"events: {exc}") from None
     email = EmailPolicy(settings.email.disabled() is None, settings.email.require_consent)
     language = Locales(available(services.library.root), settings.default_locale).of(lead.get("locale"))
-    lines = simulate(spec, _context(spec, lead, now), now, days, timeline, settings.policy, settings.stages, email,
-                     True, language)  # fmt: skip
-    return web.json_response({"lines": lines})
+    entries = simulate_entries(
+        spec, _context(spec, lead, now), now, days, timeline, settings.policy, settings.stages, email, True, language
+    )
+    picture = simulation_svg(entries, now, settings.policy.quiet_hours)
+    return web.json_response({"lines": [entry.line for entry in entries], "svg": picture})
 
 
 @requires("flows.edit")

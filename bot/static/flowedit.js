@@ -47,7 +47,7 @@
   function layout(problems) {
     var all = text.value.split("\n"), count = all.length;
     text.rows = count + 1;
-    text.cols = Math.max(40, Math.max.apply(null, all.map(function (line) { return line.length; })) + 6);
+    text.style.width = Math.max(40, Math.max.apply(null, all.map(function (line) { return line.length; })) + 2) + "ch";
     var numbers = [], byLine = {};
     (problems || []).forEach(function (problem) {
       if (problem.line && !(problem.line in byLine)) byLine[problem.line] = problem.message;
