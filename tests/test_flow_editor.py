@@ -307,3 +307,15 @@ async def test_two_people_publishing_over_one_version_at_once_one_wins_and_the_o
     assert (templates / "flows" / "drip.j2").read_text() == won and lost["text"] == won
     published = [r.source for r in await rows(db, FlowRevision) if r.action == "publish"]
     assert published == [won]
+
+
+async def test_the_flows_page_leads_marketers_to_the_editor_and_admins_to_the_audit_log(app, add_operator):
+    await marketer(app, add_operator)
+    status, text = await page(app, "/console/flows")
+    assert status == 200 and 'href="/console/flows/drip/edit">Edit</a>' in text
+    assert 'href="/console/flows/new">New flow</a>' in text and "Audit log" not in text
+    await app.post("/console/logout", data={"csrf_token": await csrf(app)})
+    await add_operator("ada", "admin")
+    await log_in(app, "ada")
+    text = (await page(app, "/console/flows"))[1]
+    assert 'href="/console/audit">Audit log</a>' in text and 'href="/console/flows/drip/history">History</a>' in text
