@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from markupsafe import escape
@@ -34,7 +34,7 @@ ROW = 30  # pixels per step, and 14 more per line under it (its condition, reach
 LONGEST = 64  # characters of a label; longer ones are cut (the whole text is in the mark's tooltip)
 TICKS = (0, 0.25, 0.5, 1, 2, 3, 4, 5, 6, 7, 10, 14, 21, 30, 45, 60, 90, 120, 180, 270, 365, 730)
 ENDING = ("handoff", "exit")  # step actions after which the flow is over for the lead
-REFERENCE = time(12)  # flow pictures show a lead enrolled on a Monday at noon
+MONDAY = date(2026, 1, 5)  # flow pictures show a lead enrolled on a Monday at noon
 
 STYLE = """
 text { font: 12px system-ui, -apple-system, 'Segoe UI', sans-serif; fill: #1f2933; }
@@ -59,7 +59,6 @@ text { font: 12px system-ui, -apple-system, 'Segoe UI', sans-serif; fill: #1f293
 .end circle { fill: #52606d; }
 .exits rect { fill: #fff4e5; stroke: #f0b37e; }
 .exits text { fill: #7c2d12; font-size: 11px; }
-.legend text { fill: #52606d; font-size: 11px; }
 """
 
 
@@ -95,7 +94,7 @@ def flow_svg(
         start: when the reference lead enrolls; by default a Monday at 12:00 in `timezone`.
     """
     zone = time_zone(timezone)
-    start = start or datetime.combine(datetime(2026, 1, 5).date(), REFERENCE, tzinfo=zone)
+    start = start or datetime.combine(MONDAY, time(12), tzinfo=zone)
     marks, due = [], start
     for name in spec.step_names:
         step = spec.variants(name)[0]
