@@ -91,6 +91,17 @@ async def test_a_marketer_reads_the_board_but_cannot_move_a_card(client, db, clo
     assert [lead.stage for lead in await rows(db, Lead)] == ["lead"]
 
 
+async def test_a_card_shows_the_learned_likelihood_once_a_model_gave_one(client, db, clock, add_operator):
+    scored, unscored = await add_leads(
+        db, clock, {"stage": "lead", "first_name": "Ann", "likelihood": 72}, {"stage": "lead", "first_name": "Bo"}
+    )
+    await operator(client, add_operator, "mia", role="marketer")
+    page = await (await client.get("/console/pipeline")).text()
+    ann = page.split(f'data-lead="{scored}"', 1)[1].split("</li>", 1)[0]
+    bo = page.split(f'data-lead="{unscored}"', 1)[1].split("</li>", 1)[0]
+    assert "likelihood 72%" in ann and "likelihood" not in bo
+
+
 async def test_moving_a_card_is_a_stage_change_by_the_operator(client, db, clock, add_operator):
     [lead_id] = await add_leads(db, clock, {"stage": "lead", "first_name": "Ann", "ago": timedelta(days=1)})
     csrf = await operator(client, add_operator, "ann")
