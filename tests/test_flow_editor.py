@@ -97,6 +97,8 @@ async def test_preview_and_simulation_follow_the_text_being_edited(app, add_oper
         ("two", "Two."),
         ("three", "Three."),
     ]  # the sample lead
+    status, answer = await call(app, "preview", {"text": NEW, "sample": "sparse"})
+    assert status == 200 and answer["steps"][0]["text"] == "Hello again, you."  # nothing known: the fallback
     status, answer = await call(app, "preview", {"text": TYPO})
     assert status == 422 and answer["problems"][0]["line"] == 8
 

@@ -95,6 +95,8 @@ async def test_a_marketer_fixes_a_typo_tries_the_flow_and_publishes_it(
     await expect(status).to_have_text("Lint: no problems")
     await expect(problem).to_have_count(0)
     await expect(page.locator(".preview [data-step='one'] .text")).to_have_text("Hello again, Ann.")
+    await page.get_by_label("For").select_option("sparse")  # and for a lead nothing is known about
+    await expect(page.locator(".preview [data-step='one'] .text")).to_have_text("Hello again, you.")
 
     # The lead replies on day 3: the simulated timeline ends there, after step two and before step three.
     timeline = page.locator("[data-timeline]")

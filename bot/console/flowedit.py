@@ -27,7 +27,7 @@ from flows.picture import simulation_svg
 from flows.preview import preview
 from flows.publishing import Checks, Conflict
 from flows.reach import EmailPolicy
-from flows.samples import sample_event, sample_lead
+from flows.samples import SPARSE_LEAD, sample_event, sample_lead
 from flows.simulate import happenings, simulate_entries
 from flows.spec import FlowError, FlowSpec, Problem, flow_version
 from flows.whatsapp_rules import by_name
@@ -179,10 +179,12 @@ async def check(request: web.Request) -> web.Response:
 
 
 async def _lead(services: Services, body: dict[str, Any], spec: FlowSpec) -> dict[str, Any]:
-    """The lead to preview for: a real one by id, else the sample lead (in the flow's stage, if it has one)."""
+    """The lead to preview for: a real one by id, else a sample (`"sample": "sparse"`: the lead nothing is known
+    about, as lint renders with; else the filled-in one), in the flow's stage if it has one."""
     lead_id = body.get("lead_id")
     if lead_id in (None, ""):
-        return sample_lead({"stage": spec.trigger.stage} if spec.trigger.stage else None)
+        stage = {"stage": spec.trigger.stage} if spec.trigger.stage else {}
+        return {**SPARSE_LEAD, **stage} if body.get("sample") == "sparse" else sample_lead(stage)
     if not isinstance(lead_id, int) and not (isinstance(lead_id, str) and lead_id.isdigit()):
         raise _refused(400, "lead_id: a lead's number")
     async with services.sessions() as session:

@@ -117,7 +117,7 @@
 
   function previewNow(number) {
     var lead = previewForm.elements.lead_id.value.trim();
-    post("preview", { text: text.value, lead_id: lead || null }).then(function (answer) {
+    post("preview", { text: text.value, lead_id: lead || null, sample: previewForm.elements.sample.value }).then(function (answer) {
       if (number !== undefined && number !== asked) return;
       previewBox.textContent = "";
       if (answer.status !== 200) {
@@ -158,7 +158,7 @@
 
   function simulateNow(number) {
     var lead = previewForm.elements.lead_id.value.trim();
-    post("simulate", { text: text.value, events: events, lead_id: lead || null }).then(function (answer) {
+    post("simulate", { text: text.value, events: events, lead_id: lead || null, sample: previewForm.elements.sample.value }).then(function (answer) {
       if (number !== undefined && number !== asked) return;
       if (answer.status !== 200) { timeline.textContent = answer.data.error || "Fix the problems to simulate."; return; }
       timeline.textContent = answer.data.lines.join("\n");
@@ -237,6 +237,7 @@
     publish(conflictPane.kindlingTheirs.version);  // over the version now there: seen, so not overwritten blind
   });
   previewForm.addEventListener("submit", function (event) { event.preventDefault(); previewNow(); simulateNow(); });
+  previewForm.elements.sample.addEventListener("change", function () { if (valid) { previewNow(); simulateNow(); } });
   eventForm.addEventListener("submit", function (event) {
     event.preventDefault();
     events.push({ after: (parseInt(eventForm.elements.day.value, 10) || 0) + "d", type: eventForm.elements.type.value });
