@@ -199,6 +199,12 @@ def path_prefix(path: str) -> str:
 
 async def gather(history: History, counts: FactorCounts) -> FactorCounts:
     """Count every lead's factors as of its cut-off from the database's history."""
+    async with history:
+        await _gather(history, counts)
+    return counts
+
+
+async def _gather(history: History, counts: FactorCounts) -> None:
     async for part in history.rows("leads"):
         for lead_id, created, source, medium, campaign, channel, locale, goal_at in part:
             counts.lead(lead_id, source, medium, campaign, channel, locale)
@@ -216,7 +222,6 @@ async def gather(history: History, counts: FactorCounts) -> FactorCounts:
     async for part in history.rows("points"):
         for lead_id, points in part:
             counts.rule_points(lead_id, float(points or 0))
-    return counts
 
 
 async def explain_lead(url: str, model: ScoredBy, lead_id: int, now: datetime, limit: int = 5) -> Explained | None:

@@ -46,7 +46,9 @@ class Matrix(FactorCounts):
     def start(self, lead_id: int) -> None:
         if lead_id not in self.index:
             self.index[lead_id] = len(self.index)
-            self.created.append(0.0), self.goal_at.append(np.nan), self.rule.append(0.0)
+            self.created.append(0.0)
+            self.goal_at.append(np.nan)
+            self.rule.append(0.0)
 
     def add(self, lead_id: int, name: str, count: float = 1) -> None:
         row = self.index.get(lead_id)
@@ -54,7 +56,9 @@ class Matrix(FactorCounts):
             column = self.names.get(name)
             if column is None:
                 column = self.names[name] = len(self.names)
-            self.r.append(row), self.c.append(column), self.v.append(count)
+            self.r.append(row)
+            self.c.append(column)
+            self.v.append(count)
 
     def arrived(self, lead_id: int, created: float, goal_at: float | None) -> None:
         row = self.index[lead_id]

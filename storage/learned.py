@@ -102,26 +102,39 @@ QUERIES = {
 
 
 class History:
-    """Streams each query's rows for every lead (or one lead) as of its cut-off."""
+    """Each query's rows for every lead (or one lead) as of its cut-off, on one reading connection.
+
+    Use as `async with History(...) as history:`, then `history.rows(query)`.
+    """
 
     def __init__(self, url: str, goal: str, window: timedelta, now: datetime, lead_id: int | None = None) -> None:
         self.url, self.goal, self.lead_id = url, goal, lead_id
         self.cutoffs = Cutoffs("sqlite" if is_sqlite(url) else "postgresql", window, now)
+        self._reading: Any = None
+        self._connection: AsyncConnection | None = None
+
+    async def __aenter__(self) -> History:
+        self._reading = _reading(self.url)
+        self._connection = await self._reading.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._reading.__aexit__(*exc)
+        self._connection = None
 
     async def rows(self, query: str) -> AsyncIterator[list[tuple]]:
         """Partitions of one query's rows: leads, events, steps, handoffs or points (see the SQL above)."""
+        assert self._connection is not None, "use History in `async with`"
         only = "" if self.lead_id is None else " AND l.id = :lead_id"
         params = {**self.cutoffs.params, "goal": self.goal, "lead_id": self.lead_id}
-        sql = text(QUERIES[query](self.cutoffs, only))
-        async with _reading(self.url) as connection:
-            result = await connection.stream(sql, params)
-            async for partition in result.partitions(PARTITION):
-                yield [tuple(row) for row in partition]
+        result = await self._connection.stream(text(QUERIES[query](self.cutoffs, only)), params)
+        async for partition in result.partitions(PARTITION):
+            yield [tuple(row) for row in partition]
 
 
 @asynccontextmanager
 async def _reading(url: str) -> AsyncIterator[AsyncConnection]:
-    """A connection for long reads; on SQLite one that reads a snapshot without the app's write lock."""
+    """A connection for long reads; on SQLite one that reads without the app's write lock (WAL: writers go on)."""
     engine = create_async_engine(url, connect_args={"timeout": 30} if is_sqlite(url) else {})
     try:
         async with engine.connect() as connection:
