@@ -82,10 +82,10 @@ def explanation_text(factors: list[Factor]) -> str:
     return ", ".join(factor.text for factor in factors) or "nothing stands out"
 
 
-def describe(name: str, count: float) -> str:
-    """A factor in words: `page:/pricing` seen twice is `visited /pricing twice`."""
+def describe(name: str, count: float | None = None) -> str:
+    """A factor in words: `page:/pricing` seen twice is `visited /pricing twice` (no count: `visited /pricing`)."""
     kind, _, subject = name.partition(":")
-    n = int(count)
+    n = None if count is None else int(count)
     phrases = {
         "page": lambda: f"visited {subject} {_times(n)}",
         "event": lambda: f"{_times(n, subject.replace('_', ' '))}",
@@ -100,16 +100,17 @@ def describe(name: str, count: float) -> str:
         "no_reply": lambda: f"no reply to {_times(n, 'step')}",
         "first_message": lambda: f"first wrote {subject}",
         "handoff": lambda: f"a handoff closed {subject}" if subject else f"handed to a human {_times(n)}",
-        "hour": lambda: f"active in the {subject} (UTC) {_times(n)}",
+        "hour": lambda: f"active {'at night' if subject == 'night' else 'in the ' + subject} (UTC) {_times(n)}",
         "weekend": lambda: f"active at weekends {_times(n)}",
     }
-    return phrases[kind]() if kind in phrases else name
+    return phrases[kind]().strip() if kind in phrases else name
 
 
-def _times(n: int, noun: str | None = None) -> str:
+def _times(n: int | None, noun: str | None = None) -> str:
+    """`twice`, `2 steps`; without a count (a factor across leads) `` and `steps`."""
     if noun is not None:
-        return f"{n} {noun}" + ("" if n == 1 else "s")
-    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+        return f"{noun}s" if n is None else f"{n} {noun}" + ("" if n == 1 else "s")
+    return "" if n is None else {1: "once", 2: "twice"}.get(n, f"{n} times")
 
 
 def _sigmoid(z: float) -> float:
@@ -124,7 +125,6 @@ class FactorCounts:
 
     def __init__(self) -> None:
         self.rows: dict[int, dict[str, float]] = {}
-
         self.arrivals: dict[int, tuple[float, float | None]] = {}
         self.points: dict[int, float] = {}
 

@@ -110,7 +110,7 @@ def factors_text(model, limit: int) -> str:  # type: ignore[no-untyped-def]
         chosen = [(name, weight) for name, weight in part if (weight > 0) == (title == "raise success")]
         for name, weight in chosen:
             leads = model.counts.get(name, 0)
-            lines.append(f"  {weight:+7.3f}  {describe(name, 1):<48} {name:<32} {leads} leads")
+            lines.append(f"  {weight:+7.3f}  {describe(name):<40} {name:<32} {leads} leads")
         if not chosen:
             lines.append("  none")
     return "\n".join(lines)
