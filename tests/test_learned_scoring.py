@@ -9,20 +9,25 @@ at random it must refuse to replace the rule score.
 from __future__ import annotations
 
 import math
+import os
 import random
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sklearn.metrics import roc_auc_score
 from sqlalchemy import insert
 from sqlmodel import select
 
+from bot.config import ConfigError, settings_from
 from flows.learned import LearnedScoring, explain_lead, explanation_text, path_prefix
 from flows.learned_fit import fit_and_store
 from storage.learned import accepted_model
 from storage.models import Conversation, Delivery, Event, Lead, PointsEntry, ScoringModel, StageEntry
 
-from conftest import rows
+from conftest import ROOT, rows
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SETTINGS = LearnedScoring(goal="customer", horizon=timedelta(days=30), window=timedelta(days=7), min_outcomes=20)
@@ -269,3 +274,26 @@ async def test_the_stored_model_is_read_back(db, database_url):
         model = (await session.exec(select(ScoringModel).where(ScoringModel.id == outcome.version))).one()
     figures = model.figures
     assert set(figures["learned"]) == {"auc", "brier", "calibration"} and len(figures["learned"]["calibration"]) == 10
+
+
+WITHOUT_SCIKIT_LEARN = "import sys; sys.modules.update(sklearn=None, numpy=None, scipy=None); "
+
+
+def test_the_server_and_the_explanations_need_no_scikit_learn():
+    code = WITHOUT_SCIKIT_LEARN + "import bot.app, bot.cli, flows.learned; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_fit_without_scikit_learn_says_how_to_install_it(database_url):
+    code = WITHOUT_SCIKIT_LEARN + "from bot.cli import main; sys.exit(main(['score', 'fit']))"
+    env = {**os.environ, "KINDLING_DATABASE_URL": database_url, "KINDLING_CONFIG": str(ROOT / "config.toml")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert 'pip install "kindling[scoring]"' in done.stderr
+
+
+def test_the_goal_must_be_a_stage():
+    with pytest.raises(ConfigError, match="scoring.goal: 'paid' is not a stage"):
+        settings_from({"scoring": {"goal": "paid"}}, env={})
+    assert settings_from({"stages": {"order": ["new", "won"]}}, env={}).learned.goal == "won"
