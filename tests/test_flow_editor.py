@@ -6,13 +6,14 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from test_console_pages import page
 
 from flows.spec import flow_version
 from storage.models import AuditEntry, Delivery, FlowRevision
 
 from conftest import rows, services_of, templates_with
 from test_console_auth import log_in
+from test_console_pages import page
+from test_flow_engine import tick
 from test_webchat import hello
 
 DRIP = """+++
@@ -62,13 +63,6 @@ async def call(app, action: str, body, slug: str = "drip"):  # type: ignore[no-u
     token = await csrf(app)
     answer = await app.post(f"/console/flows/{slug}/{action}", json=body, headers={"X-CSRF-Token": token})
     return answer.status, await answer.json()
-
-
-async def tick(app, clock, delta):  # type: ignore[no-untyped-def]
-    clock.advance(delta)
-    services = services_of(app)
-    await services.runner.run_due()
-    await services.dispatcher.dispatch_due()
 
 
 async def pricing_visitor(app):  # type: ignore[no-untyped-def]

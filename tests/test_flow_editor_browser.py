@@ -16,7 +16,7 @@ from storage.models import Delivery
 
 from conftest import PASSWORD, rows, services_of, templates_with
 from test_browser import browser, new_page  # noqa: F401  (fixtures)
-from test_webchat import hello
+from test_flow_editor import pricing_visitor
 
 FLOW = """+++
 name = "Pricing drip"
@@ -54,12 +54,6 @@ async def log_in_to(page: Page, url: str, name: str) -> None:
     await page.get_by_label("Name").fill(name)
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Log in").click()
-
-
-async def pricing_visitor(app):  # type: ignore[no-untyped-def]
-    ws = await app.ws_connect("/chat/ws")
-    await hello(ws)  # lands on /pricing: enrolled in the drip
-    return ws
 
 
 async def test_a_marketer_fixes_a_typo_tries_the_flow_and_publishes_it(

@@ -6,10 +6,10 @@ import re
 from datetime import timedelta
 
 from playwright.async_api import Page, expect
-from test_pipeline import add_leads
 
 from conftest import API_KEY, PASSWORD
 from test_browser import browser, new_page  # noqa: F401  (fixtures)
+from test_pipeline import add_leads
 
 
 async def open_board(page: Page, url: str, name: str) -> None:
