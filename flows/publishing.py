@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sqlalchemy import delete, func
 from sqlalchemy import text as sql
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -30,7 +31,7 @@ from flows.library import FlowLibrary
 from flows.lint import check_text
 from flows.spec import FlowError, FlowSpec, Problem, flow_version
 from flows.whatsapp_rules import WhatsAppTemplate
-from storage.db import Sessions, transaction
+from storage.db import UNAVAILABLE, Sessions, transaction
 from storage.models import AuditEntry, FlowDraft, FlowRevision
 
 log = logging.getLogger(__name__)
@@ -231,10 +232,19 @@ class Sync:
     recorded: dict[str, str] = field(default_factory=dict)  # slug: the loaded version known to have a revision
 
     async def tick(self) -> None:
-        """Write what other instances published, reload the files, record versions first seen on disk."""
-        await self.write_published()
+        """Write what other instances published, reload the files, record versions first seen on disk.
+
+        Files are reloaded even when the database cannot be reached: an edit on disk still runs.
+        """
+        try:
+            await self.write_published()
+        except (*UNAVAILABLE, DBAPIError, OSError) as exc:
+            log.warning("flows published on other instances not looked for: %s", exc)
         await asyncio.to_thread(self.library.reload)
-        await self.record_loaded()
+        try:
+            await self.record_loaded()
+        except (*UNAVAILABLE, DBAPIError, OSError) as exc:
+            log.warning("flow versions seen on disk not recorded yet: %s", exc)
 
     async def write_published(self) -> int:
         """Write into this instance's files the newest published revision of each flow whose file is still at

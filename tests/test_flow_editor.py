@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from flows.publishing import Sync
 from flows.spec import flow_version
+from storage.db import create_engine, sessionmaker
 from storage.models import AuditEntry, Delivery, FlowRevision
 
 from conftest import rows, services_of, templates_with
@@ -315,3 +317,15 @@ async def test_the_flows_page_leads_marketers_to_the_editor_and_admins_to_the_au
     await log_in(app, "ada")
     text = (await page(app, "/console/flows"))[1]
     assert 'href="/console/audit">Audit log</a>' in text and 'href="/console/flows/drip/history">History</a>' in text
+
+
+async def test_a_flow_edited_on_disk_runs_even_while_the_database_is_unreachable(app, templates, tmp_path):
+    library = services_of(app).library
+    gone = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'no-such-folder' / 'kindling.db'}")  # cannot be opened
+    sync = Sync(sessionmaker(gone), library, services_of(app).clock.now)
+    (templates / "flows" / "drip.j2").write_text(NEW)
+    try:
+        await sync.tick()  # looks for published versions, reloads, records: the database part fails, quietly
+    finally:
+        await gone.dispose()
+    assert library.get("drip").version == flow_version(NEW)
