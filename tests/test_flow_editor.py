@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -319,9 +320,16 @@ async def test_the_flows_page_leads_marketers_to_the_editor_and_admins_to_the_au
     assert 'href="/console/audit">Audit log</a>' in text and 'href="/console/flows/drip/history">History</a>' in text
 
 
-async def test_a_flow_edited_on_disk_runs_even_while_the_database_is_unreachable(app, templates, tmp_path):
+def closed_port() -> int:
+    """A port on this machine nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_a_flow_edited_on_disk_runs_even_while_the_database_is_unreachable(app, templates):
     library = services_of(app).library
-    gone = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'no-such-folder' / 'kindling.db'}")  # cannot be opened
+    gone = create_engine(f"postgresql+asyncpg://kindling@127.0.0.1:{closed_port()}/kindling")  # connection refused
     sync = Sync(sessionmaker(gone), library, services_of(app).clock.now)
     (templates / "flows" / "drip.j2").write_text(NEW)
     try:
