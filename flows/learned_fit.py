@@ -127,25 +127,11 @@ def fit(m: Matrix, settings: LearnedScoring, now: datetime) -> Fit:
     train, held = rows[:split], rows[split:]
     y = success.astype(np.int8)
     x, names = _features(m.counts(), train, list(m.names))
-    if len(set(y[held])) < 2 or len(set(y[train])) < 2:
+    if len(np.unique(y[held])) < 2 or len(np.unique(y[train])) < 2:
         return Fit(False, "refused: the held-out or the older leads are all of one outcome", successes, failures)
     strength = _choose(x[train], y[train])
-    learned = LogisticRegression(C=strength, max_iter=1000).fit(x[train], y[train])
-    rule = np.frombuffer(m.rule).reshape(-1, 1)
-    scale = rule[train].std() or 1.0
-    baseline = LogisticRegression(max_iter=1000).fit(rule[train] / scale, y[train])
-    predicted, ruled = learned.predict_proba(x[held])[:, 1], baseline.predict_proba(rule[held] / scale)[:, 1]
-    figures = {
-        "learned": _figures(y[held], predicted),
-        "rule": _figures(y[held], ruled, ranking=rule[held, 0]),
-        "held_out": len(held),
-        "trained_on": len(train),
-        "strength": strength,
-        "factors": len(names),
-    }
-    low, high = _auc_gain(y[held], predicted, rule[held, 0])
-    figures["auc_gain_95"] = [low, high]
-    accepted, verdict = _verdict(figures, low)
+    figures = _judge(x, y, np.frombuffer(m.rule), train, held, strength) | {"factors": len(names)}
+    accepted, verdict = _verdict(figures)
     result = Fit(accepted, verdict, successes, failures, figures, held_out=[int(i) for i in m.ids()[held]])
     if accepted:
         final = LogisticRegression(C=strength, max_iter=1000).fit(x[rows], y[rows])
@@ -153,6 +139,24 @@ def fit(m: Matrix, settings: LearnedScoring, now: datetime) -> Fit:
         result.weights = {name: float(w) for name, w in zip(names, final.coef_[0], strict=True) if w}
     result.counts = {name: int(n) for name, n in zip(names, np.diff(x.tocsc().indptr), strict=True)}
     return result
+
+
+def _judge(x: sparse.csr_matrix, y: np.ndarray, rule: np.ndarray, train: np.ndarray, held: np.ndarray,
+           strength: float) -> dict:  # fmt: skip
+    """Fit on the older leads; the held-out figures of the model and of the rule score, and the AUC gain's interval."""
+    learned = LogisticRegression(C=strength, max_iter=1000).fit(x[train], y[train])
+    scale = rule[train].std() or 1.0  # the rule score as a probability: a one-factor fit on the same leads
+    baseline = LogisticRegression(max_iter=1000).fit((rule[train] / scale).reshape(-1, 1), y[train])
+    predicted = learned.predict_proba(x[held])[:, 1]
+    ruled = baseline.predict_proba((rule[held] / scale).reshape(-1, 1))[:, 1]
+    return {
+        "learned": _figures(y[held], predicted),
+        "rule": _figures(y[held], ruled, ranking=rule[held]),
+        "held_out": len(held),
+        "trained_on": len(train),
+        "strength": strength,
+        "auc_gain_95": list(_auc_gain(y[held], predicted, rule[held])),
+    }
 
 
 def _features(counts: sparse.csr_matrix, train: np.ndarray, every: list[str]) -> tuple[sparse.csr_matrix, list[str]]:
@@ -207,8 +211,8 @@ def _auc_gain(y: np.ndarray, learned: np.ndarray, rule: np.ndarray) -> tuple[flo
     return float(low), float(high)
 
 
-def _verdict(figures: dict, low: float) -> tuple[bool, str]:
-    learned, rule = figures["learned"], figures["rule"]
+def _verdict(figures: dict) -> tuple[bool, str]:
+    learned, rule, low = figures["learned"], figures["rule"], figures["auc_gain_95"][0]
     said = f"held-out ROC AUC {learned['auc']:.3f} against the rule score's {rule['auc']:.3f}"
     if low <= 0:
         return False, f"refused: the learned model does not beat the rule score on held-out leads ({said})"
