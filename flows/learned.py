@@ -88,7 +88,7 @@ def describe(name: str, count: float | None = None) -> str:
     n = None if count is None else int(count)
     phrases = {
         "page": lambda: f"visited {subject} {_times(n)}",
-        "event": lambda: f"{_times(n, subject.replace('_', ' '))}",
+        "event": lambda: _event_words(subject, n),
         "custom": lambda: f"{subject} {_times(n)}",
         "from": lambda: f"came from {subject}",
         "campaign": lambda: f"campaign {subject}",
@@ -104,6 +104,15 @@ def describe(name: str, count: float | None = None) -> str:
         "weekend": lambda: f"active at weekends {_times(n)}",
     }
     return phrases[kind]().strip() if kind in phrases else name
+
+
+def _event_words(kind: str, n: int | None) -> str:
+    """`wrote 2 messages`, `pressed 1 button`, `opt out once`."""
+    if kind == "message":
+        return f"wrote {_times(n, 'message')}"
+    if kind == "button":
+        return f"pressed {_times(n, 'button')}"
+    return f"{kind.replace('_', ' ')} {_times(n)}"
 
 
 def _times(n: int | None, noun: str | None = None) -> str:
