@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sklearn.metrics import roc_auc_score
 from sqlalchemy import insert
-from sqlmodel import select
 
 from bot.config import ConfigError, settings_from
 from flows.learned import LearnedScoring, explain_lead, explanation_text, path_prefix
@@ -176,6 +175,10 @@ async def test_the_fit_finds_the_strongest_factors_and_ranks_almost_as_well_as_t
     assert {lead.likelihood_model for lead in stored} == {outcome.version}
     customers = {lead.id for lead in leads if lead.success}
     assert all(lead.likelihood == 100 for lead in stored if lead.id in customers)
+    model = await accepted_model(db)
+    assert model.id == outcome.version and model.weights == pytest.approx(weights)
+    assert set(model.figures["learned"]) == {"auc", "brier", "calibration"}
+    assert len(model.figures["rule"]["calibration"]) == 10
 
 
 async def test_outcomes_unrelated_to_what_leads_did_do_not_replace_the_rule_score(db, database_url):
@@ -265,15 +268,6 @@ async def test_the_command_line_says_when_nothing_is_accepted(db, run_kindling):
 def test_a_page_counts_by_its_first_path_segment():
     assert path_prefix("/Pricing/team?x=1") == "/pricing"
     assert path_prefix("/") == "/"
-
-
-async def test_the_stored_model_is_read_back(db, database_url):
-    await write(db, made_up(900, seed=7))
-    outcome = await fit(db, database_url)
-    async with db() as session:
-        model = (await session.exec(select(ScoringModel).where(ScoringModel.id == outcome.version))).one()
-    figures = model.figures
-    assert set(figures["learned"]) == {"auc", "brier", "calibration"} and len(figures["learned"]["calibration"]) == 10
 
 
 WITHOUT_SCIKIT_LEARN = "import sys; sys.modules.update(sklearn=None, numpy=None, scipy=None); "
