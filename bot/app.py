@@ -25,6 +25,7 @@ from bot.intake.messages import SystemMessages
 from bot.mail import providers, unsubscribe
 from bot.mail.digest import DIGEST_SECONDS, send_digests
 from bot.mail.receive import start_receiver
+from bot.refit import CHECK_SECONDS as REFIT_CHECK_SECONDS
 from bot.services import SERVICES, Services
 from bot.web.middlewares import errors
 from flows.answers import load_answers
@@ -143,7 +144,8 @@ def create_app(settings: Settings, clock: Clock | None = None, ticks: bool = Tru
 
 def _jobs(services: Services) -> list:
     """What the scheduler ticks: edited flows, due steps, the outbox and the leases of its sends in flight, stuck
-    leads, handoffs, webhooks, the inbox, missed widget messages by email, and (SQLite) checkpoints."""
+    leads, handoffs, webhooks, the inbox, missed widget messages by email, (SQLite) checkpoints, and learned
+    scoring's scheduled fits."""
 
     async def run_steps() -> None:
         await _while_full(lambda: services.runner.run_due(STEP_BATCH), STEP_BATCH)
@@ -169,6 +171,7 @@ def _jobs(services: Services) -> list:
         (services.inbox.sweep, INBOX_SECONDS),
         (email_missed, DIGEST_SECONDS),
         (services.checkpoints.run, Checkpoints.SECONDS),
+        (services.refit.run, REFIT_CHECK_SECONDS),
     ]
 
 

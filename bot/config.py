@@ -176,6 +176,7 @@ class Settings:
     webhook_endpoints: Mapping[str, WebhookEndpoint] = field(default_factory=dict)
     scoring: Scoring = Scoring()
     learned: LearnedScoring = LearnedScoring()  # [scoring] goal, horizon, window, min_outcomes: `kindling score fit`
+    refit: timedelta | None = None  # [scoring] refit: `kindling score fit` this often, by one instance (bot/refit.py)
     stages: Stages = Stages()
     policy: Policy = Policy()
     opt_out_words: tuple[str, ...] = ()
@@ -250,6 +251,7 @@ def _build(doc: _Section, env: Mapping[str, str]) -> Settings:
         webhook_endpoints=_webhook_endpoints(doc.section("webhooks").section("outgoing"), env),
         scoring=_scoring(doc.section("scoring")),
         learned=_learned(doc.section("scoring")),
+        refit=_duration(doc.section("scoring"), "refit", "off", allow_off=True),
         stages=_stages(doc.section("stages")),
         console=_console(doc.section("console")),
         **_nurture(doc.section("nurture"), env),

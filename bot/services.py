@@ -19,6 +19,7 @@ from bot.handoff.notify import Notifier
 from bot.intake.inbox import Inbox
 from bot.intake.intake import Intake, Received
 from bot.metrics import Metrics
+from bot.refit import Refit
 from flows.clock import Clock
 from flows.engine import Engine
 from flows.library import FlowLibrary
@@ -55,10 +56,12 @@ class Services:
     inbox: Inbox = field(init=False)  # inbounds stored before their answer, taken in right after
     checkpoints: Checkpoints = field(init=False)  # SQLite: the write-ahead log moved into the file, beside writers
     flow_sync: Sync = field(init=False)  # flow files and the revisions published in the console, kept in step
+    refit: Refit = field(init=False)  # learned scoring fitted again on a schedule (scoring.refit), by one instance
 
     def __post_init__(self) -> None:
         self.checkpoints = Checkpoints(self.sessions)
         self.flow_sync = Sync(self.sessions, self.library, self.clock.now)
+        self.refit = Refit(self.sessions, self.clock, self.settings.refit, self.settings.database_url)
         self.inbox = Inbox(
             self.settings.database_url, self.sessions, self.clock, self.intake, self.after_commit, self.spawn
         )
