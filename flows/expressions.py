@@ -37,7 +37,9 @@ def compile_predicate(source: str) -> Predicate:
         try:
             return bool(expression(**context))
         except (UndefinedError, SecurityError, TypeError, ValueError, AttributeError) as exc:
-            log.warning("expression %r failed: %s", source, exc)
+            # A lead with no learned likelihood yet has None there: `lead.likelihood >= 60` is false, not news.
+            quiet = isinstance(exc, TypeError) and "'NoneType'" in str(exc)
+            log.log(logging.DEBUG if quiet else logging.WARNING, "expression %r failed: %s", source, exc)
             return False
 
     return predicate

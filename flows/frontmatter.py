@@ -19,10 +19,11 @@ KEYS = ("name", "trigger", "when", "exit", "reenter", "audience", "goal")
 _TOML_WHERE = re.compile(r"\s*\(at (?:line (\d+), column \d+|end of document)\)\s*$")
 _STAGE_EXIT = re.compile(r"^stage\s*(>=|==|>)\s*([\w-]+)$")
 _SCORE = re.compile(r"^score\s*>=\s*(-?\d+(?:\.\d+)?)$")
+_LIKELIHOOD = re.compile(r"^likelihood\s*>=\s*(-?\d+(?:\.\d+)?)$")
 _WORD = re.compile(r"^[a-z][\w-]*$")
 _EXIT_WORDS = (
     f"reply, handoff, opt_out, stage >= <stage>, an event type ({', '.join(EVENT_TRIGGERS)}), "
-    "custom:<name>, stage:<stage>, score >= N, or an expression like \"'vip' in lead.tags\""
+    "custom:<name>, stage:<stage>, score >= N, likelihood >= N, or an expression like \"'vip' in lead.tags\""
 )
 
 
@@ -210,6 +211,10 @@ class _Checker:
         score = _SCORE.match(entry)
         if score:
             return ExitRule("expression", entry, expression=self.expression(f"lead.score >= {score.group(1)}"))
+        likely = _LIKELIHOOD.match(entry)
+        if likely:  # a lead no model has scored yet has no likelihood: it never matches
+            held = f"lead.likelihood is not none and lead.likelihood >= {likely.group(1)}"
+            return ExitRule("expression", entry, expression=self.expression(held))
         if re.fullmatch(r"[a-z_]+", entry) and entry not in ("true", "false"):
             raise ValueError(f"unknown exit: use {_EXIT_WORDS}")
         try:

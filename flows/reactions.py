@@ -28,8 +28,9 @@ def event_subject(event: Event) -> str | None:
     }.get(event.type)
 
 
+# `likelihood`: 0-100 from the accepted learned model (flows/learned_fit.py), None until a model scored the lead.
 LEAD_CONTEXT_KEYS = (
-    "id", "first_name", "last_name", "email", "phone", "locale", "timezone", "stage", "score",
+    "id", "first_name", "last_name", "email", "phone", "locale", "timezone", "stage", "score", "likelihood",
     "tags", "first_touch", "last_touch",
 )  # fmt: skip
 

@@ -19,6 +19,7 @@ SAMPLE_LEAD: dict[str, Any] = {
     "timezone": "America/New_York",
     "stage": "lead",
     "score": 35.0,
+    "likelihood": 64,
     "tags": ["webinar"],
     "first_touch": {
         "source": "google",
@@ -41,12 +42,15 @@ SAMPLE_LEAD: dict[str, Any] = {
     },
 }
 
-# What a brand-new lead often looks like: nothing known yet, so `Hi {{ lead.first_name }}` shows "None".
+# What a brand-new lead often looks like: nothing known yet, so `Hi {{ lead.first_name }}` shows "None". Its likelihood
+# is a number all the same, low: lint evaluates expressions strictly, and `lead.likelihood >= 60` must pass it; a
+# real lead no model scored has None there, and a comparison with None is false (flows/expressions.py).
 SPARSE_LEAD: dict[str, Any] = {
     **{key: None for key in SAMPLE_LEAD},
     "id": 1043,
     "stage": "visitor",
     "score": 0.0,
+    "likelihood": 3,
     "tags": [],
     "first_touch": {},
     "last_touch": {},

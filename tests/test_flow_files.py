@@ -234,8 +234,8 @@ def test_a_misspelt_lead_or_event_field_gets_the_closest_one_suggested(templates
         "did you mean `lead.score`?",
         "did you mean `lead.first_name`?",
         "did you mean `lead.email`?",
-        "lead has id, first_name, last_name, email, phone, locale, timezone, stage, score, tags, first_touch, "
-        "last_touch",
+        "lead has id, first_name, last_name, email, phone, locale, timezone, stage, score, likelihood, tags, "
+        "first_touch, last_touch",
     ]
     assert [line for line, _ in found] == [4, 5, 7, 8, 9]
 

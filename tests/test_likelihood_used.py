@@ -1,0 +1,94 @@
+"""The learned likelihood where the score is used: flow `when`, exits and triggers, lint, the queue's order.
+
+Leads get their likelihood as an accepted fit gives it: a stored accepted model, then `set_likelihoods`
+(what `kindling score fit` calls after an accepted fit).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from flows.lint import lint_file
+from storage.learned import save_model, set_likelihoods
+from storage.models import Enrollment, Lead, ScoringModel
+
+from conftest import API_KEY, rows, services_of, templates_with
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+LIKELY = """+++
+name = "Likely buyers"
+trigger = "custom:signup"
+when = "lead.likelihood >= 60"
+exit = ["likelihood >= 90"]
++++
+{% step "hello", after="1h" %}Hi {{ lead.first_name or "there" }}, {{ lead.likelihood }}% sure?{% endstep %}
+{% step "later", after="1d" %}Still there?{% endstep %}
+"""
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    """The shipped system messages and partials, with only the test's own flows."""
+    return templates_with(tmp_path / "templates", {"likely": LIKELY})
+
+
+@pytest.fixture
+async def app(make_client, settings, templates):
+    return await make_client(settings.with_(templates=templates))
+
+
+async def lead_of(app, email: str, event: str = "visit") -> int:
+    """A lead made by the events API; returns its id."""
+    answer = await app.post("/api/events", json={"type": event, "lead": {"email": email}}, headers=AUTH)
+    assert answer.status == 201, await answer.text()
+    return (await answer.json())["lead_id"]
+
+
+async def fitted(db, clock, likelihoods: dict[int, int]) -> int:  # type: ignore[no-untyped-def]
+    """An accepted model stored and these leads' likelihoods written by it, as an accepted fit does; its version."""
+    model = ScoringModel(created_at=clock.now(), accepted=True, verdict="accepted", goal="customer",
+                         horizon_seconds=30 * 86400, window_seconds=7 * 86400)  # fmt: skip
+    version = await save_model(db, model)
+    await set_likelihoods(db, version, likelihoods.items())
+    return version
+
+
+async def test_a_when_on_the_likelihood_enrolls_a_likely_lead_only(app, db, clock):
+    likely, unlikely, unscored = [await lead_of(app, f"{who}@example.com") for who in ("ann", "bo", "cy")]
+    await fitted(db, clock, {likely: 72, unlikely: 40})
+    for email in ("ann", "bo", "cy"):
+        await lead_of(app, f"{email}@example.com", "signup")
+    [enrollment] = await rows(db, Enrollment)
+    assert (enrollment.lead_id, enrollment.flow_slug, enrollment.status) == (likely, "likely", "active")
+    assert [lead.likelihood for lead in await rows(db, Lead)] == [72, 40, None]
+    assert unscored not in {enrollment.lead_id for enrollment in await rows(db, Enrollment)}
+
+
+async def test_a_likelihood_exit_ends_the_flow_and_a_lead_below_it_or_without_one_goes_on(app, db, clock):
+    ann, bo = await lead_of(app, "ann@example.com"), await lead_of(app, "bo@example.com")
+    await fitted(db, clock, {ann: 72, bo: 61})
+    for email in ("ann", "bo"):
+        await lead_of(app, f"{email}@example.com", "signup")
+    await fitted(db, clock, {ann: 93})  # the next fit: Ann is nearly sure now
+    clock.advance(timedelta(hours=1))
+    await services_of(app).runner.run_due()  # the exit is checked right before each step
+    by_lead = {enrollment.lead_id: enrollment for enrollment in await rows(db, Enrollment)}
+    assert (by_lead[ann].status, by_lead[ann].exit_reason) == ("exited", "likelihood >= 90")
+    assert by_lead[bo].status == "active" and by_lead[bo].step_index == 1
+    [exit_rule] = services_of(app).library.flows["likely"].exits
+    assert not exit_rule.expression.holds(lead={"likelihood": None}, event={}, now=clock.now())
+    assert exit_rule.expression.holds(lead={"likelihood": 90}, event={}, now=clock.now())
+
+
+def test_lint_accepts_the_likelihood_and_suggests_it_for_a_typo(tmp_path):
+    (tmp_path / "flows").mkdir()
+    good = tmp_path / "flows" / "likely.j2"
+    good.write_text(LIKELY)
+    assert lint_file(good, tmp_path) == []
+    typo = tmp_path / "flows" / "typo.j2"
+    typo.write_text(LIKELY.replace('"lead.likelihood >= 60"', '"lead.likelyhood >= 60"'))
+    [problem] = lint_file(typo, tmp_path)
+    assert problem.line == 4 and problem.message.endswith("did you mean `lead.likelihood`?")
