@@ -70,7 +70,7 @@ class Engine:
         elif trigger.kind == "score":
             fired = trigger.threshold is not None and lead.score >= trigger.threshold
         else:
-            return False  # stuck and schedule triggers are swept, not event-driven
+            return False  # stuck, likelihood and schedule triggers are swept (flows/sweeps.py), not event-driven
         return fired and (spec.when is None or spec.when.holds(**context(lead, event, now)))
 
     async def spec_of(self, session: AsyncSession, enrollment: Enrollment) -> FlowSpec | None:

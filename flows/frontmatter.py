@@ -164,7 +164,7 @@ class _Checker:
         return name
 
     def trigger(self, source: str) -> Trigger:
-        """Parse a trigger: event type, `stage:X`, `stuck:X:7d`, `score >= N` or `schedule:<cron>`."""
+        """Parse a trigger: event type, `stage:X`, `stuck:X:7d`, `score >= N`, `likelihood >= N`, `schedule:<cron>`."""
         kind, _, rest = source.partition(":")
         if source in EVENT_TRIGGERS or (kind == "custom" and _WORD.match(rest)):
             return Trigger("event", source, event=kind, name=rest or None)
@@ -179,9 +179,12 @@ class _Checker:
         score = _SCORE.match(source)
         if score:
             return Trigger("score", source, threshold=float(score.group(1)))
+        likely = _LIKELIHOOD.match(source)
+        if likely:
+            return Trigger("likelihood", source, threshold=float(likely.group(1)))
         raise ValueError(
             f"unknown trigger {source!r}: use an event type ({', '.join(EVENT_TRIGGERS)}, custom:<name>), "
-            "stage:<stage>, stuck:<stage>:<duration>, score >= N or schedule:<cron>"
+            "stage:<stage>, stuck:<stage>:<duration>, score >= N, likelihood >= N or schedule:<cron>"
         )
 
     def exits(self, value: Any) -> list[ExitRule]:

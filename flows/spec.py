@@ -60,7 +60,7 @@ class Expression:
 
 @dataclass(frozen=True)
 class Trigger:
-    """What enrolls a lead: kind is `event`, `stage`, `stuck`, `score` or `schedule`."""
+    """What enrolls a lead: kind is `event`, `stage`, `stuck`, `score`, `likelihood` or `schedule`."""
 
     kind: str
     source: str

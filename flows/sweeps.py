@@ -1,18 +1,25 @@
-"""Triggers no single event fires: leads stuck in a stage, and scheduled broadcasts to an audience."""
+"""Triggers no single event fires: leads stuck in a stage, likely leads, and scheduled broadcasts to an audience.
+
+A `likelihood >= N` trigger is swept rather than fired by an event because what changes a likelihood is not an
+event of the lead's: `kindling score fit` rewrites every lead's after an accepted fit (storage/learned.py), and a
+lead may be rescored after the intake's commit. Sweeping the leads at N or more that the flow may take finds them
+whichever wrote the likelihood, on whichever instance, within a sweep of it.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timedelta
 
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import exists, update
+from sqlalchemy import exists, or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flows.clock import Clock
 from flows.durations import Delay
-from flows.engine import Engine, context, enroll, lead_enrollments, may_enroll
+from flows.engine import LIVE, Engine, context, enroll, lead_enrollments, may_enroll
 from flows.spec import FlowSpec
 from storage.db import Sessions, transaction
 from storage.models import Enrollment, Lead, Setting
@@ -36,6 +43,8 @@ class Sweeps:
                 enrolled += await transaction(self.sessions, lambda s, f=spec: self._stuck(s, f))
             elif spec.trigger.kind == "schedule":
                 enrolled += await transaction(self.sessions, lambda s, f=spec: self._scheduled(s, f))
+            elif spec.trigger.kind == "likelihood":
+                enrolled += await transaction(self.sessions, lambda s, f=spec: self._likely(s, f))
         return enrolled
 
     async def _stuck(self, session: AsyncSession, spec: FlowSpec) -> int:
@@ -57,6 +66,36 @@ class Sweeps:
             if trigger.after.due(lead.stage_at, lead.timezone) <= now and await self._enroll(session, spec, lead, now):
                 count += 1
         return count
+
+    async def _likely(self, session: AsyncSession, spec: FlowSpec) -> int:
+        """Enroll leads whose learned likelihood is at the trigger's threshold or above, as `reenter` allows.
+
+        Leads the flow may not take again (in it now, or since less than `reenter`) are left out by the query; those
+        whose `when` fails stay candidates, so the sweep pages through all of them by id.
+        """
+        now, after, count = self.clock.now(), 0, 0
+        assert spec.trigger.threshold is not None
+        threshold = math.ceil(spec.trigger.threshold)  # likelihoods are whole percents
+        taken = exists().where(Enrollment.lead_id == Lead.id, Enrollment.flow_slug == spec.slug)
+        if spec.reenter is not None:  # taken again, but not while in it, nor sooner than `reenter` after the last
+            lately = Enrollment.enrolled_at > now - _at_least(spec.reenter)
+            taken = taken.where(or_(Enrollment.status.in_(LIVE), lately))
+        while True:
+            batch = (
+                await session.exec(
+                    select(Lead)
+                    .where(Lead.likelihood >= threshold, Lead.id > after)
+                    .where(Lead.merged_into_id.is_(None), Lead.opted_out_at.is_(None), ~taken)
+                    .order_by(Lead.id)
+                    .limit(BATCH)
+                )
+            ).all()
+            for lead in batch:
+                if await self._enroll(session, spec, lead, now) is not None:
+                    count += 1
+            if len(batch) < BATCH:
+                return count
+            after = batch[-1].id
 
     async def _scheduled(self, session: AsyncSession, spec: FlowSpec) -> int:
         """At each cron time, enroll the audience, paced; only one instance wins each firing."""

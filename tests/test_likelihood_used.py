@@ -27,12 +27,19 @@ exit = ["likelihood >= 90"]
 {% step "hello", after="1h" %}Hi {{ lead.first_name or "there" }}, {{ lead.likelihood }}% sure?{% endstep %}
 {% step "later", after="1d" %}Still there?{% endstep %}
 """
+CROSSED = """+++
+name = "Crossed 60"
+trigger = "likelihood >= 60"
+when = "lead.stage != 'customer'"
++++
+{% step "call", after="1h" %}Shall we talk?{% endstep %}
+"""
 
 
 @pytest.fixture
 def templates(tmp_path: Path) -> Path:
     """The shipped system messages and partials, with only the test's own flows."""
-    return templates_with(tmp_path / "templates", {"likely": LIKELY})
+    return templates_with(tmp_path / "templates", {"likely": LIKELY, "crossed": CROSSED})
 
 
 @pytest.fixture
@@ -81,6 +88,20 @@ async def test_a_likelihood_exit_ends_the_flow_and_a_lead_below_it_or_without_on
     [exit_rule] = services_of(app).library.flows["likely"].exits
     assert not exit_rule.expression.holds(lead={"likelihood": None}, event={}, now=clock.now())
     assert exit_rule.expression.holds(lead={"likelihood": 90}, event={}, now=clock.now())
+
+
+async def test_a_likelihood_trigger_enrolls_each_lead_once_after_the_fit_that_put_it_there(app, db, clock):
+    ann, bo, cy = [await lead_of(app, f"{who}@example.com") for who in ("ann", "bo", "cy")]
+    sweeps = services_of(app).sweeps
+    assert await sweeps.run() == 0  # no model has scored anyone yet
+    await fitted(db, clock, {ann: 72, bo: 40, cy: 59})
+    assert await sweeps.run() == 1
+    assert await sweeps.run() == 0  # Ann is in the flow already
+    clock.advance(timedelta(days=1))
+    await fitted(db, clock, {ann: 75, bo: 64, cy: 20})  # the next fit: Bo crossed 60
+    assert await sweeps.run() == 1 and await sweeps.run() == 0
+    enrolled = [(e.lead_id, e.flow_slug) for e in await rows(db, Enrollment, Enrollment.flow_slug == "crossed")]
+    assert enrolled == [(ann, "crossed"), (bo, "crossed")]  # each once, Cy never
 
 
 def test_lint_accepts_the_likelihood_and_suggests_it_for_a_typo(tmp_path):
