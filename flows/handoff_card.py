@@ -8,6 +8,7 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flows.likelihood import lead_likelihood, likelihood_line
 from flows.reactions import claim_text, lead_contacts, lead_label, ledger
 from flows.scoring import Scoring, explanation_text
 from storage.leads import claims
@@ -16,6 +17,7 @@ from storage.models import Conversation, Delivery, Enrollment, Event, Lead, Mess
 TRANSCRIPT = 10
 PAGES = 15
 TOP_REASONS = 5
+CARD_FACTORS = 3  # the learned likelihood's top factors on the card
 
 
 async def build_card(
@@ -35,6 +37,7 @@ async def build_card(
         "score": score,
         "score_explained": explanation_text(score, reasons),
         "score_reasons": reasons,
+        "likelihood": await lead_likelihood(session, lead, now, CARD_FACTORS),  # None before a model scored it
         "stage": lead.stage,
         "stages": await _stages(session, lead.id),
         "pages": await _pages(session, lead.id),
@@ -90,6 +93,7 @@ def card_text(card: dict[str, Any], reason: str) -> str:
         f"Why: {reason}",
         f"Channel: {card.get('channel') or '-'}   stage: {card.get('stage')}",
         f"Score: {card.get('score_explained')}",
+        *([f"Likelihood: {likelihood_line(card['likelihood'])}"] if card.get("likelihood") else []),
         f"First touch: {_touch(first)}",
         f"Last touch: {_touch(last)}",
     ]

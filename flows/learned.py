@@ -12,9 +12,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from storage.learned import History
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 HOURS = (("night", 0), ("morning", 6), ("afternoon", 12), ("evening", 18))  # UTC hour each part of the day starts
 FIRST_MESSAGE = ((300, "within 5 minutes"), (3600, "within an hour"), (86400, "within a day"), (None, "later"))
@@ -233,10 +236,15 @@ async def _gather(history: History, counts: FactorCounts) -> None:
             counts.rule_points(lead_id, float(points or 0))
 
 
-async def explain_lead(url: str, model: ScoredBy, lead_id: int, now: datetime, limit: int = 5) -> Explained | None:
-    """One lead's likelihood from a stored model and the factors that move it most; None if no such lead."""
+async def explain_lead(
+    url: str, model: ScoredBy, lead_id: int, now: datetime, limit: int = 5, connection: AsyncConnection | None = None
+) -> Explained | None:
+    """One lead's likelihood from a stored model and the factors that move it most; None if no such lead.
+
+    With `connection` (a page's own session) it reads there, not on a connection of its own.
+    """
     window = timedelta(seconds=model.window_seconds)
-    counts = await gather(History(url, model.goal, window, now, lead_id), FactorCounts())
+    counts = await gather(History(url, model.goal, window, now, lead_id, connection), FactorCounts())
     if lead_id not in counts.rows:
         return None
     mine = counts.rows[lead_id]
@@ -253,6 +261,29 @@ class ScoredBy(Protocol):
     window_seconds: int
     intercept: float
     weights: dict
+    counts: dict
+
+
+@dataclass(frozen=True)
+class Weighed:
+    """A factor across all leads: the model's weight, and how many of the leads it learned from have it."""
+
+    name: str
+    weight: float
+    leads: int
+
+    @property
+    def text(self) -> str:
+        """`visited /pricing`."""
+        return describe(self.name)
+
+
+def top_factors(model: ScoredBy, limit: int = 10) -> tuple[list[Weighed], list[Weighed]]:
+    """The `limit` factors that most raise success (largest weights first) and most lower it (most negative first)."""
+    ranked = [Weighed(name, weight, int(model.counts.get(name, 0))) for name, weight in model.weights.items()]
+    ranked.sort(key=lambda factor: factor.weight, reverse=True)
+    raising = [factor for factor in ranked[:limit] if factor.weight > 0]
+    return raising, [factor for factor in ranked[::-1][:limit] if factor.weight < 0]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.db import Sessions, is_sqlite, transaction
 from storage.models import ScoringModel
@@ -107,19 +108,35 @@ class History:
     Use as `async with History(...) as history:`, then `history.rows(query)`.
     """
 
-    def __init__(self, url: str, goal: str, window: timedelta, now: datetime, lead_id: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        goal: str,
+        window: timedelta,
+        now: datetime,
+        lead_id: int | None = None,
+        connection: AsyncConnection | None = None,
+    ) -> None:
+        """With `connection` (one lead, on a page), it reads there instead of on a connection of its own."""
         self.url, self.goal, self.lead_id = url, goal, lead_id
-        self.cutoffs = Cutoffs("sqlite" if is_sqlite(url) else "postgresql", window, now)
+        sqlite = connection.dialect.name == "sqlite" if connection is not None else is_sqlite(url)
+        self.cutoffs = Cutoffs("sqlite" if sqlite else "postgresql", window, now)
         self._reading: Any = None
+        self._given = connection
         self._connection: AsyncConnection | None = None
 
     async def __aenter__(self) -> History:
+        if self._given is not None:
+            self._connection = self._given
+            return self
         self._reading = _reading(self.url)
         self._connection = await self._reading.__aenter__()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self._reading.__aexit__(*exc)
+        if self._reading is not None:
+            await self._reading.__aexit__(*exc)
+            self._reading = None
         self._connection = None
 
     async def rows(self, query: str) -> AsyncIterator[list[tuple]]:
@@ -163,6 +180,17 @@ async def accepted_model(sessions: Sessions) -> ScoringModel | None:
     async with sessions() as session:
         query = select(ScoringModel).where(ScoringModel.accepted).order_by(ScoringModel.id.desc()).limit(1)
         return (await session.exec(query)).first()
+
+
+async def scoring_model(session: AsyncSession, model_id: int) -> ScoringModel | None:
+    """One stored fit by its version; None if there is none."""
+    return await session.get(ScoringModel, model_id)
+
+
+async def latest_fit(sessions: Sessions) -> ScoringModel | None:
+    """The newest fit, accepted or refused."""
+    async with sessions() as session:
+        return (await session.exec(select(ScoringModel).order_by(ScoringModel.id.desc()).limit(1))).first()
 
 
 async def set_likelihoods(sessions: Sessions, model_id: int, likelihoods: Iterable[tuple[int, int]]) -> int:

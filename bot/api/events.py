@@ -10,6 +10,7 @@ from aiohttp import web
 from sqlmodel import select
 
 from bot.api.auth import scope
+from bot.api.leads import LIKELIHOOD, LIKELIHOOD_MODEL
 from bot.api.paging import page_of
 from bot.api.params import path_id, query_id, query_text
 from bot.api.spec import (
@@ -36,6 +37,7 @@ from bot.web.middlewares import json_error
 from bot.web.times import in_utc
 from flows.channel_consent import WHATSAPP_CONSENT
 from flows.consent import CONSENT
+from flows.likelihood import lead_likelihood
 from storage.leads import get_lead as find_lead
 from storage.models import Event
 
@@ -135,7 +137,14 @@ async def get_lead(request: web.Request) -> web.Response:
     """One lead with score explanation, stages, conversations, events and deliveries."""
     lead_id = path_id(request)
     services = request.app[SERVICES]
-    return web.json_response(await lead_report(services.sessions, services.settings, lead_id, services.clock.now()))
+    now = services.clock.now()
+    report = await lead_report(services.sessions, services.settings, lead_id, now)
+    async with services.sessions() as session:
+        lead = await find_lead(session, report["id"])
+        shown = await lead_likelihood(session, lead, now)
+    report["likelihood"], report["likelihood_model"] = lead.likelihood, lead.likelihood_model
+    report["likelihood_factors"] = shown["factors"] if shown else []
+    return web.json_response(report)
 
 
 def event_item(event: Event) -> dict[str, Any]:
@@ -188,6 +197,23 @@ SCHEMAS = {
             "stage": {"type": "string"},
             "score": {"type": "number", "description": "decayed to now"},
             "score_explained": {"type": "string"},
+            "likelihood": LIKELIHOOD,
+            "likelihood_model": LIKELIHOOD_MODEL,
+            "likelihood_factors": {
+                "type": "array",
+                "description": "the factors that move this lead's likelihood most (empty without a likelihood)",
+                "items": {
+                    "type": "object",
+                    "required": ["factor", "count", "weight", "points", "text"],
+                    "properties": {
+                        "factor": {"type": "string", "description": "page:/pricing, from:google/cpc, no_reply, ..."},
+                        "count": {"type": "number", "description": "how many times, before the lead's cut-off"},
+                        "weight": {"type": "number", "description": "the model's weight, per log(1 + count)"},
+                        "points": {"type": "integer", "description": "points of likelihood it would lose without it"},
+                        "text": {"type": "string", "description": "+18 visited /pricing twice"},
+                    },
+                },
+            },
             "tags": {"type": "array", "items": {"type": "string"}},
             "note": {
                 "type": ["string", "null"],

@@ -60,6 +60,8 @@ def lead_item(lead: Lead) -> dict[str, Any]:
         "stage": lead.stage,
         "stage_since": lead.stage_at.isoformat(),
         "score": lead.score,
+        "likelihood": lead.likelihood,
+        "likelihood_model": lead.likelihood_model,
         "tags": list(lead.tags),
         "source": lead.first_touch.get("source"),
         "first_touch": lead.first_touch,
@@ -169,6 +171,14 @@ async def _apply(
     return lead, session.info.pop(WON_BY, [])
 
 
+LIKELIHOOD = {
+    "type": ["integer", "null"],
+    "minimum": 0,
+    "maximum": 100,
+    "description": "the learned chance in percent that the lead reaches the goal stage (`kindling score fit`);"
+    " null until an accepted model scored it",
+}
+LIKELIHOOD_MODEL = {"type": ["integer", "null"], "description": "the version of the model that gave the likelihood"}
 LEAD = {
     "type": "object",
     "required": ["id", "stage", "score", "tags", "created_at"],
@@ -182,6 +192,8 @@ LEAD = {
         "stage": {"type": "string"},
         "stage_since": TIME,
         "score": {"type": "number", "description": "as of the lead's last scored event"},
+        "likelihood": LIKELIHOOD,
+        "likelihood_model": LIKELIHOOD_MODEL,
         "tags": {"type": "array", "items": {"type": "string"}},
         "source": {"type": ["string", "null"], "description": "the first touch's source"},
         "first_touch": {"type": "object"},

@@ -11,7 +11,7 @@ import sys
 
 from bot.config import Settings
 from flows.clock import SystemClock
-from flows.learned import INSTALL, describe, explain_lead, explanation_text
+from flows.learned import INSTALL, explain_lead, explanation_text, top_factors
 from storage.db import create_engine, sessionmaker
 from storage.learned import accepted_model
 
@@ -103,15 +103,12 @@ def fit_text(outcome, settings: Settings) -> str:  # type: ignore[no-untyped-def
 
 def factors_text(model, limit: int) -> str:  # type: ignore[no-untyped-def]
     """The factors with the largest positive and negative weights, with how many leads have each."""
-    ranked = sorted(model.weights.items(), key=lambda item: item[1], reverse=True)
     lines = [f"model {model.id} (goal {model.goal}), weights in log-odds per log(1 + count):"]
-    for title, part in (("raise success", ranked[:limit]), ("lower success", ranked[::-1][:limit])):
+    for title, part in zip(("raise success", "lower success"), top_factors(model, limit), strict=True):
         lines.append(f"{title}:")
-        chosen = [(name, weight) for name, weight in part if (weight > 0) == (title == "raise success")]
-        for name, weight in chosen:
-            leads = model.counts.get(name, 0)
-            lines.append(f"  {weight:+7.3f}  {describe(name):<40} {name:<32} {leads} leads")
-        if not chosen:
+        for factor in part:
+            lines.append(f"  {factor.weight:+7.3f}  {factor.text:<40} {factor.name:<32} {factor.leads} leads")
+        if not part:
             lines.append("  none")
     return "\n".join(lines)
 

@@ -12,7 +12,8 @@ from bot.console.roles import allowed
 from bot.reports.leadview import lead_report
 from bot.services import SERVICES
 from flows.handoff import QUESTION
-from storage.leads import LeadNotFound
+from flows.likelihood import lead_likelihood
+from storage.leads import LeadNotFound, get_lead
 from storage.leadsearch import search_leads, transcript
 
 PAGE_SIZE = 25
@@ -62,9 +63,12 @@ async def lead_page_for(
             messages = await transcript(session, report["id"], TRANSCRIPT_LIMIT)
     else:
         report = _without_conversations(report)
+    async with services.sessions() as session:  # the learned likelihood and its factors, if a model gave one
+        likelihood = await lead_likelihood(session, await get_lead(session, report["id"]), services.clock.now())
     skipped = [event for event in report["events"] if event["type"] == "step_skipped"]
     states = {delivery["id"]: delivery["state"] for delivery in report["deliveries"]}  # how far each one got
     context: dict[str, Any] = {"lead": report, "messages": messages, "skipped": skipped, "states": states}
+    context["likelihood"] = likelihood
     context["edit"] = {**_editable(report), **(typed or {})}
     context["error"] = error
     return render(request, "lead.html", context, status=status)
