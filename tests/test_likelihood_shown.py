@@ -98,3 +98,47 @@ async def test_without_a_model_nothing_shows_and_nothing_fails(client, db, clock
     assert taken.status in (302, 303)
     [handoff] = await rows(db, Handoff)
     assert handoff.card["likelihood"] is None and "Likelihood" not in card_text(handoff.card, "taken over")
+
+
+def factor_rows(page: str) -> list[tuple[str, ...]]:
+    """The factors report's tables as read: (words, name, weight, leads), raising first, then lowering."""
+    row = r"<tr><td>([^<]*)</td><td><code>([^<]*)</code></td><td>([^<]*)</td><td>(\d+)</td></tr>"
+    return re.findall(row, page)
+
+
+async def test_the_factors_report_lists_what_raises_and_lowers_success_with_lead_counts(
+    client, db, clock, add_operator
+):  # fmt: skip
+    await scored_lead(client, db, clock)
+    await add_operator("mia", "marketer")
+    await log_in(client, "mia")
+    page = await text_of(client, "/console/reports/factors")
+    assert "Learned model #1 of" in page and "learned from 460 leads (60 reached it)" in page
+    assert factor_rows(page) == [
+        ("signup", "custom:signup", "+2.000", "412"),
+        ("visited /pricing", "page:/pricing", "+0.800", "230"),
+        ("cart", "custom:cart", "-1.000", "95"),
+        ("no reply to steps", "no_reply", "-0.300", "1200"),
+    ]  # a factor weighing nothing is in neither list
+    assert page.index("Raise success") < page.index("signup") < page.index("Lower success") < page.index("cart")
+    assert "was refused" not in page
+    assert '<a href="/console/reports/factors">Factors</a>' in await text_of(client, "/console/reports/funnel")
+
+
+async def test_the_factors_report_without_a_model_says_so_and_shows_the_refused_fit(client, db, clock, add_operator):
+    await add_operator("mia", "marketer")
+    await log_in(client, "mia")
+    page = await text_of(client, "/console/reports/factors")
+    assert "No learned model yet: run <code>kindling score fit</code>." in page and "refused" not in page
+    verdict = "refused: too little data: 12 successes, scoring.min_outcomes asks for 50"
+    await save_model(db, ScoringModel(created_at=clock.now(), verdict=verdict, goal="customer", horizon_seconds=1,
+                                      window_seconds=1, successes=12, failures=300))  # fmt: skip
+    page = await text_of(client, "/console/reports/factors")
+    assert "No learned model yet" in page and "The last fit, #1 of" in page and f"was refused: {verdict}" in page
+    assert factor_rows(page) == []
+
+
+async def test_the_factors_report_is_for_those_who_read_reports(client, add_operator):
+    await add_operator("ola", "operator")
+    await log_in(client, "ola")
+    assert (await client.get("/console/reports/factors")).status == 403

@@ -1,4 +1,4 @@
-"""Report pages for marketers: the funnel, the flows and the handoffs, with charts drawn on the server."""
+"""Report pages for marketers: the funnel, the flows and the handoffs, with charts drawn on the server; the factors."""
 
 from __future__ import annotations
 
@@ -12,11 +12,16 @@ from bot.reports import BY, REPORTS, ReportError, build_report, parse_query
 from bot.reports.charts import BarChart, bar_chart
 from bot.reports.output import duration, percent
 from bot.services import SERVICES
+from flows.learned import top_factors
+from storage.learned import accepted_model, latest_fit
+
+FACTORS = 10  # of each kind, as `kindling score factors` lists by default
 
 
 def routes(console: web.Application) -> None:
-    """Mount /console/reports and /console/reports/{name}."""
+    """Mount /console/reports, /console/reports/factors and /console/reports/{name}."""
     console.router.add_get("/reports", reports_home)
+    console.router.add_get("/reports/factors", factors_page)  # before {name}: routes match in this order
     console.router.add_get("/reports/{name}", report_page)
 
 
@@ -42,6 +47,17 @@ async def report_page(request: web.Request) -> web.Response:
         return render(request, "report.html", {**context, "error": str(exc)}, status=422)
     context.update(report=report, charts=CHARTS[name](report), error=None)
     return render(request, "report.html", context)
+
+
+@requires("reports.read")
+async def factors_page(request: web.Request) -> web.Response:
+    """What most raises and lowers success across all leads, by the accepted model (`kindling score factors`)."""
+    sessions = request.app[SERVICES].sessions
+    model, last = await accepted_model(sessions), await latest_fit(sessions)
+    raising, lowering = top_factors(model, FACTORS) if model else ([], [])
+    context = {"reports": REPORTS, "model": model, "raising": raising, "lowering": lowering}
+    context["refused"] = last if last is not None and not last.accepted else None  # newer than the accepted one
+    return render(request, "factors.html", context)
 
 
 def funnel_charts(report: dict) -> dict[str, BarChart]:
