@@ -20,6 +20,7 @@ from bot.intake.inbox import Inbox
 from bot.intake.intake import Intake, Received
 from bot.metrics import Metrics
 from bot.refit import Refit
+from bot.rescore import Rescorer
 from flows.clock import Clock
 from flows.engine import Engine
 from flows.library import FlowLibrary
@@ -57,17 +58,21 @@ class Services:
     checkpoints: Checkpoints = field(init=False)  # SQLite: the write-ahead log moved into the file, beside writers
     flow_sync: Sync = field(init=False)  # flow files and the revisions published in the console, kept in step
     refit: Refit = field(init=False)  # learned scoring fitted again on a schedule (scoring.refit), by one instance
+    rescorer: Rescorer = field(init=False)  # a lead's learned likelihood, recomputed right after it acts
 
     def __post_init__(self) -> None:
         self.checkpoints = Checkpoints(self.sessions)
         self.flow_sync = Sync(self.sessions, self.library, self.clock.now)
         self.refit = Refit(self.sessions, self.clock, self.settings.refit, self.settings.database_url)
+        self.rescorer = Rescorer(self.sessions, self.clock, self.settings.database_url, self.spawn)
         self.inbox = Inbox(
             self.settings.database_url, self.sessions, self.clock, self.intake, self.after_commit, self.spawn
         )
 
     def after_commit(self, received: Received) -> None:
         """Show the message live, send the replies and announce a handoff, without holding up the HTTP answer."""
+        if not received.duplicate:
+            self.rescorer.acted(received.lead_id)
         if received.message is not None:
             self.hub.publish(received.message.conversation_id, message_frame(received.message))
             if received.message.direction == "in":

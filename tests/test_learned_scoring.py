@@ -140,13 +140,18 @@ TABLES = {"lead": Lead, "conversation": Conversation, "event": Event, "pointsent
 
 
 async def write(db, leads: list[Made]) -> None:  # type: ignore[no-untyped-def]
-    """Bulk-insert the leads' rows, parents first."""
+    """Bulk-insert the leads' rows, parents first (on PostgreSQL the ids' sequences move past them, so the app can
+    add rows of its own afterwards)."""
     async with db() as session:
         connection = await session.connection()
         for table, model in TABLES.items():
             batch = [row for lead in leads for row in lead.rows[table]]
             if batch:
                 await connection.execute(insert(model), batch)
+            if connection.dialect.name == "postgresql" and any("id" in row for row in batch):
+                await connection.exec_driver_sql(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+                )
         await session.commit()
 
 
