@@ -6,16 +6,19 @@ Leads get their likelihood as an accepted fit gives it: a stored accepted model,
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from bot.handoff.inbox import InboxView, inbox
 from flows.lint import lint_file
 from storage.learned import save_model, set_likelihoods
-from storage.models import Enrollment, Lead, ScoringModel
+from storage.models import Enrollment, Handoff, Lead, ScoringModel
 
 from conftest import API_KEY, rows, services_of, templates_with
+from test_console_queue import operator, post, warm
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 LIKELY = """+++
@@ -102,6 +105,32 @@ async def test_a_likelihood_trigger_enrolls_each_lead_once_after_the_fit_that_pu
     assert await sweeps.run() == 1 and await sweeps.run() == 0
     enrolled = [(e.lead_id, e.flow_slug) for e in await rows(db, Enrollment, Enrollment.flow_slug == "crossed")]
     assert enrolled == [(ann, "crossed"), (bo, "crossed")]  # each once, Cy never
+
+
+async def test_the_queue_and_the_inbox_put_the_likeliest_first_then_the_sla_and_next_lead_takes_the_likeliest(
+    app, db, clock, add_operator
+):
+    csrf = await operator(app, add_operator, "ann")
+    for _ in range(4):  # four visitors ask for a person, a minute apart: SLA deadlines a minute apart
+        await warm(app)
+        clock.advance(timedelta(minutes=1))
+    unscored, early_30, likely, late_30 = await rows(db, Handoff)
+    assert unscored.sla_due_at < early_30.sla_due_at < likely.sla_due_at < late_30.sla_due_at
+    await fitted(db, clock, {early_30.lead_id: 30, likely.lead_id: 90, late_30.lead_id: 30})
+    order = [likely.id, early_30.id, late_30.id, unscored.id]
+
+    assert [h["id"] for h in await services_of(app).handoffs.queue()] == order
+    assert [h["likelihood"] for h in await services_of(app).handoffs.queue()] == [90, 30, 30, None]
+    page = await (await app.get("/console/queue")).text()
+    rows_shown = re.findall(r'<tr class="handoff[^"]*" data-id="(\d+)"', page)
+    assert [int(found) for found in rows_shown if found != "0"] == order  # 0: the template console.js draws from
+    async with db() as session:
+        found = await inbox(session, InboxView(show="all"), clock.now())
+    assert [row["id"] for row in found.rows] == order
+
+    answer = await post(app, "/console/queue/next", csrf)
+    assert answer.headers["Location"] == f"/console/handoffs/{likely.id}"
+    assert [h.status for h in await rows(db, Handoff)] == ["waiting", "waiting", "claimed", "waiting"]
 
 
 def test_lint_accepts_the_likelihood_and_suggests_it_for_a_typo(tmp_path):

@@ -20,7 +20,7 @@ STATUS_ORDER = {"waiting": 0, "claimed": 1}
 # What the row template is drawn from when console.js adds a row the page did not have.
 BLANK_ROW: dict[str, Any] = {
     "id": 0, "lead_id": 0, "status": "waiting", "trigger": "", "reason": "", "name": None, "label": "", "score": 0,
-    "channel": None, "sla_due_at": "", "sla_seconds_left": 0, "breached": False, "claimed_by": None,
+    "likelihood": None, "channel": None, "sla_due_at": "", "sla_seconds_left": 0, "breached": False, "claimed_by": None,
 }  # fmt: skip
 
 
@@ -33,11 +33,15 @@ def routes(console: web.Application) -> None:
 
 
 def urgent_first(handoffs: list[dict]) -> list[dict]:
-    """Waiting before claimed; then the nearest (or most overdue) SLA, the highest score, the oldest."""
-    return sorted(
-        handoffs,
-        key=lambda h: (STATUS_ORDER.get(h["status"], 2), h["sla_due_at"], -(h["score"] or 0), h["id"]),
-    )
+    """Waiting before claimed; then the highest learned likelihood (leads without one after those with one), the
+    nearest (or most overdue) SLA, the highest score, the oldest. console.js sorts live rows the same way."""
+    return sorted(handoffs, key=lambda h: (STATUS_ORDER.get(h["status"], 2), *_likeliest(h), h["sla_due_at"],
+                                           -(h["score"] or 0), h["id"]))  # fmt: skip
+
+
+def _likeliest(handoff: dict) -> tuple[int, int]:
+    likelihood = handoff.get("likelihood")
+    return (1, 0) if likelihood is None else (0, -likelihood)
 
 
 def page_number(raw: str | None) -> int | None:

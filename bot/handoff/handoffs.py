@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.delivery.dispatcher import Dispatcher
 from bot.delivery.hub import Hub
-from bot.handoff.notify import Notifier, summary
+from bot.handoff.notify import LIKELIEST_FIRST, Notifier, summary
 from flows.clock import Clock
 from flows.engine import Engine, enroll, lead_enrollments, may_enroll
 from flows.handoff import OPEN, end_paused, latest_conversation, open_handoff, resume_nurture
@@ -74,13 +74,14 @@ class Handoffs:
         return await self.claim(handoff_id, operator_id)
 
     async def next_for(self, operator_id: int) -> ClaimResult | None:
-        """Claim the most urgent waiting handoff (SLA deadline first, then score); None if the queue is empty."""
+        """Claim the first waiting handoff in the queue's order (the likeliest lead, then the SLA deadline, then
+        score); None if the queue is empty."""
         async with self.sessions() as session:
             query = (
                 select(Handoff.id)
                 .join(Lead, Lead.id == Handoff.lead_id)
                 .where(Handoff.status == "waiting")
-                .order_by(Handoff.sla_due_at, Lead.score.desc(), Handoff.id)
+                .order_by(*LIKELIEST_FIRST, Handoff.sla_due_at, Lead.score.desc(), Handoff.id)
                 .limit(10)
             )
             candidates = list((await session.exec(query)).all())
@@ -130,9 +131,14 @@ class Handoffs:
         await self.notifier.changed("closed", handoff_id)
 
     async def queue(self) -> list[dict]:
-        """Waiting and claimed handoffs, most urgent first, with SLA deadline and seconds left."""
+        """Waiting and claimed handoffs, the likeliest leads first, then by SLA deadline, with seconds left."""
         async with self.sessions() as session:
-            query = select(Handoff).where(Handoff.status.in_(OPEN)).order_by(Handoff.sla_due_at, Handoff.id)
+            query = (
+                select(Handoff)
+                .join(Lead, Lead.id == Handoff.lead_id)
+                .where(Handoff.status.in_(OPEN))
+                .order_by(*LIKELIEST_FIRST, Handoff.sla_due_at, Handoff.id)
+            )
             handoffs = (await session.exec(query)).all()
             return [await summary(session, handoff, self.clock.now()) for handoff in handoffs]
 

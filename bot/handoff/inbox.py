@@ -16,10 +16,10 @@ from sqlalchemy.orm import aliased
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.handoff.notify import summary
+from bot.handoff.notify import LIKELIEST_FIRST, summary
 from flows.handoff import OPEN, one_line
 from storage.leadsearch import handoff_needs_reply, last_message_id
-from storage.models import Conversation, Handoff, Message
+from storage.models import Conversation, Handoff, Lead, Message
 
 SHOWS = ("needs_reply", "mine", "all")
 PAGE_SIZE = 50
@@ -63,10 +63,11 @@ class InboxPage:
 
 
 async def inbox(session: AsyncSession, view: InboxView, now: datetime) -> InboxPage:
-    """One page of the inbox, conversations needing a reply first, then by SLA deadline."""
+    """One page of the inbox, conversations needing a reply first, then the likeliest leads, then by SLA deadline."""
     query, needs = _rows(view)
     total = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
-    ordered = query.order_by(case((needs, 0), else_=1), Handoff.sla_due_at, Handoff.id)
+    likeliest = query.outerjoin(Lead, Lead.id == Handoff.lead_id)
+    ordered = likeliest.order_by(case((needs, 0), else_=1), *LIKELIEST_FIRST, Handoff.sla_due_at, Handoff.id)
     found = (await session.exec(ordered.offset((view.page - 1) * view.size).limit(view.size))).all()
     rows = [await _row(session, handoff, rest, now) for handoff, *rest in found]
     return InboxPage(rows, int(total), view.page, view.size)

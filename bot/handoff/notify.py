@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, case, or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -29,7 +29,7 @@ from flows.handoff_card import card_text
 from flows.reactions import lead_label
 from storage.db import Sessions, transaction
 from storage.leads import get_lead
-from storage.models import Conversation, Delivery, Event, Handoff, Operator
+from storage.models import Conversation, Delivery, Event, Handoff, Lead, Operator
 from storage.operators import operator_at_console
 
 log = logging.getLogger(__name__)
@@ -254,9 +254,16 @@ class Notifier:
             await transaction(self.sessions, lambda session: _record_error(session, handoff.id, error))
 
 
+# ORDER BY terms putting the likeliest leads first: those with a learned likelihood, highest first, then those
+# without (none yet from an accepted model); what follows (the SLA deadline) decides between equals.
+LIKELIEST_FIRST = (case((Lead.likelihood.is_(None), 1), else_=0), Lead.likelihood.desc())
+
+
 async def summary(session: AsyncSession, handoff: Handoff, now: datetime) -> dict:
-    """A handoff as the queue shows it: who, why, SLA and seconds left, notification delays, holder."""
+    """A handoff as the queue shows it: who, why, SLA and seconds left, notification delays, holder, the lead's
+    learned likelihood now (None without one)."""
     holder = await session.get(Operator, handoff.claimed_by_id) if handoff.claimed_by_id else None
+    likelihood = (await session.exec(select(Lead.likelihood).where(Lead.id == handoff.lead_id))).first()
     card = handoff.card
     return {
         "id": handoff.id,
@@ -268,6 +275,7 @@ async def summary(session: AsyncSession, handoff: Handoff, now: datetime) -> dic
         "name": card.get("name"),
         "label": lead_label(card),  # the name, else email, phone, "Visitor from <source>"
         "score": card.get("score"),
+        "likelihood": likelihood,
         "channel": card.get("channel"),
         "warm_at": handoff.warm_at.isoformat(),
         "sla_due_at": handoff.sla_due_at.isoformat(),

@@ -63,6 +63,7 @@
     row.setAttribute("data-status", h.status);
     row.setAttribute("data-due", h.sla_due_at);
     row.setAttribute("data-score", String(h.score || 0));
+    row.setAttribute("data-likelihood", h.likelihood == null ? "" : String(h.likelihood));
     row.classList.toggle("late", !!h.breached || (h.status === "waiting" && h.sla_seconds_left < 0));
     var name = field(row, "name");
     name.textContent = h.label || h.name || "Visitor";
@@ -92,9 +93,10 @@
     fill(row, h);
   }
   function remove(id) { var row = rowOf(id); if (row) row.remove(); }
-  function urgency(row) {
-    var status = row.getAttribute("data-status");
-    return [status in RANK ? RANK[status] : 2, Date.parse(row.getAttribute("data-due")) || 0,
+  function urgency(row) {  // as bot/console/queue.py's urgent_first: the likeliest leads, then the SLA
+    var status = row.getAttribute("data-status"), likelihood = row.getAttribute("data-likelihood") || "";
+    return [status in RANK ? RANK[status] : 2, likelihood === "" ? 1 : 0, -parseFloat(likelihood || "0"),
+      Date.parse(row.getAttribute("data-due")) || 0,
       -parseFloat(row.getAttribute("data-score") || "0"), parseInt(row.getAttribute("data-id"), 10)];
   }
   function compare(a, b) {
