@@ -39,6 +39,7 @@ class Rescorer:
         self._model: ScoringModel | None = None
         self._read_at: float | None = None  # the event loop's time of the last look at the model
         self._busy: dict[int, bool] = {}  # lead id -> acted again while being rescored
+        self._reading = asyncio.Lock()
 
     def acted(self, lead_id: int) -> None:
         """The lead did something that was just committed: rescore it in the background, if a model scores leads."""
@@ -90,10 +91,12 @@ class Rescorer:
         return explained.likelihood
 
     async def model(self) -> ScoringModel | None:
-        """The accepted model, read again once a MODEL_SECONDS."""
-        if self._read_at is None or self._stale():
-            self._model = await accepted_model(self.sessions)
-            self._read_at = asyncio.get_running_loop().time()
+        """The accepted model, read again once a MODEL_SECONDS (one read at a time: a burst of new leads at start-up
+        waits for the same one)."""
+        async with self._reading:
+            if self._stale():
+                self._model = await accepted_model(self.sessions)
+                self._read_at = asyncio.get_running_loop().time()
         return self._model
 
     def _stale(self) -> bool:
