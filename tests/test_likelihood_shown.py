@@ -50,6 +50,14 @@ async def text_of(client, path: str) -> str:  # type: ignore[no-untyped-def]
     return re.sub(r"\s+", " ", await answer.text())
 
 
+async def take_over(client, db, lead_id: int) -> list[Handoff]:  # type: ignore[no-untyped-def]
+    """Take over on the lead's page, as an operator does: a handoff opens with its context card."""
+    path = f"/console/leads/{lead_id}"
+    taken = await client.post(f"{path}/take", data={"csrf_token": await csrf_of(client, path)}, allow_redirects=False)
+    assert taken.status in (302, 303), await taken.text()
+    return await rows(db, Handoff)
+
+
 async def test_the_lead_page_shows_the_likelihood_and_its_factors(client, db, clock, add_operator):
     lead_id, version = await scored_lead(client, db, clock)
     await add_operator("ola", "operator")
@@ -57,6 +65,13 @@ async def test_the_lead_page_shows_the_likelihood_and_its_factors(client, db, cl
     page = await text_of(client, f"/console/leads/{lead_id}")
     assert f"Likelihood 62%, model #{version} of {clock.now():%Y-%m-%d}</p>" in page
     assert EXPLAINED in page
+    await event(client, "signup")  # after the fit, still inside its first week: the model reads more of it now
+    clock.advance(timedelta(minutes=1))
+    page = await text_of(client, f"/console/leads/{lead_id}")
+    assert "Likelihood 62%, model #1 of" in page and "(75% on what the lead has done since)" in page
+    assert "+59 signup 3 times, -11 cart once" in page
+    later = await event(client, "signup", "bo@example.com")  # arrived after the fit: no likelihood until the next
+    assert "Likelihood" not in await text_of(client, f"/console/leads/{later}")
 
 
 async def test_the_api_gives_the_likelihood_its_model_and_factors(client, db, clock):
@@ -76,10 +91,7 @@ async def test_the_context_card_has_the_likelihood_line(client, db, clock, add_o
     lead_id, version = await scored_lead(client, db, clock)
     await add_operator("ola", "operator")
     await log_in(client, "ola")
-    path = f"/console/leads/{lead_id}"
-    taken = await client.post(f"{path}/take", data={"csrf_token": await csrf_of(client, path)}, allow_redirects=False)
-    assert taken.status in (302, 303), await taken.text()
-    [handoff] = await rows(db, Handoff)
+    [handoff] = await take_over(client, db, lead_id)
     assert handoff.card["likelihood"]["likelihood"] == 62
     assert f"Likelihood: 62% (model #{version}): {EXPLAINED}" in card_text(handoff.card, "taken over").splitlines()
 
@@ -93,10 +105,7 @@ async def test_without_a_model_nothing_shows_and_nothing_fails(client, db, clock
     assert "Likelihood" not in page
     one = await (await client.get(f"/api/leads/{lead_id}", headers=AUTH)).json()
     assert (one["likelihood"], one["likelihood_model"], one["likelihood_factors"]) == (None, None, [])
-    path = f"/console/leads/{lead_id}"
-    taken = await client.post(f"{path}/take", data={"csrf_token": await csrf_of(client, path)}, allow_redirects=False)
-    assert taken.status in (302, 303)
-    [handoff] = await rows(db, Handoff)
+    [handoff] = await take_over(client, db, lead_id)
     assert handoff.card["likelihood"] is None and "Likelihood" not in card_text(handoff.card, "taken over")
 
 
