@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from bot.handoff.inbox import InboxView, inbox
 from flows.lint import lint_file
@@ -105,6 +106,24 @@ async def test_a_likelihood_trigger_enrolls_each_lead_once_after_the_fit_that_pu
     assert await sweeps.run() == 1 and await sweeps.run() == 0
     enrolled = [(e.lead_id, e.flow_slug) for e in await rows(db, Enrollment, Enrollment.flow_slug == "crossed")]
     assert enrolled == [(ann, "crossed"), (bo, "crossed")]  # each once, Cy never
+
+
+async def test_a_likelihood_trigger_with_reenter_takes_a_lead_again_only_after_that_long(app, db, clock, templates):
+    (templates / "flows" / "crossed.j2").write_text(CROSSED.replace("+++\n{%", 'reenter = "after 30d"\n+++\n{%'))
+    services_of(app).library.reload()
+    ann = await lead_of(app, "ann@example.com")
+    await fitted(db, clock, {ann: 80})
+    sweeps = services_of(app).sweeps
+    assert await sweeps.run() == 1
+    async with db() as session:
+        [enrollment] = (await session.exec(select(Enrollment))).all()
+        enrollment.status = "done"
+        session.add(enrollment)
+        await session.commit()
+    clock.advance(timedelta(days=29))
+    assert await sweeps.run() == 0  # done, but too soon to start again
+    clock.advance(timedelta(days=1, minutes=1))
+    assert await sweeps.run() == 1 and await sweeps.run() == 0
 
 
 async def test_the_queue_and_the_inbox_put_the_likeliest_first_then_the_sla_and_next_lead_takes_the_likeliest(
