@@ -8,6 +8,7 @@ log-odds -1 + 2 ln 3 - ln 2 = 0.50: 62%; 16% without the signups, 77% without th
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 
@@ -153,3 +154,17 @@ async def test_the_factors_report_is_for_those_who_read_reports(client, add_oper
     await add_operator("ola", "operator")
     await log_in(client, "ola")
     assert (await client.get("/console/reports/factors")).status == 403
+
+
+async def test_the_handoff_page_and_lead_show_have_the_likelihood_line(client, db, clock, add_operator, run_kindling):
+    lead_id, version = await scored_lead(client, db, clock)
+    await add_operator("ola", "operator")
+    await log_in(client, "ola")
+    [handoff] = await take_over(client, db, lead_id)
+    page = await text_of(client, f"/console/handoffs/{handoff.id}")
+    assert f'<dd class="likelihood">62% (model #{version}): {EXPLAINED}</dd>' in page
+    status, out, _ = await run_kindling("lead", "show", str(lead_id))
+    assert status == 0 and f"  likelihood 62% (model #{version}): {EXPLAINED}" in out.splitlines()
+    status, out, _ = await run_kindling("lead", "show", str(lead_id), "--format", "json")
+    shown = json.loads(out)
+    assert (shown["likelihood"], shown["likelihood_model"], len(shown["likelihood_factors"])) == (62, version, 2)

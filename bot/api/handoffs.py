@@ -60,6 +60,10 @@ SCHEMAS = {
             "reason": {"type": "string"},
             "name": _TEXT_OR_NULL,
             "score": _NUMBER_OR_NULL,
+            "likelihood": {
+                "type": ["integer", "null"],
+                "description": "the lead's learned likelihood now, 0-100 (null before a model scored it)",
+            },
             "channel": _TEXT_OR_NULL,
             "warm_at": TIME,
             "sla_due_at": TIME,

@@ -26,8 +26,9 @@ from bot.intake.messages import MessageError
 from bot.reports.leadview import format_lead, lead_report
 from flows.answers import AnswersError
 from flows.clock import SystemClock
+from flows.likelihood import lead_likelihood
 from storage.db import create_engine, sessionmaker
-from storage.leads import LeadNotFound
+from storage.leads import LeadNotFound, get_lead
 from storage.migrate import upgrade
 from storage.privacy import LeadErased
 
@@ -191,13 +192,19 @@ async def lead(settings: Settings, args: argparse.Namespace) -> int:
 async def show_lead(settings: Settings, lead_id: int, output: str) -> int:
     """Print one lead as text or JSON."""
     engine = create_engine(settings.database_url)
+    now = SystemClock().now()
     try:
-        report = await lead_report(sessionmaker(engine), settings, lead_id, SystemClock().now())
+        sessions = sessionmaker(engine)
+        report = await lead_report(sessions, settings, lead_id, now)
+        async with sessions() as session:  # the learned likelihood, as the console and the API show it
+            shown = await lead_likelihood(session, await get_lead(session, lead_id), now)
     except LeadNotFound:
         print(f"no lead {lead_id}", file=sys.stderr)
         return 1
     finally:
         await engine.dispose()
+    report["likelihood"], report["likelihood_model"] = (shown["likelihood"], shown["model"]) if shown else (None, None)
+    report["likelihood_factors"] = shown["factors"] if shown else []  # as GET /api/leads/{id} has them
     print(json.dumps(report, indent=2, ensure_ascii=False) if output == "json" else format_lead(report))
     return 0
 

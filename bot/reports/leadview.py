@@ -10,6 +10,7 @@ from sqlmodel import select
 from bot.config import Settings
 from bot.delivery.states import delivery_state
 from flows.consent import email_state
+from flows.likelihood import likelihood_line
 from flows.reach import EmailPolicy, email_block
 from flows.reactions import claim_text, lead_contacts, lead_label, ledger
 from flows.scoring import explanation_text
@@ -143,6 +144,7 @@ def format_lead(report: dict[str, Any]) -> str:
         *[f"  {_marketing_line(channel, state)}" for channel, state in sorted(report["channel_marketing"].items())],
         f"  stage {report['stage']} since {report['stage_since']}",
         f"  score {report['score_explained']}",
+        *([f"  likelihood {_likelihood(report)}"] if report.get("likelihood") is not None else []),
         f"  first touch {_touch(report['first_touch'])}",
         f"  last touch  {_touch(report['last_touch'])}",
         "",
@@ -233,3 +235,8 @@ def _event_detail(event: dict) -> str:
         if payload.get(key):
             return repr(payload[key])[:80]
     return ""
+
+
+def _likelihood(report: dict[str, Any]) -> str:
+    shown = {"likelihood": report["likelihood"], "model": report["likelihood_model"]}
+    return likelihood_line({**shown, "factors": report.get("likelihood_factors", [])})
