@@ -25,7 +25,7 @@ from bot.intake.messages import SystemMessages
 from bot.mail import providers, unsubscribe
 from bot.mail.digest import DIGEST_SECONDS, send_digests
 from bot.mail.receive import start_receiver
-from bot.refit import CHECK_SECONDS as REFIT_CHECK_SECONDS
+from bot.scoring.refit import CHECK_SECONDS as REFIT_CHECK_SECONDS
 from bot.services import SERVICES, Services
 from bot.web.middlewares import errors
 from flows.answers import load_answers

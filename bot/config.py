@@ -176,7 +176,7 @@ class Settings:
     webhook_endpoints: Mapping[str, WebhookEndpoint] = field(default_factory=dict)
     scoring: Scoring = Scoring()
     learned: LearnedScoring = LearnedScoring()  # [scoring] goal, horizon, window, min_outcomes: `kindling score fit`
-    refit: timedelta | None = None  # [scoring] refit: `kindling score fit` this often, by one instance (bot/refit.py)
+    refit: timedelta | None = None  # [scoring] refit: fit again this often, by one instance (bot/scoring/refit.py)
     stages: Stages = Stages()
     policy: Policy = Policy()
     opt_out_words: tuple[str, ...] = ()

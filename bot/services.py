@@ -19,8 +19,8 @@ from bot.handoff.notify import Notifier
 from bot.intake.inbox import Inbox
 from bot.intake.intake import Intake, Received
 from bot.metrics import Metrics
-from bot.refit import Refit
-from bot.rescore import Rescorer
+from bot.scoring.refit import Refit
+from bot.scoring.rescore import Rescorer
 from flows.clock import Clock
 from flows.engine import Engine
 from flows.library import FlowLibrary
