@@ -111,6 +111,39 @@ async def fresh_schema(url: str) -> None:
         await engine.dispose()
 
 
+async def fill_postgres(url: str, steps: list[tuple[str, str]], params: dict, seed: float) -> None:
+    """A benchmark database filled inside PostgreSQL: created if missing (a name with 'bench' in it), emptied and
+    migrated to head, then each step's `;`-separated statements run with the parameters they name (no foreign key
+    checks meanwhile; `setseed(seed)` first, so a fill is the same every time), each step's time printed, and
+    VACUUM ANALYZE at the end."""
+    from sqlalchemy import text
+
+    from storage.db import create_engine
+    from storage.migrate import recreate
+
+    ensure_database(url)
+    engine = create_engine(url)
+    try:
+        await recreate(engine)
+        async with engine.connect() as connection:
+            await connection.execute(text("SET session_replication_role = replica"))
+            await connection.execute(text("SELECT setseed(:seed)"), {"seed": seed})
+            for name, sql in steps:
+                started = time.perf_counter()
+                for statement in filter(str.strip, sql.split(";")):
+                    used = {key: value for key, value in params.items() if f":{key}" in statement}
+                    await connection.execute(text(statement), used)
+                await connection.commit()
+                print(f"  fill {name}: {time.perf_counter() - started:.1f} s", flush=True)
+        async with engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            started = time.perf_counter()
+            await autocommit.execute(text("VACUUM ANALYZE"))
+            print(f"  vacuum analyze: {time.perf_counter() - started:.1f} s", flush=True)
+    finally:
+        await engine.dispose()
+
+
 async def scalar(url: str, sql: str, **params: object) -> object:
     """One value from the database (for the checks at the end of a run)."""
     from sqlalchemy import text

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text  # noqa: E402
+
+from harness import fill_postgres  # noqa: E402
 
 from flows.learned import LearnedScoring  # noqa: E402
 from flows.learned_fit import fit_and_store  # noqa: E402
@@ -197,35 +198,8 @@ async def _migrate(url: str) -> None:
 
 async def fill(url: str, leads: int, events: int) -> None:
     """Recreate, migrate and fill the benchmark database, printing each phase's time."""
-    await _create_database(url)
-    engine = create_engine(url)
-    await recreate(engine)
     params = {"end": END.replace(tzinfo=None), "leads": leads, "events": events}
-    async with engine.connect() as connection:
-        await connection.execute(text("SET session_replication_role = replica"))  # no FK checks while filling
-        await connection.execute(text("SELECT setseed(0.21)"))
-        for name, sql in FILL:
-            started = time.perf_counter()
-            for statement in sql.split(";"):
-                await connection.execute(text(statement), params)
-            await connection.commit()
-            print(f"filled {name} in {time.perf_counter() - started:.1f} s", flush=True)
-    async with engine.connect() as connection:
-        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await autocommit.execute(text("VACUUM ANALYZE"))
-    await engine.dispose()
-
-
-async def _create_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    if "bench" not in name:
-        raise SystemExit(f"refusing to recreate {name!r}: a benchmark database's name has 'bench' in it")
-    engine = create_engine(url.rsplit("/", 1)[0] + "/postgres")
-    async with engine.connect() as connection:
-        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await autocommit.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await autocommit.execute(text(f'CREATE DATABASE "{name}"'))
-    await engine.dispose()
+    await fill_postgres(url, FILL, params, seed=0.21)
 
 
 async def run(url: str) -> None:

@@ -39,12 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from harness import fill_postgres  # noqa: E402
 from sqlalchemy import text, tuple_  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 from sqlmodel import col, select  # noqa: E402
 
 from storage.db import Sessions, create_engine, sessionmaker  # noqa: E402
-from storage.migrate import recreate  # noqa: E402
 from storage.models import Lead  # noqa: E402
 from storage.pipeline import BoardFilter, Cursor, card_details, column_page, columns, conditions  # noqa: E402
 
@@ -131,39 +130,7 @@ NAIVE = """
 
 async def fill(url: str, leads: int) -> None:
     """Recreate, migrate and fill the benchmark database, printing each phase's time."""
-    await _create_database(url)
-    engine = create_engine(url)
-    await recreate(engine)
-    params = {"end": END.replace(tzinfo=None), "leads": leads}
-    async with engine.connect() as connection:
-        await connection.execute(text("SET session_replication_role = replica"))  # no FK checks while filling
-        await connection.execute(text("SELECT setseed(0.42)"))
-        for name, sql in FILL:
-            started = time.perf_counter()
-            for statement in sql.split(";"):
-                if statement.strip():
-                    used = {k: v for k, v in params.items() if f":{k}" in statement}
-                    await connection.execute(text(statement), used)
-            await connection.commit()
-            print(f"  fill {name}: {time.perf_counter() - started:.1f} s", flush=True)
-    async with engine.connect() as connection:
-        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        started = time.perf_counter()
-        await connection.execute(text("VACUUM ANALYZE"))
-        print(f"  vacuum analyze: {time.perf_counter() - started:.1f} s", flush=True)
-    await engine.dispose()
-
-
-async def _create_database(url: str) -> None:
-    """CREATE DATABASE the URL names, if it does not exist (connecting to the `postgres` database)."""
-    target = make_url(url)
-    admin = create_engine(target.set(database="postgres").render_as_string(hide_password=False))
-    async with admin.connect() as connection:
-        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        found = await connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": target.database})
-        if found.first() is None:
-            await connection.execute(text(f'CREATE DATABASE "{target.database}"'))
-    await admin.dispose()
+    await fill_postgres(url, FILL, {"end": END.replace(tzinfo=None), "leads": leads}, seed=0.42)
 
 
 async def timed(run: Callable[[], Awaitable[Any]], repeat: int) -> tuple[float, float]:

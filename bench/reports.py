@@ -37,14 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from harness import fill_postgres  # noqa: E402
 from sqlalchemy import text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 from bot.config import load_settings  # noqa: E402
 from bot.reports import build_report, parse_query  # noqa: E402
 from flows.library import FlowLibrary  # noqa: E402
 from storage.db import create_engine, sessionmaker  # noqa: E402
-from storage.migrate import recreate  # noqa: E402
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/kindling_h1_bench"
 END = datetime(2026, 11, 1, tzinfo=UTC)  # the data covers the year before this
@@ -267,41 +266,8 @@ BASELINE = """
 
 async def fill(url: str, leads: int, events: int) -> None:
     """Recreate, migrate and fill the benchmark database, printing each phase's time."""
-    await _create_database(url)
-    engine = create_engine(url)
-    await recreate(engine)
     params = {"end": END.replace(tzinfo=None), "leads": leads, "events": events}
-    async with engine.connect() as connection:
-        await connection.execute(text("SET session_replication_role = replica"))  # no FK checks while filling
-        await connection.execute(text("SELECT setseed(0.42)"))
-        for name, sql in FILL:
-            started = time.perf_counter()
-            for statement in sql.split(";"):
-                if statement.strip():
-                    used = {k: v for k, v in params.items() if f":{k}" in statement}
-                    await connection.execute(text(statement), used)
-            await connection.commit()
-            print(f"  fill {name}: {time.perf_counter() - started:.1f} s", flush=True)
-    async with engine.connect() as connection:
-        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        started = time.perf_counter()
-        await connection.execute(text("VACUUM ANALYZE"))
-        print(f"  vacuum analyze: {time.perf_counter() - started:.1f} s", flush=True)
-    await engine.dispose()
-
-
-async def _create_database(url: str) -> None:
-    """CREATE DATABASE the URL names, if it does not exist (connecting to the `postgres` database)."""
-    target = make_url(url)
-    admin = create_engine(target.set(database="postgres").render_as_string(hide_password=False))
-    async with admin.connect() as connection:
-        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        exists = (
-            await connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database})
-        ).first()
-        if exists is None:
-            await connection.execute(text(f'CREATE DATABASE "{target.database}"'))
-    await admin.dispose()
+    await fill_postgres(url, FILL, params, seed=0.42)
 
 
 async def sizes(url: str) -> dict[str, int]:
