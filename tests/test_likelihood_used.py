@@ -161,3 +161,22 @@ def test_lint_accepts_the_likelihood_and_suggests_it_for_a_typo(tmp_path):
     typo.write_text(LIKELY.replace('"lead.likelihood >= 60"', '"lead.likelyhood >= 60"'))
     [problem] = lint_file(typo, tmp_path)
     assert problem.line == 4 and problem.message.endswith("did you mean `lead.likelihood`?")
+
+
+async def test_the_funnel_and_handoff_reports_break_down_by_likelihood_band(app, db, clock):
+    ann, bo, _ = [await lead_of(app, f"{name}@example.com") for name in ("ann", "bo", "cy")]
+    await warm(app)  # a visitor asks for a person: a handoff
+    [handoff] = await rows(db, Handoff)
+    await fitted(db, clock, {ann: 72, bo: 15, handoff.lead_id: 85})
+    clock.advance(timedelta(minutes=1))
+
+    answer = await app.get("/api/reports/funnel?by=likelihood", headers=AUTH)
+    assert answer.status == 200, await answer.text()
+    report = await answer.json()
+    reached = {group["key"]: group["stages"][0]["reached"] for group in report["groups"]}
+    assert reached == {"all": 4, "60-79": 1, "0-19": 1, "80-100": 1, "none": 1}  # cy: no model scored it
+    answer = await app.get("/api/reports/handoffs?by=likelihood", headers=AUTH)
+    assert answer.status == 200, await answer.text()
+    assert [(group["key"], group["handoffs"]) for group in (await answer.json())["groups"]] == [("80-100", 1)]
+    answer = await app.get("/api/reports/flows?by=likelihood", headers=AUTH)
+    assert answer.status == 422  # the flow report is per flow and step, as for any other breakdown

@@ -9,10 +9,11 @@ from sqlalchemy import func, literal
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot.reports.bands import likelihood_band
 from bot.reports.period import Query
 from bot.reports.stats import Histogram
 from flows.stages import Stages
-from storage.models import StageEntry
+from storage.models import Lead, StageEntry
 
 ALL = "all"
 RULE = (
@@ -25,8 +26,9 @@ RULE = (
 
 
 async def funnel(session: AsyncSession, stages: Stages, query: Query) -> dict[str, Any]:
-    """Per group (all leads, and each source/campaign/channel): reached, conversion and median time per stage."""
-    dim = getattr(StageEntry, query.by) if query.by else None
+    """Per group (all leads, and each source/campaign/channel or likelihood band): reached, conversion and median
+    time per stage."""
+    dim = likelihood_band() if query.by == "likelihood" else getattr(StageEntry, query.by) if query.by else None
     tally = await _tally(session, stages, query, dim)
     keys = {key for key, _ in tally} | {ALL}
     groups = [_group(key, stages, tally) for key in keys]
@@ -56,6 +58,8 @@ async def _tally(session: AsyncSession, stages: Stages, query: Query, dim: Any) 
         .where(StageEntry.cohort_at >= query.since, StageEntry.cohort_at < query.until)
         .group_by(StageEntry.stage, key, StageEntry.stay_bucket)
     )  # stages no longer configured are dropped below, not in SQL: matching names row by row costs a third
+    if query.by == "likelihood":  # the band is the lead's now, not a copy in the row
+        statement = statement.join(Lead, Lead.id == StageEntry.lead_id)
     known = set(stages.order)
     counts: defaultdict[tuple[str, str], int] = defaultdict(int)
     stays: defaultdict[tuple[str, str], Histogram] = defaultdict(Histogram)

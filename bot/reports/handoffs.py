@@ -8,9 +8,10 @@ from sqlalchemy import case, func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot.reports.bands import likelihood_band
 from bot.reports.period import Query
 from bot.reports.stats import Measure, durations
-from storage.models import Handoff, Operator
+from storage.models import Handoff, Lead, Operator
 
 RULE = (
     "Handoffs whose warm signal came in the period. Speed to lead counts from the warm signal to the first "
@@ -29,15 +30,16 @@ async def handoffs(session: AsyncSession, query: Query) -> dict[str, Any]:
     """Speed to lead (p50/p90/p99), breaches and outcomes; per operator, and per `by` (default: source)."""
     period = [Handoff.warm_at >= query.since, Handoff.warm_at < query.until]
     by = query.by or "source"
-    dim = getattr(Handoff, by)
+    dim = likelihood_band() if by == "likelihood" else getattr(Handoff, by)
+    by_lead = [(Lead, Lead.id == Handoff.lead_id)] if by == "likelihood" else []  # the band is the lead's now
     operator = func.coalesce(Operator.name, "(nobody)")
     joins = [(Operator, Operator.id == Handoff.claimed_by_id)]
     speed = (await durations(session, [], SPEED, period)).get((), {})
     total = await _outcomes(session, [], period, [])
     per_operator = await _outcomes(session, [operator], period, joins)
-    per_group = await _outcomes(session, [dim], period, [])
+    per_group = await _outcomes(session, [dim], period, by_lead)
     claim_times = await durations(session, [operator], SPEED[1:], period, quantiles=(0.5,), joins=joins)
-    group_times = await durations(session, [dim], SPEED[1:2], period, quantiles=(0.5,))
+    group_times = await durations(session, [dim], SPEED[1:2], period, quantiles=(0.5,), joins=by_lead)
     staff = [(key, counts) for key, counts in _largest_first(per_operator) if counts["claimed"]]
     return {
         "report": "handoffs",

@@ -7,7 +7,7 @@ from datetime import date, datetime, time, timedelta
 
 from bot.web.times import EARLIEST, in_utc
 
-BY = ("source", "campaign", "channel")
+BY = ("source", "campaign", "channel", "likelihood")  # likelihood: the lead's learned likelihood band now (bands.py)
 DEFAULT_DAYS = 30
 
 
