@@ -278,7 +278,6 @@
   })();
 
   // --- One socket per page, reconnecting with backoff ------------------------------------------
-  var attempt = 0;
   function address() {
     var params = [];
     if (watchQueue) params.push("queue=1");
@@ -311,30 +310,37 @@
     else if (frame.type === "message") onMessage(frame);
     else if (frame.type === "inbox" && inboxTable) onInbox(frame);
   }
-  function connect() {
-    var ws = new WebSocket(address());
-    // A handshake with no answer (a network blip, a server busy at that moment) is given up and tried again
-    // (onclose below), rather than leaving the page without live updates for good.
-    var stuck = setTimeout(function () { if (ws.readyState === WebSocket.CONNECTING) ws.close(); }, 5000);
-    ws.onopen = function () {
-      clearTimeout(stuck);
-      attempt = 0; say(""); document.body.setAttribute("data-live", "on");
-    };
-    ws.onmessage = function (event) {
-      var frame;
-      try { frame = JSON.parse(event.data); } catch (e) { return; }
-      onFrame(frame);
-    };
-    ws.onclose = function (event) {
-      clearTimeout(stuck);
-      document.body.setAttribute("data-live", "off");
-      if (event.code === 4401) return say("You were logged out: reload the page to log in again.");
-      if (event.code === 4410) return say("This lead was erased: nothing more of theirs is shown live.");
-      var wait = Math.min(30000, 1000 * Math.pow(2, attempt++)) * (0.5 + Math.random() / 2);
-      say("Live updates paused; reconnecting…");
-      setTimeout(connect, wait);
-    };
+  // The socket itself, for this page's frames or another script's (pipeline.js: window.kindlingLive). `url` is
+  // asked again at each connection (a transcript's address says which messages the page has already).
+  function live(url, onFrame) {
+    var attempt = 0;
+    function connect() {
+      var ws = new WebSocket(url());
+      // A handshake with no answer (a network blip, a server busy at that moment) is given up and tried again
+      // (onclose below), rather than leaving the page without live updates for good.
+      var stuck = setTimeout(function () { if (ws.readyState === WebSocket.CONNECTING) ws.close(); }, 5000);
+      ws.onopen = function () {
+        clearTimeout(stuck);
+        attempt = 0; say(""); document.body.setAttribute("data-live", "on");
+      };
+      ws.onmessage = function (event) {
+        var frame;
+        try { frame = JSON.parse(event.data); } catch (e) { return; }
+        onFrame(frame);
+      };
+      ws.onclose = function (event) {
+        clearTimeout(stuck);
+        document.body.setAttribute("data-live", "off");
+        if (event.code === 4401) return say("You were logged out: reload the page to log in again.");
+        if (event.code === 4410) return say("This lead was erased: nothing more of theirs is shown live.");
+        var wait = Math.min(30000, 1000 * Math.pow(2, attempt++)) * (0.5 + Math.random() / 2);
+        say("Live updates paused; reconnecting…");
+        setTimeout(connect, wait);
+      };
+    }
+    connect();
   }
+  window.kindlingLive = live;
 
   // --- Replies without a reload (the form still posts on its own when this script is missing) ----
   var reply = document.querySelector("form[data-reply]");
@@ -436,5 +442,5 @@
 
   tick();
   setInterval(tick, 1000);
-  if (watchQueue || inboxTable || handoff) connect();
+  if (watchQueue || inboxTable || handoff) live(address, onFrame);
 })();

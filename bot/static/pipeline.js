@@ -152,28 +152,7 @@
     }).catch(function (e) { say(e.message); });
   });
 
-  // --- Live: one socket, reconnecting with backoff ----------------------------------------------
-  var attempt = 0;
-  function connect() {
-    var ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/console/pipeline/ws");
-    var stuck = setTimeout(function () { if (ws.readyState === WebSocket.CONNECTING) ws.close(); }, 5000);
-    ws.onopen = function () {
-      clearTimeout(stuck);
-      attempt = 0; say(""); document.body.setAttribute("data-live", "on");
-    };
-    ws.onmessage = function (event) {
-      var frame;
-      try { frame = JSON.parse(event.data); } catch (e) { return; }
-      if (frame.type === "stage") moved(frame);
-    };
-    ws.onclose = function (event) {
-      clearTimeout(stuck);
-      document.body.setAttribute("data-live", "off");
-      if (event.code === 4401) return say("You were logged out: reload the page to log in again.");
-      var wait = Math.min(30000, 1000 * Math.pow(2, attempt++)) * (0.5 + Math.random() / 2);
-      say("Live updates paused; reconnecting…");
-      setTimeout(connect, wait);
-    };
-  }
-  connect();
+  // --- Live: the console's socket (console.js, loaded first), reconnecting with backoff -----------
+  var address = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/console/pipeline/ws";
+  window.kindlingLive(function () { return address; }, function (frame) { if (frame.type === "stage") moved(frame); });
 })();
