@@ -134,13 +134,13 @@ class Handoffs:
         """Waiting and claimed handoffs, the likeliest leads first, then by SLA deadline, with seconds left."""
         async with self.sessions() as session:
             query = (
-                select(Handoff)
+                select(Handoff, Lead.likelihood)
                 .join(Lead, Lead.id == Handoff.lead_id)
                 .where(Handoff.status.in_(OPEN))
                 .order_by(*LIKELIEST_FIRST, Handoff.sla_due_at, Handoff.id)
             )
-            handoffs = (await session.exec(query)).all()
-            return [await summary(session, handoff, self.clock.now()) for handoff in handoffs]
+            found = (await session.exec(query)).all()
+            return [await summary(session, handoff, self.clock.now(), likelihood) for handoff, likelihood in found]
 
     async def telegram_operator(self, telegram_user_id: int) -> int:
         """The id of the operator linked to a Telegram user; raises NotOperator for a stranger."""

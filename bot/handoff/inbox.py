@@ -66,7 +66,7 @@ async def inbox(session: AsyncSession, view: InboxView, now: datetime) -> InboxP
     """One page of the inbox, conversations needing a reply first, then the likeliest leads, then by SLA deadline."""
     query, needs = _rows(view)
     total = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
-    likeliest = query.outerjoin(Lead, Lead.id == Handoff.lead_id)
+    likeliest = query.outerjoin(Lead, Lead.id == Handoff.lead_id).add_columns(Lead.likelihood)
     ordered = likeliest.order_by(case((needs, 0), else_=1), *LIKELIEST_FIRST, Handoff.sla_due_at, Handoff.id)
     found = (await session.exec(ordered.offset((view.page - 1) * view.size).limit(view.size))).all()
     rows = [await _row(session, handoff, rest, now) for handoff, *rest in found]
@@ -115,13 +115,13 @@ def _rows(view: InboxView) -> tuple[Any, Any]:
 
 
 async def _row(session: AsyncSession, handoff: Handoff, rest: list, now: datetime) -> dict:
-    channel, needs, last_operator, first_unanswered, last_id = rest
+    channel, needs, last_operator, first_unanswered, last_id, likelihood = rest
     last = await session.get(Message, last_id) if last_id else None
     since = handoff.warm_at if last_operator is None or first_unanswered is None else _aware(first_unanswered)
     if not needs:
         since = None
     return {
-        **await summary(session, handoff, now),
+        **await summary(session, handoff, now, likelihood),
         "channel": channel or handoff.card.get("channel"),
         "needs_reply": bool(needs),
         "last_text": one_line(last.text, SNIPPET) if last else "",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import and_, case, or_, update
 from sqlmodel import select
@@ -259,11 +259,15 @@ class Notifier:
 LIKELIEST_FIRST = (case((Lead.likelihood.is_(None), 1), else_=0), Lead.likelihood.desc())
 
 
-async def summary(session: AsyncSession, handoff: Handoff, now: datetime) -> dict:
+UNREAD: Any = object()  # `summary`'s likelihood not read by the caller's query: it reads it
+
+
+async def summary(session: AsyncSession, handoff: Handoff, now: datetime, likelihood: int | None = UNREAD) -> dict:
     """A handoff as the queue shows it: who, why, SLA and seconds left, notification delays, holder, the lead's
-    learned likelihood now (None without one)."""
+    learned likelihood now (None without one; lists pass it from their own query, so it is not read per row)."""
     holder = await session.get(Operator, handoff.claimed_by_id) if handoff.claimed_by_id else None
-    likelihood = (await session.exec(select(Lead.likelihood).where(Lead.id == handoff.lead_id))).first()
+    if likelihood is UNREAD:
+        likelihood = (await session.exec(select(Lead.likelihood).where(Lead.id == handoff.lead_id))).first()
     card = handoff.card
     return {
         "id": handoff.id,
