@@ -96,6 +96,15 @@ async def test_preview_and_simulation_follow_the_text_being_edited(app, add_oper
     ]  # the sample lead
     status, answer = await call(app, "preview", {"text": NEW, "sample": "sparse"})
     assert status == 200 and answer["steps"][0]["text"] == "Hello again, you."  # nothing known: the fallback
+    events = [{"after": "36h", "type": "message"}]
+    status, together = await call(app, "check", {"text": NEW, "try": True, "events": events})
+    assert status == 200 and together["problems"] == []  # one request after a pause in typing: all three
+    assert together["preview"] == (await call(app, "preview", {"text": NEW}))[1]
+    assert together["simulation"] == (await call(app, "simulate", {"text": NEW, "events": events}))[1]
+    status, together = await call(app, "check", {"text": NEW, "try": True, "lead_id": 999})
+    assert status == 200 and together["preview"] == {"error": "no lead 999"} == together["simulation"]
+    status, together = await call(app, "check", {"text": TYPO, "try": True})
+    assert status == 200 and together["problems"] and "preview" not in together  # nothing to try until it passes
     status, answer = await call(app, "preview", {"text": TYPO})
     assert status == 422 and answer["problems"][0]["line"] == 8
 

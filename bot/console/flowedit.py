@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -172,10 +173,24 @@ async def edit_page(request: web.Request) -> web.Response:
 
 @requires("flows.edit")
 async def check(request: web.Request) -> web.Response:
-    """Lint the text as `kindling lint` would: its version and every problem with its line."""
+    """Lint the text as `kindling lint` would: its version and every problem with its line. With `"try": true`, a
+    text that passes also comes back previewed and simulated (as the two endpoints below answer, or `{"error"}`),
+    so the editor lints a text once after each pause in typing, not once for each."""
     services, slug, body = request.app[SERVICES], _slug(request), await _body(request)
-    _, problems = await asyncio.to_thread(_spec, services, slug, body["text"])
-    return web.json_response({"version": flow_version(body["text"]), "problems": _problems(problems)})
+    spec, problems = await asyncio.to_thread(_spec, services, slug, body["text"])
+    answer: dict[str, Any] = {"version": flow_version(body["text"]), "problems": _problems(problems)}
+    if spec is not None and body.get("try"):
+        answer["preview"] = await _tried(_preview(services, body, spec))
+        answer["simulation"] = await _tried(_simulation(services, body, spec))
+    return web.json_response(answer)
+
+
+async def _tried(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """What a preview or simulation gives, or `{"error": why}` when the lead or the events asked for are wrong."""
+    try:
+        return await work
+    except web.HTTPClientError as exc:
+        return json.loads(exc.text or "{}") if exc.content_type == "application/json" else {"error": exc.reason}
 
 
 async def _lead(services: Services, body: dict[str, Any], spec: FlowSpec) -> dict[str, Any]:
@@ -207,6 +222,21 @@ async def preview_steps(request: web.Request) -> web.Response:
     spec, problems = await asyncio.to_thread(_spec, services, slug, body["text"])
     if spec is None:
         return web.json_response({"problems": _problems(problems)}, status=422)
+    return web.json_response(await _preview(services, body, spec))
+
+
+@requires("flows.edit")
+async def simulate_flow(request: web.Request) -> web.Response:
+    """The timeline the sample lead would get from the text, with the events the page added (a reply on day 3)."""
+    services, slug, body = request.app[SERVICES], _slug(request), await _body(request)
+    spec, problems = await asyncio.to_thread(_spec, services, slug, body["text"])
+    if spec is None:
+        return web.json_response({"problems": _problems(problems)}, status=422)
+    return web.json_response(await _simulation(services, body, spec))
+
+
+async def _preview(services: Services, body: dict[str, Any], spec: FlowSpec) -> dict[str, Any]:
+    """Each step of a flow that passed lint, for the lead the body names."""
     lead = await _lead(services, body, spec)
     now = services.clock.now()
     language = Locales(available(services.library.root), services.settings.default_locale).of(lead.get("locale"))
@@ -225,16 +255,11 @@ async def preview_steps(request: web.Request) -> web.Response:
         }
         for item in items
     ]
-    return web.json_response({"lead": lead.get("first_name") or f"lead {lead.get('id')}", "steps": steps})
+    return {"lead": lead.get("first_name") or f"lead {lead.get('id')}", "steps": steps}
 
 
-@requires("flows.edit")
-async def simulate_flow(request: web.Request) -> web.Response:
-    """The timeline the sample lead would get from the text, with the events the page added (a reply on day 3)."""
-    services, slug, body = request.app[SERVICES], _slug(request), await _body(request)
-    spec, problems = await asyncio.to_thread(_spec, services, slug, body["text"])
-    if spec is None:
-        return web.json_response({"problems": _problems(problems)}, status=422)
+async def _simulation(services: Services, body: dict[str, Any], spec: FlowSpec) -> dict[str, Any]:
+    """The simulated timeline of a flow that passed lint, as lines and as a picture, with the body's events."""
     settings, now = services.settings, services.clock.now()
     lead = await _lead(services, body, spec)
     days = body.get("days", SIMULATED_DAYS)
@@ -250,7 +275,7 @@ async def simulate_flow(request: web.Request) -> web.Response:
         spec, _context(spec, lead, now), now, days, timeline, settings.policy, settings.stages, email, True, language
     )
     picture = simulation_svg(entries, now, settings.policy.quiet_hours)
-    return web.json_response({"lines": [entry.line for entry in entries], "svg": picture})
+    return {"lines": [entry.line for entry in entries], "svg": picture}
 
 
 @requires("flows.edit")

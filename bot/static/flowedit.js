@@ -88,15 +88,24 @@
   }
 
   // --- after each pause in typing: lint, then (when it passes) preview and simulation; and save the draft ------
-  function checkNow() {
-    var number = ++asked, body = { text: text.value };
+  function trying() {  // the lead and events the preview and the simulation are for
+    var lead = previewForm.elements.lead_id.value.trim();
+    return { text: text.value, lead_id: lead || null, sample: previewForm.elements.sample.value, events: events };
+  }
+
+  function checkNow() {  // one request: lint, and for a text that passes, its preview and simulation too
+    var number = ++asked, body = trying();
+    body["try"] = true;
     lintStatus.textContent = "Checking…";
     post("check", body).then(function (answer) {
       if (number !== asked) return;
       if (answer.status !== 200) { lintStatus.textContent = "Could not check: " + (answer.data.error || answer.status); return; }
       valid = answer.data.problems.length === 0;
       showProblems(answer.data.problems);
-      if (valid) { previewNow(number); simulateNow(number); }
+      if (valid) {
+        showPreview(answer.data.preview.error ? 400 : 200, answer.data.preview);
+        showSimulation(answer.data.simulation.error ? 400 : 200, answer.data.simulation);
+      }
     }).catch(function () { if (number === asked) lintStatus.textContent = "Could not reach the server; will check again."; });
     if (dirty) saveDraft();
   }
@@ -115,55 +124,61 @@
     }).catch(function () { dirty = true; saved.textContent = "Draft not saved: the server cannot be reached"; });
   }
 
-  function previewNow(number) {
-    var lead = previewForm.elements.lead_id.value.trim();
-    post("preview", { text: text.value, lead_id: lead || null, sample: previewForm.elements.sample.value }).then(function (answer) {
-      if (number !== undefined && number !== asked) return;
-      previewBox.textContent = "";
-      if (answer.status !== 200) {
-        var error = document.createElement("p");
-        error.className = "error";
-        error.textContent = answer.data.error || "Fix the problems to see the preview.";
-        previewBox.appendChild(error);
-        return;
-      }
-      answer.data.steps.forEach(function (step) {
-        var block = document.createElement("article");
-        block.className = "step" + (step.skipped ? " skipped" : "");
-        block.setAttribute("data-step", step.name);
-        var head = document.createElement("h3");
-        head.textContent = step.name + (step.variant ? " (" + step.variant + ")" : "") + " · " + step.due +
-          (step.skipped ? " · skipped for this lead" : "");
-        block.appendChild(head);
-        if (step.subject) {
-          var subject = document.createElement("p");
-          subject.className = "subject";
-          subject.textContent = "Subject: " + step.subject;
-          block.appendChild(subject);
-        }
-        var body = document.createElement("p");
-        body.className = step.error ? "error" : "text";
-        body.textContent = step.error || step.text || "";
-        block.appendChild(body);
-        if (step.buttons.length) {
-          var buttons = document.createElement("p");
-          buttons.className = "buttons";
-          buttons.textContent = step.buttons.map(function (label) { return "[" + label + "]"; }).join(" ");
-          block.appendChild(buttons);
-        }
-        previewBox.appendChild(block);
-      });
+  function previewNow() {  // the same text for another lead
+    var number = asked;
+    post("preview", trying()).then(function (answer) {
+      if (number === asked) showPreview(answer.status, answer.data);
     });
   }
 
-  function simulateNow(number) {
-    var lead = previewForm.elements.lead_id.value.trim();
-    post("simulate", { text: text.value, events: events, lead_id: lead || null, sample: previewForm.elements.sample.value }).then(function (answer) {
-      if (number !== undefined && number !== asked) return;
-      if (answer.status !== 200) { timeline.textContent = answer.data.error || "Fix the problems to simulate."; return; }
-      timeline.textContent = answer.data.lines.join("\n");
-      picture.innerHTML = answer.data.svg || "";  // the server's SVG: every text in it escaped there
+  function showPreview(status, data) {
+    previewBox.textContent = "";
+    if (status !== 200) {
+      var error = document.createElement("p");
+      error.className = "error";
+      error.textContent = data.error || "Fix the problems to see the preview.";
+      previewBox.appendChild(error);
+      return;
+    }
+    data.steps.forEach(function (step) {
+      var block = document.createElement("article");
+      block.className = "step" + (step.skipped ? " skipped" : "");
+      block.setAttribute("data-step", step.name);
+      var head = document.createElement("h3");
+      head.textContent = step.name + (step.variant ? " (" + step.variant + ")" : "") + " · " + step.due +
+        (step.skipped ? " · skipped for this lead" : "");
+      block.appendChild(head);
+      if (step.subject) {
+        var subject = document.createElement("p");
+        subject.className = "subject";
+        subject.textContent = "Subject: " + step.subject;
+        block.appendChild(subject);
+      }
+      var body = document.createElement("p");
+      body.className = step.error ? "error" : "text";
+      body.textContent = step.error || step.text || "";
+      block.appendChild(body);
+      if (step.buttons.length) {
+        var buttons = document.createElement("p");
+        buttons.className = "buttons";
+        buttons.textContent = step.buttons.map(function (label) { return "[" + label + "]"; }).join(" ");
+        block.appendChild(buttons);
+      }
+      previewBox.appendChild(block);
     });
+  }
+
+  function simulateNow() {  // the same text with other events or for another lead
+    var number = asked;
+    post("simulate", trying()).then(function (answer) {
+      if (number === asked) showSimulation(answer.status, answer.data);
+    });
+  }
+
+  function showSimulation(status, data) {
+    if (status !== 200) { timeline.textContent = data.error || "Fix the problems to simulate."; return; }
+    timeline.textContent = data.lines.join("\n");
+    picture.innerHTML = data.svg || "";  // the server's SVG: every text in it escaped there
   }
 
   function showEvents() {
