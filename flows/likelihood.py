@@ -1,8 +1,8 @@
 """A lead's learned likelihood as the lead page, the API and the context card show it (flows/learned.py).
 
-Shown only when an accepted model gave the lead one (`lead.likelihood_model`); a lead that arrived after the
-last fit, or any lead before the first accepted fit, shows nothing. The factors are read on the caller's own
-session, so the context card sees what its transaction just wrote.
+Shown only when an accepted model gave the lead one (`lead.likelihood_model`: a fit, or a rescore after the lead
+acted, bot/scoring/rescore.py); before the first accepted fit nothing shows. The factors are read on the caller's
+own session, so the context card sees what its transaction just wrote.
 """
 
 from __future__ import annotations
